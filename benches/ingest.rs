@@ -1,0 +1,133 @@
+//! Pairs per second: the whole ingest pipeline (read, hash, decode, parse, key, write,
+//! ledger) beside the bare insert of the same already-parsed rows (one prepared
+//! statement, one transaction) into the same schema. The ratio of the two is the
+//! pipeline's overhead over the SQLite ceiling.
+//!
+//! Run: `cargo bench --bench ingest`. Figures and method: BENCHMARKS.md.
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use perpetual::generate::{self, GenConfig};
+use perpetual::ingest::{self, Outcome, Placement, WriterOptions};
+use perpetual::pair::Pair;
+use perpetual::store;
+use std::path::{Path, PathBuf};
+
+const FILES: usize = 40;
+const PAIRS_PER_FILE: usize = 500;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    drops: PathBuf,
+    pairs: Vec<Pair>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let drops = dir.path().join("drops");
+    let files = generate::generate(&GenConfig {
+        seed: 42,
+        files: FILES,
+        pairs_per_file: PAIRS_PER_FILE,
+        duplicate_ratio: 0.0,
+        layouts: vec![],
+        encodings: vec![],
+        bad_files: 0,
+        session_start: None,
+    });
+    generate::write_files(&drops, &files).unwrap();
+    // The same rows, parsed and keyed once, for the bare insert.
+    let mut pairs = Vec::new();
+    for f in &files {
+        match ingest::parse_bytes(&f.bytes) {
+            Outcome::Parsed(p) => pairs.extend(p.pairs),
+            other => panic!("{}: {other:?}", f.name),
+        }
+    }
+    Fixture {
+        _dir: dir,
+        drops,
+        pairs,
+    }
+}
+
+fn fresh_db(dir: &Path) -> rusqlite::Connection {
+    let path = dir.join("bench.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    store::open(&path).unwrap()
+}
+
+fn bare_insert(conn: &rusqlite::Connection, pairs: &[Pair]) {
+    conn.execute_batch("BEGIN").unwrap();
+    conn.execute(
+        "INSERT INTO files (agent, name, source_path, size, status, started_at)
+         VALUES ('bench', 'bench', 'bench', 0, 'integrated', 'now')",
+        [],
+    )
+    .unwrap();
+    let file_id = conn.last_insert_rowid();
+    let mut stmt = conn.prepare(store::pairs::INSERT_PAIR).unwrap();
+    for p in pairs {
+        stmt.execute(rusqlite::params![
+            &p.key[..],
+            p.question,
+            p.answer,
+            p.indicator,
+            p.category,
+            "bench",
+            p.extra,
+            file_id,
+            "2026-01-01T00:00:00Z",
+        ])
+        .unwrap();
+    }
+    drop(stmt);
+    conn.execute_batch("COMMIT").unwrap();
+}
+
+fn bench_ingest(c: &mut Criterion) {
+    let fx = fixture();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("ingest");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(fx.pairs.len() as u64));
+
+    group.bench_function("bare_insert", |b| {
+        b.iter_batched(
+            || fresh_db(scratch.path()),
+            |conn| bare_insert(&conn, &fx.pairs),
+            BatchSize::PerIteration,
+        )
+    });
+
+    group.bench_function("pipeline", |b| {
+        b.iter_batched(
+            || {
+                let conn = fresh_db(scratch.path());
+                let jobs =
+                    ingest::discover_paths(std::slice::from_ref(&fx.drops), Some("bench")).unwrap();
+                assert!(jobs.iter().all(|j| j.placement == Placement::InPlace));
+                (conn, jobs)
+            },
+            |(conn, jobs)| {
+                let report = ingest::run(
+                    &conn,
+                    jobs,
+                    u64::MAX,
+                    WriterOptions {
+                        checkpoint_every: 500,
+                    },
+                    &mut |_| {},
+                )
+                .unwrap();
+                assert_eq!(report.pairs_new as usize, fx.pairs.len());
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_ingest);
+criterion_main!(benches);

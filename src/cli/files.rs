@@ -1,0 +1,59 @@
+//! `perpetual files`.
+
+use super::Exit;
+use super::output::{cell, print_json};
+use crate::root::Root;
+use crate::store::ledger::{self, ListFilter};
+use anyhow::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only rejected files.
+    #[arg(long)]
+    pub rejected: bool,
+    /// Print a JSON array of ledger rows (with each invalid pair's index and reason).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(root: &Root, args: Args) -> Result<Exit> {
+    let (_config, conn) = super::open(root)?;
+    let rows = ledger::list(
+        &conn,
+        ListFilter {
+            rejected_only: args.rejected,
+        },
+    )?;
+    if args.json {
+        print_json(&rows)?;
+        return Ok(Exit::Ok);
+    }
+    println!(
+        "{:>5}  {}  {}  {}  {}  {}  {:>6} {:>6} {:>6}  reason",
+        "id",
+        cell("agent", 12),
+        cell("name", 32),
+        cell("status", 10),
+        cell("encoding", 14),
+        cell("layout", 12),
+        "new",
+        "dup",
+        "inval"
+    );
+    for r in rows {
+        println!(
+            "{:>5}  {}  {}  {}  {}  {}  {:>6} {:>6} {:>6}  {}",
+            r.id,
+            cell(&r.agent, 12),
+            cell(&r.name, 32),
+            cell(r.status.as_str(), 10),
+            cell(r.encoding.as_deref().unwrap_or("-"), 14),
+            cell(r.layout.as_deref().unwrap_or("-"), 12),
+            r.pairs_new,
+            r.pairs_duplicate,
+            r.pairs_invalid,
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(Exit::Ok)
+}

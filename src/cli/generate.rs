@@ -1,0 +1,115 @@
+//! `perpetual generate`: realistic drops for tests, benchmarks and demos.
+
+use super::Exit;
+use super::output::thousands;
+use crate::generate::{self, DropEncoding, DropLayout, GenConfig};
+use crate::root::Root;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Folder to write into (default: the root's inbox/<agent>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Agent whose inbox receives the files when --out is not given.
+    #[arg(long, default_value = "droid")]
+    pub agent: String,
+    /// Number of good files.
+    #[arg(long, default_value_t = 10)]
+    pub files: usize,
+    /// Pairs per file.
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+    /// Fraction of each file's pairs copied from earlier files (cross-file duplicates).
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicates: f64,
+    /// Layouts to use, cycled (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub layouts: Vec<LayoutArg>,
+    /// Encodings to use, cycled (default: utf8).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub encodings: Vec<EncodingArg>,
+    /// Also write this many bad files (one of each kind in turn).
+    #[arg(long, default_value_t = 0)]
+    pub bad: usize,
+    /// Name files session_<n>.json with a `session` field, starting at this number.
+    #[arg(long)]
+    pub sessions_from: Option<u32>,
+    /// Random seed: the same seed writes the same bytes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// A layout, as named on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LayoutArg {
+    Flat,
+    Nested,
+    NestedArray,
+    Jsonl,
+    Single,
+}
+
+/// An encoding, as named on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EncodingArg {
+    Utf8,
+    Utf8Bom,
+    Utf16le,
+    Utf16be,
+    Windows1252,
+}
+
+pub fn run(root: &Root, args: Args) -> Result<Exit> {
+    let dir = match &args.out {
+        Some(dir) => dir.clone(),
+        None => {
+            crate::root::check_agent_name(&args.agent)?;
+            root.inbox_of(&args.agent)
+        }
+    };
+    let cfg = GenConfig {
+        seed: args.seed,
+        files: args.files,
+        pairs_per_file: args.pairs,
+        duplicate_ratio: args.duplicates,
+        layouts: args
+            .layouts
+            .iter()
+            .map(|l| match l {
+                LayoutArg::Flat => DropLayout::Flat,
+                LayoutArg::Nested => DropLayout::Nested,
+                LayoutArg::NestedArray => DropLayout::NestedArray,
+                LayoutArg::Jsonl => DropLayout::JsonLines,
+                LayoutArg::Single => DropLayout::Single,
+            })
+            .collect(),
+        encodings: args
+            .encodings
+            .iter()
+            .map(|e| match e {
+                EncodingArg::Utf8 => DropEncoding::Utf8,
+                EncodingArg::Utf8Bom => DropEncoding::Utf8Bom,
+                EncodingArg::Utf16le => DropEncoding::Utf16Le,
+                EncodingArg::Utf16be => DropEncoding::Utf16Be,
+                EncodingArg::Windows1252 => DropEncoding::Windows1252,
+            })
+            .collect(),
+        bad_files: args.bad,
+        session_start: args.sessions_from,
+    };
+    let files = generate::generate(&cfg);
+    // write_files uses the documented writer convention (temporary name, then rename),
+    // so a running watcher never sees half a file.
+    generate::write_files(&dir, &files)
+        .with_context(|| format!("cannot write to {}", dir.display()))?;
+    let pairs: usize = files.iter().map(|f| f.pairs).sum();
+    println!(
+        "wrote {} files ({} pairs) to {}",
+        files.len(),
+        thousands(pairs as u64),
+        dir.display()
+    );
+    Ok(Exit::Ok)
+}

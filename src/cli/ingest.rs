@@ -1,0 +1,82 @@
+//! `perpetual ingest [PATH...]`.
+
+use super::Exit;
+use super::output::{print_json, thousands};
+use crate::ingest::{self, WriterOptions};
+use crate::root::Root;
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Files or folders to read in place (never moved or changed). Without any, every
+    /// file waiting in inbox/<agent>/ is integrated and moved to processed/ or rejected/.
+    pub paths: Vec<PathBuf>,
+    /// Whose files PATHs are (default: each file's parent folder name).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Print one JSON object with the totals instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(root: &Root, args: Args) -> Result<Exit> {
+    if let Some(agent) = &args.agent {
+        crate::root::check_agent_name(agent)?;
+    }
+    let _lock = root.lock_writer("ingest")?;
+    let (config, conn) = super::open(root)?;
+    let jobs = if args.paths.is_empty() {
+        ingest::discover_inbox(&root.inbox(), &root.agents(&config)?)?
+    } else {
+        ingest::discover_paths(&args.paths, args.agent.as_deref())?
+    };
+    let report = ingest::run(
+        &conn,
+        jobs,
+        config.ingest.max_file_bytes,
+        WriterOptions {
+            checkpoint_every: config.ingest.checkpoint_every,
+        },
+        &mut |_| {},
+    )?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "files: {} integrated, {} rejected, {} duplicate, {} already done{}",
+            thousands(report.files_integrated),
+            thousands(report.files_rejected),
+            thousands(report.files_duplicate),
+            thousands(report.files_skipped),
+            if report.files_unreadable > 0 {
+                format!(", {} unreadable", report.files_unreadable)
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "pairs: {} seen, {} new, {} duplicate, {} invalid",
+            thousands(report.pairs_seen),
+            thousands(report.pairs_new),
+            thousands(report.pairs_duplicate),
+            thousands(report.pairs_invalid)
+        );
+        println!(
+            "time:  {:.2} s, {} pairs/s",
+            report.seconds,
+            thousands(report.pairs_per_second.round() as u64)
+        );
+        for r in &report.rejected {
+            match &r.kept_at {
+                Some(kept) => println!("rejected {} (kept at {}): {}", r.path, kept, r.reason),
+                None => println!("rejected {}: {}", r.path, r.reason),
+            }
+        }
+    }
+    Ok(if report.files_rejected > 0 {
+        Exit::Rejected
+    } else {
+        Exit::Ok
+    })
+}

@@ -1,0 +1,106 @@
+//! The command line: clap definitions (their doc comments are the `--help`), and one
+//! handler file per command. Handlers print; the library modules they call own the
+//! behaviour and the types.
+
+mod files;
+mod generate;
+mod ingest;
+mod init;
+pub mod output;
+mod stats;
+
+use crate::root::Root;
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Exit statuses, documented in the README. One place maps outcomes to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// An error stopped the command (message on stderr).
+    Error = 1,
+    /// Bad usage (clap's own status).
+    Usage = 2,
+    /// The command finished, but at least one file was rejected (kept in rejected/ with its reason).
+    Rejected = 3,
+}
+
+/// perpetual: keeps a deduplicated database of question/answer pairs growing, fed by
+/// AI agents that drop JSON files into inbox/<agent>/.
+#[derive(Debug, Parser)]
+#[command(name = "perpetual", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    /// The working directory: perpetual.toml, perpetual.db, inbox/, outbox/.
+    #[arg(long, global = true, env = "PERPETUAL_ROOT", default_value = ".")]
+    pub root: PathBuf,
+
+    /// Log lines on stderr as text or as JSON objects (one per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More log lines (per file); repeat for debug output.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create perpetual.toml (documented defaults), the database, and inbox/ and outbox/ folders.
+    Init,
+    /// Integrate every file waiting in inbox/<agent>/, or the files and folders given (read in place).
+    Ingest(ingest::Args),
+    /// Distinct pairs, progress toward the goal, pairs by agent, category and indicator.
+    Stats(stats::Args),
+    /// The file ledger: what became of every file read.
+    Files(files::Args),
+    /// Write realistic generated drops (for tests, benchmarks and demos).
+    Generate(generate::Args),
+}
+
+impl Cli {
+    /// The log level when neither -v nor RUST_LOG says otherwise: long-running commands
+    /// log each file; one-shot commands print a summary instead.
+    pub fn default_log_level(&self) -> &'static str {
+        match self.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<Exit> {
+    let root = Root::new(&cli.root)?;
+    match cli.command {
+        Command::Init => init::run(&root),
+        Command::Ingest(args) => ingest::run(&root, args),
+        Command::Stats(args) => stats::run(&root, args),
+        Command::Files(args) => files::run(&root, args),
+        Command::Generate(args) => generate::run(&root, args),
+    }
+}
+
+/// Opens the root's configuration and database, creating whatever is missing.
+pub(crate) fn open(root: &Root) -> Result<(crate::config::Config, rusqlite::Connection)> {
+    let config = root.config()?;
+    root.ensure_layout(&config)?;
+    let conn = crate::store::open(&root.db_path())?;
+    Ok((config, conn))
+}

@@ -1,0 +1,66 @@
+//! `perpetual stats`.
+
+use super::Exit;
+use super::output::{print_json, thousands};
+use crate::root::Root;
+use crate::store::stats::Count;
+use anyhow::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// How many indicators to list.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+pub fn run(root: &Root, args: Args) -> Result<Exit> {
+    let (config, conn) = super::open(root)?;
+    let stats = crate::store::stats::stats(&conn, config.goal, args.top)?;
+    if args.json {
+        print_json(&stats)?;
+        return Ok(Exit::Ok);
+    }
+    println!(
+        "pairs       {} / {} ({:.1}%)",
+        thousands(stats.pairs),
+        thousands(stats.goal),
+        stats.goal_percent
+    );
+    println!(
+        "files       {} integrated, {} rejected, {} duplicate{}",
+        thousands(stats.files_integrated),
+        thousands(stats.files_rejected),
+        thousands(stats.files_duplicate),
+        if stats.files_partial > 0 {
+            format!(
+                ", {} partial (resumed by the next ingest)",
+                stats.files_partial
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!("invalid     {} pairs", thousands(stats.pairs_invalid));
+    section("by agent", &stats.by_agent);
+    section("by category", &stats.by_category);
+    section("top indicators", &stats.top_indicators);
+    Ok(Exit::Ok)
+}
+
+fn section(title: &str, counts: &[Count]) {
+    if counts.is_empty() {
+        return;
+    }
+    println!("{title}");
+    let width = counts
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    for c in counts {
+        println!("  {:width$}  {:>10}", c.name, thousands(c.pairs));
+    }
+}

@@ -1,0 +1,14 @@
+//! perpetual: keeps a deduplicated database of question/answer pairs growing, fed by AI
+//! agents that drop files into `inbox/<agent>/`. See ARCHITECTURE.md for the data flow
+//! and the invariants; each module's doc says what it owns.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod decode;
+pub mod generate;
+pub mod ingest;
+pub mod layout;
+pub mod pair;
+pub mod root;
+pub mod store;

@@ -1,0 +1,38 @@
+use clap::Parser;
+use perpetual::cli::{self, Cli, Exit, LogFormat};
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`perpetual files | head`) like other Unix tools.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("perpetual={}", cli.default_log_level())));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_target(false).init(),
+    }
+    let exit = match cli::run(cli) {
+        Ok(exit) => exit,
+        Err(e) if is_broken_pipe(&e) => Exit::Ok,
+        Err(e) => {
+            eprintln!("perpetual: error: {e:#}");
+            Exit::Error
+        }
+    };
+    ExitCode::from(exit as u8)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,306 @@
+//! The file ledger (`files` table): one row per file read, saying what became of it.
+//!
+//! A row starts as `partial` inside the transaction that writes the file's first
+//! pairs; `resume_at` and the counts advance with each checkpoint; the row turns
+//! `integrated` in the same transaction as the file's last pairs. So after a crash,
+//! a `partial` row says exactly which pairs are already in, and nothing is counted
+//! twice.
+
+use anyhow::Result;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+/// What became of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileStatus {
+    /// Some checkpoints committed, the file is not finished (only after a crash).
+    Partial,
+    /// All its pairs are in.
+    Integrated,
+    /// Same bytes as a file integrated before; nothing to add.
+    Duplicate,
+    /// Could not be integrated; kept byte for byte in `rejected/` with its reason.
+    Rejected,
+}
+
+impl FileStatus {
+    /// The word stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Partial => "partial",
+            FileStatus::Integrated => "integrated",
+            FileStatus::Duplicate => "duplicate",
+            FileStatus::Rejected => "rejected",
+        }
+    }
+
+    fn parse(s: &str) -> FileStatus {
+        match s {
+            "integrated" => FileStatus::Integrated,
+            "duplicate" => FileStatus::Duplicate,
+            "rejected" => FileStatus::Rejected,
+            _ => FileStatus::Partial,
+        }
+    }
+}
+
+/// A ledger row as read back.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileRow {
+    /// Ledger id.
+    pub id: i64,
+    /// Whose drop it was.
+    pub agent: String,
+    /// File name as dropped.
+    pub name: String,
+    /// Where it was read from.
+    pub source_path: String,
+    /// Where it was moved to, if it was moved.
+    pub stored_path: Option<String>,
+    /// blake3 of the bytes, hex.
+    pub content_hash: Option<String>,
+    /// Size in bytes.
+    pub size: i64,
+    /// What became of it.
+    pub status: FileStatus,
+    /// Encoding used to decode it.
+    pub encoding: Option<String>,
+    /// Whether undecodable bytes were replaced.
+    pub replaced: bool,
+    /// Recognised layout.
+    pub layout: Option<String>,
+    /// Session number found in the content.
+    pub session: Option<i64>,
+    /// Pairs in the file, valid or not.
+    pub pairs_seen: i64,
+    /// Pairs stored for the first time.
+    pub pairs_new: i64,
+    /// Valid pairs already stored before.
+    pub pairs_duplicate: i64,
+    /// Pairs that failed validation.
+    pub pairs_invalid: i64,
+    /// Valid pairs already written (the checkpoint inside the file).
+    pub resume_at: i64,
+    /// Each invalid pair's index and reason.
+    pub invalid: Vec<InvalidEntry>,
+    /// Why it was rejected, or what it duplicates.
+    pub reason: Option<String>,
+    /// The earlier file with the same bytes.
+    pub duplicate_of: Option<i64>,
+    /// When reading began.
+    pub started_at: String,
+    /// When it reached its final status.
+    pub finished_at: Option<String>,
+}
+
+/// One invalid pair, as kept in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct InvalidEntry {
+    /// 0-based index in the file's sequence of pairs.
+    pub index: usize,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The columns a new ledger row needs.
+#[derive(Debug, Clone)]
+pub struct NewFile<'a> {
+    /// Whose drop it is.
+    pub agent: &'a str,
+    /// File name.
+    pub name: &'a str,
+    /// Where it is read from.
+    pub source_path: &'a str,
+    /// Where it will be moved (decided before commit so the row is complete).
+    pub stored_path: Option<&'a str>,
+    /// blake3 of its bytes.
+    pub content_hash: Option<&'a [u8; 32]>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Initial status.
+    pub status: FileStatus,
+    /// Decoder label.
+    pub encoding: Option<&'a str>,
+    /// Undecodable bytes were replaced.
+    pub replaced: bool,
+    /// Layout name.
+    pub layout: Option<&'a str>,
+    /// Session number from the content.
+    pub session: Option<i64>,
+    /// Pairs in the file, valid or not.
+    pub pairs_seen: usize,
+    /// Invalid pairs.
+    pub invalid: &'a [InvalidEntry],
+    /// Rejection reason or duplicate note.
+    pub reason: Option<&'a str>,
+    /// Earlier file with the same bytes.
+    pub duplicate_of: Option<i64>,
+    /// Timestamp.
+    pub now: &'a str,
+}
+
+/// Inserts a ledger row; returns its id. Final statuses get `finished_at = now`.
+pub fn insert(conn: &Connection, f: &NewFile<'_>) -> Result<i64> {
+    let invalid = if f.invalid.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(f.invalid)?)
+    };
+    let finished = (f.status != FileStatus::Partial).then_some(f.now);
+    conn.prepare_cached(
+        "INSERT INTO files (agent, name, source_path, stored_path, content_hash, size, status,
+                            encoding, replaced, layout, session, pairs_seen, pairs_invalid, invalid,
+                            reason, duplicate_of, started_at, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?
+    .execute(params![
+        f.agent,
+        f.name,
+        f.source_path,
+        f.stored_path,
+        f.content_hash.map(|h| &h[..]),
+        f.size as i64,
+        f.status.as_str(),
+        f.encoding,
+        f.replaced,
+        f.layout,
+        f.session,
+        f.pairs_seen as i64,
+        f.invalid.len() as i64,
+        invalid,
+        f.reason,
+        f.duplicate_of,
+        f.now,
+        finished,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Records a checkpoint inside a file: how many valid pairs are written and the counts so far.
+pub fn checkpoint(conn: &Connection, id: i64, resume_at: usize, new: u64, dup: u64) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE files SET resume_at = ?2, pairs_new = ?3, pairs_duplicate = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, resume_at as i64, new as i64, dup as i64])?;
+    Ok(())
+}
+
+/// Marks a file integrated with its final counts.
+pub fn finish(
+    conn: &Connection,
+    id: i64,
+    resume_at: usize,
+    new: u64,
+    dup: u64,
+    now: &str,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE files SET status = 'integrated', resume_at = ?2, pairs_new = ?3,
+                          pairs_duplicate = ?4, finished_at = ?5 WHERE id = ?1",
+    )?
+    .execute(params![id, resume_at as i64, new as i64, dup as i64, now])?;
+    Ok(())
+}
+
+/// The ledger's knowledge of some bytes: every row with this content hash.
+pub fn by_hash(conn: &Connection, hash: &[u8; 32]) -> Result<Vec<FileRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM files WHERE content_hash = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt
+        .query_map([&hash[..]], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// One row by id.
+pub fn get(conn: &Connection, id: i64) -> Result<Option<FileRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM files WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()?)
+}
+
+/// Hashes of every file the ledger has finished with (integrated, duplicate, rejected),
+/// with the paths they were read from. Workers use it to skip parsing known bytes.
+pub fn finished_hashes(conn: &Connection) -> Result<Vec<([u8; 32], String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT content_hash, source_path FROM files
+         WHERE content_hash IS NOT NULL AND status != 'partial'",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            let h: Vec<u8> = r.get(0)?;
+            Ok((h, r.get::<_, String>(1)?))
+        })?
+        .filter_map(|r| match r {
+            Ok((h, p)) => <[u8; 32]>::try_from(h.as_slice()).ok().map(|h| Ok((h, p))),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Which rows `list` returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListFilter {
+    /// Only rejected files.
+    pub rejected_only: bool,
+}
+
+/// The ledger, oldest first.
+pub fn list(conn: &Connection, filter: ListFilter) -> Result<Vec<FileRow>> {
+    let filter_sql = if filter.rejected_only {
+        "WHERE status = 'rejected'"
+    } else {
+        ""
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM files {filter_sql} ORDER BY id"
+    ))?;
+    let rows = stmt
+        .query_map([], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+const COLUMNS: &str =
+    "id, agent, name, source_path, stored_path, content_hash, size, status, encoding,
+    replaced, layout, session, pairs_seen, pairs_new, pairs_duplicate, pairs_invalid, resume_at,
+    invalid, reason, duplicate_of, started_at, finished_at";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
+    let hash: Option<Vec<u8>> = r.get(5)?;
+    let status: String = r.get(7)?;
+    let invalid: Option<String> = r.get(17)?;
+    Ok(FileRow {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        name: r.get(2)?,
+        source_path: r.get(3)?,
+        stored_path: r.get(4)?,
+        content_hash: hash.map(|h| crate::pair::hex(&h)),
+        size: r.get(6)?,
+        status: FileStatus::parse(&status),
+        encoding: r.get(8)?,
+        replaced: r.get(9)?,
+        layout: r.get(10)?,
+        session: r.get(11)?,
+        pairs_seen: r.get(12)?,
+        pairs_new: r.get(13)?,
+        pairs_duplicate: r.get(14)?,
+        pairs_invalid: r.get(15)?,
+        resume_at: r.get(16)?,
+        invalid: invalid
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
+        reason: r.get(18)?,
+        duplicate_of: r.get(19)?,
+        started_at: r.get(20)?,
+        finished_at: r.get(21)?,
+    })
+}

@@ -1,0 +1,113 @@
+//! The schema, as an append-only list of migrations. `PRAGMA user_version` records
+//! how many have run; opening a database runs the rest in one transaction each.
+//! Never edit a migration that has shipped: add a new one.
+
+use anyhow::{Context, Result};
+use rusqlite::Connection;
+
+/// Migration `i` (0-based) brings the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: pairs and the file ledger.
+    r#"
+    CREATE TABLE files (
+        id              INTEGER PRIMARY KEY,
+        agent           TEXT NOT NULL,
+        name            TEXT NOT NULL,            -- file name as dropped
+        source_path     TEXT NOT NULL,            -- absolute path it was read from
+        stored_path     TEXT,                     -- where it was moved (processed/ or rejected/), NULL when read in place
+        content_hash    BLOB,                     -- blake3 of the bytes; NULL when never read (over the size limit)
+        size            INTEGER NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN ('partial', 'integrated', 'duplicate', 'rejected')),
+        encoding        TEXT,
+        replaced        INTEGER NOT NULL DEFAULT 0, -- some bytes were undecodable and replaced
+        layout          TEXT,
+        session         INTEGER,                  -- session number from the content, when it has one
+        pairs_seen      INTEGER NOT NULL DEFAULT 0,
+        pairs_new       INTEGER NOT NULL DEFAULT 0,
+        pairs_duplicate INTEGER NOT NULL DEFAULT 0,
+        pairs_invalid   INTEGER NOT NULL DEFAULT 0,
+        resume_at       INTEGER NOT NULL DEFAULT 0, -- valid pairs already written (checkpoint inside the file)
+        invalid         TEXT,                     -- JSON array of {index, reason}
+        reason          TEXT,                     -- why rejected, or what it duplicates
+        duplicate_of    INTEGER REFERENCES files(id),
+        started_at      TEXT NOT NULL,
+        finished_at     TEXT
+    );
+    CREATE INDEX files_by_hash ON files(content_hash);
+    CREATE INDEX files_by_status ON files(status);
+
+    CREATE TABLE pairs (
+        id          INTEGER PRIMARY KEY,
+        key         BLOB NOT NULL UNIQUE,          -- blake3(normalised question \n normalised answer)
+        question    TEXT NOT NULL,
+        answer      TEXT NOT NULL,
+        indicator   TEXT,
+        category    TEXT,
+        agent       TEXT NOT NULL,
+        extra       TEXT,                          -- unrecognised fields, JSON object
+        file_id     INTEGER NOT NULL REFERENCES files(id),
+        created_at  TEXT NOT NULL
+    );
+    CREATE INDEX pairs_by_category ON pairs(category);
+    CREATE INDEX pairs_by_created ON pairs(created_at);
+    "#,
+];
+
+/// The schema version this build writes.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Runs every migration the database has not seen.
+pub fn migrate(conn: &Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    anyhow::ensure!(
+        current <= latest(),
+        "database schema version {current} is newer than this perpetual understands ({}); upgrade perpetual",
+        latest()
+    );
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i + 1;
+        // IMMEDIATE: two processes opening a fresh root must not both migrate.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let again: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if again >= version as i64 {
+            conn.execute_batch("COMMIT")?;
+            continue;
+        }
+        let applied = conn
+            .execute_batch(sql)
+            .and_then(|()| conn.execute_batch(&format!("PRAGMA user_version = {version}")));
+        match applied {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e).with_context(|| format!("migration {version} failed"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_to_latest_and_is_idempotent() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, latest());
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA user_version = 999").unwrap();
+        assert!(migrate(&conn).is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! Every SQL statement lives under this module: the schema and its migrations, the
+//! pragmas, the ledger, the pair writer's statements and the read-back queries.
+//!
+//! One place owns the connection settings so that tests (in memory) and the binary
+//! run the same code path: WAL so readers never block the writer, `synchronous =
+//! NORMAL` (durable at each checkpoint of the WAL, safe against corruption), foreign
+//! keys on, and a busy timeout so a reader and the writer wait instead of failing.
+
+pub mod ledger;
+pub mod migrations;
+pub mod pairs;
+pub mod stats;
+
+use anyhow::{Context, Result};
+use rusqlite::Connection;
+use std::path::Path;
+use std::time::Duration;
+
+/// Opens (creating if needed) the database at `path` and brings its schema up to date.
+pub fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    configure(&conn).with_context(|| format!("cannot configure database {}", path.display()))?;
+    migrations::migrate(&conn)
+        .with_context(|| format!("cannot migrate database {}", path.display()))?;
+    Ok(conn)
+}
+
+/// An in-memory database with the same settings and schema, for tests and benches.
+pub fn open_in_memory() -> Result<Connection> {
+    let conn = Connection::open_in_memory()?;
+    configure(&conn)?;
+    migrations::migrate(&conn)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // journal_mode returns a row, so it cannot go through execute_batch.
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         -- 64 MiB of page cache: the unique index on random blake3 keys is touched
+         -- at random, so it must stay in memory as the table grows.
+         PRAGMA cache_size = -65536;",
+    )?;
+    Ok(())
+}

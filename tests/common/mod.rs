@@ -1,0 +1,176 @@
+//! The integration-test harness: runs the real `perpetual` binary in a fresh temporary
+//! root. When an assertion fails it prints the command, the root's file listing, stdout
+//! and stderr, so nobody needs to re-run a test to see why.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A temporary root and the binary to drive.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+/// The outcome of one command.
+pub struct Run {
+    pub args: Vec<String>,
+    pub output: Output,
+    pub listing: String,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    /// Everything a person would want to see when a test fails.
+    pub fn explain(&self) -> String {
+        format!(
+            "command: perpetual {}\nstatus: {:?}\n--- stdout\n{}\n--- stderr\n{}\n--- files\n{}",
+            self.args.join(" "),
+            self.output.status,
+            self.stdout(),
+            self.stderr(),
+            self.listing
+        )
+    }
+    /// Asserts the exit status.
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code(),
+            code,
+            "unexpected exit status\n{}",
+            self.explain()
+        );
+        self
+    }
+    /// Parses stdout as one JSON value.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout().trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", self.explain()))
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A `perpetual` command with this root, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_perpetual"));
+        cmd.args(args)
+            .env("PERPETUAL_ROOT", self.dir.path())
+            .env_remove("RUST_LOG")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Runs `perpetual ARGS` to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().expect("run perpetual");
+        Run {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            output,
+            listing: self.listing(),
+        }
+    }
+
+    /// Writes a file (creating folders), relative to the root.
+    pub fn write(&self, rel: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Drops a file into inbox/<agent>/ the documented way: temporary name, then rename.
+    pub fn drop_file(&self, agent: &str, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let tmp = self.write(&format!("inbox/{agent}/.{name}.tmp"), bytes);
+        let dest = self.path(&format!("inbox/{agent}/{name}"));
+        std::fs::rename(tmp, &dest).unwrap();
+        dest
+    }
+
+    /// Names of the regular files directly inside `rel`, sorted.
+    pub fn files_in(&self, rel: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path(rel))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// A read-only look at the database, as any SQLite client would have.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.path("perpetual.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open perpetual.db")
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    /// Every path under the root, for failure messages.
+    pub fn listing(&self) -> String {
+        let mut out = Vec::new();
+        list(self.dir.path(), self.dir.path(), &mut out);
+        out.sort();
+        out.join("\n")
+    }
+}
+
+fn list(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let rel = p.strip_prefix(base).unwrap().display().to_string();
+        if p.is_dir() {
+            out.push(format!("{rel}/"));
+            list(base, &p, out);
+        } else {
+            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push(format!("{rel} ({size} bytes)"));
+        }
+    }
+}
+
+/// The number of distinct pairs in a set of generated files, computed the way the
+/// specification defines a pair's identity.
+pub fn distinct_pairs(files: &[perpetual::generate::GeneratedFile]) -> usize {
+    let mut keys = std::collections::HashSet::new();
+    for f in files {
+        for qa in &f.distinct_keys {
+            let (q, a) = qa.split_once('\n').expect("question\\nanswer");
+            keys.insert(perpetual::pair::pair_key(q, a));
+        }
+    }
+    keys.len()
+}
