@@ -106,7 +106,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         .with_context(|| format!("cannot write to {}", dir.display()))?;
     let pairs: usize = files.iter().map(|f| f.pairs).sum();
     println!(
-        "wrote {} files ({} pairs) to {}",
+        "wrote {} file(s) ({} pairs) to {}",
         files.len(),
         thousands(pairs as u64),
         dir.display()
