@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// File extensions the engine reads.
 pub const EXTENSIONS: [&str; 3] = ["json", "jsonl", "ndjson"];
@@ -453,6 +453,25 @@ pub struct Writer<'c> {
     events: Vec<PendingEvent>,
     report: IngestReport,
     run_started: Instant,
+    last_move: Instant,
+}
+
+/// How long finished files may wait in the inbox for their move during a burst: moving
+/// needs the WAL on disk (one fsync), which is too slow to pay at every checkpoint.
+pub const MOVE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Flushes the WAL to disk, making every committed transaction durable.
+fn sync_wal(conn: &Connection) -> Result<()> {
+    let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
+        return Ok(()); // in memory
+    };
+    let wal = format!("{db}-wal");
+    match std::fs::File::open(&wal) {
+        Ok(f) => f.sync_data().with_context(|| format!("cannot sync {wal}")),
+        // No WAL: everything is checkpointed into the database file already.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot open {wal}")),
+    }
 }
 
 impl<'c> Writer<'c> {
@@ -469,6 +488,7 @@ impl<'c> Writer<'c> {
             events: Vec::new(),
             report: IngestReport::default(),
             run_started: Instant::now(),
+            last_move: Instant::now(),
         }
     }
 
@@ -491,14 +511,37 @@ impl<'c> Writer<'c> {
         Ok(())
     }
 
-    /// Commits the open transaction (a checkpoint), then moves the files it finished and
-    /// reports them through `on_file`. Does nothing when no transaction is open.
+    /// Commits the open transaction (a checkpoint): its pairs become queryable and its
+    /// files are reported through `on_file`. Files it finished are moved once the commits
+    /// are durable, at most every [`MOVE_INTERVAL`] (see [`Writer::flush`]).
     pub fn commit(&mut self, on_file: &mut dyn FnMut(&FileEvent)) -> Result<()> {
+        self.commit_inner(on_file, false)
+    }
+
+    /// Commits, makes every commit durable, and moves every finished file. Call when idle
+    /// and before exiting.
+    pub fn flush(&mut self, on_file: &mut dyn FnMut(&FileEvent)) -> Result<()> {
+        self.commit_inner(on_file, true)
+    }
+
+    fn commit_inner(&mut self, on_file: &mut dyn FnMut(&FileEvent), force: bool) -> Result<()> {
         if self.in_txn {
             self.conn.execute_batch("COMMIT").context("commit failed")?;
             self.in_txn = false;
             self.pending_pairs = 0;
         }
+        for mut pending in self.events.drain(..) {
+            pending.event.millis = pending.started.elapsed().as_secs_f64() * 1000.0;
+            log_event(&pending.event);
+            on_file(&pending.event);
+        }
+        if self.moves.is_empty() || !(force || self.last_move.elapsed() >= MOVE_INTERVAL) {
+            return Ok(());
+        }
+        // Commits under synchronous = NORMAL survive a crash of the process but not a
+        // power cut until the WAL reaches the disk. A file leaves the inbox only after
+        // that, so a power cut can never leave a file in processed/ whose pairs are gone.
+        sync_wal(self.conn)?;
         for m in self.moves.drain(..) {
             self.claimed.remove(&m.to);
             if let Err(e) = move_file(&m) {
@@ -510,11 +553,7 @@ impl<'c> Writer<'c> {
                 );
             }
         }
-        for mut pending in self.events.drain(..) {
-            pending.event.millis = pending.started.elapsed().as_secs_f64() * 1000.0;
-            log_event(&pending.event);
-            on_file(&pending.event);
-        }
+        self.last_move = Instant::now();
         Ok(())
     }
 
@@ -758,9 +797,11 @@ impl<'c> Writer<'c> {
             }
         };
         let (run_new_before, run_dup_before) = (new, dup);
+        let conn = self.conn;
+        let mut insert = store::pairs::insert_statement(conn)?;
         while next < parsed.pairs.len() {
             let pair = &parsed.pairs[next];
-            if store::pairs::insert(self.conn, pair, &job.agent, id, &self.now)? {
+            if store::pairs::insert(&mut insert, pair, &job.agent, id, &self.now)? {
                 new += 1;
             } else {
                 dup += 1;
@@ -836,7 +877,7 @@ impl<'c> Writer<'c> {
 
     /// Commits what is pending and returns the run's totals.
     pub fn finish(mut self, on_file: &mut dyn FnMut(&FileEvent)) -> Result<IngestReport> {
-        self.commit(on_file)?;
+        self.flush(on_file)?;
         let mut report = std::mem::take(&mut self.report);
         report.seconds = self.run_started.elapsed().as_secs_f64();
         report.pairs_per_second = if report.seconds > 0.0 {
@@ -919,6 +960,17 @@ fn move_file(m: &PendingMove) -> Result<()> {
     Ok(())
 }
 
+/// The thread pool of the parallel stage: one thread per core but one, because the
+/// writer, the bottleneck, needs a core of its own (measured in BENCHMARKS.md).
+pub fn prepare_pool() -> Result<rayon::ThreadPool> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.saturating_sub(1).max(1))
+        .thread_name(|i| format!("prepare-{i}"))
+        .build()
+        .context("cannot start the prepare threads")
+}
+
 /// Runs the whole pipeline over `jobs`: parallel preparation, one writer, commits every
 /// `checkpoint_every` pairs and whenever the queue runs dry.
 pub fn run(
@@ -930,17 +982,21 @@ pub fn run(
 ) -> Result<IngestReport> {
     let hints = Hints::load(conn)?;
     let stop = AtomicBool::new(false);
-    let bound = rayon::current_num_threads().max(1) * 2;
+    let pool = prepare_pool()?;
+    let bound = pool.current_num_threads() * 2;
     let (tx, rx) = mpsc::sync_channel::<Prepared>(bound);
     std::thread::scope(|scope| {
         let hints = &hints;
         let stop = &stop;
+        let pool = &pool;
         scope.spawn(move || {
-            jobs.into_par_iter().for_each_with(tx, |tx, job| {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let _ = tx.send(prepare(job, hints, max_file_bytes));
+            pool.install(|| {
+                jobs.into_par_iter().for_each_with(tx, |tx, job| {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let _ = tx.send(prepare(job, hints, max_file_bytes));
+                })
             });
         });
         let result = (|| {

@@ -48,7 +48,6 @@ pub const MIGRATIONS: &[&str] = &[
         file_id     INTEGER NOT NULL REFERENCES files(id),
         created_at  TEXT NOT NULL
     );
-    CREATE INDEX pairs_by_category ON pairs(category);
     CREATE INDEX pairs_by_created ON pairs(created_at);
     "#,
 ];

@@ -5,23 +5,27 @@
 
 use crate::pair::Pair;
 use anyhow::Result;
-use rusqlite::{Connection, params};
+use rusqlite::{CachedStatement, Connection, Statement, params};
 
 /// The statement every pair goes through.
 pub const INSERT_PAIR: &str = "INSERT OR IGNORE INTO pairs
     (key, question, answer, indicator, category, agent, extra, file_id, created_at)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
+/// The prepared [`INSERT_PAIR`], to reuse across a file's pairs.
+pub fn insert_statement(conn: &Connection) -> Result<CachedStatement<'_>> {
+    Ok(conn.prepare_cached(INSERT_PAIR)?)
+}
+
 /// Inserts `pair` unless its key is stored; returns true when it was new.
 /// Call inside an open transaction: one transaction per pair would be ~100x slower.
 pub fn insert(
-    conn: &Connection,
+    stmt: &mut Statement<'_>,
     pair: &Pair,
     agent: &str,
     file_id: i64,
     now: &str,
 ) -> Result<bool> {
-    let mut stmt = conn.prepare_cached(INSERT_PAIR)?;
     let changed = stmt.execute(params![
         &pair.key[..],
         pair.question,
