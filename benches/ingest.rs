@@ -33,6 +33,7 @@ fn fixture() -> Fixture {
         encodings: vec![],
         bad_files: 0,
         session_start: None,
+        ..GenConfig::default()
     });
     generate::write_files(&drops, &files).unwrap();
     // The same rows, parsed and keyed once, for the bare insert.

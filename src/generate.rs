@@ -123,6 +123,9 @@ pub struct GenConfig {
     /// When set, file `i` is a nested drop named `session_<n>.json` with a top-level
     /// `"session": n`, where `n = session_start + i`.
     pub session_start: Option<u32>,
+    /// Number of the first fresh pair. Fresh pairs are numbered from here, so sets
+    /// generated with disjoint ranges hold disjoint pairs (scale runs use this).
+    pub first_pair_id: u64,
 }
 
 impl Default for GenConfig {
@@ -136,6 +139,7 @@ impl Default for GenConfig {
             encodings: Vec::new(),
             bad_files: 0,
             session_start: None,
+            first_pair_id: 0,
         }
     }
 }
@@ -164,7 +168,7 @@ pub struct GeneratedFile {
 pub fn generate(cfg: &GenConfig) -> Vec<GeneratedFile> {
     let mut generator = Generator {
         rng: fastrand::Rng::with_seed(cfg.seed),
-        next_id: 0,
+        next_id: cfg.first_pair_id,
         pool: Vec::new(),
         pool_cp1252: Vec::new(),
     };

@@ -20,6 +20,7 @@ fn config(
         encodings,
         bad_files: 0,
         session_start: None,
+        ..GenConfig::default()
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Args {
     /// Name files session_<n>.json with a `session` field, starting at this number.
     #[arg(long)]
     pub sessions_from: Option<u32>,
+    /// Number of the first fresh pair: sets generated with disjoint ranges share no pair.
+    #[arg(long, default_value_t = 0)]
+    pub first_pair_id: u64,
     /// Random seed: the same seed writes the same bytes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -98,6 +101,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             .collect(),
         bad_files: args.bad,
         session_start: args.sessions_from,
+        first_pair_id: args.first_pair_id,
     };
     let files = generate::generate(&cfg);
     // write_files uses the documented writer convention (temporary name, then rename),

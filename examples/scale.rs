@@ -1,0 +1,158 @@
+//! Scale run through the real binary: ingest rate on an empty database and with a
+//! large archive already stored, re-run cost, and peak memory (max RSS) of each run.
+//!
+//! ```sh
+//! cargo build --release
+//! cargo run --release --example scale -- 1000000      # pairs in the big archive (default 1,000,000)
+//! ```
+//! Set SCALE_DIR to keep the generated archives and databases (default: a temporary
+//! folder, removed at the end). Figures and method: BENCHMARKS.md.
+
+use perpetual::generate::{self, DropLayout, GenConfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const PAIRS_PER_FILE: usize = 500;
+const PROBE_PAIRS: usize = 100_000;
+const CHUNK_FILES: usize = 100;
+
+fn main() {
+    let pairs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.replace('_', "").parse().expect("PAIRS must be a number"))
+        .unwrap_or(1_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::env::var_os("SCALE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let bin = binary();
+    println!("binary {}", bin.display());
+
+    let big = base.join("archive_big");
+    let probe_empty = base.join("probe_empty");
+    let probe_full = base.join("probe_full");
+    let t = Instant::now();
+    write_archive(&big, pairs, 0);
+    write_archive(&probe_empty, PROBE_PAIRS, 10_000_000_000);
+    write_archive(&probe_full, PROBE_PAIRS, 20_000_000_000);
+    println!(
+        "generated {pairs} + 2 x {PROBE_PAIRS} pairs in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let empty_root = base.join("root_empty");
+    let full_root = base.join("root_full");
+    let r_empty = ingest(&bin, &empty_root, &probe_empty);
+    let r_big = ingest(&bin, &full_root, &big);
+    let r_full = ingest(&bin, &full_root, &probe_full);
+    let r_rerun = ingest(&bin, &full_root, &big);
+
+    println!();
+    println!("| run | pairs stored before | pairs new | seconds | pairs/s | peak RSS |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (name, before, r) in [
+        ("100k fresh pairs, empty database", 0, &r_empty),
+        ("big archive, empty database", 0, &r_big),
+        ("100k fresh pairs, big archive stored", pairs, &r_full),
+        ("big archive again (re-run)", pairs + PROBE_PAIRS, &r_rerun),
+    ] {
+        println!(
+            "| {name} | {before} | {} | {:.2} | {:.0} | {:.0} MB |",
+            r.pairs_new,
+            r.seconds,
+            r.pairs_new as f64 / r.seconds,
+            r.max_rss_kb as f64 / 1024.0
+        );
+    }
+    let ratio =
+        (r_full.pairs_new as f64 / r_full.seconds) / (r_empty.pairs_new as f64 / r_empty.seconds);
+    println!();
+    println!(
+        "rate with {pairs} stored / rate on empty database: {:.0}%",
+        ratio * 100.0
+    );
+    println!(
+        "peak RSS: {:.0} MB for {PROBE_PAIRS} pairs, {:.0} MB for {pairs} pairs",
+        r_empty.max_rss_kb as f64 / 1024.0,
+        r_big.max_rss_kb as f64 / 1024.0
+    );
+}
+
+/// The release binary next to this example.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|p| p.parent()).unwrap();
+    let bin = dir.join("perpetual");
+    assert!(
+        bin.exists(),
+        "build it first: cargo build --release ({})",
+        bin.display()
+    );
+    bin
+}
+
+/// Writes `pairs` fresh pairs in files of 500, in chunks so generation memory stays small.
+fn write_archive(dir: &Path, pairs: usize, first_id: u64) {
+    let files = pairs.div_ceil(PAIRS_PER_FILE);
+    let mut written = 0;
+    let mut chunk = 0;
+    while written < files {
+        let n = CHUNK_FILES.min(files - written);
+        let generated = generate::generate(&GenConfig {
+            seed: first_id + chunk as u64,
+            files: n,
+            pairs_per_file: PAIRS_PER_FILE,
+            layouts: vec![
+                DropLayout::Flat,
+                DropLayout::Nested,
+                DropLayout::JsonLines,
+                DropLayout::NestedArray,
+            ],
+            first_pair_id: first_id + (written * PAIRS_PER_FILE) as u64,
+            ..GenConfig::default()
+        });
+        generate::write_files(&dir.join(format!("chunk_{chunk:04}")), &generated).unwrap();
+        written += n;
+        chunk += 1;
+    }
+}
+
+struct Measured {
+    pairs_new: u64,
+    seconds: f64,
+    max_rss_kb: i64,
+}
+
+// The child is reaped with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn ingest(bin: &Path, root: &Path, archive: &Path) -> Measured {
+    let child = Command::new(bin)
+        .args([
+            "--root",
+            root.to_str().unwrap(),
+            "ingest",
+            "--agent",
+            "bench",
+            "--json",
+        ])
+        .arg(archive)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+    // wait4 instead of Child::wait: it also returns the child's own peak RSS.
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("ingest --json output");
+    Measured {
+        pairs_new: report["pairs_new"].as_u64().unwrap(),
+        seconds: report["seconds"].as_f64().unwrap(),
+        max_rss_kb: usage.ru_maxrss,
+    }
+}
