@@ -405,6 +405,8 @@ pub struct RejectedFile {
 pub struct FileEvent {
     /// Whose drop.
     pub agent: String,
+    /// Where it was read from.
+    pub path: PathBuf,
     /// File name.
     pub name: String,
     /// What became of it; `None` when it was skipped or unreadable.
@@ -421,6 +423,24 @@ pub struct FileEvent {
     pub note: Option<String>,
     /// Session number from the content.
     pub session: Option<i64>,
+}
+
+/// A budget the writer spends as it writes: each valid pair written costs its
+/// estimated tokens ([`Pair::estimated_tokens`]). Once `used` reaches `limit`, the
+/// writer stops at the next commit, so the current batch always completes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Meter {
+    /// Where to stop.
+    pub limit: u64,
+    /// Spent so far.
+    pub used: u64,
+}
+
+impl Meter {
+    /// Whether the limit is reached.
+    pub fn exhausted(&self) -> bool {
+        self.used >= self.limit
+    }
 }
 
 /// Tunables of the writer.
@@ -454,6 +474,8 @@ pub struct Writer<'c> {
     report: IngestReport,
     run_started: Instant,
     last_move: Instant,
+    meter: Option<Meter>,
+    stopped: bool,
 }
 
 /// How long finished files may wait in the inbox for their move during a burst: moving
@@ -489,6 +511,8 @@ impl<'c> Writer<'c> {
             report: IngestReport::default(),
             run_started: Instant::now(),
             last_move: Instant::now(),
+            meter: None,
+            stopped: false,
         }
     }
 
@@ -500,6 +524,22 @@ impl<'c> Writer<'c> {
     /// Pairs written since the last commit.
     pub fn pending_pairs(&self) -> usize {
         self.pending_pairs
+    }
+
+    /// Spends `meter` as pairs are written; see [`Meter`].
+    pub fn set_meter(&mut self, meter: Meter) {
+        self.meter = Some(meter);
+    }
+
+    /// The meter, if one is set.
+    pub fn meter(&self) -> Option<Meter> {
+        self.meter
+    }
+
+    /// Whether the meter ran out: the writer committed its last batch and writes no more.
+    /// A file it was in the middle of stays `partial` and resumes at its checkpoint.
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 
     fn begin(&mut self) -> Result<()> {
@@ -529,6 +569,9 @@ impl<'c> Writer<'c> {
             self.conn.execute_batch("COMMIT").context("commit failed")?;
             self.in_txn = false;
             self.pending_pairs = 0;
+        }
+        if self.meter.is_some_and(|m| m.exhausted()) {
+            self.stopped = true;
         }
         for mut pending in self.events.drain(..) {
             pending.event.millis = pending.started.elapsed().as_secs_f64() * 1000.0;
@@ -560,6 +603,9 @@ impl<'c> Writer<'c> {
     /// Writes one prepared file: its pairs, its ledger row, and its pending move.
     /// Commits on its own whenever `checkpoint_every` pairs have accumulated.
     pub fn write(&mut self, prepared: Prepared, on_file: &mut dyn FnMut(&FileEvent)) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
         let Prepared {
             job,
             size,
@@ -808,9 +854,21 @@ impl<'c> Writer<'c> {
             }
             next += 1;
             self.pending_pairs += 1;
+            if let Some(meter) = &mut self.meter {
+                meter.used += pair.estimated_tokens();
+            }
             if self.pending_pairs >= self.opts.checkpoint_every && next < parsed.pairs.len() {
                 ledger::checkpoint(self.conn, id, next, new, dup)?;
                 self.commit(on_file)?;
+                if self.stopped {
+                    // The budget ran out inside this file: it stays partial, and the
+                    // next run resumes at `next`.
+                    let (run_new, run_dup) = (new - run_new_before, dup - run_dup_before);
+                    self.report.pairs_new += run_new;
+                    self.report.pairs_duplicate += run_dup;
+                    self.report.pairs_seen += run_new + run_dup;
+                    return Ok(());
+                }
                 self.begin()?;
             }
         }
@@ -909,6 +967,7 @@ fn event(
 ) -> FileEvent {
     FileEvent {
         agent: job.agent.clone(),
+        path: job.path.clone(),
         name: job.name(),
         status,
         new,
@@ -980,6 +1039,19 @@ pub fn run(
     opts: WriterOptions,
     on_file: &mut dyn FnMut(&FileEvent),
 ) -> Result<IngestReport> {
+    run_metered(conn, jobs, max_file_bytes, opts, None, on_file).map(|(report, _)| report)
+}
+
+/// [`run`] under a budget: stops at the first commit after `meter` runs out and
+/// returns the meter as spent. Files not reached stay untouched for the next run.
+pub fn run_metered(
+    conn: &Connection,
+    jobs: Vec<Job>,
+    max_file_bytes: u64,
+    opts: WriterOptions,
+    meter: Option<Meter>,
+    on_file: &mut dyn FnMut(&FileEvent),
+) -> Result<(IngestReport, Option<Meter>)> {
     let hints = Hints::load(conn)?;
     let stop = AtomicBool::new(false);
     let pool = prepare_pool()?;
@@ -991,7 +1063,9 @@ pub fn run(
         let pool = &pool;
         scope.spawn(move || {
             pool.install(|| {
-                jobs.into_par_iter().for_each_with(tx, |tx, job| {
+                // par_bridge hands files out in order (oldest name, lowest session
+                // first), where splitting the list would start in its middle too.
+                jobs.into_iter().par_bridge().for_each_with(tx, |tx, job| {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
@@ -1001,7 +1075,13 @@ pub fn run(
         });
         let result = (|| {
             let mut writer = Writer::new(conn, opts);
+            if let Some(meter) = meter {
+                writer.set_meter(meter);
+            }
             loop {
+                if writer.stopped() {
+                    break;
+                }
                 let next = match rx.try_recv() {
                     Ok(p) => p,
                     Err(mpsc::TryRecvError::Empty) => {
@@ -1017,11 +1097,11 @@ pub fn run(
                 };
                 writer.write(next, on_file)?;
             }
-            writer.finish(on_file)
+            let meter = writer.meter();
+            writer.finish(on_file).map(|report| (report, meter))
         })();
-        if result.is_err() {
-            stop.store(true, Ordering::Relaxed);
-        }
+        // Done, failed or out of budget: files not yet prepared are left alone.
+        stop.store(true, Ordering::Relaxed);
         drop(rx);
         result
     })

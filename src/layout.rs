@@ -805,7 +805,7 @@ fn shared_session(pairs: &[RawPair]) -> Option<i64> {
 }
 
 /// Reads `123`, `"123"`, `"session_123"`, `"Session-123"` or `"session 123"`.
-fn session_number(value: &Value) -> Option<i64> {
+pub fn session_number(value: &Value) -> Option<i64> {
     match value {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => {
@@ -1562,5 +1562,88 @@ mod tests {
                 .unwrap();
         assert_eq!(drop.pairs[0].extra, drop.pairs[1].extra);
         assert_eq!(drop.pairs[0].extra["meta"], json!({"k":[1,2]}));
+    }
+}
+
+/// The fields [`peek_session`] looks at; serde skips everything else without building it.
+#[derive(serde::Deserialize)]
+struct PeekObject {
+    #[serde(default)]
+    session: Option<Value>,
+    #[serde(default)]
+    qa_pairs: Option<Vec<PeekObject>>,
+}
+
+impl PeekObject {
+    fn session(&self) -> Option<i64> {
+        self.session.as_ref().and_then(session_number).or_else(|| {
+            self.qa_pairs
+                .iter()
+                .flatten()
+                .find_map(|p| p.session.as_ref().and_then(session_number))
+        })
+    }
+}
+
+/// The session number a drop's content declares, found without building its pairs (a
+/// backfill plans its work with it before reading anything for real): a nested
+/// object's top-level `session`, else the first pair's. Agrees with
+/// [`ParsedDrop::session`] on every file whose pairs agree with each other.
+pub fn peek_session(text: &str) -> Option<i64> {
+    let text = text.trim_start_matches('\u{feff}').trim_start();
+    if text.starts_with('[') {
+        let items: Vec<PeekObject> = serde_json::from_str(text).ok()?;
+        return items.iter().find_map(PeekObject::session);
+    }
+    match serde_json::from_str::<PeekObject>(text) {
+        Ok(object) => object.session(),
+        // JSON Lines: the first line speaks for the file.
+        Err(_) => serde_json::from_str::<PeekObject>(text.lines().next()?)
+            .ok()?
+            .session(),
+    }
+}
+
+#[cfg(test)]
+mod peek_tests {
+    use super::*;
+
+    #[test]
+    fn peek_agrees_with_parse() {
+        let cases = [
+            (
+                "nested_top",
+                r#"{"session": 123, "qa_pairs": [{"question": "q", "answer": "a"}]}"#,
+                Some(123),
+            ),
+            (
+                "nested_string",
+                r#"{"session": "session_7", "qa_pairs": [{"q": "q", "a": "a"}]}"#,
+                Some(7),
+            ),
+            (
+                "flat_pairs",
+                r#"[{"question": "q", "answer": "a", "session": 150}]"#,
+                Some(150),
+            ),
+            (
+                "nested_array",
+                r#"[{"session": 9, "qa_pairs": [{"q": "x", "a": "y"}]}]"#,
+                Some(9),
+            ),
+            (
+                "jsonl",
+                "{\"q\": \"x\", \"a\": \"y\", \"session\": 11}\n{\"q\": \"z\", \"a\": \"w\", \"session\": 11}\n",
+                Some(11),
+            ),
+            ("none", r#"[{"question": "q", "answer": "a"}]"#, None),
+            ("broken", r#"{"session": 5, "qa_pairs": ["#, None),
+        ];
+        for (name, text, want) in cases {
+            assert_eq!(peek_session(text), want, "{name}");
+            if let Ok(parsed) = parse(text) {
+                assert_eq!(parsed.session, want, "{name}: parse and peek agree");
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! agents that drop files into `inbox/<agent>/`. See ARCHITECTURE.md for the data flow
 //! and the invariants; each module's doc says what it owns.
 
+pub mod backfill;
 pub mod cli;
 pub mod clock;
 pub mod config;

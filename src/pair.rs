@@ -49,6 +49,14 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// What the pair costs an agent that reads it, in tokens: characters of question
+    /// and answer divided by 4, rounded up (the common rule of thumb for English text).
+    pub fn estimated_tokens(&self) -> u64 {
+        ((self.question.chars().count() + self.answer.chars().count()) as u64).div_ceil(4)
+    }
+}
+
 /// Returns `text` normalised: NFC, whitespace runs collapsed to one space, trimmed.
 pub fn normalise(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -245,6 +245,27 @@ pub fn finished_hashes(conn: &Connection) -> Result<Vec<([u8; 32], String)>> {
     Ok(rows)
 }
 
+/// What the ledger finished, by the path a file was read from: its content hash and
+/// session number. A backfill uses it to plan without parsing finished files.
+pub fn finished_by_path(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, Vec<([u8; 32], Option<i64>)>>> {
+    let mut stmt = conn.prepare(
+        "SELECT source_path, content_hash, session FROM files
+         WHERE content_hash IS NOT NULL AND status != 'partial'",
+    )?;
+    let mut map: std::collections::HashMap<String, Vec<([u8; 32], Option<i64>)>> =
+        std::collections::HashMap::new();
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let hash: Vec<u8> = r.get(1)?;
+        if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+            map.entry(r.get(0)?).or_default().push((hash, r.get(2)?));
+        }
+    }
+    Ok(map)
+}
+
 /// Which rows `list` returns.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListFilter {
