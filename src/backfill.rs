@@ -176,10 +176,7 @@ pub fn plan(
 }
 
 /// A file's session and whether the ledger finished it, reading as little as possible.
-fn classify(
-    job: &Job,
-    finished: &std::collections::HashMap<String, Vec<([u8; 32], Option<i64>)>>,
-) -> (Option<i64>, bool) {
+fn classify(job: &Job, finished: &ledger::FinishedByPath) -> (Option<i64>, bool) {
     let by_name = session_from_name(&job.name());
     let Ok(bytes) = std::fs::read(&job.path) else {
         // Unreadable now: the ingest will say why.

@@ -245,17 +245,17 @@ pub fn finished_hashes(conn: &Connection) -> Result<Vec<([u8; 32], String)>> {
     Ok(rows)
 }
 
+/// Source path → (content hash, session) of each finished ledger row read from it.
+pub type FinishedByPath = std::collections::HashMap<String, Vec<([u8; 32], Option<i64>)>>;
+
 /// What the ledger finished, by the path a file was read from: its content hash and
 /// session number. A backfill uses it to plan without parsing finished files.
-pub fn finished_by_path(
-    conn: &Connection,
-) -> Result<std::collections::HashMap<String, Vec<([u8; 32], Option<i64>)>>> {
+pub fn finished_by_path(conn: &Connection) -> Result<FinishedByPath> {
     let mut stmt = conn.prepare(
         "SELECT source_path, content_hash, session FROM files
          WHERE content_hash IS NOT NULL AND status != 'partial'",
     )?;
-    let mut map: std::collections::HashMap<String, Vec<([u8; 32], Option<i64>)>> =
-        std::collections::HashMap::new();
+    let mut map = FinishedByPath::new();
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let hash: Vec<u8> = r.get(1)?;
