@@ -21,9 +21,10 @@ use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// File extensions the engine reads.
 pub const EXTENSIONS: [&str; 3] = ["json", "jsonl", "ndjson"];
@@ -175,6 +176,10 @@ pub struct Prepared {
     pub job: Job,
     /// Size in bytes.
     pub size: u64,
+    /// Modification time just before the bytes were read: with `size`, what the caller
+    /// compares to tell whether the file changed since (`watch` does, for writers
+    /// still at work).
+    pub modified: Option<SystemTime>,
     /// blake3 of the bytes (`None` only when the file could not be read).
     pub hash: Option<[u8; 32]>,
     /// The result.
@@ -250,11 +255,12 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
         outcome: Outcome::Unreadable(format!("cannot read {}: {e}", job.path.display())),
         job,
         size,
+        modified: None,
         hash: None,
         started,
     };
-    let size = match std::fs::metadata(&job.path) {
-        Ok(m) => m.len(),
+    let (size, modified) = match std::fs::metadata(&job.path) {
+        Ok(m) => (m.len(), m.modified().ok()),
         Err(e) => return unreadable(job, 0, e),
     };
     if size > max_file_bytes {
@@ -277,6 +283,7 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
             },
             job,
             size,
+            modified,
             hash: Some(hash),
             started,
         };
@@ -295,6 +302,7 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
     Prepared {
         job,
         size,
+        modified,
         hash: Some(hash),
         outcome,
         started,
@@ -453,6 +461,7 @@ pub struct Writer<'c> {
     events: Vec<PendingEvent>,
     report: IngestReport,
     run_started: Instant,
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl<'c> Writer<'c> {
@@ -469,7 +478,22 @@ impl<'c> Writer<'c> {
             events: Vec::new(),
             report: IngestReport::default(),
             run_started: Instant::now(),
+            interrupt: None,
         }
+    }
+
+    /// Makes the writer stop early once `flag` is set (a signal): [`integrate`] writes no
+    /// further file, and a file being written stops at its next checkpoint, left
+    /// `partial` in the ledger and in the inbox so that the next run resumes it there.
+    pub fn interrupt_on(&mut self, flag: Arc<AtomicBool>) {
+        self.interrupt = Some(flag);
+    }
+
+    /// Whether the flag given to [`Writer::interrupt_on`] is set.
+    pub fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// The totals so far (committed or not).
@@ -527,6 +551,7 @@ impl<'c> Writer<'c> {
             hash,
             outcome,
             started,
+            ..
         } = prepared;
         let Some(hash) = hash else {
             if let Outcome::Unreadable(msg) = outcome {
@@ -770,6 +795,15 @@ impl<'c> Writer<'c> {
             if self.pending_pairs >= self.opts.checkpoint_every && next < parsed.pairs.len() {
                 ledger::checkpoint(self.conn, id, next, new, dup)?;
                 self.commit(on_file)?;
+                if self.interrupted() {
+                    // Stopping: the checkpoint just committed is where the next run resumes.
+                    tracing::info!(
+                        agent = %job.agent, file = %name,
+                        "interrupted at pair {next} of {}; the next run resumes there",
+                        parsed.pairs.len()
+                    );
+                    return Ok(());
+                }
                 self.begin()?;
             }
         }
@@ -929,23 +963,54 @@ pub fn run(
     on_file: &mut dyn FnMut(&FileEvent),
 ) -> Result<IngestReport> {
     let hints = Hints::load(conn)?;
-    let stop = AtomicBool::new(false);
+    let mut writer = Writer::new(conn, opts);
+    integrate(
+        &mut writer,
+        jobs,
+        &hints,
+        max_file_bytes,
+        &mut |_| true,
+        on_file,
+    )?;
+    writer.finish(on_file)
+}
+
+/// The loop `ingest` and `watch` share: prepares `jobs` on rayon's pool and writes them
+/// through `writer` as they come, committing whenever no prepared file is waiting (so a
+/// burst is batched and a lone small drop is queryable at once) and once at the end.
+///
+/// `admit` sees each prepared file just before it would be written; a file it refuses is
+/// not written and comes back in the returned list (`watch` refuses files that changed
+/// since they were read). Stops early, after committing, when the writer is interrupted
+/// ([`Writer::interrupt_on`]); files not reached are left untouched.
+pub fn integrate(
+    writer: &mut Writer<'_>,
+    jobs: Vec<Job>,
+    hints: &Hints,
+    max_file_bytes: u64,
+    admit: &mut dyn FnMut(&Prepared) -> bool,
+    on_file: &mut dyn FnMut(&FileEvent),
+) -> Result<Vec<Prepared>> {
+    let abort = AtomicBool::new(false);
+    let interrupt = writer.interrupt.clone();
     let bound = rayon::current_num_threads().max(1) * 2;
     let (tx, rx) = mpsc::sync_channel::<Prepared>(bound);
+    let mut held = Vec::new();
     std::thread::scope(|scope| {
-        let hints = &hints;
-        let stop = &stop;
+        let abort = &abort;
+        let interrupt = interrupt.as_deref();
         scope.spawn(move || {
             jobs.into_par_iter().for_each_with(tx, |tx, job| {
-                if stop.load(Ordering::Relaxed) {
+                if abort.load(Ordering::Relaxed)
+                    || interrupt.is_some_and(|f| f.load(Ordering::Relaxed))
+                {
                     return;
                 }
                 let _ = tx.send(prepare(job, hints, max_file_bytes));
             });
         });
         let result = (|| {
-            let mut writer = Writer::new(conn, opts);
-            loop {
+            while !writer.interrupted() {
                 let next = match rx.try_recv() {
                     Ok(p) => p,
                     Err(mpsc::TryRecvError::Empty) => {
@@ -959,14 +1024,20 @@ pub fn run(
                     }
                     Err(mpsc::TryRecvError::Disconnected) => break,
                 };
-                writer.write(next, on_file)?;
+                if admit(&next) {
+                    writer.write(next, on_file)?;
+                } else {
+                    held.push(next);
+                }
             }
-            writer.finish(on_file)
+            writer.commit(on_file)
         })();
         if result.is_err() {
-            stop.store(true, Ordering::Relaxed);
+            abort.store(true, Ordering::Relaxed);
         }
+        // Workers still preparing see the closed channel (or the flags) and stop.
         drop(rx);
         result
-    })
+    })?;
+    Ok(held)
 }
