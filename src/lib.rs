@@ -12,3 +12,4 @@ pub mod layout;
 pub mod pair;
 pub mod root;
 pub mod store;
+pub mod watch;
