@@ -237,16 +237,7 @@ impl<'c> Watch<'c> {
                 // Unreachable: the stopper keeps a sender alive.
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if self.rescan || Instant::now() >= next_reconcile {
-                if self.rescan {
-                    tracing::info!("rescanning every inbox (events may have been lost)");
-                }
-                self.rescan = false;
-                if let Err(e) = self.reconcile() {
-                    tracing::error!("cannot scan the inbox: {e:#}");
-                }
-                next_reconcile = Instant::now() + self.opts.reconcile;
-            }
+            self.rescan_if_due(&mut next_reconcile);
         }
         let t = &mut self.totals;
         t.seconds = started.elapsed().as_secs_f64();
@@ -268,6 +259,21 @@ impl<'c> Watch<'c> {
             t.pairs_new
         );
         Ok(self.totals)
+    }
+
+    /// Scans everything when events may have been lost, or when the reconcile scan is due.
+    fn rescan_if_due(&mut self, next_reconcile: &mut Instant) {
+        if !self.rescan && Instant::now() < *next_reconcile {
+            return;
+        }
+        if self.rescan {
+            tracing::info!("rescanning every inbox (events may have been lost)");
+        }
+        self.rescan = false;
+        if let Err(e) = self.reconcile() {
+            tracing::error!("cannot scan the inbox: {e:#}");
+        }
+        *next_reconcile = Instant::now() + self.opts.reconcile;
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -699,7 +705,9 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    const SETTLE: Duration = Duration::from_millis(300);
+    // Long, so that a busy machine never makes a fresh file look still; the tests pass
+    // instants to the tracker instead of sleeping.
+    const SETTLE: Duration = Duration::from_secs(30);
 
     fn file(dir: &Path, name: &str, bytes: &str) -> PathBuf {
         let path = dir.join(name);
@@ -767,7 +775,7 @@ mod tests {
     fn an_old_file_found_by_a_scan_is_ready_and_quiet() {
         let dir = tempfile::tempdir().unwrap();
         let a = file(dir.path(), "a.json", "[]");
-        let old = SystemTime::now() - Duration::from_secs(60);
+        let old = SystemTime::now() - Duration::from_secs(3600);
         std::fs::File::options()
             .write(true)
             .open(&a)
@@ -780,6 +788,38 @@ mod tests {
         let ready = t.take_ready(now);
         assert_eq!(names(&ready), ["a.json"]);
         assert!(ready[0].quiet);
+    }
+
+    #[test]
+    fn a_queue_overflow_rescans_and_finds_what_no_event_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path()).unwrap();
+        let config = Config::default();
+        root.ensure_layout(&config).unwrap();
+        let conn = crate::store::open(&root.db_path()).unwrap();
+        let mut opts = WatchOptions::from_config(&config, false);
+        opts.reconcile = Duration::from_secs(3600);
+        let mut w = Watch::new(&root, &config, &conn, opts).unwrap();
+        w.reconcile().unwrap();
+        assert!(w.tracker.is_empty());
+        // Its events are never handled here, as when the kernel's queue overflowed.
+        std::fs::write(root.inbox_of("droid").join("lost.json"), "[]").unwrap();
+        let mut next = Instant::now() + opts.reconcile;
+        w.rescan_if_due(&mut next);
+        assert!(w.tracker.is_empty(), "no scan without a reason");
+        let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        w.handle(Msg::Fs(Ok(overflow)));
+        w.rescan_if_due(&mut next);
+        assert_eq!(w.tracker.len(), 1, "found by the rescan");
+        // The reconcile scan is the same backstop on a timer.
+        std::fs::write(root.inbox_of("zai").join("late.json"), "[]").unwrap();
+        let mut due = Instant::now();
+        w.rescan_if_due(&mut due);
+        assert_eq!(w.tracker.len(), 2);
+        assert!(
+            due > Instant::now() + Duration::from_secs(3000),
+            "next one an hour on"
+        );
     }
 
     #[test]
