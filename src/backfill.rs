@@ -142,7 +142,7 @@ pub fn plan(
 ) -> Result<Plan> {
     let jobs = ingest::discover_paths(&[dir.to_path_buf()], Some(agent))?;
     let finished = ledger::finished_by_path(conn)?;
-    let pool = ingest::prepare_pool()?;
+    let pool = ingest::prepare_pool();
     let sessions: Vec<(Job, Option<i64>, bool)> = pool.install(|| {
         jobs.into_par_iter()
             .map(|job| {

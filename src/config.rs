@@ -18,6 +18,8 @@ pub struct Config {
     pub goal: u64,
     /// The data path.
     pub ingest: IngestConfig,
+    /// The live watcher (`perpetual watch`).
+    pub watch: WatchConfig,
     /// One entry per agent; each gets `inbox/<name>/` and `outbox/<name>/`.
     pub agents: BTreeMap<String, AgentConfig>,
 }
@@ -30,6 +32,34 @@ pub struct IngestConfig {
     pub checkpoint_every: usize,
     /// Files larger than this many bytes are rejected without being read.
     pub max_file_bytes: u64,
+}
+
+/// Settings of the live watcher.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// A file written in place (no rename, no close-after-write event) is read once its
+    /// size and modification time have stayed still this many milliseconds. Also how long
+    /// a file must have been still before a parse failure rejects it.
+    pub settle_ms: u64,
+    /// Seconds between full scans of every inbox, the backstop for lost events.
+    pub reconcile_secs: u64,
+    /// Poll the inbox instead of using filesystem events (NFS and other filesystems
+    /// without them); `watch --poll` turns it on too.
+    pub poll: bool,
+    /// Milliseconds between polls when polling.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            settle_ms: 300,
+            reconcile_secs: 30,
+            poll: false,
+            poll_interval_ms: 1000,
+        }
+    }
 }
 
 /// Settings of one agent.
@@ -54,6 +84,7 @@ impl Default for Config {
         Config {
             goal: 30_000,
             ingest: IngestConfig::default(),
+            watch: WatchConfig::default(),
             agents: DEFAULT_AGENTS
                 .iter()
                 .map(|a| (a.to_string(), AgentConfig::default()))
@@ -89,6 +120,14 @@ impl Config {
             self.ingest.max_file_bytes > 0,
             "ingest.max_file_bytes must be at least 1"
         );
+        anyhow::ensure!(
+            self.watch.reconcile_secs > 0,
+            "watch.reconcile_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.watch.poll_interval_ms >= 10,
+            "watch.poll_interval_ms must be at least 10"
+        );
         for name in self.agents.keys() {
             crate::root::check_agent_name(name)?;
         }
@@ -109,6 +148,21 @@ goal = 30000
 checkpoint_every = 500
 # Files larger than this are rejected unread (64 MiB).
 max_file_bytes = 67108864
+
+[watch]
+# `perpetual watch` reads a file renamed into place at once (the convention: write
+# `.name.tmp`, then rename), and one written in place as soon as the platform reports
+# close-after-write (Linux). Otherwise a file is read once its size and modification
+# time have stayed still this long; a file that fails to parse is rejected only after
+# it has been still this long too, so a slow writer is never rejected as truncated.
+settle_ms = 300
+# Seconds between full scans of every inbox: the backstop for lost events.
+reconcile_secs = 30
+# Poll instead of filesystem events (NFS, some network and FUSE filesystems);
+# `perpetual watch --poll` does the same.
+poll = false
+# Milliseconds between polls when polling.
+poll_interval_ms = 1000
 
 # One table per agent. Each gets inbox/<name>/ (drops) and outbox/<name>/ (deliverables).
 # A folder created under inbox/ is an agent too, even when it is not listed here.
@@ -132,6 +186,7 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(parsed.goal, defaults.goal);
         assert_eq!(parsed.ingest, defaults.ingest);
+        assert_eq!(parsed.watch, defaults.watch);
         assert_eq!(
             parsed.agents.keys().collect::<Vec<_>>(),
             defaults.agents.keys().collect::<Vec<_>>()

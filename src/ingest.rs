@@ -21,9 +21,10 @@ use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// File extensions the engine reads.
 pub const EXTENSIONS: [&str; 3] = ["json", "jsonl", "ndjson"];
@@ -175,6 +176,10 @@ pub struct Prepared {
     pub job: Job,
     /// Size in bytes.
     pub size: u64,
+    /// Modification time just before the bytes were read: with `size`, what the caller
+    /// compares to tell whether the file changed since (`watch` does, for writers
+    /// still at work).
+    pub modified: Option<SystemTime>,
     /// blake3 of the bytes (`None` only when the file could not be read).
     pub hash: Option<[u8; 32]>,
     /// The result.
@@ -250,11 +255,12 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
         outcome: Outcome::Unreadable(format!("cannot read {}: {e}", job.path.display())),
         job,
         size,
+        modified: None,
         hash: None,
         started,
     };
-    let size = match std::fs::metadata(&job.path) {
-        Ok(m) => m.len(),
+    let (size, modified) = match std::fs::metadata(&job.path) {
+        Ok(m) => (m.len(), m.modified().ok()),
         Err(e) => return unreadable(job, 0, e),
     };
     if size > max_file_bytes {
@@ -277,6 +283,7 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
             },
             job,
             size,
+            modified,
             hash: Some(hash),
             started,
         };
@@ -295,6 +302,7 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
     Prepared {
         job,
         size,
+        modified,
         hash: Some(hash),
         outcome,
         started,
@@ -476,6 +484,7 @@ pub struct Writer<'c> {
     last_move: Instant,
     meter: Option<Meter>,
     stopped: bool,
+    interrupt: Option<Arc<AtomicBool>>,
 }
 
 /// How long finished files may wait in the inbox for their move during a burst: moving
@@ -513,7 +522,22 @@ impl<'c> Writer<'c> {
             last_move: Instant::now(),
             meter: None,
             stopped: false,
+            interrupt: None,
         }
+    }
+
+    /// Makes the writer stop early once `flag` is set (a signal): [`integrate`] writes no
+    /// further file, and a file being written stops at its next checkpoint, left
+    /// `partial` in the ledger and in the inbox so that the next run resumes it there.
+    pub fn interrupt_on(&mut self, flag: Arc<AtomicBool>) {
+        self.interrupt = Some(flag);
+    }
+
+    /// Whether the flag given to [`Writer::interrupt_on`] is set.
+    pub fn interrupted(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// The totals so far (committed or not).
@@ -612,6 +636,7 @@ impl<'c> Writer<'c> {
             hash,
             outcome,
             started,
+            ..
         } = prepared;
         let Some(hash) = hash else {
             if let Outcome::Unreadable(msg) = outcome {
@@ -860,13 +885,18 @@ impl<'c> Writer<'c> {
             if self.pending_pairs >= self.opts.checkpoint_every && next < parsed.pairs.len() {
                 ledger::checkpoint(self.conn, id, next, new, dup)?;
                 self.commit(on_file)?;
-                if self.stopped {
-                    // The budget ran out inside this file: it stays partial, and the
-                    // next run resumes at `next`.
+                if self.stopped || self.interrupted() {
+                    // Stopping (out of budget, or a signal): the checkpoint just
+                    // committed is where the next run resumes; the file stays partial.
                     let (run_new, run_dup) = (new - run_new_before, dup - run_dup_before);
                     self.report.pairs_new += run_new;
                     self.report.pairs_duplicate += run_dup;
                     self.report.pairs_seen += run_new + run_dup;
+                    tracing::info!(
+                        agent = %job.agent, file = %name,
+                        "stopped at pair {next} of {}; the next run resumes there",
+                        parsed.pairs.len()
+                    );
                     return Ok(());
                 }
                 self.begin()?;
@@ -1019,15 +1049,19 @@ fn move_file(m: &PendingMove) -> Result<()> {
     Ok(())
 }
 
-/// The thread pool of the parallel stage: one thread per core but one, because the
-/// writer, the bottleneck, needs a core of its own (measured in BENCHMARKS.md).
-pub fn prepare_pool() -> Result<rayon::ThreadPool> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(cores.saturating_sub(1).max(1))
-        .thread_name(|i| format!("prepare-{i}"))
-        .build()
-        .context("cannot start the prepare threads")
+/// The thread pool of the parallel stage, shared by every run in the process: one
+/// thread per core but one, because the writer, the bottleneck, needs a core of its
+/// own (measured in BENCHMARKS.md).
+pub fn prepare_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cores.saturating_sub(1).max(1))
+            .thread_name(|i| format!("prepare-{i}"))
+            .build()
+            .expect("cannot start the prepare threads")
+    })
 }
 
 /// Runs the whole pipeline over `jobs`: parallel preparation, one writer, commits every
@@ -1053,20 +1087,57 @@ pub fn run_metered(
     on_file: &mut dyn FnMut(&FileEvent),
 ) -> Result<(IngestReport, Option<Meter>)> {
     let hints = Hints::load(conn)?;
-    let stop = AtomicBool::new(false);
-    let pool = prepare_pool()?;
+    let mut writer = Writer::new(conn, opts);
+    if let Some(meter) = meter {
+        writer.set_meter(meter);
+    }
+    integrate(
+        &mut writer,
+        jobs,
+        &hints,
+        max_file_bytes,
+        &mut |_| true,
+        on_file,
+    )?;
+    let meter = writer.meter();
+    writer.finish(on_file).map(|report| (report, meter))
+}
+
+/// The loop `ingest`, `watch` and `backfill` share: prepares `jobs` on the prepare pool
+/// and writes them through `writer` as they come, committing whenever no prepared file
+/// is waiting (so a burst is batched and a lone small drop is queryable at once) and
+/// once at the end.
+///
+/// `admit` sees each prepared file just before it would be written; a file it refuses is
+/// not written and comes back in the returned list (`watch` refuses files that changed
+/// since they were read). Stops early, after committing, when the writer is interrupted
+/// ([`Writer::interrupt_on`]) or its meter runs out ([`Writer::set_meter`]); files not
+/// reached are left untouched.
+pub fn integrate(
+    writer: &mut Writer<'_>,
+    jobs: Vec<Job>,
+    hints: &Hints,
+    max_file_bytes: u64,
+    admit: &mut dyn FnMut(&Prepared) -> bool,
+    on_file: &mut dyn FnMut(&FileEvent),
+) -> Result<Vec<Prepared>> {
+    let abort = AtomicBool::new(false);
+    let interrupt = writer.interrupt.clone();
+    let pool = prepare_pool();
     let bound = pool.current_num_threads() * 2;
     let (tx, rx) = mpsc::sync_channel::<Prepared>(bound);
+    let mut held = Vec::new();
     std::thread::scope(|scope| {
-        let hints = &hints;
-        let stop = &stop;
-        let pool = &pool;
+        let abort = &abort;
+        let interrupt = interrupt.as_deref();
         scope.spawn(move || {
             pool.install(|| {
                 // par_bridge hands files out in order (oldest name, lowest session
                 // first), where splitting the list would start in its middle too.
                 jobs.into_iter().par_bridge().for_each_with(tx, |tx, job| {
-                    if stop.load(Ordering::Relaxed) {
+                    if abort.load(Ordering::Relaxed)
+                        || interrupt.is_some_and(|f| f.load(Ordering::Relaxed))
+                    {
                         return;
                     }
                     let _ = tx.send(prepare(job, hints, max_file_bytes));
@@ -1074,14 +1145,7 @@ pub fn run_metered(
             });
         });
         let result = (|| {
-            let mut writer = Writer::new(conn, opts);
-            if let Some(meter) = meter {
-                writer.set_meter(meter);
-            }
-            loop {
-                if writer.stopped() {
-                    break;
-                }
+            while !writer.interrupted() && !writer.stopped() {
                 let next = match rx.try_recv() {
                     Ok(p) => p,
                     Err(mpsc::TryRecvError::Empty) => {
@@ -1095,14 +1159,19 @@ pub fn run_metered(
                     }
                     Err(mpsc::TryRecvError::Disconnected) => break,
                 };
-                writer.write(next, on_file)?;
+                if admit(&next) {
+                    writer.write(next, on_file)?;
+                } else {
+                    held.push(next);
+                }
             }
-            let meter = writer.meter();
-            writer.finish(on_file).map(|report| (report, meter))
+            writer.commit(on_file)
         })();
-        // Done, failed or out of budget: files not yet prepared are left alone.
-        stop.store(true, Ordering::Relaxed);
+        // Done, failed, interrupted or out of budget: workers still preparing see the
+        // flag or the closed channel and leave the remaining files alone.
+        abort.store(true, Ordering::Relaxed);
         drop(rx);
         result
-    })
+    })?;
+    Ok(held)
 }

@@ -13,3 +13,4 @@ pub mod layout;
 pub mod pair;
 pub mod root;
 pub mod store;
+pub mod watch;

@@ -8,6 +8,7 @@ mod ingest;
 mod init;
 pub mod output;
 mod stats;
+mod watch;
 
 use crate::root::Root;
 use anyhow::Result;
@@ -61,6 +62,9 @@ pub enum LogFormat {
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Follow inbox/<agent>/ and integrate each drop within milliseconds, until SIGINT or
+    /// SIGTERM (the main job). Files waiting from before are integrated first.
+    Watch(watch::Args),
     /// Create perpetual.toml (documented defaults), the database, and inbox/ and outbox/ folders.
     Init,
     /// Integrate every file waiting in inbox/<agent>/, or the files and folders given (read in place).
@@ -77,7 +81,8 @@ impl Cli {
     /// The log level when neither -v nor RUST_LOG says otherwise: long-running commands
     /// log each file; one-shot commands print a summary instead.
     pub fn default_log_level(&self) -> &'static str {
-        match self.verbose {
+        let long_running = matches!(self.command, Command::Watch(_));
+        match self.verbose + u8::from(long_running) {
             0 => "warn",
             1 => "info",
             _ => "debug",
@@ -89,6 +94,7 @@ impl Cli {
 pub fn run(cli: Cli) -> Result<Exit> {
     let root = Root::new(&cli.root)?;
     match cli.command {
+        Command::Watch(args) => watch::run(&root, args),
         Command::Init => init::run(&root),
         Command::Ingest(args) => ingest::run(&root, args),
         Command::Stats(args) => stats::run(&root, args),

@@ -4,8 +4,15 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for something that should take milliseconds: generous, because
+/// the machine may be busy. Reaching it is a failure, not a measurement.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A temporary root and the binary to drive.
 pub struct Env {
@@ -136,12 +143,171 @@ impl Env {
         self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
     }
 
+    /// Like [`Env::count`], but `None` while the database is missing or busy, for
+    /// polling while a writer runs.
+    pub fn try_count(&self, sql: &str) -> Option<i64> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.path("perpetual.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .ok()?;
+        db.query_row(sql, [], |r| r.get(0)).ok()
+    }
+
+    /// Starts `perpetual ARGS` in the background (a watcher); its stderr is collected as
+    /// it comes. The process is killed when the handle is dropped.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn perpetual");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Running {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child,
+            stderr,
+            reader: Some(reader),
+            root: self.root().to_path_buf(),
+            status: None,
+        }
+    }
+
     /// Every path under the root, for failure messages.
     pub fn listing(&self) -> String {
         let mut out = Vec::new();
         list(self.dir.path(), self.dir.path(), &mut out);
         out.sort();
         out.join("\n")
+    }
+}
+
+/// A `perpetual` process running in the background.
+pub struct Running {
+    pub args: Vec<String>,
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    root: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything a person would want to see when a test fails.
+    pub fn explain(&self) -> String {
+        let mut listing = Vec::new();
+        list(&self.root, &self.root, &mut listing);
+        listing.sort();
+        format!(
+            "command: perpetual {} (pid {})\nstatus: {:?}\n--- stderr\n{}\n--- files\n{}",
+            self.args.join(" "),
+            self.child.id(),
+            self.status,
+            self.stderr(),
+            listing.join("\n")
+        )
+    }
+
+    /// Waits until stderr contains `needle`.
+    pub fn wait_for_log(&mut self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.stderr().contains(needle) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                panic!("exited before logging {needle:?}\n{}", self.explain());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in stderr after {PATIENCE:?}\n{}",
+                self.explain()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends a signal (SIGTERM, SIGINT...).
+    pub fn signal(&self, signal: i32) {
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.child.id());
+    }
+
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            self.status = Some(self.child.wait().unwrap());
+        }
+    }
+
+    /// Waits for the process to exit (at most `timeout`) and returns how long it took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.status = Some(status);
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "still running {timeout:?} later\n{}",
+                self.explain()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// SIGTERM, then asserts a prompt exit with status 0.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let (status, _) = self.wait_exit(PATIENCE);
+        assert_eq!(status.code(), Some(0), "exit status\n{}", self.explain());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `cond` until it holds, failing with `explain()` after [`PATIENCE`]. Tests wait
+/// for conditions, never for fixed times.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool, explain: impl Fn() -> String) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting for {what} after {PATIENCE:?}\n{}",
+            explain()
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
