@@ -26,6 +26,7 @@ use crate::budget::{Level, Thresholds};
 use crate::cli::output::thousands;
 use crate::store::sessions::SessionRow;
 use crate::store::tasks::TaskRow;
+use crate::tasks::progress_text;
 use serde::{Deserialize, Serialize};
 
 /// The weights of the seeds' formula, in the order success, speed, quality, efficiency.
@@ -259,15 +260,6 @@ pub fn report(task: &TaskRow, grade: &Grade, ctx: &ReportContext<'_>) -> String 
         }
     }
     md
-}
-
-/// `10/40 (25.0%)`, `10` without a total.
-pub fn progress_text(done: u64, total: Option<u64>) -> String {
-    match total {
-        Some(t) if t > 0 => format!("{done}/{t} ({:.1}%)", done as f64 * 100.0 / t as f64),
-        Some(t) => format!("{done}/{t}"),
-        None => done.to_string(),
-    }
 }
 
 /// Text for one Markdown table cell.

@@ -5,10 +5,11 @@
 
 use crate::budget::{Level, Thresholds, Usage};
 use crate::cli::output::thousands;
-use crate::grade::{Grade, one_line, progress_text};
+use crate::grade::{Grade, one_line};
 use crate::store::sessions::{CheckpointRow, SessionRow};
 use crate::store::stats::Stats;
 use crate::store::tasks::TaskRow;
+use crate::tasks::progress_text;
 
 /// Everything the handoff shows.
 #[derive(Debug, Clone)]

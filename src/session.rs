@@ -25,12 +25,11 @@
 use crate::budget::{self, Budget, Kind, Level, Thresholds, Usage};
 use crate::clock;
 use crate::config::Config;
-use crate::grade::progress_text;
 use crate::handoff::{self, Handoff};
 use crate::root::Root;
 use crate::store::sessions::{self as store, CheckpointRow, NewCheckpoint, SessionRow};
 use crate::store::tasks::{self as store_tasks, TaskRow, TaskStatus};
-use crate::tasks::{self, Completion, State, TaskView};
+use crate::tasks::{self, Completion, State, TaskView, progress_text};
 use anyhow::{Context, Result, bail, ensure};
 use chrono::{DateTime, Days, Utc};
 use rusqlite::{Connection, TransactionBehavior};
@@ -594,7 +593,7 @@ pub fn wrap(
     let now = clock::now();
     let now_s = clock::format(now);
     let th = &config.thresholds;
-    let mut steps = Vec::new();
+    let mut steps = Steps::default();
 
     // 1. The database: progress saved, review flag, session archived.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -653,43 +652,29 @@ pub fn wrap(
     store::mark_wrapped(&tx, &s.id, level, &provisional, &now_s)?;
     tx.commit()?;
     if let Some(t) = &task {
-        steps.push(Step {
-            step: "progress",
-            status: StepStatus::Done,
-            detail: format!("{} at {}", t.id, progress_text(t.done, t.total)),
-        });
+        steps.done(
+            "progress",
+            format!("{} at {}", t.id, progress_text(t.done, t.total)),
+        );
     }
-    steps.push(Step {
-        step: "archive",
-        status: StepStatus::Done,
-        detail: format!("session {} wrapped at the {} level", s.id, level.as_str()),
-    });
+    steps.done(
+        "archive",
+        format!("session {} wrapped at the {} level", s.id, level.as_str()),
+    );
 
     // 2. Completion and grade, when the progress is full.
     let mut completed = None;
     let mut next_action = provisional;
     if finishing && let Some(t) = &task {
-        match tasks::complete(conn, root, config, &t.id) {
-            Ok(c) => {
-                steps.push(Step {
-                    step: "grade",
-                    status: StepStatus::Done,
-                    detail: format!(
-                        "{} completed, grade {} ({:.2}); report {}",
-                        t.id,
-                        c.grade.letter,
-                        c.grade.score,
-                        relative(root, &c.report)
-                    ),
-                });
-                completed = Some(c);
-            }
-            Err(e) => steps.push(Step {
-                step: "grade",
-                status: StepStatus::Failed,
-                detail: format!("{e:#}"),
-            }),
-        }
+        completed = steps.outcome("grade", tasks::complete(conn, root, config, &t.id), |c| {
+            format!(
+                "{} completed, grade {} ({:.2}); report {}",
+                t.id,
+                c.grade.letter,
+                c.grade.score,
+                relative(root, &c.report)
+            )
+        });
         if input.next.is_none() {
             let next = tasks::next(conn, &s.agent)?.map(|v| v.task.id);
             let refreshed = store_tasks::get(conn, &t.id)?;
@@ -710,33 +695,12 @@ pub fn wrap(
 
     // 3. Backup.
     let stamp = format!("{}_{}", now.format("%Y%m%d_%H%M%S"), s.id);
-    let backup = match crate::store::backup::backup_into(
-        conn,
-        &root.backups_dir(),
-        &stamp,
-        config.wrap.backups_kept,
-    ) {
-        Ok(p) => {
-            steps.push(Step {
-                step: "backup",
-                status: StepStatus::Done,
-                detail: format!(
-                    "{} (keeping the last {})",
-                    relative(root, &p),
-                    config.wrap.backups_kept
-                ),
-            });
-            Some(p)
-        }
-        Err(e) => {
-            steps.push(Step {
-                step: "backup",
-                status: StepStatus::Failed,
-                detail: format!("{e:#}"),
-            });
-            None
-        }
-    };
+    let keep = config.wrap.backups_kept;
+    let backup = steps.outcome(
+        "backup",
+        crate::store::backup::backup_into(conn, &root.backups_dir(), &stamp, keep),
+        |p| format!("{} (keeping the last {keep})", relative(root, p)),
+    );
 
     // 4. Handoff.
     let checkpoints = store::checkpoints_of(conn, &s.id)?;
@@ -760,24 +724,11 @@ pub fn wrap(
         next_action: &next_action,
     });
     let handoff_path = root.handoffs_dir().join(format!("handoff_{}.md", s.id));
-    let handoff = match crate::root::write_document(&handoff_path, &text) {
-        Ok(()) => {
-            steps.push(Step {
-                step: "handoff",
-                status: StepStatus::Done,
-                detail: relative(root, &handoff_path),
-            });
-            Some(handoff_path)
-        }
-        Err(e) => {
-            steps.push(Step {
-                step: "handoff",
-                status: StepStatus::Failed,
-                detail: format!("{e:#}"),
-            });
-            None
-        }
-    };
+    let handoff = steps.outcome(
+        "handoff",
+        crate::root::write_document(&handoff_path, &text).map(|()| handoff_path),
+        |p| relative(root, p),
+    );
 
     // 5. Commit.
     let message = commit_message(&CommitFacts {
@@ -789,18 +740,13 @@ pub fn wrap(
         checkpoints: checkpoints.len(),
     });
     let commit = if !config.wrap.git_commit {
-        steps.push(Step {
-            step: "commit",
-            status: StepStatus::Skipped,
-            detail: "wrap.git_commit = false in perpetual.toml".to_string(),
-        });
+        steps.skipped("commit", "wrap.git_commit = false in perpetual.toml".into());
         None
     } else if crate::vcs::repository(root.dir()).is_none() {
-        steps.push(Step {
-            step: "commit",
-            status: StepStatus::Skipped,
-            detail: format!("{} is not inside a git repository", root.dir().display()),
-        });
+        steps.skipped(
+            "commit",
+            format!("{} is not inside a git repository", root.dir().display()),
+        );
         None
     } else {
         let mut paths = vec![
@@ -811,30 +757,13 @@ pub fn wrap(
             paths.insert(0, PathBuf::from(relative(root, h)));
         }
         match crate::vcs::commit(root.dir(), &paths, &message) {
-            Ok(Some(id)) => {
-                steps.push(Step {
-                    step: "commit",
-                    status: StepStatus::Done,
-                    detail: id.clone(),
-                });
-                Some(id)
-            }
             Ok(None) => {
-                steps.push(Step {
-                    step: "commit",
-                    status: StepStatus::Skipped,
-                    detail: "nothing changed in the outputs".to_string(),
-                });
+                steps.skipped("commit", "nothing changed in the outputs".into());
                 None
             }
-            Err(e) => {
-                steps.push(Step {
-                    step: "commit",
-                    status: StepStatus::Failed,
-                    detail: format!("{e:#}"),
-                });
-                None
-            }
+            result => steps.outcome("commit", result.map(Option::unwrap_or_default), |id| {
+                id.clone()
+            }),
         }
     };
 
@@ -845,7 +774,7 @@ pub fn wrap(
         handoff_rel.as_deref(),
         backup_rel.as_deref(),
         commit.as_deref(),
-        &serde_json::to_value(&steps)?,
+        &serde_json::to_value(&steps.0)?,
     )?;
     Ok(WrapReport {
         session: get(conn, &s.id)?,
@@ -858,12 +787,54 @@ pub fn wrap(
         completed,
         needs_review,
         next_action,
-        steps,
+        steps: steps.0,
         handoff,
         backup,
         commit,
         commit_message: message,
     })
+}
+
+/// The wrap's steps as they run.
+#[derive(Default)]
+struct Steps(Vec<Step>);
+
+impl Steps {
+    fn push(&mut self, step: &'static str, status: StepStatus, detail: String) {
+        self.0.push(Step {
+            step,
+            status,
+            detail,
+        });
+    }
+
+    fn done(&mut self, step: &'static str, detail: String) {
+        self.push(step, StepStatus::Done, detail);
+    }
+
+    fn skipped(&mut self, step: &'static str, detail: String) {
+        self.push(step, StepStatus::Skipped, detail);
+    }
+
+    /// Records how a step went, keeping its value when it ran; a failure is recorded
+    /// with its whole error chain and does not stop the wrap.
+    fn outcome<T>(
+        &mut self,
+        step: &'static str,
+        result: Result<T>,
+        detail: impl FnOnce(&T) -> String,
+    ) -> Option<T> {
+        match result {
+            Ok(v) => {
+                self.done(step, detail(&v));
+                Some(v)
+            }
+            Err(e) => {
+                self.push(step, StepStatus::Failed, format!("{e:#}"));
+                None
+            }
+        }
+    }
 }
 
 /// What the next session should do when the wrap was not told.

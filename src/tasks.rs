@@ -113,6 +113,15 @@ pub fn parse_progress(s: &str) -> Result<(u64, Option<u64>)> {
     Ok((done, total))
 }
 
+/// `10/40 (25.0%)`, `10` without a total.
+pub fn progress_text(done: u64, total: Option<u64>) -> String {
+    match total {
+        Some(t) if t > 0 => format!("{done}/{t} ({:.1}%)", done as f64 * 100.0 / t as f64),
+        Some(t) => format!("{done}/{t}"),
+        None => done.to_string(),
+    }
+}
+
 /// Every task with its state, in queue order (priority, then age).
 pub fn views(conn: &Connection) -> Result<Vec<TaskView>> {
     let rows = store::all(conn)?;

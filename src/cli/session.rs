@@ -3,13 +3,12 @@
 use super::Exit;
 use super::output::{bar, cell, print_json, thousands};
 use crate::budget::{Kind, Usage};
-use crate::grade::progress_text;
 use crate::root::Root;
 use crate::session::{
     self, Brief, CheckpointInput, NoActiveSession, StartOptions, StartOutcome, StepStatus,
     WrapInput,
 };
-use crate::tasks;
+use crate::tasks::{self, progress_text};
 use anyhow::Result;
 use clap::Subcommand;
 

@@ -2,9 +2,8 @@
 
 use super::Exit;
 use super::output::{cell, print_json, thousands};
-use crate::grade::progress_text;
 use crate::root::Root;
-use crate::tasks::{self, AddTask, State, TaskView};
+use crate::tasks::{self, AddTask, State, TaskView, progress_text};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
