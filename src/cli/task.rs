@@ -411,17 +411,7 @@ fn print_show(s: &Shown<'_>) {
         println!("report       {}", r.display());
     }
     if let Some(c) = s.last_checkpoint {
-        println!(
-            "checkpoint   {} in {}: {}{}",
-            c.at,
-            c.session_id,
-            c.done
-                .map_or("-".to_string(), |d| progress_text(d, c.total)),
-            c.note
-                .as_deref()
-                .map(|n| format!(", {n:?}"))
-                .unwrap_or_default()
-        );
+        println!("checkpoint   {}", super::session::checkpoint_text(c));
     }
     for x in s.sessions {
         println!(
