@@ -2,6 +2,7 @@
 //! missing file or a missing section means "the documented defaults"; an unknown key is
 //! an error naming the file, because a typo that silently does nothing is worse.
 
+use crate::budget::{Budget, Thresholds};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,6 +23,29 @@ pub struct Config {
     pub watch: WatchConfig,
     /// One entry per agent; each gets `inbox/<name>/` and `outbox/<name>/`.
     pub agents: BTreeMap<String, AgentConfig>,
+    /// Budget levels, in percent of any budget.
+    pub thresholds: Thresholds,
+    /// What `session wrap` does besides the handoff.
+    pub wrap: WrapConfig,
+}
+
+/// Settings of `perpetual session wrap`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WrapConfig {
+    /// Database backups kept in `backups/`; older ones are deleted.
+    pub backups_kept: usize,
+    /// Commit the handoff, reports and outputs when the root is inside a git repository.
+    pub git_commit: bool,
+}
+
+impl Default for WrapConfig {
+    fn default() -> Self {
+        WrapConfig {
+            backups_kept: 10,
+            git_commit: true,
+        }
+    }
 }
 
 /// Settings of the ingestion engine.
@@ -68,6 +92,8 @@ impl Default for WatchConfig {
 pub struct AgentConfig {
     /// Free text shown in listings.
     pub description: Option<String>,
+    /// What one session (and one day) of this agent may use.
+    pub budget: Budget,
 }
 
 impl Default for IngestConfig {
@@ -87,9 +113,46 @@ impl Default for Config {
             watch: WatchConfig::default(),
             agents: DEFAULT_AGENTS
                 .iter()
-                .map(|a| (a.to_string(), AgentConfig::default()))
+                .map(|a| (a.to_string(), default_agent(a)))
                 .collect(),
+            thresholds: Thresholds::default(),
+            wrap: WrapConfig::default(),
         }
+    }
+}
+
+/// The seeds' agents as `DEFAULT_TOML` describes them: Claude Code works under a token
+/// budget, droid under an API quota and batch-job slots, zai under an API quota and
+/// an 8-hour session.
+fn default_agent(name: &str) -> AgentConfig {
+    let (description, budget) = match name {
+        "claude_code" => (
+            "Execution specialist: integrates sessions and archives",
+            Budget::default(),
+        ),
+        "droid" => (
+            "Research and generation: deep-research Q&A batches",
+            Budget {
+                tokens_per_session: 0,
+                api_calls_per_day: 1000,
+                slots: 10,
+                wall_minutes_per_session: 0,
+            },
+        ),
+        "zai" => (
+            "Worker bee: quality analysis, formatting, exports",
+            Budget {
+                tokens_per_session: 0,
+                api_calls_per_day: 5000,
+                slots: 0,
+                wall_minutes_per_session: 480,
+            },
+        ),
+        _ => return AgentConfig::default(),
+    };
+    AgentConfig {
+        description: Some(description.to_string()),
+        budget,
     }
 }
 
@@ -131,7 +194,18 @@ impl Config {
         for name in self.agents.keys() {
             crate::root::check_agent_name(name)?;
         }
+        self.thresholds.validate()?;
+        anyhow::ensure!(
+            self.wrap.backups_kept > 0,
+            "wrap.backups_kept must be at least 1"
+        );
         Ok(())
+    }
+
+    /// The budget of `agent`: its `[agents.<name>.budget]`, or the default budget
+    /// (200,000 tokens per session, no other limit) for an agent not configured.
+    pub fn budget_of(&self, agent: &str) -> Budget {
+        self.agents.get(agent).map(|a| a.budget).unwrap_or_default()
     }
 }
 
@@ -164,16 +238,56 @@ poll = false
 # Milliseconds between polls when polling.
 poll_interval_ms = 1000
 
+# Budget levels, in percent of any budget (tokens, API calls, slots, wall time).
+# `perpetual monitor` and every session checkpoint report the level reached.
+[thresholds]
+warning = 75.0    # look for a wrap point
+wrap = 85.0       # wrap now: finish the current unit, then `perpetual session wrap`
+hard_stop = 90.0  # wrap immediately; a task left unfinished is flagged "needs review"
+critical = 95.0   # emergency wrap; the state may be incomplete
+
+[wrap]
+# Consistent database backups (SQLite online backup) kept in backups/; older ones are deleted.
+backups_kept = 10
+# Commit the handoff, task reports and the agent's outbox when the root is inside a
+# git repository (the database is never committed).
+git_commit = true
+
 # One table per agent. Each gets inbox/<name>/ (drops) and outbox/<name>/ (deliverables).
-# A folder created under inbox/ is an agent too, even when it is not listed here.
+# A folder created under inbox/ is an agent too, even when it is not listed here; it
+# gets the default budget (200,000 tokens per session, no other limit).
+#
+# [agents.<name>.budget]: what one session (and one day) of the agent may use; 0 = no limit.
+#   tokens_per_session        tokens one session may use (`session start --budget` overrides)
+#   api_calls_per_day         API calls per UTC day over all its sessions; resets at 00:00 UTC
+#   slots                     sessions it may run at once (batch-job slots)
+#   wall_minutes_per_session  minutes one session may run
 [agents.claude_code]
 description = "Execution specialist: integrates sessions and archives"
+
+[agents.claude_code.budget]
+tokens_per_session = 200000
+api_calls_per_day = 0
+slots = 0
+wall_minutes_per_session = 0
 
 [agents.droid]
 description = "Research and generation: deep-research Q&A batches"
 
+[agents.droid.budget]
+tokens_per_session = 0
+api_calls_per_day = 1000    # OpenRouter quota
+slots = 10                  # Gemini batch jobs at once
+wall_minutes_per_session = 0
+
 [agents.zai]
 description = "Worker bee: quality analysis, formatting, exports"
+
+[agents.zai.budget]
+tokens_per_session = 0
+api_calls_per_day = 5000    # Z.AI quota
+slots = 0
+wall_minutes_per_session = 480  # 8-hour sessions
 "#;
 
 #[cfg(test)]
@@ -184,13 +298,24 @@ mod tests {
     fn default_toml_matches_defaults() {
         let parsed = Config::parse(DEFAULT_TOML).unwrap();
         let defaults = Config::default();
-        assert_eq!(parsed.goal, defaults.goal);
-        assert_eq!(parsed.ingest, defaults.ingest);
-        assert_eq!(parsed.watch, defaults.watch);
-        assert_eq!(
-            parsed.agents.keys().collect::<Vec<_>>(),
-            defaults.agents.keys().collect::<Vec<_>>()
-        );
+        assert_eq!(parsed, defaults);
+    }
+
+    #[test]
+    fn budgets_and_thresholds() {
+        let c = Config::parse(
+            "[thresholds]\nwarning = 50\nwrap = 60\nhard_stop = 70\ncritical = 80\n\
+             [agents.droid.budget]\napi_calls_per_day = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.thresholds.wrap, 60.0);
+        assert_eq!(c.budget_of("droid").api_calls_per_day, 10);
+        // Unset keys of a budget table take the default budget's values.
+        assert_eq!(c.budget_of("droid").tokens_per_session, 200_000);
+        assert_eq!(c.budget_of("nobody"), Budget::default());
+        assert!(Config::parse("[thresholds]\nwrap = 99\n").is_err());
+        assert!(Config::parse("[wrap]\nbackups_kept = 0\n").is_err());
+        assert!(Config::parse("[agents.droid.budget]\ntokens = 5\n").is_err());
     }
 
     #[test]

@@ -3,14 +3,20 @@
 //! and the invariants; each module's doc says what it owns.
 
 pub mod backfill;
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod generate;
+pub mod grade;
+pub mod handoff;
 pub mod ingest;
 pub mod layout;
 pub mod pair;
 pub mod root;
+pub mod session;
 pub mod store;
+pub mod tasks;
+pub mod vcs;
 pub mod watch;

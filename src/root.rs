@@ -133,6 +133,23 @@ impl Root {
     }
 }
 
+/// Writes a document (handoff, report) whole or not at all: a temporary name beside
+/// it, then a rename. Creates the folder.
+pub fn write_document(path: &Path, text: &str) -> Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent folder", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
 /// Agent names become folder names: keep them to a safe alphabet.
 pub fn check_agent_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()

@@ -6,8 +6,11 @@ mod files;
 mod generate;
 mod ingest;
 mod init;
+mod monitor;
 pub mod output;
+mod session;
 mod stats;
+mod task;
 mod watch;
 
 use crate::root::Root;
@@ -26,6 +29,22 @@ pub enum Exit {
     Usage = 2,
     /// The command finished, but at least one file was rejected (kept in rejected/ with its reason).
     Rejected = 3,
+    /// Nothing to work on: `task next` / `session start` found no ready task, or
+    /// `session status` found no active session.
+    Nothing = 4,
+    /// `session start` refused: the agent's API calls today or its slots are at or past
+    /// the wrap threshold.
+    OverBudget = 5,
+    /// `session wrap` archived the session, but a step failed (listed in its output).
+    Partial = 6,
+    /// `monitor`: at or past the warning threshold.
+    Warning = 10,
+    /// `monitor`: at or past the wrap threshold: wrap now.
+    Wrap = 11,
+    /// `monitor`: at or past the hard-stop threshold.
+    HardStop = 12,
+    /// `monitor`: at or past the critical threshold.
+    Critical = 13,
 }
 
 /// perpetual: keeps a deduplicated database of question/answer pairs growing, fed by
@@ -75,6 +94,13 @@ pub enum Command {
     Files(files::Args),
     /// Write realistic generated drops (for tests, benchmarks and demos).
     Generate(generate::Args),
+    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats, import.
+    Task(task::Args),
+    /// Budgeted sessions: start, checkpoint, status, list, wrap.
+    Session(session::Args),
+    /// Where a token count stands against a budget; the exit status tells the level
+    /// (0 healthy, 10 warning, 11 wrap, 12 hard stop, 13 critical).
+    Monitor(monitor::Args),
 }
 
 impl Cli {
@@ -92,6 +118,7 @@ impl Cli {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<Exit> {
+    crate::clock::check_override()?;
     let root = Root::new(&cli.root)?;
     match cli.command {
         Command::Watch(args) => watch::run(&root, args),
@@ -100,6 +127,9 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Stats(args) => stats::run(&root, args),
         Command::Files(args) => files::run(&root, args),
         Command::Generate(args) => generate::run(&root, args),
+        Command::Task(args) => task::run(&root, args),
+        Command::Session(args) => session::run(&root, args),
+        Command::Monitor(args) => monitor::run(&root, args),
     }
 }
 

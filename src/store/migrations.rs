@@ -50,6 +50,76 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX pairs_by_created ON pairs(created_at);
     "#,
+    // 2: the task stack, sessions and their checkpoints.
+    r#"
+    CREATE TABLE tasks (
+        id               TEXT PRIMARY KEY,          -- e.g. integrate_sessions_101_140; also the report's file name
+        agent            TEXT NOT NULL,
+        priority         INTEGER NOT NULL,          -- 1 runs first
+        position         INTEGER NOT NULL,          -- order inside a priority: lower first (older, or retried)
+        description      TEXT,
+        status           TEXT NOT NULL CHECK (status IN ('pending', 'in_progress', 'completed', 'failed')),
+        done             INTEGER NOT NULL DEFAULT 0, -- progress: units done ...
+        total            INTEGER,                   -- ... of this many (NULL: unknown)
+        estimated_tokens INTEGER,
+        failures         INTEGER NOT NULL DEFAULT 0, -- times it was marked failed
+        fail_reason      TEXT,                      -- the last failure's reason
+        needs_review     TEXT,                      -- why a person should look (wrapped past the hard stop unfinished)
+        grade            TEXT,                      -- letter, set when it completes
+        grade_detail     TEXT,                      -- JSON: the four terms, their inputs, the score
+        created_at       TEXT NOT NULL,
+        started_at       TEXT,
+        finished_at      TEXT                       -- completed or failed
+    );
+    CREATE INDEX tasks_by_queue ON tasks(agent, status, priority, position);
+
+    CREATE TABLE task_deps (
+        task_id    TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        depends_on TEXT NOT NULL REFERENCES tasks(id),  -- no cascade: removing a task others need is refused
+        PRIMARY KEY (task_id, depends_on)
+    ) WITHOUT ROWID;
+    CREATE INDEX task_deps_by_dependency ON task_deps(depends_on);
+
+    CREATE TABLE sessions (
+        id                TEXT PRIMARY KEY,         -- session_20251106_001355, _2, _3 ... within one second
+        agent             TEXT NOT NULL,
+        task_id           TEXT REFERENCES tasks(id) ON DELETE SET NULL,
+        status            TEXT NOT NULL CHECK (status IN ('active', 'wrapped')),
+        token_budget      INTEGER NOT NULL,         -- the budget when it started; 0 = no limit
+        api_calls_per_day INTEGER NOT NULL,
+        slots             INTEGER NOT NULL,
+        wall_minutes      INTEGER NOT NULL,
+        tokens_used       INTEGER NOT NULL DEFAULT 0, -- as last reported (checkpoint or wrap)
+        done_at_start     INTEGER NOT NULL DEFAULT 0, -- the task's progress when the session began
+        started_at        TEXT NOT NULL,
+        wrapped_at        TEXT,
+        level             TEXT,                     -- budget level at the wrap
+        next_action       TEXT,                     -- for the next session (the handoff's last section)
+        handoff_path      TEXT,
+        backup_path       TEXT,
+        commit_id         TEXT,
+        wrap_steps        TEXT                      -- JSON: each wrap step and what became of it
+    );
+    CREATE INDEX sessions_by_agent ON sessions(agent, status);
+    CREATE INDEX sessions_by_task ON sessions(task_id);
+
+    CREATE TABLE checkpoints (
+        id          INTEGER PRIMARY KEY,
+        session_id  TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        agent       TEXT NOT NULL,
+        task_id     TEXT REFERENCES tasks(id) ON DELETE SET NULL,
+        at          TEXT NOT NULL,
+        done        INTEGER,                        -- progress after it, when given
+        total       INTEGER,
+        tokens      INTEGER,                        -- the session's tokens so far, when given
+        api_calls   INTEGER NOT NULL DEFAULT 0,     -- calls made since the previous checkpoint
+        note        TEXT,
+        level       TEXT NOT NULL
+    );
+    CREATE INDEX checkpoints_by_session ON checkpoints(session_id);
+    CREATE INDEX checkpoints_by_agent_time ON checkpoints(agent, at);
+    CREATE INDEX checkpoints_by_task ON checkpoints(task_id);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -44,3 +44,13 @@ pub fn insert(
 pub fn count(conn: &Connection) -> Result<u64> {
     Ok(conn.query_row("SELECT COUNT(*) FROM pairs", [], |r| r.get::<_, i64>(0))? as u64)
 }
+
+/// Pairs first stored at or after `from` and at or before `to` (timestamps in the
+/// clock's format, which sort as text): what a session integrated.
+pub fn count_created_between(conn: &Connection, from: &str, to: &str) -> Result<u64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM pairs WHERE created_at >= ?1 AND created_at <= ?2",
+        params![from, to],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
+}

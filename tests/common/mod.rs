@@ -21,6 +21,8 @@ pub struct Env {
 
 /// The outcome of one command.
 pub struct Run {
+    /// Extra environment, `K=V` each.
+    pub env: Vec<String>,
     pub args: Vec<String>,
     pub output: Output,
     pub listing: String,
@@ -39,7 +41,8 @@ impl Run {
     /// Everything a person would want to see when a test fails.
     pub fn explain(&self) -> String {
         format!(
-            "command: perpetual {}\nstatus: {:?}\n--- stdout\n{}\n--- stderr\n{}\n--- files\n{}",
+            "command: {}perpetual {}\nstatus: {:?}\n--- stdout\n{}\n--- stderr\n{}\n--- files\n{}",
+            self.env.iter().map(|e| format!("{e} ")).collect::<String>(),
             self.args.join(" "),
             self.output.status,
             self.stdout(),
@@ -85,18 +88,36 @@ impl Env {
         cmd.args(args)
             .env("PERPETUAL_ROOT", self.dir.path())
             .env_remove("RUST_LOG")
+            .env_remove("PERPETUAL_NOW")
+            .env_remove("PERPETUAL_SESSION")
+            .env_remove("PERPETUAL_AGENT")
             .current_dir(self.dir.path());
         cmd
     }
 
     /// Runs `perpetual ARGS` to completion.
     pub fn run(&self, args: &[&str]) -> Run {
-        let output = self.command(args).output().expect("run perpetual");
+        self.run_with(args, &[])
+    }
+
+    /// Runs `perpetual ARGS` with extra environment variables (e.g. `PERPETUAL_NOW`).
+    pub fn run_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let output = cmd.output().expect("run perpetual");
         Run {
+            env: envs.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
             output,
             listing: self.listing(),
         }
+    }
+
+    /// Runs `perpetual ARGS` as if it were `now` (`PERPETUAL_NOW`).
+    pub fn run_at(&self, now: &str, args: &[&str]) -> Run {
+        self.run_with(args, &[("PERPETUAL_NOW", now)])
     }
 
     /// Writes a file (creating folders), relative to the root.

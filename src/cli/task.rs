@@ -1,0 +1,474 @@
+//! `perpetual task ...`: the task stack.
+
+use super::Exit;
+use super::output::{cell, print_json, thousands};
+use crate::root::Root;
+use crate::tasks::{self, AddTask, State, TaskView, progress_text};
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: TaskCommand,
+}
+
+/// The task subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Add a task to an agent's queue.
+    Add {
+        /// Task id (letters, digits, `_`, `-`, `.`), e.g. integrate_sessions_101_140.
+        id: String,
+        /// The agent whose queue it joins.
+        #[arg(long)]
+        agent: String,
+        /// 1 runs first; ties go to the older task.
+        #[arg(long, default_value_t = tasks::DEFAULT_PRIORITY)]
+        priority: i64,
+        /// Tasks that must complete first (repeat, or list several).
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        after: Vec<String>,
+        /// What the task is.
+        #[arg(long)]
+        description: Option<String>,
+        /// Tokens it is expected to take (grading compares).
+        #[arg(long, value_name = "N")]
+        estimated_tokens: Option<u64>,
+        /// Units of work in all (progress is DONE/TOTAL).
+        #[arg(long, value_name = "N")]
+        total: Option<u64>,
+    },
+    /// The queue: pending, in-progress and failed tasks in the order they run.
+    List {
+        /// Only this agent's tasks.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Include completed tasks (the archive).
+        #[arg(long)]
+        all: bool,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one task: state, dependencies, progress, sessions, grade.
+    Show {
+        /// Task id.
+        id: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The agent's next ready task (exit status 4 when none is ready).
+    Next {
+        /// The agent.
+        #[arg(long, env = "PERPETUAL_AGENT")]
+        agent: String,
+        /// Print the task as JSON (`null` when none).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record progress: DONE/TOTAL (or DONE, keeping the total).
+    Progress {
+        /// Task id.
+        id: String,
+        /// e.g. 10/40.
+        progress: String,
+    },
+    /// Mark a task completed: grade it and write task_reports/<task>.md.
+    Done {
+        /// Task id.
+        id: String,
+        /// Print the grade as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a task failed; tasks that depend on it become blocked.
+    Fail {
+        /// Task id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Queue a failed task again, ahead of its old place (front of its priority).
+    Retry {
+        /// Task id.
+        id: String,
+    },
+    /// Remove a task (refused while another task depends on it).
+    Remove {
+        /// Task id.
+        id: String,
+    },
+    /// Counts by state, completion rate, tokens estimated against used, grades.
+    Stats {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add every task of a plan file ([[task]] tables) in one transaction.
+    Import {
+        /// The plan, e.g. examples/plan.toml.
+        plan: PathBuf,
+        /// Print what was added and kept as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(root: &Root, args: Args) -> Result<Exit> {
+    let (config, mut conn) = super::open(root)?;
+    match args.command {
+        TaskCommand::Add {
+            id,
+            agent,
+            priority,
+            after,
+            description,
+            estimated_tokens,
+            total,
+        } => {
+            tasks::add(
+                &mut conn,
+                &AddTask {
+                    id: id.clone(),
+                    agent,
+                    priority: Some(priority),
+                    after,
+                    description,
+                    estimated_tokens,
+                    total,
+                },
+            )?;
+            let v = tasks::view(&conn, &id)?;
+            println!(
+                "added {} to {}'s queue (priority {}): {}",
+                id,
+                v.task.agent,
+                v.task.priority,
+                state_text(&v)
+            );
+        }
+        TaskCommand::List { agent, all, json } => {
+            let views: Vec<TaskView> = tasks::views(&conn)?
+                .into_iter()
+                .filter(|v| agent.as_ref().is_none_or(|a| &v.task.agent == a))
+                .filter(|v| all || v.state != State::Completed)
+                .collect();
+            if json {
+                print_json(&views)?;
+            } else {
+                print_list(&views);
+            }
+        }
+        TaskCommand::Show { id, json } => {
+            let v = tasks::view(&conn, &id)?;
+            let sessions = crate::store::sessions::of_task(&conn, &id)?;
+            let dependents = crate::store::tasks::dependents(&conn, &id)?;
+            let last_checkpoint = crate::store::sessions::last_checkpoint_of_task(&conn, &id)?;
+            let report = root.reports_dir().join(format!("{id}.md"));
+            let shown = Shown {
+                task: &v,
+                dependents: &dependents,
+                sessions: &sessions,
+                last_checkpoint: last_checkpoint.as_ref(),
+                report: report.is_file().then_some(&report),
+            };
+            if json {
+                print_json(&shown)?;
+            } else {
+                print_show(&shown);
+            }
+        }
+        TaskCommand::Next { agent, json } => {
+            let next = tasks::next(&conn, &agent)?;
+            if json {
+                print_json(&next)?;
+            }
+            match next {
+                Some(v) => {
+                    if !json {
+                        println!(
+                            "{} (priority {}){}",
+                            v.task.id,
+                            v.task.priority,
+                            v.task
+                                .description
+                                .as_deref()
+                                .map(|d| format!(": {d}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                None => {
+                    if !json {
+                        print_nothing_ready(&conn, &agent)?;
+                    }
+                    return Ok(Exit::Nothing);
+                }
+            }
+        }
+        TaskCommand::Progress { id, progress } => {
+            let (done, total) = tasks::parse_progress(&progress)?;
+            let t = tasks::set_progress(&conn, &id, done, total)?;
+            println!("{id}: {}", progress_text(t.done, t.total));
+        }
+        TaskCommand::Done { id, json } => {
+            let c = tasks::complete(&mut conn, root, &config, &id)?;
+            if json {
+                print_json(&c)?;
+            } else {
+                println!(
+                    "completed {id}: grade {} ({:.2}); report {}",
+                    c.grade.letter,
+                    c.grade.score,
+                    c.report.display()
+                );
+                let unblocked: Vec<String> = tasks::views(&conn)?
+                    .into_iter()
+                    .filter(|v| v.state == State::Ready && v.task.depends_on.contains(&id))
+                    .map(|v| v.task.id)
+                    .collect();
+                if !unblocked.is_empty() {
+                    println!("now ready: {}", unblocked.join(", "));
+                }
+            }
+        }
+        TaskCommand::Fail { id, reason } => {
+            tasks::fail(&conn, &id, &reason)?;
+            println!("{id} failed: {}", reason.trim());
+            let blocked: Vec<String> = tasks::views(&conn)?
+                .into_iter()
+                .filter(|v| v.state == State::Blocked && v.blocked_by.as_deref() == Some(&id))
+                .map(|v| v.task.id)
+                .collect();
+            if !blocked.is_empty() {
+                println!("now blocked: {}", blocked.join(", "));
+            }
+        }
+        TaskCommand::Retry { id } => {
+            tasks::retry(&conn, &id)?;
+            let v = tasks::view(&conn, &id)?;
+            println!(
+                "{id} queued again at the front of priority {}: {}",
+                v.task.priority,
+                state_text(&v)
+            );
+        }
+        TaskCommand::Remove { id } => {
+            tasks::remove(&mut conn, &id)?;
+            println!("removed {id}");
+        }
+        TaskCommand::Stats { json } => {
+            let s = tasks::stats(&conn)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                print_stats(&s);
+            }
+        }
+        TaskCommand::Import { plan, json } => {
+            let text = std::fs::read_to_string(&plan)
+                .with_context(|| format!("cannot read {}", plan.display()))?;
+            let report = tasks::import(&mut conn, &text)
+                .with_context(|| format!("cannot import {}", plan.display()))?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "imported {} task{} from {}{}",
+                    report.added.len(),
+                    if report.added.len() == 1 { "" } else { "s" },
+                    plan.display(),
+                    if report.kept.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} already stored, kept)", report.kept.len())
+                    }
+                );
+            }
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// What `task show` prints.
+#[derive(Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    task: &'a TaskView,
+    dependents: &'a [String],
+    sessions: &'a [crate::store::sessions::SessionRow],
+    last_checkpoint: Option<&'a crate::store::sessions::CheckpointRow>,
+    report: Option<&'a PathBuf>,
+}
+
+fn state_text(v: &TaskView) -> String {
+    match &v.why {
+        Some(why) => format!("{} ({why})", v.state.as_str()),
+        None => v.state.as_str().to_string(),
+    }
+}
+
+fn print_list(views: &[TaskView]) {
+    if views.is_empty() {
+        println!("no tasks (`perpetual task add` or `perpetual task import PLAN.toml`)");
+        return;
+    }
+    println!(
+        "{}  {}  {:>4}  {}  {}  {:>19}  grade  note",
+        cell("agent", 12),
+        cell("task", 34),
+        "prio",
+        cell("state", 11),
+        cell("progress", 15),
+        "tokens used / est"
+    );
+    for v in views {
+        let t = &v.task;
+        let mut notes = Vec::new();
+        if let Some(why) = &v.why {
+            notes.push(why.clone());
+        }
+        if let Some(r) = &t.needs_review {
+            notes.push(format!("needs review: {r}"));
+        }
+        if v.state == State::Failed {
+            notes.push(format!(
+                "failed: {}",
+                t.fail_reason.as_deref().unwrap_or("no reason")
+            ));
+        }
+        println!(
+            "{}  {}  {:>4}  {}  {}  {:>19}  {}  {}",
+            cell(&t.agent, 12),
+            cell(&t.id, 34),
+            t.priority,
+            cell(v.state.as_str(), 11),
+            cell(&progress_text(t.done, t.total), 15),
+            format!(
+                "{} / {}",
+                thousands(t.tokens_used),
+                t.estimated_tokens.map_or("-".to_string(), thousands)
+            ),
+            cell(t.grade.as_ref().map_or("-", |g| g.letter.as_str()), 5),
+            notes.join("; ")
+        );
+    }
+}
+
+fn print_show(s: &Shown<'_>) {
+    let v = s.task;
+    let t = &v.task;
+    println!("task         {}", t.id);
+    println!("agent        {}", t.agent);
+    println!("priority     {}", t.priority);
+    if let Some(d) = &t.description {
+        println!("description  {d}");
+    }
+    println!("state        {}", state_text(v));
+    println!("progress     {}", progress_text(t.done, t.total));
+    println!(
+        "tokens       {} used over {} session{}, {} estimated",
+        thousands(t.tokens_used),
+        t.sessions,
+        if t.sessions == 1 { "" } else { "s" },
+        t.estimated_tokens.map_or("none".to_string(), thousands)
+    );
+    if !t.depends_on.is_empty() {
+        println!("after        {}", t.depends_on.join(", "));
+    }
+    if !s.dependents.is_empty() {
+        println!("before       {}", s.dependents.join(", "));
+    }
+    if t.failures > 0 {
+        println!(
+            "failures     {} (last: {})",
+            t.failures,
+            t.fail_reason.as_deref().unwrap_or("no reason")
+        );
+    }
+    if let Some(r) = &t.needs_review {
+        println!("needs review {r}");
+    }
+    println!("created      {}", t.created_at);
+    if let Some(x) = &t.started_at {
+        println!("started      {x}");
+    }
+    if let Some(x) = &t.finished_at {
+        println!("finished     {x}");
+    }
+    if let Some(g) = &t.grade {
+        println!(
+            "grade        {} ({:.2}) = 0.3 × success {:.2} + 0.2 × speed {:.2} + 0.3 × quality {:.2} + 0.2 × efficiency {:.2}",
+            g.letter, g.score, g.success_rate, g.speed, g.quality, g.efficiency
+        );
+    }
+    if let Some(r) = s.report {
+        println!("report       {}", r.display());
+    }
+    if let Some(c) = s.last_checkpoint {
+        println!("checkpoint   {}", super::session::checkpoint_text(c));
+    }
+    for x in s.sessions {
+        println!(
+            "session      {} {} {}, {} tokens{}",
+            x.id,
+            x.status,
+            x.started_at,
+            thousands(x.tokens_used),
+            x.level
+                .map(|l| format!(", wrapped at {}", l.as_str()))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn print_stats(s: &tasks::Stats) {
+    let by = |k: &str| s.by_state.get(k).copied().unwrap_or(0);
+    println!(
+        "tasks       {}: {} ready, {} waiting, {} blocked, {} in progress, {} completed, {} failed",
+        s.tasks,
+        by("ready"),
+        by("waiting"),
+        by("blocked"),
+        by("in_progress"),
+        by("completed"),
+        by("failed")
+    );
+    println!("completion  {:.1}%", s.completion_rate);
+    println!(
+        "tokens      {} used of {} estimated (completed tasks: {} used of {} estimated)",
+        thousands(s.tokens_used),
+        thousands(s.tokens_estimated),
+        thousands(s.completed_tokens_used),
+        thousands(s.completed_tokens_estimated)
+    );
+    let grades: Vec<String> = s.grades.iter().map(|(l, n)| format!("{l} {n}")).collect();
+    println!(
+        "grades      {}{}",
+        grades.join(", "),
+        s.mean_score
+            .map(|m| format!(" (mean score {m:.2})"))
+            .unwrap_or_default()
+    );
+    if s.needs_review > 0 {
+        println!("review      {} task(s) need review", s.needs_review);
+    }
+}
+
+/// Explains why an agent has nothing ready: what its pending tasks wait for.
+pub(super) fn print_nothing_ready(conn: &rusqlite::Connection, agent: &str) -> Result<()> {
+    let waiting: Vec<TaskView> = tasks::views(conn)?
+        .into_iter()
+        .filter(|v| v.task.agent == agent && matches!(v.state, State::Waiting | State::Blocked))
+        .collect();
+    println!("no ready task for {agent}");
+    for v in waiting {
+        println!("  {}: {}", v.task.id, state_text(&v));
+    }
+    Ok(())
+}

@@ -1,0 +1,957 @@
+//! Budgeted sessions: start, checkpoint, wrap, resume (the seeds' session orchestrator,
+//! state manager and commit manager, with all state in the database).
+//!
+//! A session is one agent working on one task under a budget. The library functions
+//! below are what the command line calls, and what a loop or a backfill running as a
+//! task should call too:
+//!
+//! - [`start`]: resumes the agent's task in progress (one no active session works on),
+//!   else takes the next ready task; refuses when the agent's API calls for today or
+//!   its slots are at or past the wrap threshold. Returns a [`Brief`] (task, progress,
+//!   last checkpoint, the previous handoff's next action, the budget).
+//! - [`checkpoint`]: records progress, tokens so far, API calls since the last
+//!   checkpoint and a note; returns the budget level (`level.must_wrap()` says wrap now).
+//! - [`level`]: the level of a session right now, without recording anything.
+//! - [`wrap`]: saves progress and archives the session, completes and grades the task
+//!   when its progress is full (or flags it "needs review" when the level is past the
+//!   hard stop and it is unfinished), backs the database up, writes the handoff and
+//!   commits the outputs when the root is in a git repository. A step that cannot run
+//!   is reported in [`WrapReport::steps`] and does not stop the others.
+//! - [`current`]: which session a command means: an explicit id, else the agent's
+//!   only active session, else `PERPETUAL_SESSION`, else the only active session.
+//!
+//! Time comes from [`crate::clock::now`], so `PERPETUAL_NOW` drives it in tests.
+
+use crate::budget::{self, Budget, Kind, Level, Thresholds, Usage};
+use crate::clock;
+use crate::config::Config;
+use crate::handoff::{self, Handoff};
+use crate::root::Root;
+use crate::store::sessions::{self as store, CheckpointRow, NewCheckpoint, SessionRow};
+use crate::store::tasks::{self as store_tasks, TaskRow, TaskStatus};
+use crate::tasks::{self, Completion, State, TaskView, progress_text};
+use anyhow::{Context, Result, bail, ensure};
+use chrono::{DateTime, Days, Utc};
+use rusqlite::{Connection, TransactionBehavior};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// The environment variable naming the current session (set by whatever starts an
+/// agent's command inside a session).
+pub const SESSION_ENV: &str = "PERPETUAL_SESSION";
+
+/// No session is active (or none for the agent asked about).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NoActiveSession(pub String);
+
+/// What [`start`] needs.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The agent.
+    pub agent: String,
+    /// A particular task (ready, or in progress without an active session).
+    pub task: Option<String>,
+    /// Overrides the agent's `tokens_per_session`.
+    pub token_budget: Option<u64>,
+}
+
+/// What [`start`] did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum StartOutcome {
+    /// A session started.
+    Started(Box<Brief>),
+    /// No task is ready for the agent; the pending ones say why.
+    NothingReady {
+        /// The agent.
+        agent: String,
+        /// The agent's tasks that are waiting, blocked or taken by an active session.
+        pending: Vec<TaskView>,
+    },
+    /// The agent's budget refuses another session now.
+    OverBudget {
+        /// The agent.
+        agent: String,
+        /// The budget at or past the wrap threshold.
+        usage: Usage,
+        /// When it frees up, if known (API calls: the next 00:00 UTC).
+        resets_at: Option<String>,
+    },
+}
+
+/// The session brief: what a starting agent needs to know.
+#[derive(Debug, Clone, Serialize)]
+pub struct Brief {
+    /// The new session.
+    pub session: SessionRow,
+    /// Its task.
+    pub task: TaskView,
+    /// The task was already in progress (a resume).
+    pub resumed: bool,
+    /// The task's latest checkpoint, over all sessions.
+    pub last_checkpoint: Option<CheckpointRow>,
+    /// The task's last wrapped session: its handoff and next action.
+    pub previous: Option<SessionRow>,
+    /// Budget usage now (tokens, API calls today, minutes).
+    pub usage: Vec<Usage>,
+    /// The agent's slots, when it has a slot budget.
+    pub slots: Option<Usage>,
+    /// The worst level over `usage`.
+    pub level: Level,
+    /// The thresholds in force.
+    pub thresholds: Thresholds,
+}
+
+/// Starts a session for `opts.agent`.
+pub fn start(conn: &mut Connection, config: &Config, opts: &StartOptions) -> Result<StartOutcome> {
+    crate::root::check_agent_name(&opts.agent)?;
+    let agent = opts.agent.as_str();
+    let now = clock::now();
+    let now_s = clock::format(now);
+    let mut budget = config.budget_of(agent);
+    if let Some(t) = opts.token_budget {
+        budget.tokens_per_session = t;
+    }
+    let th = &config.thresholds;
+
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let active = store::active(&tx, Some(agent))?;
+    if let Some(u) = Usage::new(Kind::Slots, active.len() as u64, budget.slots, th)
+        && u.level.must_wrap()
+    {
+        return Ok(StartOutcome::OverBudget {
+            agent: agent.to_string(),
+            usage: u,
+            resets_at: None,
+        });
+    }
+    let calls = api_calls_today(&tx, agent, now)?;
+    if let Some(u) = Usage::new(Kind::ApiCalls, calls, budget.api_calls_per_day, th)
+        && u.level.must_wrap()
+    {
+        return Ok(StartOutcome::OverBudget {
+            agent: agent.to_string(),
+            usage: u,
+            resets_at: Some(clock::format(next_midnight(now))),
+        });
+    }
+
+    let busy: HashSet<String> = store::active(&tx, None)?
+        .into_iter()
+        .filter_map(|s| s.task_id)
+        .collect();
+    let views = tasks::views(&tx)?;
+    let chosen = match &opts.task {
+        Some(id) => {
+            let v = views
+                .iter()
+                .find(|v| &v.task.id == id)
+                .with_context(|| format!("no task {id:?}"))?;
+            ensure!(
+                v.task.agent == agent,
+                "task {id} is in {}'s queue, not {agent}'s",
+                v.task.agent
+            );
+            ensure!(
+                !busy.contains(id),
+                "an active session already works on task {id}"
+            );
+            match v.state {
+                State::Ready | State::InProgress => Some(v.clone()),
+                _ => bail!(
+                    "task {id} is {}{}",
+                    v.state.as_str(),
+                    v.why
+                        .as_deref()
+                        .map(|w| format!(" ({w})"))
+                        .unwrap_or_default()
+                ),
+            }
+        }
+        None => views
+            .iter()
+            .find(|v| {
+                v.task.agent == agent && v.state == State::InProgress && !busy.contains(&v.task.id)
+            })
+            .or_else(|| {
+                views
+                    .iter()
+                    .find(|v| v.task.agent == agent && v.state == State::Ready)
+            })
+            .cloned(),
+    };
+    let Some(chosen) = chosen else {
+        return Ok(StartOutcome::NothingReady {
+            agent: agent.to_string(),
+            pending: views
+                .into_iter()
+                .filter(|v| {
+                    v.task.agent == agent
+                        && matches!(v.state, State::Waiting | State::Blocked | State::InProgress)
+                })
+                .collect(),
+        });
+    };
+    let resumed = chosen.state == State::InProgress;
+    store_tasks::mark_started(&tx, &chosen.task.id, &now_s)?;
+    let base = format!("session_{}", now.format("%Y%m%d_%H%M%S"));
+    let id = store::insert(
+        &tx,
+        &base,
+        agent,
+        &chosen.task.id,
+        &budget,
+        chosen.task.done,
+        &now_s,
+    )?;
+    tx.commit()?;
+
+    let session = get(conn, &id)?;
+    let usage = usages(&session, api_calls_today(conn, agent, now)?, now, th);
+    Ok(StartOutcome::Started(Box::new(Brief {
+        task: tasks::view(conn, &chosen.task.id)?,
+        resumed,
+        last_checkpoint: store::last_checkpoint_of_task(conn, &chosen.task.id)?,
+        previous: store::last_wrapped_of_task(conn, &chosen.task.id)?,
+        level: budget::worst(&usage),
+        usage,
+        slots: slots_usage(conn, agent, &budget, th)?,
+        thresholds: *th,
+        session,
+    })))
+}
+
+/// One session; an error naming the id when there is none.
+pub fn get(conn: &Connection, id: &str) -> Result<SessionRow> {
+    store::get(conn, id)?
+        .with_context(|| format!("no session {id:?} (`perpetual session list` lists them)"))
+}
+
+/// The session a command means: `session` when given; else `agent`'s only active
+/// session; else `PERPETUAL_SESSION`; else the only active session. Several
+/// candidates are an error that names them.
+pub fn current(
+    conn: &Connection,
+    session: Option<&str>,
+    agent: Option<&str>,
+) -> Result<SessionRow> {
+    if let Some(id) = session {
+        return get(conn, id);
+    }
+    if agent.is_none()
+        && let Ok(id) = std::env::var(SESSION_ENV)
+        && !id.trim().is_empty()
+    {
+        return get(conn, id.trim());
+    }
+    let active = store::active(conn, agent)?;
+    match active.len() {
+        0 => Err(NoActiveSession(match agent {
+            Some(a) => {
+                format!("agent {a} has no active session (`perpetual session start --agent {a}`)")
+            }
+            None => {
+                "no active session (`perpetual session start --agent AGENT` starts one)".to_string()
+            }
+        })
+        .into()),
+        1 => Ok(active.into_iter().next().expect("one")),
+        _ => bail!(
+            "several active sessions: {}; say which with --session ID{}",
+            active
+                .iter()
+                .map(|s| format!("{} ({})", s.id, s.agent))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if agent.is_none() { " or --agent A" } else { "" }
+        ),
+    }
+}
+
+/// What [`checkpoint`] records; every field is optional.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointInput {
+    /// Progress of the task: done, and the total when it changes.
+    pub progress: Option<(u64, Option<u64>)>,
+    /// Tokens the session has used so far (the agent's context meter).
+    pub tokens: Option<u64>,
+    /// API calls made since the previous checkpoint (counted toward today).
+    pub api_calls: u64,
+    /// Free text.
+    pub note: Option<String>,
+}
+
+/// What [`checkpoint`] reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointReport {
+    /// The session.
+    pub session_id: String,
+    /// 1 for the session's first checkpoint.
+    pub number: usize,
+    /// The checkpoint as stored.
+    pub checkpoint: CheckpointRow,
+    /// The task after it.
+    pub task: Option<TaskRow>,
+    /// Budget usage after it.
+    pub usage: Vec<Usage>,
+    /// The worst level.
+    pub level: Level,
+    /// What to do.
+    pub action: &'static str,
+    /// True at or past the wrap threshold: wrap now.
+    pub wrap_now: bool,
+}
+
+/// Records a checkpoint of an active session.
+pub fn checkpoint(
+    conn: &mut Connection,
+    config: &Config,
+    session_id: &str,
+    input: &CheckpointInput,
+) -> Result<CheckpointReport> {
+    let now = clock::now();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let s = get(&tx, session_id)?;
+    ensure!(
+        s.is_active(),
+        "session {} was wrapped at {}; start a new one",
+        s.id,
+        s.wrapped_at.as_deref().unwrap_or("?")
+    );
+    if let Some(t) = input.tokens {
+        store::set_tokens(&tx, &s.id, t)?;
+    }
+    if let Some((done, total)) = input.progress {
+        let task = s
+            .task_id
+            .as_deref()
+            .context("the session's task was removed; progress cannot be recorded")?;
+        tasks::set_progress(&tx, task, done, total)?;
+    }
+    let s = get(&tx, session_id)?;
+    let calls = api_calls_today(&tx, &s.agent, now)? + input.api_calls;
+    let usage = usages(&s, calls, now, &config.thresholds);
+    let level = budget::worst(&usage);
+    let id = store::insert_checkpoint(
+        &tx,
+        &NewCheckpoint {
+            session_id: &s.id,
+            agent: &s.agent,
+            task_id: s.task_id.as_deref(),
+            at: &clock::format(now),
+            progress: input.progress,
+            tokens: input.tokens,
+            api_calls: input.api_calls,
+            note: input.note.as_deref(),
+            level,
+        },
+    )?;
+    let all = store::checkpoints_of(&tx, &s.id)?;
+    let task = match &s.task_id {
+        Some(t) => store_tasks::get(&tx, t)?,
+        None => None,
+    };
+    tx.commit()?;
+    let number = all
+        .iter()
+        .position(|c| c.id == id)
+        .map_or(all.len(), |i| i + 1);
+    let checkpoint = all
+        .into_iter()
+        .find(|c| c.id == id)
+        .context("checkpoint vanished")?;
+    Ok(CheckpointReport {
+        session_id: s.id,
+        number,
+        checkpoint,
+        task,
+        usage,
+        level,
+        action: level.action(),
+        wrap_now: level.must_wrap(),
+    })
+}
+
+/// A session's budget usage now (or at its wrap) and the worst level.
+pub fn level(
+    conn: &Connection,
+    config: &Config,
+    session: &SessionRow,
+) -> Result<(Vec<Usage>, Level)> {
+    let at = match &session.wrapped_at {
+        Some(w) => clock::parse(w)?,
+        None => clock::now(),
+    };
+    let usage = usages(
+        session,
+        api_calls_today(conn, &session.agent, at)?,
+        at,
+        &config.thresholds,
+    );
+    let level = budget::worst(&usage);
+    Ok((usage, level))
+}
+
+/// The session kinds of usage: tokens, API calls today, minutes since the start.
+/// Slots are the agent's, not one session's: see [`start`] and [`Status::slots`].
+pub fn usages(
+    s: &SessionRow,
+    api_calls_today: u64,
+    now: DateTime<Utc>,
+    th: &Thresholds,
+) -> Vec<Usage> {
+    let minutes = clock::parse(&s.started_at)
+        .map(|t| ((now - t).num_seconds().max(0) / 60) as u64)
+        .unwrap_or(0);
+    [
+        Usage::new(Kind::Tokens, s.tokens_used, s.budget.tokens_per_session, th),
+        Usage::new(
+            Kind::ApiCalls,
+            api_calls_today,
+            s.budget.api_calls_per_day,
+            th,
+        ),
+        Usage::new(
+            Kind::WallMinutes,
+            minutes,
+            s.budget.wall_minutes_per_session,
+            th,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// API calls the agent recorded during the UTC day containing `now`.
+pub fn api_calls_today(conn: &Connection, agent: &str, now: DateTime<Utc>) -> Result<u64> {
+    let start = day_start(now);
+    store::api_calls_between(
+        conn,
+        agent,
+        &clock::format(start),
+        &clock::format(next_midnight(now)),
+    )
+}
+
+fn day_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
+}
+
+fn next_midnight(t: DateTime<Utc>) -> DateTime<Utc> {
+    day_start(t)
+        .checked_add_days(Days::new(1))
+        .expect("a next day")
+}
+
+fn slots_usage(
+    conn: &Connection,
+    agent: &str,
+    budget: &Budget,
+    th: &Thresholds,
+) -> Result<Option<Usage>> {
+    let active = store::active(conn, Some(agent))?.len() as u64;
+    Ok(Usage::new(Kind::Slots, active, budget.slots, th))
+}
+
+/// What `session status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The session.
+    pub session: SessionRow,
+    /// Its task.
+    pub task: Option<TaskView>,
+    /// Its checkpoints.
+    pub checkpoints: Vec<CheckpointRow>,
+    /// Budget usage now (or at the wrap).
+    pub usage: Vec<Usage>,
+    /// The agent's slots now, when it has a slot budget.
+    pub slots: Option<Usage>,
+    /// The worst level.
+    pub level: Level,
+    /// What to do.
+    pub action: &'static str,
+    /// Seconds since the start (until the wrap, once wrapped).
+    pub elapsed_seconds: i64,
+}
+
+/// The state of one session.
+pub fn status(conn: &Connection, config: &Config, id: &str) -> Result<Status> {
+    let session = get(conn, id)?;
+    let (usage, level) = level(conn, config, &session)?;
+    let end = match &session.wrapped_at {
+        Some(w) => clock::parse(w)?,
+        None => clock::now(),
+    };
+    let task = match &session.task_id {
+        Some(t) => Some(tasks::view(conn, t)?),
+        None => None,
+    };
+    Ok(Status {
+        elapsed_seconds: (end - clock::parse(&session.started_at)?).num_seconds(),
+        checkpoints: store::checkpoints_of(conn, &session.id)?,
+        slots: slots_usage(
+            conn,
+            &session.agent,
+            &config.budget_of(&session.agent),
+            &config.thresholds,
+        )?,
+        action: level.action(),
+        level,
+        usage,
+        task,
+        session,
+    })
+}
+
+/// What [`wrap`] takes; every field is optional.
+#[derive(Debug, Clone, Default)]
+pub struct WrapInput {
+    /// The session's final token count.
+    pub tokens: Option<u64>,
+    /// The task's final progress.
+    pub progress: Option<(u64, Option<u64>)>,
+    /// What the next session should do (default: derived from the task's state).
+    pub next: Option<String>,
+}
+
+/// How a wrap step went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// It ran.
+    Done,
+    /// It did not apply (no git repository, nothing to commit, ...).
+    Skipped,
+    /// It failed; the other steps still ran.
+    Failed,
+}
+
+/// One wrap step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// `progress`, `archive`, `grade`, `backup`, `handoff` or `commit`.
+    pub step: &'static str,
+    /// How it went.
+    pub status: StepStatus,
+    /// What it did, or why not.
+    pub detail: String,
+}
+
+/// What [`wrap`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct WrapReport {
+    /// The session, archived.
+    pub session: SessionRow,
+    /// Its task after the wrap.
+    pub task: Option<TaskRow>,
+    /// Budget usage at the wrap.
+    pub usage: Vec<Usage>,
+    /// The worst level at the wrap.
+    pub level: Level,
+    /// Seconds from start to wrap.
+    pub duration_seconds: i64,
+    /// The session's checkpoints.
+    pub checkpoints: usize,
+    /// Pairs first stored during the session.
+    pub pairs_integrated: u64,
+    /// The task's grade and report, when the wrap completed it.
+    pub completed: Option<Completion>,
+    /// Why the task needs review, when the wrap flagged it.
+    pub needs_review: Option<String>,
+    /// What the next session should do.
+    pub next_action: String,
+    /// Each step, in the order run.
+    pub steps: Vec<Step>,
+    /// The handoff document.
+    pub handoff: Option<PathBuf>,
+    /// The database backup.
+    pub backup: Option<PathBuf>,
+    /// The git commit.
+    pub commit: Option<String>,
+    /// The commit message (also when no commit was made).
+    pub commit_message: String,
+}
+
+/// Wraps an active session. The database step runs first and in one transaction
+/// (token count, task progress, review flag, the session archived with its level and
+/// next action), so the backup and the handoff show the wrapped state; then the grade
+/// (when the progress is full), the backup, the handoff and the commit, each reported
+/// and none stopping the others.
+pub fn wrap(
+    conn: &mut Connection,
+    root: &Root,
+    config: &Config,
+    session_id: &str,
+    input: &WrapInput,
+) -> Result<WrapReport> {
+    let now = clock::now();
+    let now_s = clock::format(now);
+    let th = &config.thresholds;
+    let mut steps = Steps::default();
+
+    // 1. The database: progress saved, review flag, session archived.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let s = get(&tx, session_id)?;
+    ensure!(
+        s.is_active(),
+        "session {} was already wrapped at {}",
+        s.id,
+        s.wrapped_at.as_deref().unwrap_or("?")
+    );
+    if let Some(t) = input.tokens {
+        store::set_tokens(&tx, &s.id, t)?;
+    }
+    let mut task = match &s.task_id {
+        Some(t) => store_tasks::get(&tx, t)?,
+        None => None,
+    };
+    let open = |t: &TaskRow| matches!(t.status, TaskStatus::Pending | TaskStatus::InProgress);
+    if let (Some((done, total)), Some(t)) = (input.progress, &task)
+        && open(t)
+    {
+        task = Some(tasks::set_progress(&tx, &t.id, done, total)?);
+    }
+    let s = get(&tx, session_id)?;
+    let usage = usages(&s, api_calls_today(&tx, &s.agent, now)?, now, th);
+    let level = budget::worst(&usage);
+    let finishing = task
+        .as_ref()
+        .is_some_and(|t| open(t) && t.total.is_some_and(|n| n > 0 && t.done >= n));
+    let needs_review = match &task {
+        Some(t) if open(t) && !finishing && level >= Level::HardStop => {
+            let reason = format!(
+                "session {} wrapped at the {} level ({}) with the task at {}",
+                s.id,
+                level.as_str(),
+                usage
+                    .iter()
+                    .filter(|u| u.level >= Level::HardStop)
+                    .map(|u| format!("{} {:.1}%", u.kind.label(), u.percent))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                progress_text(t.done, t.total)
+            );
+            store_tasks::flag_review(&tx, &t.id, &reason)?;
+            Some(reason)
+        }
+        _ => None,
+    };
+    let last_note = store::checkpoints_of(&tx, &s.id)?
+        .into_iter()
+        .rev()
+        .find_map(|c| c.note);
+    let provisional = input.next.clone().unwrap_or_else(|| {
+        default_next_action(task.as_ref(), last_note.as_deref(), &s.agent, None)
+    });
+    store::mark_wrapped(&tx, &s.id, level, &provisional, &now_s)?;
+    tx.commit()?;
+    if let Some(t) = &task {
+        steps.done(
+            "progress",
+            format!("{} at {}", t.id, progress_text(t.done, t.total)),
+        );
+    }
+    steps.done(
+        "archive",
+        format!("session {} wrapped at the {} level", s.id, level.as_str()),
+    );
+
+    // 2. Completion and grade, when the progress is full.
+    let mut completed = None;
+    let mut next_action = provisional;
+    if finishing && let Some(t) = &task {
+        completed = steps.outcome("grade", tasks::complete(conn, root, config, &t.id), |c| {
+            format!(
+                "{} completed, grade {} ({:.2}); report {}",
+                t.id,
+                c.grade.letter,
+                c.grade.score,
+                relative(root, &c.report)
+            )
+        });
+        if input.next.is_none() {
+            let next = tasks::next(conn, &s.agent)?.map(|v| v.task.id);
+            let refreshed = store_tasks::get(conn, &t.id)?;
+            next_action = default_next_action(
+                refreshed.as_ref(),
+                last_note.as_deref(),
+                &s.agent,
+                next.as_deref(),
+            );
+            store::set_next_action(conn, &s.id, &next_action)?;
+        }
+    }
+    let task = match &s.task_id {
+        Some(t) => store_tasks::get(conn, t)?,
+        None => None,
+    };
+    let session = get(conn, &s.id)?;
+
+    // 3. Backup.
+    let stamp = format!("{}_{}", now.format("%Y%m%d_%H%M%S"), s.id);
+    let keep = config.wrap.backups_kept;
+    let backup = steps.outcome(
+        "backup",
+        crate::store::backup::backup_into(conn, &root.backups_dir(), &stamp, keep),
+        |p| format!("{} (keeping the last {keep})", relative(root, p)),
+    );
+
+    // 4. Handoff.
+    let checkpoints = store::checkpoints_of(conn, &s.id)?;
+    let pairs_integrated = crate::store::pairs::count_created_between(conn, &s.started_at, &now_s)?;
+    let duration_seconds = (now - clock::parse(&s.started_at)?).num_seconds();
+    let totals = crate::store::stats::stats(conn, config.goal, 0)?;
+    let backup_rel = backup.as_ref().map(|p| relative(root, p));
+    let text = handoff::render(&Handoff {
+        session: &session,
+        task: task.as_ref(),
+        checkpoints: &checkpoints,
+        usage: &usage,
+        level,
+        thresholds: th,
+        duration_seconds,
+        pairs_integrated,
+        totals: &totals,
+        backup: backup_rel.as_deref(),
+        grade: completed.as_ref().map(|c| &c.grade),
+        needs_review: needs_review.as_deref(),
+        next_action: &next_action,
+    });
+    let handoff_path = root.handoffs_dir().join(format!("handoff_{}.md", s.id));
+    let handoff = steps.outcome(
+        "handoff",
+        crate::root::write_document(&handoff_path, &text).map(|()| handoff_path),
+        |p| relative(root, p),
+    );
+
+    // 5. Commit.
+    let message = commit_message(&CommitFacts {
+        session: &session,
+        task: task.as_ref(),
+        grade: completed.as_ref().map(|c| c.grade.letter.as_str()),
+        usage: &usage,
+        duration_seconds,
+        checkpoints: checkpoints.len(),
+    });
+    let commit = if !config.wrap.git_commit {
+        steps.skipped("commit", "wrap.git_commit = false in perpetual.toml".into());
+        None
+    } else if crate::vcs::repository(root.dir()).is_none() {
+        steps.skipped(
+            "commit",
+            format!("{} is not inside a git repository", root.dir().display()),
+        );
+        None
+    } else {
+        let mut paths = vec![
+            PathBuf::from("task_reports"),
+            PathBuf::from("outbox").join(&s.agent),
+        ];
+        if let Some(h) = &handoff {
+            paths.insert(0, PathBuf::from(relative(root, h)));
+        }
+        match crate::vcs::commit(root.dir(), &paths, &message) {
+            Ok(None) => {
+                steps.skipped("commit", "nothing changed in the outputs".into());
+                None
+            }
+            result => steps.outcome("commit", result.map(Option::unwrap_or_default), |id| {
+                id.clone()
+            }),
+        }
+    };
+
+    let handoff_rel = handoff.as_ref().map(|p| relative(root, p));
+    store::record_wrap_outputs(
+        conn,
+        &s.id,
+        handoff_rel.as_deref(),
+        backup_rel.as_deref(),
+        commit.as_deref(),
+        &serde_json::to_value(&steps.0)?,
+    )?;
+    Ok(WrapReport {
+        session: get(conn, &s.id)?,
+        task,
+        usage,
+        level,
+        duration_seconds,
+        checkpoints: checkpoints.len(),
+        pairs_integrated,
+        completed,
+        needs_review,
+        next_action,
+        steps: steps.0,
+        handoff,
+        backup,
+        commit,
+        commit_message: message,
+    })
+}
+
+/// The wrap's steps as they run.
+#[derive(Default)]
+struct Steps(Vec<Step>);
+
+impl Steps {
+    fn push(&mut self, step: &'static str, status: StepStatus, detail: String) {
+        self.0.push(Step {
+            step,
+            status,
+            detail,
+        });
+    }
+
+    fn done(&mut self, step: &'static str, detail: String) {
+        self.push(step, StepStatus::Done, detail);
+    }
+
+    fn skipped(&mut self, step: &'static str, detail: String) {
+        self.push(step, StepStatus::Skipped, detail);
+    }
+
+    /// Records how a step went, keeping its value when it ran; a failure is recorded
+    /// with its whole error chain and does not stop the wrap.
+    fn outcome<T>(
+        &mut self,
+        step: &'static str,
+        result: Result<T>,
+        detail: impl FnOnce(&T) -> String,
+    ) -> Option<T> {
+        match result {
+            Ok(v) => {
+                self.done(step, detail(&v));
+                Some(v)
+            }
+            Err(e) => {
+                self.push(step, StepStatus::Failed, format!("{e:#}"));
+                None
+            }
+        }
+    }
+}
+
+/// What the next session should do when the wrap was not told.
+fn default_next_action(
+    task: Option<&TaskRow>,
+    last_note: Option<&str>,
+    agent: &str,
+    next_task: Option<&str>,
+) -> String {
+    let take_next = match next_task {
+        Some(n) => format!("start the next task ({n}): `perpetual session start --agent {agent}`"),
+        None => format!("take the next task: `perpetual session start --agent {agent}`"),
+    };
+    match task {
+        None => format!("The session's task was removed; {take_next}"),
+        Some(t) => match t.status {
+            TaskStatus::Completed => format!("Task {} is complete; {take_next}", t.id),
+            TaskStatus::Failed => format!(
+                "Task {} failed ({}): `perpetual task retry {}` queues it again, or {take_next}",
+                t.id,
+                t.fail_reason.as_deref().unwrap_or("no reason"),
+                t.id
+            ),
+            TaskStatus::Pending | TaskStatus::InProgress => {
+                let mut s = format!("Continue {} from {}", t.id, progress_text(t.done, t.total));
+                if let Some(n) = last_note {
+                    s.push_str(&format!(" (last checkpoint: {n})"));
+                }
+                s
+            }
+        },
+    }
+}
+
+/// The facts the wrap commit message states.
+#[derive(Debug, Clone)]
+pub struct CommitFacts<'a> {
+    /// The session (wrapped).
+    pub session: &'a SessionRow,
+    /// Its task.
+    pub task: Option<&'a TaskRow>,
+    /// The grade letter, when the wrap completed the task.
+    pub grade: Option<&'a str>,
+    /// Budget usage at the wrap.
+    pub usage: &'a [Usage],
+    /// Seconds from start to wrap.
+    pub duration_seconds: i64,
+    /// Checkpoints recorded.
+    pub checkpoints: usize,
+}
+
+/// The seeds' wrap commit message:
+///
+/// ```text
+/// Session Wrap: integrate_sessions_101_140
+///
+/// Token usage: 71.5% of budget
+/// Duration: 6 minutes
+///
+/// Progress: 10/40
+/// Checkpoints: 2
+///
+/// Session: session_20251106_001355
+/// Started: 2025-11-06T00:13:55Z
+/// ```
+///
+/// When the wrap completed the task the subject is `Task Complete: <task> (Grade A)`.
+pub fn commit_message(f: &CommitFacts<'_>) -> String {
+    let task = f.task.map_or("(no task)", |t| t.id.as_str());
+    let subject = match f.grade {
+        Some(g) => format!("Task Complete: {task} (Grade {g})"),
+        None => format!("Session Wrap: {task}"),
+    };
+    let tokens = match f.usage.iter().find(|u| u.kind == Kind::Tokens) {
+        Some(u) => format!("Token usage: {:.1}% of budget", u.percent),
+        None => format!(
+            "Token usage: {} tokens (no token budget)",
+            crate::cli::output::thousands(f.session.tokens_used)
+        ),
+    };
+    let mut m = format!("{subject}\n\n{tokens}\n");
+    for u in f.usage.iter().filter(|u| u.kind != Kind::Tokens) {
+        m.push_str(&format!(
+            "{}: {}/{} ({:.1}%)\n",
+            match u.kind {
+                Kind::ApiCalls => "API calls today",
+                Kind::WallMinutes => "Wall time (minutes)",
+                Kind::Slots => "Slots",
+                Kind::Tokens => "Tokens",
+            },
+            u.used,
+            u.limit,
+            u.percent
+        ));
+    }
+    m.push_str(&format!(
+        "Duration: {}\n\n",
+        clock::human_duration(f.duration_seconds)
+    ));
+    let progress = f.task.map_or("-".to_string(), |t| match t.total {
+        Some(n) => format!("{}/{}", t.done, n),
+        None => t.done.to_string(),
+    });
+    m.push_str(&format!(
+        "Progress: {progress}\nCheckpoints: {}\n\n",
+        f.checkpoints
+    ));
+    m.push_str(&format!(
+        "Session: {}\nStarted: {}\n",
+        f.session.id, f.session.started_at
+    ));
+    m
+}
+
+fn relative(root: &Root, p: &Path) -> String {
+    p.strip_prefix(root.dir())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}

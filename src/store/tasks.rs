@@ -1,0 +1,274 @@
+//! The task stack's rows (`tasks`, `task_deps`). The rules (readiness, which states
+//! may follow which) live in `crate::tasks`; this file only reads and writes.
+
+use crate::grade::Grade;
+use anyhow::Result;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+/// A task's stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Queued: waits for its dependencies or for a session to take it.
+    Pending,
+    /// A session took it and it is not finished (possibly across several sessions).
+    InProgress,
+    /// Finished and graded; stays as the archive.
+    Completed,
+    /// Marked failed (`task fail`); `task retry` queues it again.
+    Failed,
+}
+
+impl TaskStatus {
+    /// The word in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::InProgress => "in_progress",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> TaskStatus {
+        match s {
+            "in_progress" => TaskStatus::InProgress,
+            "completed" => TaskStatus::Completed,
+            "failed" => TaskStatus::Failed,
+            _ => TaskStatus::Pending,
+        }
+    }
+}
+
+/// A task as read back, with what is derived from its sessions.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRow {
+    /// The task id.
+    pub id: String,
+    /// Whose queue it is in.
+    pub agent: String,
+    /// 1 runs first.
+    pub priority: i64,
+    /// Order inside a priority (lower first).
+    #[serde(skip)]
+    pub position: i64,
+    /// Free text.
+    pub description: Option<String>,
+    /// Stored state.
+    pub status: TaskStatus,
+    /// Units done.
+    pub done: u64,
+    /// Units in all, when known.
+    pub total: Option<u64>,
+    /// The estimate given when it was added.
+    pub estimated_tokens: Option<u64>,
+    /// Tokens its sessions used (sum over its sessions).
+    pub tokens_used: u64,
+    /// Sessions that worked on it.
+    pub sessions: u64,
+    /// Times it was marked failed.
+    pub failures: u64,
+    /// The last failure's reason.
+    pub fail_reason: Option<String>,
+    /// Why a person should look at it, if so.
+    pub needs_review: Option<String>,
+    /// The grade, once completed.
+    pub grade: Option<Grade>,
+    /// The tasks it depends on, sorted.
+    pub depends_on: Vec<String>,
+    /// When it was added.
+    pub created_at: String,
+    /// When a session first took it.
+    pub started_at: Option<String>,
+    /// When it completed or failed.
+    pub finished_at: Option<String>,
+}
+
+/// The columns a new task needs.
+#[derive(Debug, Clone)]
+pub struct NewTask<'a> {
+    /// Task id.
+    pub id: &'a str,
+    /// Agent.
+    pub agent: &'a str,
+    /// Priority (1 first).
+    pub priority: i64,
+    /// Free text.
+    pub description: Option<&'a str>,
+    /// Units in all.
+    pub total: Option<u64>,
+    /// Token estimate.
+    pub estimated_tokens: Option<u64>,
+    /// Timestamp.
+    pub now: &'a str,
+}
+
+/// Adds a pending task behind every task already queued at its priority.
+pub fn insert(conn: &Connection, t: &NewTask<'_>) -> Result<()> {
+    conn.execute(
+        "INSERT INTO tasks (id, agent, priority, position, description, status, total,
+                            estimated_tokens, created_at)
+         VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(position), 0) + 1 FROM tasks), ?4, 'pending',
+                 ?5, ?6, ?7)",
+        params![
+            t.id,
+            t.agent,
+            t.priority,
+            t.description,
+            t.total.map(|n| n as i64),
+            t.estimated_tokens.map(|n| n as i64),
+            t.now
+        ],
+    )?;
+    Ok(())
+}
+
+/// Records that `task` runs only after `depends_on` completes.
+pub fn add_dependency(conn: &Connection, task: &str, depends_on: &str) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO task_deps (task_id, depends_on) VALUES (?1, ?2)",
+        params![task, depends_on],
+    )?;
+    Ok(())
+}
+
+/// Whether a task with this id exists.
+pub fn exists(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM tasks WHERE id = ?1", [id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// One task.
+pub fn get(conn: &Connection, id: &str) -> Result<Option<TaskRow>> {
+    Ok(conn
+        .query_row(&format!("{SELECT} WHERE t.id = ?1"), [id], from_row)
+        .optional()?)
+}
+
+/// Every task, in queue order: priority, then position (older first).
+pub fn all(conn: &Connection) -> Result<Vec<TaskRow>> {
+    let mut stmt = conn.prepare(&format!("{SELECT} ORDER BY t.priority, t.position"))?;
+    let rows = stmt
+        .query_map([], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The tasks that depend on `id`, sorted.
+pub fn dependents(conn: &Connection, id: &str) -> Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare("SELECT task_id FROM task_deps WHERE depends_on = ?1 ORDER BY task_id")?;
+    let rows = stmt
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}
+
+/// Records progress.
+pub fn set_progress(conn: &Connection, id: &str, done: u64, total: Option<u64>) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET done = ?2, total = ?3 WHERE id = ?1",
+        params![id, done as i64, total.map(|n| n as i64)],
+    )?;
+    Ok(())
+}
+
+/// A session took the task: in progress, first start time kept.
+pub fn mark_started(conn: &Connection, id: &str, now: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET status = 'in_progress', started_at = COALESCE(started_at, ?2)
+         WHERE id = ?1",
+        params![id, now],
+    )?;
+    Ok(())
+}
+
+/// The task is finished, with its grade.
+pub fn mark_completed(conn: &Connection, id: &str, grade: &Grade, now: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET status = 'completed', finished_at = ?2, grade = ?3, grade_detail = ?4
+         WHERE id = ?1",
+        params![id, now, grade.letter, serde_json::to_string(grade)?],
+    )?;
+    Ok(())
+}
+
+/// The task failed.
+pub fn mark_failed(conn: &Connection, id: &str, reason: &str, now: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET status = 'failed', failures = failures + 1, fail_reason = ?2,
+                          finished_at = ?3
+         WHERE id = ?1",
+        params![id, reason, now],
+    )?;
+    Ok(())
+}
+
+/// A failed task is queued again, at the front of its priority (ahead of its old place).
+pub fn requeue_first(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET status = 'pending', finished_at = NULL,
+                          position = (SELECT COALESCE(MIN(position), 0) - 1 FROM tasks)
+         WHERE id = ?1",
+        [id],
+    )?;
+    Ok(())
+}
+
+/// Flags the task for a person's review.
+pub fn flag_review(conn: &Connection, id: &str, reason: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET needs_review = ?2 WHERE id = ?1",
+        params![id, reason],
+    )?;
+    Ok(())
+}
+
+/// Deletes a task (its own dependency rows go with it).
+pub fn delete(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute("DELETE FROM tasks WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+const SELECT: &str = "SELECT t.id, t.agent, t.priority, t.position, t.description, t.status,
+        t.done, t.total, t.estimated_tokens,
+        (SELECT COALESCE(SUM(s.tokens_used), 0) FROM sessions s WHERE s.task_id = t.id),
+        (SELECT COUNT(*) FROM sessions s WHERE s.task_id = t.id),
+        t.failures, t.fail_reason, t.needs_review, t.grade_detail,
+        (SELECT group_concat(d.depends_on, ',') FROM task_deps d WHERE d.task_id = t.id),
+        t.created_at, t.started_at, t.finished_at
+    FROM tasks t";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
+    let status: String = r.get(5)?;
+    let grade: Option<String> = r.get(14)?;
+    let deps: Option<String> = r.get(15)?;
+    let mut depends_on: Vec<String> = deps
+        .map(|d| d.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    depends_on.sort();
+    Ok(TaskRow {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        priority: r.get(2)?,
+        position: r.get(3)?,
+        description: r.get(4)?,
+        status: TaskStatus::parse(&status),
+        done: r.get::<_, i64>(6)? as u64,
+        total: r.get::<_, Option<i64>>(7)?.map(|n| n as u64),
+        estimated_tokens: r.get::<_, Option<i64>>(8)?.map(|n| n as u64),
+        tokens_used: r.get::<_, i64>(9)? as u64,
+        sessions: r.get::<_, i64>(10)? as u64,
+        failures: r.get::<_, i64>(11)? as u64,
+        fail_reason: r.get(12)?,
+        needs_review: r.get(13)?,
+        grade: grade.and_then(|g| serde_json::from_str(&g).ok()),
+        depends_on,
+        created_at: r.get(16)?,
+        started_at: r.get(17)?,
+        finished_at: r.get(18)?,
+    })
+}

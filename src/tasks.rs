@@ -1,0 +1,731 @@
+//! The task stack: each agent's queue of tasks, their dependencies, readiness and states.
+//!
+//! Order: priority 1 runs first; inside a priority the older task runs first, except
+//! that `retry` puts a failed task at the front of its priority (ahead of its old
+//! place). States: `pending` → `in_progress` (a session took it) → `completed` (graded,
+//! kept as the archive) or `failed` (`retry` makes it pending again).
+//!
+//! A pending task is **ready** when every task it depends on is completed, **waiting**
+//! while one is not, and **blocked** when one failed or is itself blocked: the reason
+//! names the failed task. Dependencies may cross agents. Removing a task another
+//! depends on is refused, so the graph never points at nothing; dependencies must
+//! exist when they are named, so it never has a cycle (a plan is checked as a whole).
+
+use crate::config::Config;
+use crate::grade::{self, Grade};
+use crate::root::Root;
+use crate::store::sessions as store_sessions;
+use crate::store::tasks::{self as store, NewTask, TaskRow, TaskStatus};
+use anyhow::{Context, Result, bail, ensure};
+use rusqlite::{Connection, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+/// The priority of a task added without one.
+pub const DEFAULT_PRIORITY: i64 = 5;
+
+/// Where a task stands, derived from its status and its dependencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Pending, every dependency completed: a session may take it.
+    Ready,
+    /// Pending, some dependency not completed yet.
+    Waiting,
+    /// Pending, some dependency failed (directly or further down).
+    Blocked,
+    /// A session took it.
+    InProgress,
+    /// Done and graded.
+    Completed,
+    /// Marked failed.
+    Failed,
+}
+
+impl State {
+    /// The word shown in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ready => "ready",
+            State::Waiting => "waiting",
+            State::Blocked => "blocked",
+            State::InProgress => "in_progress",
+            State::Completed => "completed",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// A task with its derived state.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    /// The stored task.
+    #[serde(flatten)]
+    pub task: TaskRow,
+    /// Where it stands.
+    pub state: State,
+    /// Dependencies not completed yet (waiting or blocked).
+    pub waiting_on: Vec<String>,
+    /// The failed task that blocks it, when blocked.
+    pub blocked_by: Option<String>,
+    /// Why it is waiting or blocked, in words.
+    pub why: Option<String>,
+    /// done / total in percent, when it has a total.
+    pub percent: Option<f64>,
+}
+
+/// Task ids become file names (`task_reports/<id>.md`): keep them to a safe alphabet.
+pub fn check_task_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && !id.starts_with('.')
+        && id.len() <= 200
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    ensure!(
+        ok,
+        "invalid task id {id:?}: use letters, digits, `_`, `-` and `.`, not starting with `.`"
+    );
+    Ok(())
+}
+
+/// Parses `DONE/TOTAL` (or `DONE`, keeping the total).
+pub fn parse_progress(s: &str) -> Result<(u64, Option<u64>)> {
+    let bad = || format!("invalid progress {s:?}: write DONE/TOTAL, e.g. 10/40");
+    let (done, total) = match s.split_once('/') {
+        Some((d, t)) => (
+            d.trim().parse::<u64>().with_context(bad)?,
+            Some(t.trim().parse::<u64>().with_context(bad)?),
+        ),
+        None => (s.trim().parse::<u64>().with_context(bad)?, None),
+    };
+    if let Some(t) = total {
+        ensure!(
+            t > 0,
+            "invalid progress {s:?}: the total must be at least 1"
+        );
+        ensure!(
+            done <= t,
+            "invalid progress {s:?}: done cannot exceed the total"
+        );
+    }
+    Ok((done, total))
+}
+
+/// `10/40 (25.0%)`, `10` without a total.
+pub fn progress_text(done: u64, total: Option<u64>) -> String {
+    match total {
+        Some(t) if t > 0 => format!("{done}/{t} ({:.1}%)", done as f64 * 100.0 / t as f64),
+        Some(t) => format!("{done}/{t}"),
+        None => done.to_string(),
+    }
+}
+
+/// Every task with its state, in queue order (priority, then age).
+pub fn views(conn: &Connection) -> Result<Vec<TaskView>> {
+    let rows = store::all(conn)?;
+    let by_id: HashMap<&str, &TaskRow> = rows.iter().map(|t| (t.id.as_str(), t)).collect();
+    let mut memo: HashMap<String, (State, Option<String>)> = HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for t in &rows {
+        let (state, blocked_by) = state_of(&t.id, &by_id, &mut memo, &mut HashSet::new());
+        let waiting_on: Vec<String> = if matches!(state, State::Waiting | State::Blocked) {
+            t.depends_on
+                .iter()
+                .filter(|d| {
+                    by_id
+                        .get(d.as_str())
+                        .is_none_or(|x| x.status != TaskStatus::Completed)
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let why = match state {
+            State::Waiting => Some(format!("waiting for {}", waiting_on.join(", "))),
+            State::Blocked => {
+                let root = blocked_by.clone().unwrap_or_default();
+                let reason = by_id
+                    .get(root.as_str())
+                    .and_then(|r| r.fail_reason.clone())
+                    .unwrap_or_default();
+                let via = if t.depends_on.contains(&root) {
+                    String::new()
+                } else {
+                    let through: Vec<&str> = waiting_on.iter().map(String::as_str).collect();
+                    format!(" (through {})", through.join(", "))
+                };
+                Some(format!(
+                    "blocked: depends on {root}{via}, which failed: {reason}"
+                ))
+            }
+            _ => None,
+        };
+        out.push(TaskView {
+            percent: t
+                .total
+                .filter(|&n| n > 0)
+                .map(|n| t.done as f64 * 100.0 / n as f64),
+            task: t.clone(),
+            state,
+            waiting_on,
+            blocked_by,
+            why,
+        });
+    }
+    Ok(out)
+}
+
+fn state_of(
+    id: &str,
+    by_id: &HashMap<&str, &TaskRow>,
+    memo: &mut HashMap<String, (State, Option<String>)>,
+    visiting: &mut HashSet<String>,
+) -> (State, Option<String>) {
+    if let Some(s) = memo.get(id) {
+        return s.clone();
+    }
+    let Some(t) = by_id.get(id) else {
+        // A dependency that does not exist never completes.
+        return (State::Waiting, None);
+    };
+    let result = match t.status {
+        TaskStatus::InProgress => (State::InProgress, None),
+        TaskStatus::Completed => (State::Completed, None),
+        TaskStatus::Failed => (State::Failed, None),
+        TaskStatus::Pending => {
+            if !visiting.insert(id.to_string()) {
+                return (State::Waiting, None); // a cycle: cannot happen, never ready
+            }
+            let mut blocked = None;
+            let mut all_done = true;
+            for d in &t.depends_on {
+                let (ds, db) = state_of(d, by_id, memo, visiting);
+                match ds {
+                    State::Failed => {
+                        blocked.get_or_insert(d.clone());
+                    }
+                    State::Blocked => {
+                        blocked.get_or_insert(db.unwrap_or_else(|| d.clone()));
+                    }
+                    State::Completed => {}
+                    _ => all_done = false,
+                }
+            }
+            visiting.remove(id);
+            match blocked {
+                Some(b) => (State::Blocked, Some(b)),
+                None if all_done => (State::Ready, None),
+                None => (State::Waiting, None),
+            }
+        }
+    };
+    memo.insert(id.to_string(), result.clone());
+    result
+}
+
+/// One task with its state; an error naming the id when there is none.
+pub fn view(conn: &Connection, id: &str) -> Result<TaskView> {
+    views(conn)?
+        .into_iter()
+        .find(|v| v.task.id == id)
+        .with_context(|| format!("no task {id:?} (`perpetual task list --all` lists them)"))
+}
+
+/// What `task add` needs.
+#[derive(Debug, Clone, Default)]
+pub struct AddTask {
+    /// Task id.
+    pub id: String,
+    /// Agent whose queue it joins.
+    pub agent: String,
+    /// 1 runs first; default [`DEFAULT_PRIORITY`].
+    pub priority: Option<i64>,
+    /// Tasks that must complete first.
+    pub after: Vec<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Token estimate.
+    pub estimated_tokens: Option<u64>,
+    /// Units in all.
+    pub total: Option<u64>,
+}
+
+/// Adds a task to an agent's queue, behind the tasks of its priority. Its
+/// dependencies must exist.
+pub fn add(conn: &mut Connection, t: &AddTask) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    add_raw(&tx, t, &HashSet::new())?;
+    for d in &t.after {
+        store::add_dependency(&tx, &t.id, d)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Inserts one task without its dependency rows; `also_known` names tasks being added
+/// in the same transaction (a plan) that may be named as dependencies before they are
+/// inserted, which is why the rows come after every task of the plan.
+fn add_raw(conn: &Connection, t: &AddTask, also_known: &HashSet<&str>) -> Result<()> {
+    check_task_id(&t.id)?;
+    crate::root::check_agent_name(&t.agent)?;
+    let priority = t.priority.unwrap_or(DEFAULT_PRIORITY);
+    ensure!(priority >= 1, "task {}: priority must be 1 or more", t.id);
+    if let Some(total) = t.total {
+        ensure!(total >= 1, "task {}: total must be at least 1", t.id);
+    }
+    ensure!(
+        !store::exists(conn, &t.id)?,
+        "task {:?} already exists (`perpetual task show {}`)",
+        t.id,
+        t.id
+    );
+    for d in &t.after {
+        ensure!(d != &t.id, "task {} cannot depend on itself", t.id);
+        ensure!(
+            also_known.contains(d.as_str()) || store::exists(conn, d)?,
+            "task {} depends on {d:?}, which does not exist; add it first",
+            t.id
+        );
+    }
+    store::insert(
+        conn,
+        &NewTask {
+            id: &t.id,
+            agent: &t.agent,
+            priority,
+            description: t.description.as_deref(),
+            total: t.total,
+            estimated_tokens: t.estimated_tokens,
+            now: &crate::clock::now_rfc3339(),
+        },
+    )?;
+    Ok(())
+}
+
+/// The agent's next ready task: the first pending task in queue order whose
+/// dependencies are all completed. (`session start` resumes an in-progress task first.)
+pub fn next(conn: &Connection, agent: &str) -> Result<Option<TaskView>> {
+    Ok(views(conn)?
+        .into_iter()
+        .find(|v| v.task.agent == agent && v.state == State::Ready))
+}
+
+/// Records progress on a task that is not finished.
+pub fn set_progress(conn: &Connection, id: &str, done: u64, total: Option<u64>) -> Result<TaskRow> {
+    let t = get(conn, id)?;
+    ensure!(
+        matches!(t.status, TaskStatus::Pending | TaskStatus::InProgress),
+        "task {id} is {}; progress is recorded on pending or in-progress tasks",
+        t.status.as_str()
+    );
+    let total = total.or(t.total);
+    if let Some(n) = total {
+        ensure!(
+            done <= n,
+            "task {id}: done ({done}) cannot exceed the total ({n})"
+        );
+    }
+    store::set_progress(conn, id, done, total)?;
+    get(conn, id)
+}
+
+/// A task as stored; an error naming the id when there is none.
+pub fn get(conn: &Connection, id: &str) -> Result<TaskRow> {
+    store::get(conn, id)?
+        .with_context(|| format!("no task {id:?} (`perpetual task list --all` lists them)"))
+}
+
+/// What completing a task produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    /// The task id.
+    pub task: String,
+    /// Its grade.
+    pub grade: Grade,
+    /// `task_reports/<task>.md`.
+    pub report: PathBuf,
+}
+
+/// Completes a ready or in-progress task: grades it (`crate::grade`), stores the grade
+/// and writes `task_reports/<task>.md`.
+pub fn complete(
+    conn: &mut Connection,
+    root: &Root,
+    config: &Config,
+    id: &str,
+) -> Result<Completion> {
+    let v = view(conn, id)?;
+    match v.state {
+        State::Ready | State::InProgress => {}
+        State::Completed => bail!("task {id} is already completed"),
+        State::Failed => bail!("task {id} failed; `perpetual task retry {id}` queues it again"),
+        State::Waiting | State::Blocked => bail!(
+            "task {id} cannot complete before its dependencies: {}",
+            v.why.unwrap_or_default()
+        ),
+    }
+    let now = crate::clock::now_rfc3339();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let sessions = store_sessions::of_task(&tx, id)?;
+    let g = grade::grade(grade::inputs(&v.task, &sessions, &config.thresholds));
+    store::mark_completed(&tx, id, &g, &now)?;
+    tx.commit()?;
+    let report = write_report(conn, root, config, id)?;
+    Ok(Completion {
+        task: id.to_string(),
+        grade: g,
+        report,
+    })
+}
+
+/// (Re)writes `task_reports/<task>.md` for a completed task from the database.
+pub fn write_report(conn: &Connection, root: &Root, config: &Config, id: &str) -> Result<PathBuf> {
+    let task = get(conn, id)?;
+    let g = task
+        .grade
+        .clone()
+        .with_context(|| format!("task {id} has no grade yet"))?;
+    let now = crate::clock::now_rfc3339();
+    let mut sessions = Vec::new();
+    for s in store_sessions::of_task(conn, id)? {
+        let until = s.wrapped_at.clone().unwrap_or_else(|| now.clone());
+        let pairs = crate::store::pairs::count_created_between(conn, &s.started_at, &until)?;
+        sessions.push((s, pairs));
+    }
+    let checkpoints = store_sessions::count_checkpoints_of_task(conn, id)? as usize;
+    let text = grade::report(
+        &task,
+        &g,
+        &grade::ReportContext {
+            sessions: &sessions,
+            checkpoints,
+            thresholds: &config.thresholds,
+        },
+    );
+    let path = root.reports_dir().join(format!("{id}.md"));
+    crate::root::write_document(&path, &text)?;
+    Ok(path)
+}
+
+/// Marks a pending or in-progress task failed; its dependents become blocked.
+pub fn fail(conn: &Connection, id: &str, reason: &str) -> Result<()> {
+    let t = get(conn, id)?;
+    ensure!(
+        matches!(t.status, TaskStatus::Pending | TaskStatus::InProgress),
+        "task {id} is {}; only pending or in-progress tasks can fail",
+        t.status.as_str()
+    );
+    ensure!(!reason.trim().is_empty(), "a failure needs a reason");
+    store::mark_failed(conn, id, reason.trim(), &crate::clock::now_rfc3339())
+}
+
+/// Queues a failed task again, at the front of its priority.
+pub fn retry(conn: &Connection, id: &str) -> Result<()> {
+    let t = get(conn, id)?;
+    ensure!(
+        t.status == TaskStatus::Failed,
+        "task {id} is {}; only failed tasks are retried",
+        t.status.as_str()
+    );
+    store::requeue_first(conn, id)
+}
+
+/// Removes a task. Refused while another task depends on it or a session works on it.
+pub fn remove(conn: &mut Connection, id: &str) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    get(&tx, id)?;
+    let dependents = store::dependents(&tx, id)?;
+    ensure!(
+        dependents.is_empty(),
+        "task {id} cannot be removed: {} depend{} on it (remove or re-plan {} first)",
+        dependents.join(", "),
+        if dependents.len() == 1 { "s" } else { "" },
+        if dependents.len() == 1 { "it" } else { "them" }
+    );
+    let active: Vec<String> = store_sessions::of_task(&tx, id)?
+        .into_iter()
+        .filter(|s| s.is_active())
+        .map(|s| s.id)
+        .collect();
+    ensure!(
+        active.is_empty(),
+        "task {id} cannot be removed: session {} works on it (wrap it first)",
+        active.join(", ")
+    );
+    store::delete(&tx, id)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// What `task stats` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    /// Tasks in all.
+    pub tasks: u64,
+    /// Count per state (ready, waiting, blocked, in_progress, completed, failed).
+    pub by_state: BTreeMap<&'static str, u64>,
+    /// Tasks flagged for review.
+    pub needs_review: u64,
+    /// completed / tasks, in percent.
+    pub completion_rate: f64,
+    /// Sum of the estimates of every task.
+    pub tokens_estimated: u64,
+    /// Tokens used by every task's sessions.
+    pub tokens_used: u64,
+    /// Sum of the estimates of completed tasks.
+    pub completed_tokens_estimated: u64,
+    /// Tokens used by completed tasks.
+    pub completed_tokens_used: u64,
+    /// Completed tasks per letter (A, B, C, D, F).
+    pub grades: BTreeMap<String, u64>,
+    /// Mean score of the completed tasks.
+    pub mean_score: Option<f64>,
+}
+
+/// Counts by state, completion rate, tokens estimated against used, grade distribution.
+pub fn stats(conn: &Connection) -> Result<Stats> {
+    let views = views(conn)?;
+    let mut by_state: BTreeMap<&'static str, u64> = [
+        State::Ready,
+        State::Waiting,
+        State::Blocked,
+        State::InProgress,
+        State::Completed,
+        State::Failed,
+    ]
+    .iter()
+    .map(|s| (s.as_str(), 0))
+    .collect();
+    let mut grades: BTreeMap<String, u64> = ["A", "B", "C", "D", "F"]
+        .iter()
+        .map(|l| (l.to_string(), 0))
+        .collect();
+    let (mut est, mut used, mut c_est, mut c_used, mut review) = (0, 0, 0, 0, 0);
+    let mut scores = Vec::new();
+    for v in &views {
+        *by_state.entry(v.state.as_str()).or_default() += 1;
+        let t = &v.task;
+        est += t.estimated_tokens.unwrap_or(0);
+        used += t.tokens_used;
+        review += u64::from(t.needs_review.is_some());
+        if t.status == TaskStatus::Completed {
+            c_est += t.estimated_tokens.unwrap_or(0);
+            c_used += t.tokens_used;
+            if let Some(g) = &t.grade {
+                *grades.entry(g.letter.clone()).or_default() += 1;
+                scores.push(g.score);
+            }
+        }
+    }
+    let n = views.len() as u64;
+    let completed = by_state["completed"];
+    Ok(Stats {
+        tasks: n,
+        by_state,
+        needs_review: review,
+        completion_rate: if n == 0 {
+            0.0
+        } else {
+            completed as f64 * 100.0 / n as f64
+        },
+        tokens_estimated: est,
+        tokens_used: used,
+        completed_tokens_estimated: c_est,
+        completed_tokens_used: c_used,
+        grades,
+        mean_score: (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64),
+    })
+}
+
+/// A plan file (`task import PLAN.toml`): `[[task]]` tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// The tasks, in the order they queue (ties go to the earlier one).
+    #[serde(default)]
+    pub task: Vec<PlanTask>,
+}
+
+/// One `[[task]]` of a plan; the same fields as `task add`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanTask {
+    /// Task id.
+    pub id: String,
+    /// Agent.
+    pub agent: String,
+    /// 1 runs first.
+    pub priority: Option<i64>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Token estimate.
+    pub estimated_tokens: Option<u64>,
+    /// Units in all.
+    pub total: Option<u64>,
+    /// Tasks (in the plan or already stored) that must complete first.
+    #[serde(default)]
+    pub after: Vec<String>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportReport {
+    /// Tasks added.
+    pub added: Vec<String>,
+    /// Tasks already stored (left as they are).
+    pub kept: Vec<String>,
+}
+
+/// Imports a plan in one transaction: every task and dependency, or nothing. Tasks
+/// already stored are kept as they are, so importing the same plan twice adds nothing.
+pub fn import(conn: &mut Connection, text: &str) -> Result<ImportReport> {
+    let plan: Plan = toml::from_str(text).context("invalid plan")?;
+    let mut seen = HashSet::new();
+    for t in &plan.task {
+        ensure!(
+            seen.insert(t.id.as_str()),
+            "the plan lists task {} twice",
+            t.id
+        );
+    }
+    check_plan_acyclic(&plan)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut report = ImportReport::default();
+    let mut new_ids: HashSet<&str> = HashSet::new();
+    for t in &plan.task {
+        if store::exists(&tx, &t.id)? {
+            report.kept.push(t.id.clone());
+        } else {
+            new_ids.insert(&t.id);
+        }
+    }
+    for t in plan.task.iter().filter(|t| new_ids.contains(t.id.as_str())) {
+        let add = AddTask {
+            id: t.id.clone(),
+            agent: t.agent.clone(),
+            priority: t.priority,
+            after: t.after.clone(),
+            description: t.description.clone(),
+            estimated_tokens: t.estimated_tokens,
+            total: t.total,
+        };
+        add_raw(&tx, &add, &new_ids).with_context(|| format!("plan task {}", t.id))?;
+        report.added.push(t.id.clone());
+    }
+    for t in plan.task.iter().filter(|t| new_ids.contains(t.id.as_str())) {
+        for d in &t.after {
+            store::add_dependency(&tx, &t.id, d)?;
+        }
+    }
+    tx.commit()?;
+    Ok(report)
+}
+
+/// Refuses a plan whose dependencies go round in a circle.
+fn check_plan_acyclic(plan: &Plan) -> Result<()> {
+    let deps: HashMap<&str, &[String]> = plan
+        .task
+        .iter()
+        .map(|t| (t.id.as_str(), t.after.as_slice()))
+        .collect();
+    // 0 = unseen, 1 = on the current path, 2 = done
+    let mut mark: HashMap<&str, u8> = HashMap::new();
+    fn visit<'a>(
+        id: &'a str,
+        deps: &HashMap<&'a str, &'a [String]>,
+        mark: &mut HashMap<&'a str, u8>,
+        path: &mut Vec<&'a str>,
+    ) -> Result<()> {
+        match mark.get(id).copied().unwrap_or(0) {
+            2 => return Ok(()),
+            1 => {
+                let start = path.iter().position(|p| *p == id).unwrap_or(0);
+                let mut cycle: Vec<&str> = path[start..].to_vec();
+                cycle.push(id);
+                bail!(
+                    "the plan's dependencies form a cycle: {}",
+                    cycle.join(" → ")
+                );
+            }
+            _ => {}
+        }
+        mark.insert(id, 1);
+        path.push(id);
+        for d in deps.get(id).copied().unwrap_or(&[]) {
+            if deps.contains_key(d.as_str()) {
+                visit(d, deps, mark, path)?;
+            }
+        }
+        path.pop();
+        mark.insert(id, 2);
+        Ok(())
+    }
+    for t in &plan.task {
+        visit(&t.id, &deps, &mut mark, &mut Vec::new())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(conn: &mut Connection, id: &str, priority: i64, after: &[&str]) {
+        add(
+            conn,
+            &AddTask {
+                id: id.into(),
+                agent: "a".into(),
+                priority: Some(priority),
+                after: after.iter().map(|s| s.to_string()).collect(),
+                ..AddTask::default()
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn readiness_follows_dependencies_and_failures() {
+        let mut conn = crate::store::open_in_memory().unwrap();
+        task(&mut conn, "base", 2, &[]);
+        task(&mut conn, "mid", 1, &["base"]);
+        task(&mut conn, "top", 1, &["mid"]);
+        let state = |conn: &Connection, id: &str| view(conn, id).unwrap().state;
+        assert_eq!(state(&conn, "base"), State::Ready);
+        assert_eq!(state(&conn, "mid"), State::Waiting);
+        assert_eq!(next(&conn, "a").unwrap().unwrap().task.id, "base");
+        fail(&conn, "base", "broken input").unwrap();
+        assert_eq!(state(&conn, "mid"), State::Blocked);
+        let top = view(&conn, "top").unwrap();
+        assert_eq!(top.state, State::Blocked);
+        assert_eq!(top.blocked_by.as_deref(), Some("base"));
+        assert!(top.why.unwrap().contains("broken input"));
+        assert!(next(&conn, "a").unwrap().is_none());
+        retry(&conn, "base").unwrap();
+        assert_eq!(state(&conn, "mid"), State::Waiting);
+    }
+
+    #[test]
+    fn plan_cycles_and_duplicates_are_refused() {
+        let mut conn = crate::store::open_in_memory().unwrap();
+        let cyclic = "[[task]]\nid = \"x\"\nagent = \"a\"\nafter = [\"y\"]\n\
+                      [[task]]\nid = \"y\"\nagent = \"a\"\nafter = [\"x\"]\n";
+        let err = import(&mut conn, cyclic).unwrap_err().to_string();
+        assert!(err.contains("cycle"), "{err}");
+        let twice = "[[task]]\nid = \"x\"\nagent = \"a\"\n[[task]]\nid = \"x\"\nagent = \"a\"\n";
+        assert!(import(&mut conn, twice).is_err());
+        assert!(views(&conn).unwrap().is_empty(), "nothing half-imported");
+    }
+
+    #[test]
+    fn progress_parsing() {
+        assert_eq!(parse_progress("10/40").unwrap(), (10, Some(40)));
+        assert_eq!(parse_progress("7").unwrap(), (7, None));
+        for bad in ["41/40", "1/0", "x/4", "", "-1/4"] {
+            assert!(parse_progress(bad).is_err(), "{bad}");
+        }
+    }
+}
