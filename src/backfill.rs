@@ -238,6 +238,361 @@ pub fn run(
     })
 }
 
+/// What `perpetual backfill` is asked to do.
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    /// The archive folder, read in place.
+    pub dir: PathBuf,
+    /// Only these sessions (default: every numbered file).
+    pub range: Option<SessionRange>,
+    /// Whose task and session it is; also the agent the pairs are credited to.
+    pub agent: String,
+    /// Token budget of the session (default: the agent's `tokens_per_session`).
+    pub budget: Option<u64>,
+}
+
+/// What one `perpetual backfill` run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The task (`backfill_sessions_<first>_<last>`).
+    pub task: String,
+    /// The session the run worked in (none when there was nothing to do).
+    pub session: Option<String>,
+    /// The range asked for.
+    pub range: Option<SessionRange>,
+    /// Sessions of the range that have files: the task's total.
+    pub sessions_total: u64,
+    /// Of those, sessions whose every file is in the ledger.
+    pub sessions_done: u64,
+    /// Sessions of the range with no file.
+    pub sessions_missing: Vec<i64>,
+    /// Files whose session is outside the range (left alone).
+    pub files_outside: usize,
+    /// Files with no session number in content or name (left alone).
+    pub files_unnumbered: usize,
+    /// Files integrated by this run.
+    pub files_integrated: u64,
+    /// Files rejected by this run.
+    pub files_rejected: u64,
+    /// Files whose bytes were integrated before.
+    pub files_duplicate: u64,
+    /// Pairs stored for the first time.
+    pub pairs_new: u64,
+    /// Valid pairs already stored.
+    pub pairs_duplicate: u64,
+    /// Invalid pairs.
+    pub pairs_invalid: u64,
+    /// Estimated tokens this run spent (characters / 4 of each pair written).
+    pub tokens: u64,
+    /// The session's tokens after the run.
+    pub session_tokens: u64,
+    /// The session's token budget.
+    pub budget: u64,
+    /// Seconds of ingest.
+    pub seconds: f64,
+    /// Pairs written per second.
+    pub pairs_per_second: f64,
+    /// The run stopped at the wrap threshold and wrapped; run again to continue.
+    pub wrapped: bool,
+    /// The task is complete (and graded).
+    pub completed: bool,
+    /// The grade, when this run completed the task.
+    pub grade: Option<String>,
+    /// The handoff the wrap wrote.
+    pub handoff: Option<PathBuf>,
+    /// The wrap's steps (backup, handoff, commit, ...).
+    pub wrap_steps: Vec<crate::session::Step>,
+}
+
+/// The task a backfill runs as: `backfill_sessions_101_187`, or `backfill_<folder>`
+/// without a range.
+pub fn task_id(range: Option<SessionRange>, dir: &Path) -> String {
+    match range {
+        Some(r) => format!("backfill_sessions_{}_{}", r.first, r.last),
+        None => {
+            let name: String = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("backfill_{}", name.trim_matches('_'))
+        }
+    }
+}
+
+/// Runs (or resumes) a backfill as a task inside a session of `opts.agent`: creates the
+/// task if missing (progress = sessions done / sessions of the range that have files),
+/// starts a session (or continues the agent's active one on this task), integrates the
+/// pending files in session order, charging each pair its estimated tokens, records a
+/// session checkpoint every `checkpoint_every` pairs, and wraps the session (backup,
+/// handoff, commit): either at the wrap threshold of the token budget, after the
+/// current batch (`wrapped`), or when every file is in, which completes and grades the
+/// task (`completed`). `on_file` sees each finished file.
+pub fn run_task(
+    conn: &mut Connection,
+    root: &crate::root::Root,
+    config: &crate::config::Config,
+    opts: &TaskOptions,
+    on_file: &mut dyn FnMut(&FileEvent, &Plan),
+) -> Result<Summary> {
+    use crate::session::{self, CheckpointInput, StartOptions, StartOutcome, WrapInput};
+    use crate::store::tasks::TaskStatus;
+
+    let id = task_id(opts.range, &opts.dir);
+    let mut plan = plan(conn, &opts.dir, opts.range, &opts.agent)?;
+    let total = plan.sessions().len() as u64;
+    let mut summary = Summary {
+        task: id.clone(),
+        session: None,
+        range: opts.range,
+        sessions_total: total,
+        sessions_done: plan.sessions_done().len() as u64,
+        sessions_missing: plan.missing.clone(),
+        files_outside: plan.outside,
+        files_unnumbered: plan.unnumbered.len(),
+        files_integrated: 0,
+        files_rejected: 0,
+        files_duplicate: 0,
+        pairs_new: 0,
+        pairs_duplicate: 0,
+        pairs_invalid: 0,
+        tokens: 0,
+        session_tokens: 0,
+        budget: 0,
+        seconds: 0.0,
+        pairs_per_second: 0.0,
+        wrapped: false,
+        completed: false,
+        grade: None,
+        handoff: None,
+        wrap_steps: Vec::new(),
+    };
+
+    match crate::store::tasks::get(conn, &id)? {
+        None => {
+            // Characters / 4 ≈ bytes / 4 for the mostly ASCII text of an archive.
+            let bytes: u64 = plan
+                .files
+                .iter()
+                .filter(|f| !f.finished)
+                .filter_map(|f| std::fs::metadata(&f.job.path).ok())
+                .map(|m| m.len())
+                .sum();
+            crate::tasks::add(
+                conn,
+                &crate::tasks::AddTask {
+                    id: id.clone(),
+                    agent: opts.agent.clone(),
+                    priority: Some(1),
+                    after: Vec::new(),
+                    description: Some(format!(
+                        "Backfill {} from {}",
+                        opts.range
+                            .map_or("every session".to_string(), |r| format!("sessions {r}")),
+                        opts.dir.display()
+                    )),
+                    estimated_tokens: Some(bytes.div_ceil(4)),
+                    total: Some(total),
+                },
+            )?;
+        }
+        Some(t) if t.agent != opts.agent => bail!(
+            "task {id} belongs to agent {}, not {}; pass --agent {}",
+            t.agent,
+            opts.agent,
+            t.agent
+        ),
+        Some(t) if t.status == TaskStatus::Completed => {
+            let pending = plan.files.iter().filter(|f| !f.finished).count();
+            if pending > 0 {
+                bail!(
+                    "task {id} is completed, but {pending} file(s) of its range are not in the ledger; \
+                     back them up under a new range or a new folder"
+                );
+            }
+            summary.completed = true;
+            summary.grade = t.grade.map(|g| g.letter.to_string());
+            return Ok(summary);
+        }
+        Some(t) if t.status == TaskStatus::Failed => bail!(
+            "task {id} failed ({}); `perpetual task retry {id}` queues it again",
+            t.fail_reason.as_deref().unwrap_or("no reason recorded")
+        ),
+        Some(_) => {}
+    }
+
+    // The agent's active session on this task (a run killed before its wrap), else a new one.
+    let active = crate::store::sessions::active(conn, Some(&opts.agent))?
+        .into_iter()
+        .find(|s| s.task_id.as_deref() == Some(id.as_str()));
+    let session_id = match active {
+        Some(s) => s.id,
+        None => match session::start(
+            conn,
+            config,
+            &StartOptions {
+                agent: opts.agent.clone(),
+                task: Some(id.clone()),
+                token_budget: opts.budget,
+            },
+        )? {
+            StartOutcome::Started(brief) => brief.session.id,
+            StartOutcome::NothingReady { pending, .. } => {
+                let why = pending
+                    .iter()
+                    .find(|t| t.task.id == id)
+                    .and_then(|t| t.why.clone())
+                    .unwrap_or_else(|| "it is not ready".to_string());
+                bail!("cannot start a session on {id}: {why}")
+            }
+            StartOutcome::OverBudget {
+                usage, resets_at, ..
+            } => bail!(
+                "agent {} is over budget ({:?} at {:.1}%){}",
+                opts.agent,
+                usage.kind,
+                usage.percent,
+                resets_at.map_or(String::new(), |r| format!("; it resets at {r}"))
+            ),
+        },
+    };
+    summary.session = Some(session_id.clone());
+    let started = session::get(conn, &session_id)?;
+    let budget = started.budget.tokens_per_session;
+    let wrap_at = (budget as f64 * config.thresholds.wrap / 100.0).floor() as u64;
+    summary.budget = budget;
+
+    let meter = Meter {
+        limit: wrap_at.saturating_sub(started.tokens_used),
+        used: 0,
+    };
+    let outcome = if meter.limit == 0 {
+        // Already at the wrap threshold: wrap without writing.
+        None
+    } else {
+        // Session checkpoints go through a second connection: the writer holds this
+        // one, and calls back between its transactions.
+        let mut book = crate::store::open(&root.db_path())?;
+        let every = config.ingest.checkpoint_every as u64;
+        let (mut since, mut spent) = (0u64, 0u64);
+        Some(run(
+            conn,
+            &mut plan,
+            config.ingest.max_file_bytes,
+            WriterOptions {
+                checkpoint_every: config.ingest.checkpoint_every,
+            },
+            Some(meter),
+            &mut |event, plan| {
+                spent += event.tokens;
+                since += event.new + event.duplicate + event.invalid;
+                on_file(event, plan);
+                if since >= every {
+                    since = 0;
+                    let done = plan.sessions_done().len() as u64;
+                    let checkpoint = session::checkpoint(
+                        &mut book,
+                        config,
+                        &session_id,
+                        &CheckpointInput {
+                            progress: Some((done, Some(total))),
+                            tokens: Some(started.tokens_used + spent),
+                            api_calls: 0,
+                            note: Some(format!("{done}/{total} sessions backfilled")),
+                        },
+                    );
+                    if let Err(e) = checkpoint {
+                        tracing::warn!("cannot record a session checkpoint: {e:#}");
+                    }
+                }
+            },
+        )?)
+    };
+
+    let used = outcome.as_ref().and_then(|o| o.meter).map_or(0, |m| m.used);
+    let done = plan.sessions_done();
+    summary.sessions_done = done.len() as u64;
+    summary.tokens = used;
+    summary.session_tokens = started.tokens_used + used;
+    if let Some(o) = &outcome {
+        let r = &o.report;
+        summary.files_integrated = r.files_integrated;
+        summary.files_rejected = r.files_rejected;
+        summary.files_duplicate = r.files_duplicate;
+        summary.pairs_new = r.pairs_new;
+        summary.pairs_duplicate = r.pairs_duplicate;
+        summary.pairs_invalid = r.pairs_invalid;
+        summary.seconds = r.seconds;
+        summary.pairs_per_second = r.pairs_per_second;
+    }
+    let left: Vec<i64> = plan
+        .sessions()
+        .into_iter()
+        .filter(|s| !done.contains(s))
+        .collect();
+    let missing = if plan.missing.is_empty() {
+        String::new()
+    } else {
+        format!(" Sessions with no file: {}.", compact(&plan.missing))
+    };
+    let next = match left.first() {
+        None => format!("Backfill of {id} complete.{missing}"),
+        Some(first) => format!(
+            "Run `perpetual backfill {}{} --agent {}` again: {} of {total} sessions left, from session {first}.{missing}",
+            opts.dir.display(),
+            opts.range
+                .map_or(String::new(), |r| format!(" --sessions {r}")),
+            opts.agent,
+            left.len()
+        ),
+    };
+    let wrap = session::wrap(
+        conn,
+        root,
+        config,
+        &session_id,
+        &WrapInput {
+            tokens: Some(summary.session_tokens),
+            progress: Some((summary.sessions_done, Some(total))),
+            next: Some(next),
+        },
+    )?;
+    summary.wrapped =
+        !left.is_empty() && (meter.limit == 0 || outcome.as_ref().is_some_and(|o| o.stopped));
+    summary.completed = wrap.completed.is_some();
+    summary.grade = wrap.completed.as_ref().map(|c| c.grade.letter.to_string());
+    summary.handoff = wrap.handoff.clone();
+    summary.wrap_steps = wrap.steps;
+    Ok(summary)
+}
+
+/// `101-103, 105, 110-112`: a sorted list of numbers with runs collapsed.
+pub fn compact(numbers: &[i64]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let start = numbers[i];
+        while i + 1 < numbers.len() && numbers[i + 1] == numbers[i] + 1 {
+            i += 1;
+        }
+        parts.push(if numbers[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", numbers[i])
+        });
+        i += 1;
+    }
+    parts.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +609,31 @@ mod tests {
         assert_eq!("150".parse::<SessionRange>().unwrap().len(), 1);
         assert!("187-101".parse::<SessionRange>().is_err());
         assert!("a-b".parse::<SessionRange>().is_err());
+    }
+
+    #[test]
+    fn compact_runs() {
+        assert_eq!(
+            compact(&[101, 102, 103, 105, 110, 111]),
+            "101-103, 105, 110-111"
+        );
+        assert_eq!(compact(&[]), "");
+    }
+
+    #[test]
+    fn task_ids() {
+        let r = SessionRange {
+            first: 101,
+            last: 187,
+        };
+        assert_eq!(
+            task_id(Some(r), Path::new("/x")),
+            "backfill_sessions_101_187"
+        );
+        assert_eq!(
+            task_id(None, Path::new("/a/Old Sessions")),
+            "backfill_old_sessions"
+        );
     }
 
     #[test]

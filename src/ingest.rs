@@ -425,6 +425,8 @@ pub struct FileEvent {
     pub duplicate: u64,
     /// Invalid pairs.
     pub invalid: u64,
+    /// Estimated tokens this run charged for the file's pairs (only under a [`Meter`]).
+    pub tokens: u64,
     /// From the start of reading to the commit that made it queryable.
     pub millis: f64,
     /// Rejection reason or note.
@@ -434,8 +436,9 @@ pub struct FileEvent {
 }
 
 /// A budget the writer spends as it writes: each valid pair written costs its
-/// estimated tokens ([`Pair::estimated_tokens`]). Once `used` reaches `limit`, the
-/// writer stops at the next commit, so the current batch always completes.
+/// estimated tokens ([`Pair::estimated_tokens`]). The pair that makes `used` reach
+/// `limit` closes the current batch: it is committed at once, as a checkpoint, and the
+/// writer stops there, so the budget is overshot by at most one pair.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Meter {
     /// Where to stop.
@@ -558,6 +561,10 @@ impl<'c> Writer<'c> {
     /// The meter, if one is set.
     pub fn meter(&self) -> Option<Meter> {
         self.meter
+    }
+
+    fn meter_exhausted(&self) -> bool {
+        self.meter.is_some_and(|m| m.exhausted())
     }
 
     /// Whether the meter ran out: the writer committed its last batch and writes no more.
@@ -868,6 +875,7 @@ impl<'c> Writer<'c> {
             }
         };
         let (run_new_before, run_dup_before) = (new, dup);
+        let metered_before = self.meter.map_or(0, |m| m.used);
         let conn = self.conn;
         let mut insert = store::pairs::insert_statement(conn)?;
         while next < parsed.pairs.len() {
@@ -882,7 +890,9 @@ impl<'c> Writer<'c> {
             if let Some(meter) = &mut self.meter {
                 meter.used += pair.estimated_tokens();
             }
-            if self.pending_pairs >= self.opts.checkpoint_every && next < parsed.pairs.len() {
+            if (self.pending_pairs >= self.opts.checkpoint_every || self.meter_exhausted())
+                && next < parsed.pairs.len()
+            {
                 ledger::checkpoint(self.conn, id, next, new, dup)?;
                 self.commit(on_file)?;
                 if self.stopped || self.interrupted() {
@@ -909,20 +919,21 @@ impl<'c> Writer<'c> {
         self.report.pairs_duplicate += run_dup;
         self.report.pairs_seen += run_new + run_dup;
         self.schedule_move(job, stored, None);
+        let mut finished = event(
+            job,
+            Some(FileStatus::Integrated),
+            new,
+            dup,
+            parsed.invalid.len() as u64,
+            (parsed.replaced).then(|| format!("decoded as {} with replacements", parsed.encoding)),
+            parsed.session,
+        );
+        finished.tokens = self.meter.map_or(0, |m| m.used) - metered_before;
         self.events.push(PendingEvent {
-            event: event(
-                job,
-                Some(FileStatus::Integrated),
-                new,
-                dup,
-                parsed.invalid.len() as u64,
-                (parsed.replaced)
-                    .then(|| format!("decoded as {} with replacements", parsed.encoding)),
-                parsed.session,
-            ),
+            event: finished,
             started,
         });
-        if self.pending_pairs >= self.opts.checkpoint_every {
+        if self.pending_pairs >= self.opts.checkpoint_every || self.meter_exhausted() {
             self.commit(on_file)?;
         }
         Ok(())
@@ -1003,6 +1014,7 @@ fn event(
         new,
         duplicate,
         invalid,
+        tokens: 0,
         millis: 0.0,
         note,
         session,
@@ -1076,7 +1088,7 @@ pub fn run(
     run_metered(conn, jobs, max_file_bytes, opts, None, on_file).map(|(report, _)| report)
 }
 
-/// [`run`] under a budget: stops at the first commit after `meter` runs out and
+/// [`run`] under a budget: commits and stops as soon as `meter` runs out and
 /// returns the meter as spent. Files not reached stay untouched for the next run.
 pub fn run_metered(
     conn: &Connection,

@@ -2,6 +2,7 @@
 //! handler file per command. Handlers print; the library modules they call own the
 //! behaviour and the types.
 
+mod backfill;
 mod files;
 mod generate;
 mod ingest;
@@ -45,6 +46,9 @@ pub enum Exit {
     HardStop = 12,
     /// `monitor`: at or past the critical threshold.
     Critical = 13,
+    /// `backfill` stopped at the wrap threshold of its budget and wrapped its session;
+    /// run it again to continue (EX_TEMPFAIL).
+    Wrapped = 75,
 }
 
 /// perpetual: keeps a deduplicated database of question/answer pairs growing, fed by
@@ -98,6 +102,9 @@ pub enum Command {
     Task(task::Args),
     /// Budgeted sessions: start, checkpoint, status, list, wrap.
     Session(session::Args),
+    /// Integrate archived session exports in place, as a task inside a budgeted session;
+    /// wraps at the wrap threshold and exits 75, so the next run continues.
+    Backfill(backfill::Args),
     /// Where a token count stands against a budget; the exit status tells the level
     /// (0 healthy, 10 warning, 11 wrap, 12 hard stop, 13 critical).
     Monitor(monitor::Args),
@@ -130,6 +137,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Task(args) => task::run(&root, args),
         Command::Session(args) => session::run(&root, args),
         Command::Monitor(args) => monitor::run(&root, args),
+        Command::Backfill(args) => backfill::run(&root, args),
     }
 }
 
