@@ -401,6 +401,16 @@ pub fn run_task(
                     )),
                     estimated_tokens: Some(bytes.div_ceil(4)),
                     total: Some(total),
+                    // What `perpetual run` needs to run it again (crate::tasks::BackfillParams).
+                    kind: crate::store::tasks::TaskKind::Backfill,
+                    params: Some(
+                        crate::tasks::BackfillParams {
+                            dir: std::path::absolute(&opts.dir)?,
+                            sessions: opts.range,
+                            budget: opts.budget,
+                        }
+                        .to_json(),
+                    ),
                 },
             )?;
         }

@@ -11,11 +11,12 @@
 //! depends on is refused, so the graph never points at nothing; dependencies must
 //! exist when they are named, so it never has a cycle (a plan is checked as a whole).
 
+use crate::backfill::SessionRange;
 use crate::config::Config;
 use crate::grade::{self, Grade};
 use crate::root::Root;
 use crate::store::sessions as store_sessions;
-use crate::store::tasks::{self as store, NewTask, TaskRow, TaskStatus};
+use crate::store::tasks::{self as store, NewTask, TaskKind, TaskRow, TaskStatus, TemplateRow};
 use anyhow::{Context, Result, bail, ensure};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -251,6 +252,111 @@ pub struct AddTask {
     pub estimated_tokens: Option<u64>,
     /// Units in all.
     pub total: Option<u64>,
+    /// Who runs it (default: the agent).
+    pub kind: TaskKind,
+    /// What a built-in kind needs: a backfill's [`BackfillParams`] as JSON.
+    pub params: Option<serde_json::Value>,
+}
+
+/// What a `backfill` task records in its `params` (JSON), so that `perpetual run` can
+/// call [`crate::backfill::run_task`] with the same options `perpetual backfill` had:
+///
+/// ```json
+/// {"dir": "/abs/path/to/archive", "sessions": "101-187", "budget": 50000}
+/// ```
+///
+/// `dir` is absolute; `sessions` (a [`SessionRange`]) and `budget` (the session's token
+/// budget) may be left out. The agent is the task's agent, and the task's id must be
+/// [`crate::backfill::task_id`] of the range and folder, because that is the task
+/// `run_task` works on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillParams {
+    /// The archive folder, absolute.
+    pub dir: PathBuf,
+    /// Only these sessions.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "range_text::serialize",
+        deserialize_with = "range_text::deserialize"
+    )]
+    pub sessions: Option<SessionRange>,
+    /// The session's token budget (default: the agent's `tokens_per_session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<u64>,
+}
+
+impl BackfillParams {
+    /// The params as stored.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data")
+    }
+
+    /// Reads a task's params.
+    pub fn of(task: &TaskRow) -> Result<BackfillParams> {
+        let p = task
+            .params
+            .clone()
+            .with_context(|| format!("backfill task {} has no params (dir, sessions)", task.id))?;
+        serde_json::from_value(p)
+            .with_context(|| format!("backfill task {}: invalid params", task.id))
+    }
+
+    /// The options `backfill::run_task` takes, for `agent`.
+    pub fn task_options(&self, agent: &str) -> crate::backfill::TaskOptions {
+        crate::backfill::TaskOptions {
+            dir: self.dir.clone(),
+            range: self.sessions,
+            agent: agent.to_string(),
+            budget: self.budget,
+        }
+    }
+}
+
+/// A session range as its text, `101-187`, in JSON.
+mod range_text {
+    use crate::backfill::SessionRange;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &Option<SessionRange>, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Some(r) => s.serialize_str(&r.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SessionRange>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| t.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Checks that a task's kind and params fit together (a backfill's params are complete
+/// and its id is the one `backfill::run_task` uses).
+fn check_kind(id: &str, kind: TaskKind, params: Option<&serde_json::Value>) -> Result<()> {
+    match kind {
+        TaskKind::Agent | TaskKind::Ingest => Ok(()),
+        TaskKind::Backfill => {
+            let p: BackfillParams =
+                serde_json::from_value(params.cloned().with_context(|| {
+                    format!("backfill task {id} needs params: dir (and sessions)")
+                })?)
+                .with_context(|| format!("backfill task {id}: invalid params"))?;
+            ensure!(
+                p.dir.is_absolute(),
+                "backfill task {id}: dir must be absolute, got {}",
+                p.dir.display()
+            );
+            let want = crate::backfill::task_id(p.sessions, &p.dir);
+            ensure!(
+                id == want,
+                "a backfill task's id follows its range (or folder): call it {want}, not {id}"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Adds a task to an agent's queue, behind the tasks of its priority. Its
@@ -276,6 +382,7 @@ fn add_raw(conn: &Connection, t: &AddTask, also_known: &HashSet<&str>) -> Result
     if let Some(total) = t.total {
         ensure!(total >= 1, "task {}: total must be at least 1", t.id);
     }
+    check_kind(&t.id, t.kind, t.params.as_ref())?;
     ensure!(
         !store::exists(conn, &t.id)?,
         "task {:?} already exists (`perpetual task show {}`)",
@@ -299,6 +406,8 @@ fn add_raw(conn: &Connection, t: &AddTask, also_known: &HashSet<&str>) -> Result
             description: t.description.as_deref(),
             total: t.total,
             estimated_tokens: t.estimated_tokens,
+            kind: t.kind,
+            params: t.params.as_ref(),
             now: &crate::clock::now_rfc3339(),
         },
     )?;
@@ -540,13 +649,43 @@ pub fn stats(conn: &Connection) -> Result<Stats> {
     })
 }
 
-/// A plan file (`task import PLAN.toml`): `[[task]]` tables.
+/// A plan file (`task import PLAN.toml`): `[[task]]` and `[[template]]` tables.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     /// The tasks, in the order they queue (ties go to the earlier one).
     #[serde(default)]
     pub task: Vec<PlanTask>,
+    /// Templates the assigner makes new tasks from when an agent's queue runs low.
+    #[serde(default)]
+    pub template: Vec<PlanTemplate>,
+}
+
+/// One `[[template]]` of a plan: `perpetual assign` adds `id` with `{n}` replaced by the
+/// next number (from `start`) whenever the agent has fewer ready tasks than
+/// `assign.min_ready`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanTemplate {
+    /// Agent.
+    pub agent: String,
+    /// Task id with `{n}`, e.g. `droid_research_batch_{n}`.
+    pub id: String,
+    /// Description; `{n}` is replaced too.
+    pub description: Option<String>,
+    /// Priority of its tasks (default 5).
+    pub priority: Option<i64>,
+    /// Token estimate of each task.
+    pub estimated_tokens: Option<u64>,
+    /// Units of each task.
+    pub total: Option<u64>,
+    /// The first number (default 1).
+    pub start: Option<u64>,
+}
+
+/// A template's task id for number `n`.
+pub fn template_id(pattern: &str, n: u64) -> String {
+    pattern.replace("{n}", &n.to_string())
 }
 
 /// One `[[task]]` of a plan; the same fields as `task add`.
@@ -568,6 +707,10 @@ pub struct PlanTask {
     /// Tasks (in the plan or already stored) that must complete first.
     #[serde(default)]
     pub after: Vec<String>,
+    /// Who runs it: `agent` (default), `ingest` or `backfill`.
+    pub kind: Option<TaskKind>,
+    /// What a built-in kind needs, e.g. `params = { dir = "/archive", sessions = "101-187" }`.
+    pub params: Option<toml::Value>,
 }
 
 /// What an import did.
@@ -577,6 +720,10 @@ pub struct ImportReport {
     pub added: Vec<String>,
     /// Tasks already stored (left as they are).
     pub kept: Vec<String>,
+    /// Templates added (`agent/pattern`).
+    pub templates_added: Vec<String>,
+    /// Templates already stored (kept).
+    pub templates_kept: Vec<String>,
 }
 
 /// Imports a plan in one transaction: every task and dependency, or nothing. Tasks
@@ -592,6 +739,20 @@ pub fn import(conn: &mut Connection, text: &str) -> Result<ImportReport> {
         );
     }
     check_plan_acyclic(&plan)?;
+    for t in &plan.template {
+        check_task_id(&template_id(&t.id, 1)).with_context(|| format!("plan template {}", t.id))?;
+        crate::root::check_agent_name(&t.agent)?;
+        ensure!(
+            t.id.contains("{n}"),
+            "plan template {} must contain {{n}} where the number goes",
+            t.id
+        );
+        ensure!(
+            t.priority.unwrap_or(DEFAULT_PRIORITY) >= 1,
+            "plan template {}: priority must be 1 or more",
+            t.id
+        );
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut report = ImportReport::default();
     let mut new_ids: HashSet<&str> = HashSet::new();
@@ -611,6 +772,13 @@ pub fn import(conn: &mut Connection, text: &str) -> Result<ImportReport> {
             description: t.description.clone(),
             estimated_tokens: t.estimated_tokens,
             total: t.total,
+            kind: t.kind.unwrap_or_default(),
+            params: t
+                .params
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()
+                .with_context(|| format!("plan task {}: params", t.id))?,
         };
         add_raw(&tx, &add, &new_ids).with_context(|| format!("plan task {}", t.id))?;
         report.added.push(t.id.clone());
@@ -618,6 +786,27 @@ pub fn import(conn: &mut Connection, text: &str) -> Result<ImportReport> {
     for t in plan.task.iter().filter(|t| new_ids.contains(t.id.as_str())) {
         for d in &t.after {
             store::add_dependency(&tx, &t.id, d)?;
+        }
+    }
+    for t in &plan.template {
+        let added = store::insert_template(
+            &tx,
+            &TemplateRow {
+                id: 0,
+                agent: t.agent.clone(),
+                pattern: t.id.clone(),
+                description: t.description.clone(),
+                priority: t.priority.unwrap_or(DEFAULT_PRIORITY),
+                estimated_tokens: t.estimated_tokens,
+                total: t.total,
+                next_n: t.start.unwrap_or(1),
+            },
+        )?;
+        let name = format!("{}/{}", t.agent, t.id);
+        if added {
+            report.templates_added.push(name);
+        } else {
+            report.templates_kept.push(name);
         }
     }
     tx.commit()?;
@@ -718,6 +907,63 @@ mod tests {
         let twice = "[[task]]\nid = \"x\"\nagent = \"a\"\n[[task]]\nid = \"x\"\nagent = \"a\"\n";
         assert!(import(&mut conn, twice).is_err());
         assert!(views(&conn).unwrap().is_empty(), "nothing half-imported");
+    }
+
+    #[test]
+    fn backfill_params_round_trip_and_name_the_task() {
+        let p = BackfillParams {
+            dir: PathBuf::from("/archive/old"),
+            sessions: Some("101-187".parse().unwrap()),
+            budget: None,
+        };
+        let json = p.to_json();
+        assert_eq!(
+            json,
+            serde_json::json!({"dir": "/archive/old", "sessions": "101-187"})
+        );
+        assert_eq!(serde_json::from_value::<BackfillParams>(json).unwrap(), p);
+        let mut conn = crate::store::open_in_memory().unwrap();
+        let add = |conn: &mut Connection, id: &str, params: Option<serde_json::Value>| {
+            add(
+                conn,
+                &AddTask {
+                    id: id.into(),
+                    agent: "a".into(),
+                    kind: TaskKind::Backfill,
+                    params,
+                    ..AddTask::default()
+                },
+            )
+        };
+        let err = add(&mut conn, "mine", Some(p.to_json())).unwrap_err();
+        assert!(
+            err.to_string().contains("backfill_sessions_101_187"),
+            "{err}"
+        );
+        assert!(add(&mut conn, "backfill_sessions_101_187", None).is_err());
+        add(&mut conn, "backfill_sessions_101_187", Some(p.to_json())).unwrap();
+        let t = get(&conn, "backfill_sessions_101_187").unwrap();
+        assert_eq!(t.kind, TaskKind::Backfill);
+        assert_eq!(BackfillParams::of(&t).unwrap(), p);
+    }
+
+    #[test]
+    fn plan_templates_are_stored_once() {
+        let mut conn = crate::store::open_in_memory().unwrap();
+        let plan = "[[template]]\nagent = \"droid\"\nid = \"batch_{n}\"\nstart = 8\n";
+        let r = import(&mut conn, plan).unwrap();
+        assert_eq!(r.templates_added, ["droid/batch_{n}"]);
+        let r = import(&mut conn, plan).unwrap();
+        assert_eq!(r.templates_kept, ["droid/batch_{n}"]);
+        let t = store::templates(&conn).unwrap();
+        assert_eq!((t.len(), t[0].next_n), (1, 8));
+        assert!(
+            import(
+                &mut conn,
+                "[[template]]\nagent = \"droid\"\nid = \"batch\"\n"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use super::Exit;
 use super::output::{cell, print_json, thousands};
 use crate::root::Root;
+use crate::store::tasks::TaskKind;
 use crate::tasks::{self, AddTask, State, TaskView, progress_text};
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -20,8 +21,9 @@ pub struct Args {
 pub enum TaskCommand {
     /// Add a task to an agent's queue.
     Add {
-        /// Task id (letters, digits, `_`, `-`, `.`), e.g. integrate_sessions_101_140.
-        id: String,
+        /// Task id (letters, digits, `_`, `-`, `.`), e.g. integrate_sessions_101_140. A
+        /// backfill's id follows from its range (backfill_sessions_101_187) and may be left out.
+        id: Option<String>,
         /// The agent whose queue it joins.
         #[arg(long)]
         agent: String,
@@ -40,6 +42,19 @@ pub enum TaskCommand {
         /// Units of work in all (progress is DONE/TOTAL).
         #[arg(long, value_name = "N")]
         total: Option<u64>,
+        /// Who runs it: the agent's command (`agent`), or `perpetual run` itself:
+        /// `ingest` (the agent's inbox) or `backfill` (an archive folder, --dir).
+        #[arg(long, value_enum, default_value_t = TaskKind::Agent)]
+        kind: TaskKind,
+        /// backfill: the archive folder (read in place).
+        #[arg(long, value_name = "DIR", required_if_eq("kind", "backfill"))]
+        dir: Option<PathBuf>,
+        /// backfill: only these sessions, e.g. 101-187.
+        #[arg(long, value_name = "FIRST-LAST")]
+        sessions: Option<crate::backfill::SessionRange>,
+        /// backfill: token budget of each of its sessions (default: the agent's tokens_per_session).
+        #[arg(long, value_name = "N")]
+        budget: Option<u64>,
     },
     /// The queue: pending, in-progress and failed tasks in the order they run.
     List {
@@ -130,7 +145,34 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             description,
             estimated_tokens,
             total,
+            kind,
+            dir,
+            sessions,
+            budget,
         } => {
+            let params = match kind {
+                TaskKind::Backfill => {
+                    let dir = dir.context("a backfill task needs --dir")?;
+                    anyhow::ensure!(dir.is_dir(), "{} is not a folder", dir.display());
+                    Some(tasks::BackfillParams {
+                        dir: dir.canonicalize()?,
+                        sessions,
+                        budget,
+                    })
+                }
+                _ => {
+                    anyhow::ensure!(
+                        dir.is_none() && sessions.is_none() && budget.is_none(),
+                        "--dir, --sessions and --budget describe a backfill task (--kind backfill)"
+                    );
+                    None
+                }
+            };
+            let id = match (id, &params) {
+                (Some(id), _) => id,
+                (None, Some(p)) => crate::backfill::task_id(p.sessions, &p.dir),
+                (None, None) => anyhow::bail!("the task needs an id"),
+            };
             tasks::add(
                 &mut conn,
                 &AddTask {
@@ -141,6 +183,8 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     description,
                     estimated_tokens,
                     total,
+                    kind,
+                    params: params.map(|p| p.to_json()),
                 },
             )?;
             let v = tasks::view(&conn, &id)?;
@@ -330,6 +374,9 @@ fn print_list(views: &[TaskView]) {
     for v in views {
         let t = &v.task;
         let mut notes = Vec::new();
+        if t.kind.is_builtin() {
+            notes.push(format!("{} (run by `perpetual run`)", t.kind.as_str()));
+        }
         if let Some(why) = &v.why {
             notes.push(why.clone());
         }
@@ -366,6 +413,16 @@ fn print_show(s: &Shown<'_>) {
     println!("task         {}", t.id);
     println!("agent        {}", t.agent);
     println!("priority     {}", t.priority);
+    if t.kind.is_builtin() {
+        println!(
+            "kind         {} (run by `perpetual run`){}",
+            t.kind.as_str(),
+            t.params
+                .as_ref()
+                .map(|p| format!(": {p}"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(d) = &t.description {
         println!("description  {d}");
     }

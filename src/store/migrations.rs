@@ -120,6 +120,60 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX checkpoints_by_agent_time ON checkpoints(agent, at);
     CREATE INDEX checkpoints_by_task ON checkpoints(task_id);
     "#,
+    // 3: the perpetual loop: task kinds, templates, agents' pause state, the loop's runs,
+    // the assigner's log.
+    r#"
+    ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'
+        CHECK (kind IN ('agent', 'ingest', 'backfill'));   -- who runs it: the agent's command, or the loop itself
+    ALTER TABLE tasks ADD COLUMN params TEXT;              -- JSON: what a built-in kind needs (backfill: dir, sessions, budget)
+
+    CREATE TABLE task_templates (
+        id               INTEGER PRIMARY KEY,
+        agent            TEXT NOT NULL,
+        pattern          TEXT NOT NULL,             -- task id with {n}, e.g. droid_research_batch_{n}
+        description      TEXT,                      -- may contain {n}
+        priority         INTEGER NOT NULL,
+        estimated_tokens INTEGER,
+        total            INTEGER,
+        next_n           INTEGER NOT NULL,          -- the {n} of the next task made from it
+        UNIQUE (agent, pattern)
+    );
+
+    CREATE TABLE agent_state (
+        agent        TEXT PRIMARY KEY,
+        paused_at    TEXT,                          -- set by the circuit breaker (or `agent pause`)
+        pause_reason TEXT,
+        paused_task  TEXT,                          -- the task the breaker flagged for review
+        run_floor    INTEGER NOT NULL DEFAULT 0     -- the breaker looks only at runs after this id (set at resume)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE loop_runs (
+        id                INTEGER PRIMARY KEY,
+        agent             TEXT NOT NULL,
+        task_id           TEXT REFERENCES tasks(id) ON DELETE SET NULL,
+        kind              TEXT NOT NULL,            -- the task's kind
+        session_id        TEXT REFERENCES sessions(id) ON DELETE SET NULL,
+        pid               INTEGER,
+        started_at        TEXT NOT NULL,
+        ended_at          TEXT,                     -- NULL while it runs (or when the loop died under it)
+        exit_code         INTEGER,
+        signal            INTEGER,
+        wrap_requested_at TEXT,                     -- when the loop asked for a wrap (flag file)
+        stopped_with      TEXT,                     -- 'SIGTERM' or 'SIGKILL' when the loop had to stop it
+        progressed        INTEGER,                  -- 1 when the task's progress advanced (or it completed)
+        error             TEXT                      -- what went wrong, when something did
+    );
+    CREATE INDEX loop_runs_by_agent ON loop_runs(agent, id);
+
+    CREATE TABLE assign_log (
+        id      INTEGER PRIMARY KEY,
+        at      TEXT NOT NULL,
+        action  TEXT NOT NULL,                      -- ingest, retry, retry_limit, template
+        agent   TEXT,
+        task_id TEXT,
+        detail  TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

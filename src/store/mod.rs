@@ -1,13 +1,15 @@
 //! Every SQL statement lives under this module: the schema and its migrations, the
 //! pragmas, the ledger, the pair writer's statements, the read-back queries, the task
-//! stack (`store::tasks`), sessions and checkpoints (`store::sessions`), and consistent
-//! backups (`store::backup`).
+//! stack and its templates (`store::tasks`), sessions and checkpoints
+//! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
+//! consistent backups (`store::backup`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
 //! NORMAL` (durable at each checkpoint of the WAL, safe against corruption), foreign
 //! keys on, and a busy timeout so a reader and the writer wait instead of failing.
 
+pub mod agents;
 pub mod backup;
 pub mod ledger;
 pub mod migrations;

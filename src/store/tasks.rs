@@ -41,6 +41,47 @@ impl TaskStatus {
     }
 }
 
+/// Who runs a task.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// The agent's own work: `perpetual run` starts the agent's `command` on it (or a
+    /// person runs `session start`).
+    #[default]
+    Agent,
+    /// Integrate the files waiting in the agent's inbox; the loop runs it in-process.
+    Ingest,
+    /// Integrate an archive folder of session exports (`crate::backfill::run_task`); the
+    /// loop runs it in-process, inside budgeted sessions of the agent.
+    Backfill,
+}
+
+impl TaskKind {
+    /// The word in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Agent => "agent",
+            TaskKind::Ingest => "ingest",
+            TaskKind::Backfill => "backfill",
+        }
+    }
+
+    /// Whether the loop runs it itself (no agent command).
+    pub fn is_builtin(self) -> bool {
+        self != TaskKind::Agent
+    }
+
+    fn parse(s: &str) -> TaskKind {
+        match s {
+            "ingest" => TaskKind::Ingest,
+            "backfill" => TaskKind::Backfill,
+            _ => TaskKind::Agent,
+        }
+    }
+}
+
 /// A task as read back, with what is derived from its sessions.
 #[derive(Debug, Clone, Serialize)]
 pub struct TaskRow {
@@ -55,6 +96,10 @@ pub struct TaskRow {
     pub position: i64,
     /// Free text.
     pub description: Option<String>,
+    /// Who runs it.
+    pub kind: TaskKind,
+    /// What a built-in kind needs (JSON; see `crate::tasks::BackfillParams`).
+    pub params: Option<serde_json::Value>,
     /// Stored state.
     pub status: TaskStatus,
     /// Units done.
@@ -100,6 +145,10 @@ pub struct NewTask<'a> {
     pub total: Option<u64>,
     /// Token estimate.
     pub estimated_tokens: Option<u64>,
+    /// Who runs it.
+    pub kind: TaskKind,
+    /// What a built-in kind needs.
+    pub params: Option<&'a serde_json::Value>,
     /// Timestamp.
     pub now: &'a str,
 }
@@ -108,9 +157,9 @@ pub struct NewTask<'a> {
 pub fn insert(conn: &Connection, t: &NewTask<'_>) -> Result<()> {
     conn.execute(
         "INSERT INTO tasks (id, agent, priority, position, description, status, total,
-                            estimated_tokens, created_at)
+                            estimated_tokens, created_at, kind, params)
          VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(position), 0) + 1 FROM tasks), ?4, 'pending',
-                 ?5, ?6, ?7)",
+                 ?5, ?6, ?7, ?8, ?9)",
         params![
             t.id,
             t.agent,
@@ -118,7 +167,9 @@ pub fn insert(conn: &Connection, t: &NewTask<'_>) -> Result<()> {
             t.description,
             t.total.map(|n| n as i64),
             t.estimated_tokens.map(|n| n as i64),
-            t.now
+            t.now,
+            t.kind.as_str(),
+            t.params.map(|p| p.to_string())
         ],
     )?;
     Ok(())
@@ -218,6 +269,21 @@ pub fn requeue_first(conn: &Connection, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Sets a task's priority (the assigner raises a failed task's priority when it retries it).
+pub fn set_priority(conn: &Connection, id: &str, priority: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET priority = ?2 WHERE id = ?1",
+        params![id, priority],
+    )?;
+    Ok(())
+}
+
+/// Clears a task's review flag.
+pub fn clear_review(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute("UPDATE tasks SET needs_review = NULL WHERE id = ?1", [id])?;
+    Ok(())
+}
+
 /// Flags the task for a person's review.
 pub fn flag_review(conn: &Connection, id: &str, reason: &str) -> Result<()> {
     conn.execute(
@@ -233,13 +299,87 @@ pub fn delete(conn: &Connection, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A task template (`[[template]]` in a plan): the assigner makes tasks from it to keep
+/// its agent's queue from running dry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TemplateRow {
+    /// Row id.
+    pub id: i64,
+    /// Whose queue its tasks join.
+    pub agent: String,
+    /// The task id, with `{n}` where the number goes.
+    pub pattern: String,
+    /// The description, `{n}` replaced too.
+    pub description: Option<String>,
+    /// Priority of its tasks.
+    pub priority: i64,
+    /// Token estimate of each task.
+    pub estimated_tokens: Option<u64>,
+    /// Units of each task.
+    pub total: Option<u64>,
+    /// The number the next task gets.
+    pub next_n: u64,
+}
+
+/// Adds a template unless the agent already has one with this pattern; returns whether
+/// it was added.
+pub fn insert_template(conn: &Connection, t: &TemplateRow) -> Result<bool> {
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO task_templates
+             (agent, pattern, description, priority, estimated_tokens, total, next_n)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            t.agent,
+            t.pattern,
+            t.description,
+            t.priority,
+            t.estimated_tokens.map(|n| n as i64),
+            t.total.map(|n| n as i64),
+            t.next_n as i64
+        ],
+    )?;
+    Ok(n > 0)
+}
+
+/// Every template, by agent, in the order they were added.
+pub fn templates(conn: &Connection) -> Result<Vec<TemplateRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, agent, pattern, description, priority, estimated_tokens, total, next_n
+         FROM task_templates ORDER BY agent, id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(TemplateRow {
+                id: r.get(0)?,
+                agent: r.get(1)?,
+                pattern: r.get(2)?,
+                description: r.get(3)?,
+                priority: r.get(4)?,
+                estimated_tokens: r.get::<_, Option<i64>>(5)?.map(|n| n as u64),
+                total: r.get::<_, Option<i64>>(6)?.map(|n| n as u64),
+                next_n: r.get::<_, i64>(7)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Records the number the template's next task gets.
+pub fn set_template_next(conn: &Connection, id: i64, next_n: u64) -> Result<()> {
+    conn.execute(
+        "UPDATE task_templates SET next_n = ?2 WHERE id = ?1",
+        params![id, next_n as i64],
+    )?;
+    Ok(())
+}
+
 const SELECT: &str = "SELECT t.id, t.agent, t.priority, t.position, t.description, t.status,
         t.done, t.total, t.estimated_tokens,
         (SELECT COALESCE(SUM(s.tokens_used), 0) FROM sessions s WHERE s.task_id = t.id),
         (SELECT COUNT(*) FROM sessions s WHERE s.task_id = t.id),
         t.failures, t.fail_reason, t.needs_review, t.grade_detail,
         (SELECT group_concat(d.depends_on, ',') FROM task_deps d WHERE d.task_id = t.id),
-        t.created_at, t.started_at, t.finished_at
+        t.created_at, t.started_at, t.finished_at, t.kind, t.params
     FROM tasks t";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
@@ -250,7 +390,11 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         .map(|d| d.split(',').map(str::to_string).collect())
         .unwrap_or_default();
     depends_on.sort();
+    let kind: String = r.get(19)?;
+    let params: Option<String> = r.get(20)?;
     Ok(TaskRow {
+        kind: TaskKind::parse(&kind),
+        params: params.and_then(|p| serde_json::from_str(&p).ok()),
         id: r.get(0)?,
         agent: r.get(1)?,
         priority: r.get(2)?,
