@@ -27,6 +27,80 @@ pub struct Config {
     pub thresholds: Thresholds,
     /// What `session wrap` does besides the handoff.
     pub wrap: WrapConfig,
+    /// The perpetual loop (`perpetual run`).
+    pub run: RunConfig,
+    /// The task assigner (`perpetual assign`, also run by the loop).
+    pub assign: AssignConfig,
+    /// The token monitor.
+    pub monitor: MonitorConfig,
+}
+
+/// Settings of `perpetual run`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Milliseconds between looks at a running session's budget (its transcript and
+    /// checkpoints).
+    pub poll_ms: u64,
+    /// Seconds an agent has to checkpoint, wrap and exit once asked to wrap, before
+    /// SIGTERM.
+    pub grace_secs: u64,
+    /// Seconds between SIGTERM and SIGKILL.
+    pub term_secs: u64,
+    /// Seconds the loop waits when nothing is ready before it looks again (drops wake it
+    /// sooner).
+    pub idle_secs: u64,
+    /// Sessions in a row without progress (or failing with the same error) after which
+    /// the agent is paused and its task flagged for review.
+    pub breaker_sessions: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            poll_ms: 1000,
+            grace_secs: 120,
+            term_secs: 10,
+            idle_secs: 5,
+            breaker_sessions: 3,
+        }
+    }
+}
+
+/// Settings of the task assigner.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssignConfig {
+    /// Ready tasks each agent with templates keeps (the seeds' "never idle" rule).
+    pub min_ready: u64,
+    /// Times a failed task is queued again (with a raised priority) before it is left
+    /// failed and flagged for review.
+    pub retry_limit: u64,
+}
+
+impl Default for AssignConfig {
+    fn default() -> Self {
+        AssignConfig {
+            min_ready: 3,
+            retry_limit: 3,
+        }
+    }
+}
+
+/// Settings of the token monitor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// The context window `monitor --transcript` measures a Claude Code transcript against.
+    pub context_window: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            context_window: 200_000,
+        }
+    }
 }
 
 /// Settings of `perpetual session wrap`.
@@ -94,6 +168,13 @@ pub struct AgentConfig {
     pub description: Option<String>,
     /// What one session (and one day) of this agent may use.
     pub budget: Budget,
+    /// The command that runs one session of the agent (`perpetual run`): program and
+    /// arguments, with `{session}`, `{task}`, `{agent}`, `{root}`, `{prompt_file}`,
+    /// `{transcript}`, `{uuid}` and `{project}` replaced (see `crate::runloop`).
+    pub command: Option<Vec<String>>,
+    /// Where the session's token usage can be read: a Claude Code transcript (JSON
+    /// Lines), a path with the same placeholders; a folder means its newest `*.jsonl`.
+    pub transcript: Option<String>,
 }
 
 impl Default for IngestConfig {
@@ -117,6 +198,9 @@ impl Default for Config {
                 .collect(),
             thresholds: Thresholds::default(),
             wrap: WrapConfig::default(),
+            run: RunConfig::default(),
+            assign: AssignConfig::default(),
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -153,6 +237,7 @@ fn default_agent(name: &str) -> AgentConfig {
     AgentConfig {
         description: Some(description.to_string()),
         budget,
+        ..AgentConfig::default()
     }
 }
 
@@ -191,9 +276,26 @@ impl Config {
             self.watch.poll_interval_ms >= 10,
             "watch.poll_interval_ms must be at least 10"
         );
-        for name in self.agents.keys() {
+        for (name, agent) in &self.agents {
             crate::root::check_agent_name(name)?;
+            if let Some(c) = &agent.command {
+                anyhow::ensure!(
+                    c.first().is_some_and(|p| !p.trim().is_empty()),
+                    "agents.{name}.command must name a program: command = [\"program\", \"arg\", ...]"
+                );
+            }
         }
+        let r = &self.run;
+        anyhow::ensure!(r.poll_ms >= 10, "run.poll_ms must be at least 10");
+        anyhow::ensure!(r.idle_secs >= 1, "run.idle_secs must be at least 1");
+        anyhow::ensure!(
+            r.breaker_sessions >= 1,
+            "run.breaker_sessions must be at least 1"
+        );
+        anyhow::ensure!(
+            self.monitor.context_window > 0,
+            "monitor.context_window must be at least 1"
+        );
         self.thresholds.validate()?;
         anyhow::ensure!(
             self.wrap.backups_kept > 0,
@@ -253,6 +355,33 @@ backups_kept = 10
 # git repository (the database is never committed).
 git_commit = true
 
+[run]
+# `perpetual run`, the perpetual loop. It looks at a running session's budget (its
+# transcript and checkpoints) every poll_ms. At the wrap threshold it asks the agent to
+# wrap (the file .perpetual/wrap_<session> appears; the Claude Code hooks say so too),
+# gives it grace_secs to checkpoint, wrap and exit, then sends SIGTERM, and SIGKILL
+# term_secs later.
+poll_ms = 1000
+grace_secs = 120
+term_secs = 10
+# With nothing ready, the loop waits for a drop or this many seconds, then looks again.
+idle_secs = 5
+# After this many sessions in a row without progress (or failing with the same error),
+# the agent is paused and its task flagged "needs review" until `perpetual agent resume`.
+breaker_sessions = 3
+
+[assign]
+# The task assigner (`perpetual assign`, also run by the loop). Agents whose plan has
+# [[template]]s keep at least min_ready ready tasks (the seeds' "never idle" rule).
+min_ready = 3
+# A failed task is queued again, one priority higher, at most this many times.
+retry_limit = 3
+
+[monitor]
+# `perpetual monitor --transcript`: the context window a Claude Code transcript is
+# measured against (input + cache creation + cache read tokens of the last reply).
+context_window = 200000
+
 # One table per agent. Each gets inbox/<name>/ (drops) and outbox/<name>/ (deliverables).
 # A folder created under inbox/ is an agent too, even when it is not listed here; it
 # gets the default budget (200,000 tokens per session, no other limit).
@@ -262,6 +391,19 @@ git_commit = true
 #   api_calls_per_day         API calls per UTC day over all its sessions; resets at 00:00 UTC
 #   slots                     sessions it may run at once (batch-job slots)
 #   wall_minutes_per_session  minutes one session may run
+#
+# command: what `perpetual run` starts for one session of the agent, as program and
+# arguments. The prompt (task, progress, last handoff, how to report) comes on stdin
+# and in {prompt_file}; PERPETUAL_ROOT, PERPETUAL_SESSION, PERPETUAL_TASK and
+# PERPETUAL_AGENT are set. Placeholders: {session} {task} {agent} {root} {prompt_file}
+# {transcript} {uuid} (a fresh UUID per session) {project} (the root as Claude Code
+# names its folder under ~/.claude/projects/). An agent without a command only gets
+# the loop's built-in tasks (ingest, backfill); its own tasks wait for a person.
+# transcript: where the session's token usage can be read while it runs: a Claude Code
+# transcript (JSON Lines), same placeholders, `~` for the home folder; a folder means
+# its newest *.jsonl. For example:
+#   command = ["claude", "-p", "--session-id", "{uuid}", "--permission-mode", "acceptEdits"]
+#   transcript = "~/.claude/projects/{project}/{uuid}.jsonl"
 [agents.claude_code]
 description = "Execution specialist: integrates sessions and archives"
 
@@ -316,6 +458,9 @@ mod tests {
         assert!(Config::parse("[thresholds]\nwrap = 99\n").is_err());
         assert!(Config::parse("[wrap]\nbackups_kept = 0\n").is_err());
         assert!(Config::parse("[agents.droid.budget]\ntokens = 5\n").is_err());
+        assert!(Config::parse("[agents.x]\ncommand = []\n").is_err());
+        let c = Config::parse("[agents.x]\ncommand = [\"sh\", \"a.sh\"]\n").unwrap();
+        assert_eq!(c.agents["x"].command.as_deref().unwrap(), ["sh", "a.sh"]);
     }
 
     #[test]

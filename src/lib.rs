@@ -18,5 +18,6 @@ pub mod root;
 pub mod session;
 pub mod store;
 pub mod tasks;
+pub mod transcript;
 pub mod vcs;
 pub mod watch;

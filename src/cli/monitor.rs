@@ -1,4 +1,5 @@
-//! `perpetual monitor USED`: the seeds' token monitor. The exit status tells the level.
+//! `perpetual monitor USED` and `perpetual monitor --transcript PATH`: the seeds' token
+//! monitor, fed by hand or by a Claude Code transcript. The exit status tells the level.
 
 use super::Exit;
 use super::output::{bar, print_json, thousands};
@@ -7,10 +8,17 @@ use crate::root::Root;
 use anyhow::{Result, ensure};
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["used", "transcript"])))]
 pub struct Args {
     /// Tokens used so far.
-    pub used: u64,
-    /// The budget (default: the agent's tokens_per_session with --agent, else 200,000).
+    pub used: Option<u64>,
+    /// Read the tokens from a Claude Code session transcript (JSON Lines under
+    /// ~/.claude/projects/): input + cache creation + cache read tokens of the last
+    /// assistant reply, against monitor.context_window (default 200,000).
+    #[arg(long, value_name = "PATH", conflicts_with = "used")]
+    pub transcript: Option<std::path::PathBuf>,
+    /// The budget (default: the agent's tokens_per_session with --agent, else 200,000;
+    /// with --transcript, monitor.context_window).
     #[arg(long, value_name = "N")]
     pub budget: Option<u64>,
     /// Take the budget from this agent's [agents.<name>.budget] in perpetual.toml.
@@ -30,13 +38,59 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             0 => DEFAULT_TOKENS_PER_SESSION,
             n => n,
         },
+        (None, None) if args.transcript.is_some() => config.monitor.context_window,
         (None, None) => DEFAULT_TOKENS_PER_SESSION,
     };
     ensure!(budget > 0, "the budget must be at least 1 token");
-    let m = budget::monitor(args.used, budget, &config.thresholds);
+    let (used, reply) = match &args.transcript {
+        Some(path) => {
+            ensure!(path.is_file(), "no transcript at {}", path.display());
+            let reply = crate::transcript::read(path)?;
+            (reply.as_ref().map_or(0, |u| u.context_tokens), reply)
+        }
+        None => (args.used.unwrap_or(0), None),
+    };
+    let m = budget::monitor(used, budget, &config.thresholds);
     if args.json {
-        print_json(&m)?;
+        #[derive(serde::Serialize)]
+        struct WithSource<'a> {
+            #[serde(flatten)]
+            monitor: &'a budget::Monitor,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            transcript: Option<&'a std::path::Path>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reply: Option<&'a crate::transcript::ContextUsage>,
+        }
+        print_json(&WithSource {
+            monitor: &m,
+            transcript: args.transcript.as_deref(),
+            reply: reply.as_ref(),
+        })?;
     } else {
+        if let Some(path) = &args.transcript {
+            match &reply {
+                Some(u) => println!(
+                    "transcript  {} (line {}{}{}): input {} + cache creation {} + cache read {}",
+                    path.display(),
+                    u.line,
+                    u.model
+                        .as_deref()
+                        .map(|m| format!(", {m}"))
+                        .unwrap_or_default(),
+                    u.timestamp
+                        .as_deref()
+                        .map(|t| format!(", {t}"))
+                        .unwrap_or_default(),
+                    thousands(u.input_tokens),
+                    thousands(u.cache_creation_input_tokens),
+                    thousands(u.cache_read_input_tokens)
+                ),
+                None => println!(
+                    "transcript  {}: no assistant reply with a usage yet",
+                    path.display()
+                ),
+            }
+        }
         let t = &config.thresholds;
         println!(
             "tokens      {} / {} ({:.1}%)",
