@@ -70,6 +70,25 @@ impl Root {
     pub fn lock_path(&self) -> PathBuf {
         self.dir.join("perpetual.lock")
     }
+    /// `.perpetual/`: what `perpetual run` keeps beside the database for the agents it
+    /// starts (prompts, wrap requests, the commands' output).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(".perpetual")
+    }
+    /// `.perpetual/wrap_<session>`: present while perpetual asks the session to wrap.
+    pub fn wrap_flag(&self, session: &str) -> PathBuf {
+        self.state_dir().join(format!("wrap_{session}"))
+    }
+    /// `.perpetual/prompts/<session>.md`: the prompt the session's command was given.
+    pub fn prompt_path(&self, session: &str) -> PathBuf {
+        self.state_dir()
+            .join("prompts")
+            .join(format!("{session}.md"))
+    }
+    /// `.perpetual/logs/<session>.log`: the session command's stdout and stderr.
+    pub fn command_log(&self, session: &str) -> PathBuf {
+        self.state_dir().join("logs").join(format!("{session}.log"))
+    }
 
     /// Reads the configuration (defaults when the file is missing).
     pub fn config(&self) -> Result<Config> {

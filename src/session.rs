@@ -449,7 +449,8 @@ fn next_midnight(t: DateTime<Utc>) -> DateTime<Utc> {
         .expect("a next day")
 }
 
-fn slots_usage(
+/// The agent's slots: its active sessions against its slot budget (None without one).
+pub fn slots_usage(
     conn: &Connection,
     agent: &str,
     budget: &Budget,
@@ -793,6 +794,52 @@ pub fn wrap(
         commit,
         commit_message: message,
     })
+}
+
+/// Writes `session_handoffs/handoff_<session>_interim.md` for an active session: the
+/// handoff as it would read if the session wrapped now, without wrapping it. The
+/// Claude Code hooks write one before a compaction, so what the summary loses is on disk.
+pub fn interim_handoff(
+    conn: &Connection,
+    root: &Root,
+    config: &Config,
+    session_id: &str,
+) -> Result<PathBuf> {
+    let now = clock::now();
+    let s = get(conn, session_id)?;
+    let task = match &s.task_id {
+        Some(t) => store_tasks::get(conn, t)?,
+        None => None,
+    };
+    let checkpoints = store::checkpoints_of(conn, &s.id)?;
+    let (usage, level) = self::level(conn, config, &s)?;
+    let last_note = checkpoints.iter().rev().find_map(|c| c.note.clone());
+    let next_action = default_next_action(task.as_ref(), last_note.as_deref(), &s.agent, None);
+    let totals = crate::store::stats::stats(conn, config.goal, 0)?;
+    let text = handoff::render(&Handoff {
+        session: &s,
+        task: task.as_ref(),
+        checkpoints: &checkpoints,
+        usage: &usage,
+        level,
+        thresholds: &config.thresholds,
+        duration_seconds: (now - clock::parse(&s.started_at)?).num_seconds(),
+        pairs_integrated: crate::store::pairs::count_created_between(
+            conn,
+            &s.started_at,
+            &clock::format(now),
+        )?,
+        totals: &totals,
+        backup: None,
+        grade: None,
+        needs_review: task.as_ref().and_then(|t| t.needs_review.as_deref()),
+        next_action: &next_action,
+    });
+    let path = root
+        .handoffs_dir()
+        .join(format!("handoff_{}_interim.md", s.id));
+    crate::root::write_document(&path, &text)?;
+    Ok(path)
 }
 
 /// The wrap's steps as they run.

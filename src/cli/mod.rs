@@ -5,6 +5,7 @@
 mod backfill;
 mod files;
 mod generate;
+mod hooks;
 mod ingest;
 mod init;
 mod monitor;
@@ -105,9 +106,11 @@ pub enum Command {
     /// Integrate archived session exports in place, as a task inside a budgeted session;
     /// wraps at the wrap threshold and exits 75, so the next run continues.
     Backfill(backfill::Args),
-    /// Where a token count stands against a budget; the exit status tells the level
-    /// (0 healthy, 10 warning, 11 wrap, 12 hard stop, 13 critical).
+    /// Where a token count (or a Claude Code transcript) stands against a budget; the
+    /// exit status tells the level (0 healthy, 10 warning, 11 wrap, 12 hard stop, 13 critical).
     Monitor(monitor::Args),
+    /// Claude Code hooks: install them in a project; handle one (what they run).
+    Hooks(hooks::Args),
 }
 
 impl Cli {
@@ -138,6 +141,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Session(args) => session::run(&root, args),
         Command::Monitor(args) => monitor::run(&root, args),
         Command::Backfill(args) => backfill::run(&root, args),
+        Command::Hooks(args) => hooks::run(&root, args),
     }
 }
 
