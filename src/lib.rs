@@ -2,6 +2,7 @@
 //! agents that drop files into `inbox/<agent>/`. See ARCHITECTURE.md for the data flow
 //! and the invariants; each module's doc says what it owns.
 
+pub mod assign;
 pub mod backfill;
 pub mod budget;
 pub mod cli;
@@ -17,7 +18,9 @@ pub mod layout;
 pub mod pair;
 pub mod prompt;
 pub mod root;
+pub mod runloop;
 pub mod session;
+pub mod status;
 pub mod store;
 pub mod tasks;
 pub mod transcript;

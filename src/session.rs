@@ -443,7 +443,8 @@ fn day_start(t: DateTime<Utc>) -> DateTime<Utc> {
         .and_utc()
 }
 
-fn next_midnight(t: DateTime<Utc>) -> DateTime<Utc> {
+/// When the daily API-call count containing `t` resets: the next 00:00 UTC.
+pub fn next_midnight(t: DateTime<Utc>) -> DateTime<Utc> {
     day_start(t)
         .checked_add_days(Days::new(1))
         .expect("a next day")

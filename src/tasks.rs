@@ -235,6 +235,15 @@ pub fn view(conn: &Connection, id: &str) -> Result<TaskView> {
         .with_context(|| format!("no task {id:?} (`perpetual task list --all` lists them)"))
 }
 
+/// Every agent perpetual knows: configured, with an inbox folder, or with a task; sorted.
+pub fn all_agents(conn: &Connection, root: &Root, config: &Config) -> Result<Vec<String>> {
+    let mut agents = root.agents(config)?;
+    agents.extend(store::agents(conn)?);
+    agents.sort();
+    agents.dedup();
+    Ok(agents)
+}
+
 /// What `task add` needs.
 #[derive(Debug, Clone, Default)]
 pub struct AddTask {

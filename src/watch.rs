@@ -86,6 +86,12 @@ impl Stopper {
 /// Stops `stopper` on SIGINT or SIGTERM. A second signal exits the process at once
 /// (status 1), which loses nothing either: a restart resumes after the last commit.
 pub fn stop_on_signals(stopper: Stopper) -> Result<()> {
+    on_signals(move || stopper.stop())
+}
+
+/// Calls `first` on the first SIGINT or SIGTERM (from a thread of its own); a second
+/// signal exits the process at once with status 1. `watch` and `run` stop this way.
+pub fn on_signals(first: impl Fn() + Send + 'static) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("cannot catch signals")?;
@@ -100,7 +106,7 @@ pub fn stop_on_signals(stopper: Stopper) -> Result<()> {
                         signal,
                         "stopping: finishing the current transaction (signal again to exit at once)"
                     );
-                    stopper.stop();
+                    first();
                 } else {
                     tracing::warn!(signal, "second signal: exiting now");
                     std::process::exit(1);

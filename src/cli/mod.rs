@@ -2,6 +2,8 @@
 //! handler file per command. Handlers print; the library modules they call own the
 //! behaviour and the types.
 
+mod agent;
+mod assign;
 mod backfill;
 mod files;
 mod generate;
@@ -10,8 +12,10 @@ mod ingest;
 mod init;
 mod monitor;
 pub mod output;
+mod run;
 mod session;
 mod stats;
+mod status;
 mod task;
 mod watch;
 
@@ -89,6 +93,10 @@ pub enum Command {
     /// Follow inbox/<agent>/ and integrate each drop within milliseconds, until SIGINT or
     /// SIGTERM (the main job). Files waiting from before are integrated first.
     Watch(watch::Args),
+    /// The perpetual loop: assign tasks, run the built-in ones (ingest, backfill), start
+    /// each agent's command on its next task in a budgeted session, ask it to wrap at the
+    /// threshold, and start the next; until SIGINT or SIGTERM.
+    Run(run::Args),
     /// Create perpetual.toml (documented defaults), the database, and inbox/ and outbox/ folders.
     Init,
     /// Integrate every file waiting in inbox/<agent>/, or the files and folders given (read in place).
@@ -111,13 +119,23 @@ pub enum Command {
     Monitor(monitor::Args),
     /// Claude Code hooks: install them in a project; handle one (what they run).
     Hooks(hooks::Args),
+    /// The task assigner, once: an ingest task for drops waiting, failed tasks queued
+    /// again (priority raised, up to assign.retry_limit), templated queues topped up to
+    /// assign.min_ready ready tasks. `perpetual run` does this at every round.
+    Assign(assign::Args),
+    /// Agents: resume one the circuit breaker paused (or pause one by hand).
+    Agent(agent::Args),
+    /// The faucet view: each agent's session, task, budget, queue depth, idle time and
+    /// pause; the pipeline's pairs against the goal, pairs per hour, files waiting,
+    /// bottlenecks; the assigner's latest actions.
+    Status(status::Args),
 }
 
 impl Cli {
     /// The log level when neither -v nor RUST_LOG says otherwise: long-running commands
     /// log each file; one-shot commands print a summary instead.
     pub fn default_log_level(&self) -> &'static str {
-        let long_running = matches!(self.command, Command::Watch(_));
+        let long_running = matches!(self.command, Command::Watch(_) | Command::Run(_));
         match self.verbose + u8::from(long_running) {
             0 => "warn",
             1 => "info",
@@ -142,6 +160,10 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Monitor(args) => monitor::run(&root, args),
         Command::Backfill(args) => backfill::run(&root, args),
         Command::Hooks(args) => hooks::run(&root, args),
+        Command::Assign(args) => assign::run(&root, args),
+        Command::Agent(args) => agent::run(&root, args),
+        Command::Run(args) => run::run(&root, args),
+        Command::Status(args) => status::run(&root, args),
     }
 }
 

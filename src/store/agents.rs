@@ -195,10 +195,11 @@ pub fn unfinished_runs(conn: &Connection) -> Result<Vec<RunRow>> {
     Ok(rows)
 }
 
-/// The agent's last `n` finished runs with an id above `floor`, newest first.
+/// The agent's last `n` finished sessions (runs of its command and backfills; not the
+/// inbox ingests) with an id above `floor`, newest first.
 pub fn last_runs(conn: &Connection, agent: &str, floor: i64, n: usize) -> Result<Vec<RunRow>> {
     let mut stmt = conn.prepare(&format!(
-        "{SELECT_RUN} WHERE agent = ?1 AND id > ?2 AND ended_at IS NOT NULL
+        "{SELECT_RUN} WHERE agent = ?1 AND id > ?2 AND ended_at IS NOT NULL AND kind <> 'ingest'
          ORDER BY id DESC LIMIT ?3"
     ))?;
     let rows = stmt

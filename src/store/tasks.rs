@@ -208,6 +208,15 @@ pub fn all(conn: &Connection) -> Result<Vec<TaskRow>> {
     Ok(rows)
 }
 
+/// Every agent with a task in the stack, sorted.
+pub fn agents(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT DISTINCT agent FROM tasks ORDER BY agent")?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}
+
 /// The tasks that depend on `id`, sorted.
 pub fn dependents(conn: &Connection, id: &str) -> Result<Vec<String>> {
     let mut stmt =

@@ -1,0 +1,62 @@
+//! `perpetual run`: the perpetual loop.
+
+use super::Exit;
+use crate::root::Root;
+use crate::runloop::{Loop, RunOptions};
+use anyhow::Result;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this agent.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Start at most N sessions (agent commands and backfills), wait for them, exit.
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<u64>,
+    /// One round (assign, built-in tasks, a session per free slot), wait for what it
+    /// started, exit; status 4 when there was nothing to start.
+    #[arg(long)]
+    pub once: bool,
+}
+
+pub fn run(root: &Root, args: Args) -> Result<Exit> {
+    if let Some(a) = &args.agent {
+        crate::root::check_agent_name(a)?;
+    }
+    let _lock = root.lock_writer("run")?;
+    let (config, mut conn) = super::open(root)?;
+    let once = args.once;
+    let looper = Loop::new(
+        &mut conn,
+        root,
+        &config,
+        RunOptions {
+            agent: args.agent,
+            max_sessions: args.max_sessions,
+            once,
+        },
+    );
+    let stopper = looper.stopper();
+    crate::watch::on_signals(move || stopper.stop())?;
+    let report = looper.run()?;
+    tracing::info!(
+        "run: {} session(s) started, {} built-in task run(s){}",
+        report.sessions_started,
+        report.builtin_runs,
+        if report.paused.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; paused by the circuit breaker: {}",
+                report.paused.join(", ")
+            )
+        }
+    );
+    Ok(
+        if once && report.sessions_started == 0 && report.builtin_runs == 0 {
+            Exit::Nothing
+        } else {
+            Exit::Ok
+        },
+    )
+}

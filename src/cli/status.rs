@@ -1,0 +1,187 @@
+//! `perpetual status`: the faucet view.
+
+use super::Exit;
+use super::output::{bar, print_json, thousands};
+use crate::budget::Usage;
+use crate::root::Root;
+use crate::status::{Faucet, faucet};
+use crate::tasks::progress_text;
+use anyhow::Result;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Redraw every 2 seconds until Ctrl-C.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+}
+
+pub fn run(root: &Root, args: Args) -> Result<Exit> {
+    let (config, conn) = super::open(root)?;
+    if args.json {
+        print_json(&faucet(&conn, root, &config)?)?;
+        return Ok(Exit::Ok);
+    }
+    if !args.watch {
+        print(&faucet(&conn, root, &config)?);
+        return Ok(Exit::Ok);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    while !stop.load(Ordering::SeqCst) {
+        let view = faucet(&conn, root, &config)?;
+        print!("\x1b[2J\x1b[H");
+        print(&view);
+        for _ in 0..20 {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+fn usage_line(u: &Usage) -> String {
+    format!(
+        "{:<16} {} {} / {} ({:.1}%, {})",
+        u.kind.label(),
+        bar(u.percent / 100.0, 20),
+        thousands(u.used),
+        thousands(u.limit),
+        u.percent,
+        u.level.as_str()
+    )
+}
+
+fn print(f: &Faucet) {
+    println!("perpetual status at {}", f.at);
+    for a in &f.agents {
+        println!();
+        let state = match (&a.paused, a.sessions.len(), a.command) {
+            (Some(_), _, _) => "PAUSED".to_string(),
+            (None, 0, true) => "idle".to_string(),
+            (None, 0, false) => "idle (no command: its own tasks wait for a person)".to_string(),
+            (None, n, _) => format!("{n} session(s) running"),
+        };
+        println!("{}  {state}", a.agent);
+        for s in &a.sessions {
+            println!(
+                "  session   {} on {} since {}, {} tokens",
+                s.id,
+                s.task.as_deref().unwrap_or("-"),
+                s.started_at,
+                thousands(s.tokens_used)
+            );
+        }
+        if let Some(t) = &a.task {
+            println!(
+                "  task      {} ({}, {}): {}",
+                t.id,
+                t.kind.as_str(),
+                t.state.as_str(),
+                progress_text(t.done, t.total)
+            );
+        }
+        for (i, u) in a.budget.iter().enumerate() {
+            println!(
+                "  {}{}",
+                if i == 0 { "budget    " } else { "          " },
+                usage_line(u)
+            );
+        }
+        if let Some(o) = &a.over_budget {
+            println!(
+                "  refused   new sessions: {} at {:.1}%{}",
+                o.usage.kind.label(),
+                o.usage.percent,
+                o.resets_at
+                    .as_deref()
+                    .map(|r| format!(" (resets at {r})"))
+                    .unwrap_or_default()
+            );
+        }
+        println!(
+            "  queue     {} ready ({}), {} waiting, {} blocked",
+            a.queue_depth,
+            if a.queue_healthy { "healthy" } else { "LOW" },
+            a.waiting,
+            a.blocked
+        );
+        println!(
+            "  activity  last {}{}",
+            a.last_activity.as_deref().unwrap_or("never"),
+            match a.idle_seconds {
+                Some(0) | None => String::new(),
+                Some(s) => format!(", idle {}", crate::clock::human_duration(s)),
+            }
+        );
+        if let Some(p) = &a.paused {
+            println!(
+                "  PAUSED    since {}: {} (`perpetual agent resume {}`)",
+                p.at, p.reason, a.agent
+            );
+        }
+        for r in &a.needs_review {
+            println!("  REVIEW    {}: {}", r.task, r.reason);
+        }
+    }
+    let p = &f.pipeline;
+    println!();
+    println!("pipeline");
+    println!(
+        "  pairs     {} / {} ({:.1}%) {}",
+        thousands(p.pairs),
+        thousands(p.goal),
+        p.goal_percent,
+        bar(p.goal_percent / 100.0, 20)
+    );
+    println!(
+        "  rate      {:.1} pairs/hour over the last 24 hours ({} pairs)",
+        p.pairs_per_hour,
+        thousands(p.pairs_last_24h)
+    );
+    let by: Vec<String> = p
+        .files_waiting_by_agent
+        .iter()
+        .map(|(a, n)| format!("{a} {n}"))
+        .collect();
+    println!(
+        "  waiting   {} file(s) in the inboxes{}",
+        p.files_waiting,
+        if by.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", by.join(", "))
+        }
+    );
+    if p.bottlenecks.is_empty() {
+        println!("  bottlenecks none");
+    } else {
+        println!("  bottlenecks");
+        for b in &p.bottlenecks {
+            println!(
+                "    {} ({}) needs {} ({}, {})",
+                b.task,
+                b.agent,
+                b.needs,
+                b.needs_agent,
+                b.needs_state.as_str()
+            );
+        }
+    }
+    if !f.assigner.is_empty() {
+        println!();
+        println!("assigner (latest first)");
+        for e in &f.assigner {
+            println!("  {}  {:<11} {}", e.at, e.action, e.detail);
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The faucet view (`perpetual status`): every agent's session, task, budget, queue depth,
+//! idle time and pause state, and the pipeline's pairs against the goal, pairs per hour,
+//! files waiting and bottlenecks (the seeds' "monitor the perpetual faucet": queue depth
+//! healthy at `assign.min_ready` or more, idle time, bottlenecks, integration velocity).
+
+use crate::budget::{self, Kind, Level, Usage};
+use crate::clock;
+use crate::config::Config;
+use crate::root::Root;
+use crate::session;
+use crate::store::agents::{self as store_agents, AssignEntry, Pause};
+use crate::store::sessions as store_sessions;
+use crate::store::tasks::TaskKind;
+use crate::tasks::{self, State, TaskView};
+use anyhow::Result;
+use chrono::Duration;
+use rusqlite::Connection;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The whole view.
+#[derive(Debug, Clone, Serialize)]
+pub struct Faucet {
+    /// When it was taken.
+    pub at: String,
+    /// One entry per agent (configured or with an inbox folder), sorted.
+    pub agents: Vec<AgentStatus>,
+    /// The pipeline as a whole.
+    pub pipeline: Pipeline,
+    /// The assigner's latest actions, newest first.
+    pub assigner: Vec<AssignEntry>,
+}
+
+/// One agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentStatus {
+    /// The agent.
+    pub agent: String,
+    /// Whether `perpetual run` can start its sessions (it has a `command`).
+    pub command: bool,
+    /// Paused by the circuit breaker (or by hand), and why.
+    pub paused: Option<Pause>,
+    /// Its active sessions, oldest first.
+    pub sessions: Vec<ActiveSession>,
+    /// The task it works on (its first active session's), else the one it takes next.
+    pub task: Option<TaskLine>,
+    /// Budget usage: its first active session's (tokens, API calls today, minutes), else
+    /// today's API calls; then its slots.
+    pub budget: Vec<Usage>,
+    /// The worst level of `budget`.
+    pub level: Level,
+    /// When a new session would be refused now (API calls today or slots at the wrap
+    /// threshold), which budget and when it frees up.
+    pub over_budget: Option<OverBudget>,
+    /// Ready tasks in its queue.
+    pub queue_depth: u64,
+    /// `queue_depth` ≥ `assign.min_ready`.
+    pub queue_healthy: bool,
+    /// Pending tasks waiting for a dependency.
+    pub waiting: u64,
+    /// Pending tasks blocked by a failed dependency.
+    pub blocked: u64,
+    /// Seconds since its last activity while no session is active (0 while one is).
+    pub idle_seconds: Option<i64>,
+    /// Its last session start, checkpoint or wrap, or the end of its last loop run.
+    pub last_activity: Option<String>,
+    /// Its tasks flagged "needs review", with why.
+    pub needs_review: Vec<Review>,
+}
+
+/// An active session.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveSession {
+    /// Session id.
+    pub id: String,
+    /// Its task.
+    pub task: Option<String>,
+    /// Start.
+    pub started_at: String,
+    /// Tokens as last reported.
+    pub tokens_used: u64,
+}
+
+/// A task in one line.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskLine {
+    /// Task id.
+    pub id: String,
+    /// Who runs it.
+    pub kind: TaskKind,
+    /// Where it stands.
+    pub state: State,
+    /// Units done.
+    pub done: u64,
+    /// Units in all.
+    pub total: Option<u64>,
+    /// done / total in percent.
+    pub percent: Option<f64>,
+}
+
+/// A budget that refuses new sessions now.
+#[derive(Debug, Clone, Serialize)]
+pub struct OverBudget {
+    /// The budget.
+    pub usage: Usage,
+    /// When it frees up (API calls: the next 00:00 UTC).
+    pub resets_at: Option<String>,
+}
+
+/// A task flagged for review.
+#[derive(Debug, Clone, Serialize)]
+pub struct Review {
+    /// Task id.
+    pub task: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The pipeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    /// Distinct pairs stored.
+    pub pairs: u64,
+    /// The goal.
+    pub goal: u64,
+    /// pairs / goal in percent.
+    pub goal_percent: f64,
+    /// Pairs first stored during the last 24 hours.
+    pub pairs_last_24h: u64,
+    /// `pairs_last_24h` / 24.
+    pub pairs_per_hour: f64,
+    /// Files waiting in the inboxes.
+    pub files_waiting: u64,
+    /// The same, by agent (agents with files only).
+    pub files_waiting_by_agent: BTreeMap<String, u64>,
+    /// Tasks held up by another agent's task.
+    pub bottlenecks: Vec<Bottleneck>,
+}
+
+/// A task of one agent that waits for (or is blocked by) a task of another.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bottleneck {
+    /// The task held up.
+    pub task: String,
+    /// Its agent.
+    pub agent: String,
+    /// The other agent's task it needs.
+    pub needs: String,
+    /// That task's agent.
+    pub needs_agent: String,
+    /// That task's state.
+    pub needs_state: State,
+}
+
+/// Takes the view.
+pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet> {
+    let now = clock::now();
+    let th = &config.thresholds;
+    let views = tasks::views(conn)?;
+    let by_id: HashMap<&str, &TaskView> = views.iter().map(|v| (v.task.id.as_str(), v)).collect();
+    let names = tasks::all_agents(conn, root, config)?;
+    let waiting_files = crate::ingest::discover_inbox(&root.inbox(), &names)?;
+    let mut files_waiting_by_agent: BTreeMap<String, u64> = BTreeMap::new();
+    for j in &waiting_files {
+        *files_waiting_by_agent.entry(j.agent.clone()).or_default() += 1;
+    }
+
+    // Tasks active sessions work on (of any agent).
+    let held: HashSet<String> = store_sessions::active(conn, None)?
+        .into_iter()
+        .filter_map(|s| s.task_id)
+        .collect();
+    let mut agents = Vec::new();
+    for agent in &names {
+        let budget_cfg = config.budget_of(agent);
+        let active = store_sessions::active(conn, Some(agent))?;
+        let calls = session::api_calls_today(conn, agent, now)?;
+        let slots = Usage::new(Kind::Slots, active.len() as u64, budget_cfg.slots, th);
+        let mut budget = match active.first() {
+            Some(s) => session::level(conn, config, s)?.0,
+            None => Usage::new(Kind::ApiCalls, calls, budget_cfg.api_calls_per_day, th)
+                .into_iter()
+                .collect(),
+        };
+        let over_budget = Usage::new(Kind::ApiCalls, calls, budget_cfg.api_calls_per_day, th)
+            .filter(|u| u.level.must_wrap())
+            .map(|usage| OverBudget {
+                usage,
+                resets_at: Some(clock::format(session::next_midnight(now))),
+            })
+            .or_else(|| {
+                slots
+                    .filter(|u| u.level.must_wrap())
+                    .map(|usage| OverBudget {
+                        usage,
+                        resets_at: None,
+                    })
+            });
+        budget.extend(slots);
+        let mine: Vec<&TaskView> = views.iter().filter(|v| &v.task.agent == agent).collect();
+        let count = |st: State| mine.iter().filter(|v| v.state == st).count() as u64;
+        let queue_depth = count(State::Ready);
+        let task = active
+            .first()
+            .and_then(|s| s.task_id.as_deref())
+            .and_then(|t| by_id.get(t).copied())
+            .or_else(|| {
+                mine.iter()
+                    .find(|v| v.state == State::InProgress && !held.contains(&v.task.id))
+                    .or_else(|| mine.iter().find(|v| v.state == State::Ready))
+                    .copied()
+            })
+            .map(|v| TaskLine {
+                id: v.task.id.clone(),
+                kind: v.task.kind,
+                state: v.state,
+                done: v.task.done,
+                total: v.task.total,
+                percent: v.percent,
+            });
+        let last_activity = store_agents::last_activity(conn, agent)?;
+        let idle_seconds = if active.is_empty() {
+            last_activity
+                .as_deref()
+                .and_then(|t| clock::parse(t).ok())
+                .map(|t| (now - t).num_seconds().max(0))
+        } else {
+            Some(0)
+        };
+        agents.push(AgentStatus {
+            agent: agent.clone(),
+            command: config
+                .agents
+                .get(agent)
+                .is_some_and(|a| a.command.is_some()),
+            paused: store_agents::pause_of(conn, agent)?,
+            sessions: active
+                .iter()
+                .map(|s| ActiveSession {
+                    id: s.id.clone(),
+                    task: s.task_id.clone(),
+                    started_at: s.started_at.clone(),
+                    tokens_used: s.tokens_used,
+                })
+                .collect(),
+            task,
+            level: budget::worst(&budget),
+            budget,
+            over_budget,
+            queue_depth,
+            queue_healthy: queue_depth >= config.assign.min_ready,
+            waiting: count(State::Waiting),
+            blocked: count(State::Blocked),
+            idle_seconds,
+            last_activity,
+            needs_review: mine
+                .iter()
+                .filter(|v| !matches!(v.state, State::Completed))
+                .filter_map(|v| {
+                    v.task.needs_review.as_ref().map(|r| Review {
+                        task: v.task.id.clone(),
+                        reason: r.clone(),
+                    })
+                })
+                .collect(),
+        });
+    }
+
+    let mut bottlenecks = Vec::new();
+    for v in views
+        .iter()
+        .filter(|v| matches!(v.state, State::Waiting | State::Blocked))
+    {
+        for d in &v.waiting_on {
+            if let Some(dep) = by_id.get(d.as_str())
+                && dep.task.agent != v.task.agent
+            {
+                bottlenecks.push(Bottleneck {
+                    task: v.task.id.clone(),
+                    agent: v.task.agent.clone(),
+                    needs: dep.task.id.clone(),
+                    needs_agent: dep.task.agent.clone(),
+                    needs_state: dep.state,
+                });
+            }
+        }
+    }
+
+    let totals = crate::store::stats::stats(conn, config.goal, 0)?;
+    let pairs_last_24h = crate::store::pairs::count_created_between(
+        conn,
+        &clock::format(now - Duration::hours(24)),
+        &clock::format(now),
+    )?;
+    Ok(Faucet {
+        at: clock::format(now),
+        agents,
+        pipeline: Pipeline {
+            pairs: totals.pairs,
+            goal: totals.goal,
+            goal_percent: totals.goal_percent,
+            pairs_last_24h,
+            pairs_per_hour: pairs_last_24h as f64 / 24.0,
+            files_waiting: waiting_files.len() as u64,
+            files_waiting_by_agent,
+            bottlenecks,
+        },
+        assigner: store_agents::assign_log(conn, 8)?,
+    })
+}
