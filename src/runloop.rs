@@ -186,7 +186,20 @@ impl<'c> Loop<'c> {
             if self.stopping() {
                 break;
             }
-            let acted = self.round()?;
+            let acted = match self.round() {
+                Ok(acted) => acted,
+                // --once reports it; the perpetual loop survives (a database busy past its
+                // timeout, a full disk) and tries again after run.idle_secs.
+                Err(e) if !self.opts.once => {
+                    tracing::error!(
+                        "round failed: {e:#}; trying again in {} s",
+                        self.config.run.idle_secs
+                    );
+                    self.idle_logged = true;
+                    false
+                }
+                Err(e) => return Err(e),
+            };
             if self.opts.once || self.max_reached() {
                 break;
             }
@@ -683,11 +696,48 @@ impl<'c> Loop<'c> {
     fn on_event(&mut self, e: Event) -> Result<()> {
         match e {
             Event::Done(run_id, agent) => {
-                self.children.remove(&run_id);
+                if let Some(child) = self.children.remove(&run_id) {
+                    self.settle_run(run_id, &child.session)?;
+                }
                 self.breaker(&agent)?;
             }
             Event::Stop => self.ask_children_to_wrap(),
             Event::Inbox => {}
+        }
+        Ok(())
+    }
+
+    /// The backstop for a supervisor that failed before it concluded: the session is
+    /// wrapped and the run recorded as ended.
+    fn settle_run(&mut self, run_id: i64, session_id: &str) -> Result<()> {
+        let Some(row) = crate::store::sessions::get(self.conn, session_id)? else {
+            return Ok(());
+        };
+        if row.is_active() {
+            tracing::warn!(
+                session = session_id,
+                "{session_id} was left active by its supervisor; wrapping it"
+            );
+            if let Err(e) = session::wrap(
+                self.conn,
+                &self.root,
+                &self.config,
+                session_id,
+                &WrapInput::default(),
+            ) {
+                tracing::warn!("cannot wrap {session_id}: {e:#}");
+            }
+        }
+        if store_agents::unfinished_runs(self.conn)?
+            .iter()
+            .any(|r| r.id == run_id)
+        {
+            let end = RunEnd {
+                progressed: progressed(self.conn, &session::get(self.conn, session_id)?)?,
+                error: Some("its supervisor failed (see the log)".to_string()),
+                ..RunEnd::default()
+            };
+            store_agents::finish_run(self.conn, run_id, &clock::now_rfc3339(), &end)?;
         }
         Ok(())
     }
@@ -946,10 +996,13 @@ impl Supervisor {
         let poll = Duration::from_millis(self.config.run.poll_ms);
         let grace = Duration::from_secs(self.config.run.grace_secs);
         let term = Duration::from_secs(self.config.run.term_secs);
+        // A folder's transcripts count from the command's start (a second's slack for
+        // coarse modification times).
+        let since = std::time::SystemTime::now() - Duration::from_secs(1);
         let mut reader = self
             .transcript
             .as_deref()
-            .map(crate::transcript::Reader::new);
+            .map(|t| crate::transcript::Follow::new(t, since));
         let mut last_tokens = None;
         let mut asked: Option<Instant> = None;
         let mut termed: Option<Instant> = None;
@@ -963,31 +1016,15 @@ impl Supervisor {
                 break status;
             }
             self.read_transcript(&conn, &mut reader, &mut last_tokens);
-            let row = session::get(&conn, s)?;
             if asked.is_none() {
-                let (usage, level) = session::level(&conn, &self.config, &row)?;
-                if !row.is_active() || level.must_wrap() || stop_requested {
-                    asked = Some(Instant::now());
-                    if row.is_active() {
-                        let why = prompt::wrap_request(s, &usage);
-                        crate::root::write_document(&self.root.wrap_flag(s), &format!("{why}\n"))?;
-                        store_agents::set_wrap_requested(
-                            &conn,
-                            self.run_id,
-                            &clock::now_rfc3339(),
-                        )?;
-                        tracing::info!(
-                            agent = self.agent.as_str(),
-                            session = s,
-                            "asked {s} to wrap ({}): {} s before SIGTERM",
-                            if stop_requested {
-                                "the loop is stopping".to_string()
-                            } else {
-                                format!("level {}", level.as_str())
-                            },
-                            grace.as_secs()
-                        );
-                    }
+                // A database hiccup (busy past the timeout) must not abandon a running
+                // command: it is logged and the budget looked at again next time.
+                match self.wrap_due(&conn, stop_requested) {
+                    Ok(due) => asked = due,
+                    Err(e) => tracing::warn!(
+                        session = s,
+                        "cannot look at the budget of {s}: {e:#}; trying again"
+                    ),
                 }
             }
             match (asked, termed) {
@@ -1037,10 +1074,38 @@ impl Supervisor {
         self.conclude(&mut conn, end)
     }
 
+    /// Asks for a wrap when it is due (the budget's wrap threshold, the loop stopping, or
+    /// the agent already wrapped but still running); returns when it was asked.
+    fn wrap_due(&self, conn: &Connection, stop_requested: bool) -> Result<Option<Instant>> {
+        let s = self.session.as_str();
+        let row = session::get(conn, s)?;
+        let (usage, level) = session::level(conn, &self.config, &row)?;
+        if row.is_active() && !level.must_wrap() && !stop_requested {
+            return Ok(None);
+        }
+        if row.is_active() {
+            let why = prompt::wrap_request(s, &usage);
+            crate::root::write_document(&self.root.wrap_flag(s), &format!("{why}\n"))?;
+            store_agents::set_wrap_requested(conn, self.run_id, &clock::now_rfc3339())?;
+            tracing::info!(
+                agent = self.agent.as_str(),
+                session = s,
+                "asked {s} to wrap ({}): {} s before SIGTERM",
+                if stop_requested {
+                    "the loop is stopping".to_string()
+                } else {
+                    format!("level {}", level.as_str())
+                },
+                self.config.run.grace_secs
+            );
+        }
+        Ok(Some(Instant::now()))
+    }
+
     fn read_transcript(
         &self,
         conn: &Connection,
-        reader: &mut Option<crate::transcript::Reader>,
+        reader: &mut Option<crate::transcript::Follow>,
         last: &mut Option<u64>,
     ) {
         let Some(r) = reader.as_mut() else {
@@ -1056,7 +1121,7 @@ impl Supervisor {
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::debug!("cannot read the transcript {}: {e:#}", r.path().display()),
+            Err(e) => tracing::debug!("cannot read the transcript of {}: {e:#}", self.session),
         }
     }
 

@@ -187,6 +187,63 @@ impl Reader {
     }
 }
 
+/// Follows an agent's transcript as the loop knows it: a file, or a folder in which the
+/// session's transcript is the newest `*.jsonl` modified since the session started (for
+/// agents whose transcript is named by the agent itself).
+#[derive(Debug)]
+pub struct Follow {
+    target: PathBuf,
+    since: std::time::SystemTime,
+    reader: Option<Reader>,
+}
+
+impl Follow {
+    /// Follows `target` (a file or a folder), counting only files modified since `since`
+    /// when it is a folder.
+    pub fn new(target: &Path, since: std::time::SystemTime) -> Follow {
+        Follow {
+            target: target.to_path_buf(),
+            since,
+            reader: None,
+        }
+    }
+
+    /// The latest usage (see [`Reader::poll`]).
+    pub fn poll(&mut self) -> Result<Option<&ContextUsage>> {
+        let file = if self.target.is_dir() {
+            newest_jsonl(&self.target, self.since)?
+        } else {
+            Some(self.target.clone())
+        };
+        let Some(file) = file else {
+            return Ok(None);
+        };
+        if self.reader.as_ref().is_none_or(|r| r.path() != file) {
+            self.reader = Some(Reader::new(&file));
+        }
+        self.reader.as_mut().expect("set above").poll()
+    }
+}
+
+/// The most recently modified `*.jsonl` directly in `dir`, modified at or after `since`.
+fn newest_jsonl(dir: &Path, since: std::time::SystemTime) -> Result<Option<PathBuf>> {
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "jsonl") {
+            continue;
+        }
+        let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        if modified >= since && best.as_ref().is_none_or(|(t, _)| modified > *t) {
+            best = Some((modified, path));
+        }
+    }
+    Ok(best.map(|(_, p)| p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +295,18 @@ mod tests {
         let u = r.poll().unwrap().unwrap();
         assert_eq!((u.context_tokens, u.line), (5, 1));
         assert_eq!(read(&path).unwrap().unwrap().context_tokens, 5);
+
+        // A folder: its newest transcript since the start.
+        let before = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let mut follow = Follow::new(dir.path(), before);
+        assert_eq!(follow.poll().unwrap().unwrap().context_tokens, 5);
+        let mut late = Follow::new(
+            dir.path(),
+            std::time::SystemTime::now() + std::time::Duration::from_secs(60),
+        );
+        assert!(
+            late.poll().unwrap().is_none(),
+            "older transcripts are another session's"
+        );
     }
 }
