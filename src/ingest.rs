@@ -395,6 +395,8 @@ pub struct IngestReport {
     pub pairs_per_second: f64,
     /// Each rejected file and why.
     pub rejected: Vec<RejectedFile>,
+    /// Peak resident memory of the process (KiB, Linux), filled in by the command.
+    pub peak_rss_kb: Option<u64>,
 }
 
 /// A rejected file in a report.
