@@ -47,28 +47,15 @@ fn main() {
     let r_big = ingest(&bin, &full_root, &big);
     let r_full = ingest(&bin, &full_root, &probe_full);
     let r_rerun = ingest(&bin, &full_root, &big);
-    let r_backfill = measure(
-        &bin,
-        &base.join("root_backfill"),
-        &[
-            "backfill",
-            big.to_str().unwrap(),
-            "--budget",
-            "1000000000000",
-            "--json",
-        ],
-    );
-    let r_backfill_again = measure(
-        &bin,
-        &base.join("root_backfill"),
-        &[
-            "backfill",
-            big.to_str().unwrap(),
-            "--budget",
-            "1000000000000",
-            "--json",
-        ],
-    );
+    let backfill_args = [
+        "backfill",
+        big.to_str().unwrap(),
+        "--budget",
+        "1000000000000",
+        "--json",
+    ];
+    let r_backfill = measure(&bin, &base.join("root_backfill"), &backfill_args);
+    let r_backfill_again = measure(&bin, &base.join("root_backfill"), &backfill_args);
 
     println!();
     println!("| run | pairs stored before | pairs new | seconds | pairs/s | peak RSS |");
