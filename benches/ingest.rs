@@ -65,7 +65,9 @@ fn bare_insert(conn: &rusqlite::Connection, pairs: &[Pair]) {
     )
     .unwrap();
     let file_id = conn.last_insert_rowid();
+    // The same tables the pipeline fills: the rows, and their keys in the key index.
     let mut stmt = conn.prepare(store::pairs::INSERT_PAIR).unwrap();
+    let mut key = conn.prepare(store::pairs::INSERT_KEY).unwrap();
     for p in pairs {
         stmt.execute(rusqlite::params![
             &p.key[..],
@@ -79,8 +81,10 @@ fn bare_insert(conn: &rusqlite::Connection, pairs: &[Pair]) {
             "2026-01-01T00:00:00Z",
         ])
         .unwrap();
+        key.execute(rusqlite::params![&p.key[..], conn.last_insert_rowid()])
+            .unwrap();
     }
-    drop(stmt);
+    drop((stmt, key));
     conn.execute_batch("COMMIT").unwrap();
 }
 
