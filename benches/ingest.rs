@@ -6,8 +6,9 @@
 //! Run: `cargo bench --bench ingest`. Figures and method: BENCHMARKS.md.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use perpetual::backfill;
 use perpetual::generate::{self, GenConfig};
-use perpetual::ingest::{self, Outcome, Placement, WriterOptions};
+use perpetual::ingest::{self, Meter, Outcome, Placement, WriterOptions};
 use perpetual::pair::Pair;
 use perpetual::store;
 use std::path::{Path, PathBuf};
@@ -21,18 +22,14 @@ struct Fixture {
     pairs: Vec<Pair>,
 }
 
-fn fixture() -> Fixture {
+fn fixture(session_start: Option<u32>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let drops = dir.path().join("drops");
     let files = generate::generate(&GenConfig {
         seed: 42,
         files: FILES,
         pairs_per_file: PAIRS_PER_FILE,
-        duplicate_ratio: 0.0,
-        layouts: vec![],
-        encodings: vec![],
-        bad_files: 0,
-        session_start: None,
+        session_start,
         ..GenConfig::default()
     });
     generate::write_files(&drops, &files).unwrap();
@@ -68,7 +65,9 @@ fn bare_insert(conn: &rusqlite::Connection, pairs: &[Pair]) {
     )
     .unwrap();
     let file_id = conn.last_insert_rowid();
+    // The same tables the pipeline fills: the rows, and their keys in the key index.
     let mut stmt = conn.prepare(store::pairs::INSERT_PAIR).unwrap();
+    let mut key = conn.prepare(store::pairs::INSERT_KEY).unwrap();
     for p in pairs {
         stmt.execute(rusqlite::params![
             &p.key[..],
@@ -82,21 +81,22 @@ fn bare_insert(conn: &rusqlite::Connection, pairs: &[Pair]) {
             "2026-01-01T00:00:00Z",
         ])
         .unwrap();
+        key.execute(rusqlite::params![&p.key[..], conn.last_insert_rowid()])
+            .unwrap();
     }
-    drop(stmt);
+    drop((stmt, key));
     conn.execute_batch("COMMIT").unwrap();
 }
 
-fn bench_ingest(c: &mut Criterion) {
-    let fx = fixture();
-    let scratch = tempfile::tempdir().unwrap();
-    let mut group = c.benchmark_group("ingest");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(fx.pairs.len() as u64));
-
+/// The ceiling a group is compared with: `fx`'s rows, parsed and keyed, inserted bare.
+fn bench_bare_insert(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    fx: &Fixture,
+    scratch: &Path,
+) {
     group.bench_function("bare_insert", |b| {
         b.iter_batched(
-            || fresh_db(scratch.path()),
+            || fresh_db(scratch),
             |conn| {
                 bare_insert(&conn, &fx.pairs);
                 conn // closed (and checkpointed) outside the timing
@@ -104,6 +104,16 @@ fn bench_ingest(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+}
+
+fn bench_ingest(c: &mut Criterion) {
+    let fx = fixture(None);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("ingest");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(fx.pairs.len() as u64));
+
+    bench_bare_insert(&mut group, &fx, scratch.path());
 
     group.bench_function("pipeline", |b| {
         b.iter_batched(
@@ -134,5 +144,46 @@ fn bench_ingest(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_ingest);
+/// The backfill engine (plan: read, hash, peek at each file's session; then the metered
+/// ingest in session order) over session exports, beside the bare insert of the same rows.
+fn bench_backfill(c: &mut Criterion) {
+    let fx = fixture(Some(101));
+    let scratch = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("backfill");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(fx.pairs.len() as u64));
+    bench_bare_insert(&mut group, &fx, scratch.path());
+    group.bench_function("backfill", |b| {
+        b.iter_batched(
+            || fresh_db(scratch.path()),
+            |conn| {
+                let range = Some(backfill::SessionRange {
+                    first: 101,
+                    last: 101 + FILES as i64 - 1,
+                });
+                let mut plan = backfill::plan(&conn, &fx.drops, range, "bench").unwrap();
+                let outcome = backfill::run(
+                    &conn,
+                    &mut plan,
+                    u64::MAX,
+                    WriterOptions {
+                        checkpoint_every: 500,
+                    },
+                    Some(Meter {
+                        limit: u64::MAX,
+                        used: 0,
+                    }),
+                    &mut |_, _| {},
+                )
+                .unwrap();
+                assert_eq!(outcome.report.pairs_new as usize, fx.pairs.len());
+                conn
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_ingest, bench_backfill);
 criterion_main!(benches);

@@ -33,9 +33,9 @@ fn main() {
     let probe_empty = base.join("probe_empty");
     let probe_full = base.join("probe_full");
     let t = Instant::now();
-    write_archive(&big, pairs, 0);
-    write_archive(&probe_empty, PROBE_PAIRS, 10_000_000_000);
-    write_archive(&probe_full, PROBE_PAIRS, 20_000_000_000);
+    write_archive(&big, pairs, 0, true);
+    write_archive(&probe_empty, PROBE_PAIRS, 10_000_000_000, false);
+    write_archive(&probe_full, PROBE_PAIRS, 20_000_000_000, false);
     println!(
         "generated {pairs} + 2 x {PROBE_PAIRS} pairs in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -47,6 +47,15 @@ fn main() {
     let r_big = ingest(&bin, &full_root, &big);
     let r_full = ingest(&bin, &full_root, &probe_full);
     let r_rerun = ingest(&bin, &full_root, &big);
+    let backfill_args = [
+        "backfill",
+        big.to_str().unwrap(),
+        "--budget",
+        "1000000000000",
+        "--json",
+    ];
+    let r_backfill = measure(&bin, &base.join("root_backfill"), &backfill_args);
+    let r_backfill_again = measure(&bin, &base.join("root_backfill"), &backfill_args);
 
     println!();
     println!("| run | pairs stored before | pairs new | seconds | pairs/s | peak RSS |");
@@ -56,6 +65,12 @@ fn main() {
         ("big archive, empty database", 0, &r_big),
         ("100k fresh pairs, big archive stored", pairs, &r_full),
         ("big archive again (re-run)", pairs + PROBE_PAIRS, &r_rerun),
+        (
+            "big archive as `backfill` (sessions, budget, wrap)",
+            0,
+            &r_backfill,
+        ),
+        ("`backfill` again (finished task)", pairs, &r_backfill_again),
     ] {
         println!(
             "| {name} | {before} | {} | {:.2} | {:.0} | {:.0} MB |",
@@ -92,8 +107,9 @@ fn binary() -> PathBuf {
     bin
 }
 
-/// Writes `pairs` fresh pairs in files of 500, in chunks so generation memory stays small.
-fn write_archive(dir: &Path, pairs: usize, first_id: u64) {
+/// Writes `pairs` fresh pairs in files of 500, in chunks so generation memory stays small;
+/// with `sessions`, as session exports session_1.json, session_2.json, ...
+fn write_archive(dir: &Path, pairs: usize, first_id: u64, sessions: bool) {
     let files = pairs.div_ceil(PAIRS_PER_FILE);
     let mut written = 0;
     let mut chunk = 0;
@@ -110,6 +126,7 @@ fn write_archive(dir: &Path, pairs: usize, first_id: u64) {
                 DropLayout::NestedArray,
             ],
             first_pair_id: first_id + (written * PAIRS_PER_FILE) as u64,
+            session_start: sessions.then_some(written as u32 + 1),
             ..GenConfig::default()
         });
         generate::write_files(&dir.join(format!("chunk_{chunk:04}")), &generated).unwrap();
@@ -124,19 +141,29 @@ struct Measured {
     max_rss_kb: i64,
 }
 
-// The child is reaped with wait4 (for its rusage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
 fn ingest(bin: &Path, root: &Path, archive: &Path) -> Measured {
-    let child = Command::new(bin)
-        .args([
-            "--root",
-            root.to_str().unwrap(),
+    measure(
+        bin,
+        root,
+        &[
             "ingest",
             "--agent",
             "bench",
             "--json",
-        ])
-        .arg(archive)
+            archive.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Runs `perpetual --root ROOT ARGS` (which prints JSON with `pairs_new` and `seconds`)
+/// and measures its peak RSS.
+// The child is reaped with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn measure(bin: &Path, root: &Path, args: &[&str]) -> Measured {
+    let child = Command::new(bin)
+        .arg("--root")
+        .arg(root)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -149,10 +176,17 @@ fn ingest(bin: &Path, root: &Path, archive: &Path) -> Measured {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(waited, pid, "wait4 failed");
-    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("ingest --json output");
+    let code = libc::WEXITSTATUS(status);
+    assert!(
+        code == 0 || code == 3,
+        "perpetual {args:?} exited {code}: {out}"
+    );
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("--json output");
     Measured {
         pairs_new: report["pairs_new"].as_u64().unwrap(),
         seconds: report["seconds"].as_f64().unwrap(),
-        max_rss_kb: usage.ru_maxrss,
+        // VmHWM as the child reports it: wait4's ru_maxrss would include this process's
+        // own memory, which Linux carries into the child's high-water mark at exec.
+        max_rss_kb: report["peak_rss_kb"].as_i64().unwrap_or(usage.ru_maxrss),
     }
 }

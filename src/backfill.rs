@@ -302,6 +302,8 @@ pub struct Summary {
     pub handoff: Option<PathBuf>,
     /// The wrap's steps (backup, handoff, commit, ...).
     pub wrap_steps: Vec<crate::session::Step>,
+    /// Peak resident memory of the process (KiB, Linux), filled in by the command.
+    pub peak_rss_kb: Option<u64>,
 }
 
 /// The task a backfill runs as: `backfill_sessions_101_187`, or `backfill_<folder>`
@@ -374,6 +376,7 @@ pub fn run_task(
         grade: None,
         handoff: None,
         wrap_steps: Vec::new(),
+        peak_rss_kb: None,
     };
 
     match crate::store::tasks::get(conn, &id)? {

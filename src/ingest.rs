@@ -395,6 +395,8 @@ pub struct IngestReport {
     pub pairs_per_second: f64,
     /// Each rejected file and why.
     pub rejected: Vec<RejectedFile>,
+    /// Peak resident memory of the process (KiB, Linux), filled in by the command.
+    pub peak_rss_kb: Option<u64>,
 }
 
 /// A rejected file in a report.
@@ -488,6 +490,7 @@ pub struct Writer<'c> {
     meter: Option<Meter>,
     stopped: bool,
     interrupt: Option<Arc<AtomicBool>>,
+    sink: store::pairs::PairSink,
 }
 
 /// How long finished files may wait in the inbox for their move during a burst: moving
@@ -526,6 +529,7 @@ impl<'c> Writer<'c> {
             meter: None,
             stopped: false,
             interrupt: None,
+            sink: store::pairs::PairSink::new(),
         }
     }
 
@@ -596,6 +600,12 @@ impl<'c> Writer<'c> {
     }
 
     fn commit_inner(&mut self, on_file: &mut dyn FnMut(&FileEvent), force: bool) -> Result<()> {
+        let tail = self.sink.tail_len();
+        if tail >= store::pairs::MERGE_EVERY || (force && tail > 0) {
+            // In the transaction of the tail's last pairs (or a short one of its own).
+            self.begin()?;
+            self.sink.merge(self.conn)?;
+        }
         if self.in_txn {
             self.conn.execute_batch("COMMIT").context("commit failed")?;
             self.in_txn = false;
@@ -877,10 +887,13 @@ impl<'c> Writer<'c> {
         let (run_new_before, run_dup_before) = (new, dup);
         let metered_before = self.meter.map_or(0, |m| m.used);
         let conn = self.conn;
-        let mut insert = store::pairs::insert_statement(conn)?;
+        let mut stmts = store::pairs::Statements::new(conn)?;
         while next < parsed.pairs.len() {
             let pair = &parsed.pairs[next];
-            if store::pairs::insert(&mut insert, pair, &job.agent, id, &self.now)? {
+            if self
+                .sink
+                .insert(conn, &mut stmts, pair, &job.agent, id, &self.now)?
+            {
                 new += 1;
             } else {
                 dup += 1;

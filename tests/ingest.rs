@@ -616,6 +616,10 @@ fn kill_9_mid_ingest_then_rerun_ends_with_exactly_the_distinct_pairs() {
         "{}",
         run.explain()
     );
+    // The key index holds every pair once: the unmerged tails of the killed runs were
+    // reloaded and merged by the last one.
+    assert_eq!(env.count("SELECT COUNT(*) FROM pair_keys"), want);
+    assert_eq!(env.count("SELECT COUNT(DISTINCT key) FROM pairs"), want);
     // Every file ends in processed/ exactly once, with its ledger row integrated.
     let processed = env.files_in("inbox/droid/processed");
     assert_eq!(processed.len(), files.len(), "{}", run.explain());

@@ -46,10 +46,11 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         budget: args.budget,
     };
     let mut progress = Progress::new();
-    let summary = backfill::run_task(&mut conn, root, &config, &opts, &mut |event, plan| {
+    let mut summary = backfill::run_task(&mut conn, root, &config, &opts, &mut |event, plan| {
         progress.file(event.new + event.duplicate + event.invalid, plan);
     })?;
     progress.finish();
+    summary.peak_rss_kb = super::output::peak_rss_kb();
     if args.json {
         print_json(&summary)?;
     } else {

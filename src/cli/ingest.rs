@@ -31,7 +31,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     } else {
         ingest::discover_paths(&args.paths, args.agent.as_deref())?
     };
-    let report = ingest::run(
+    let mut report = ingest::run(
         &conn,
         jobs,
         config.ingest.max_file_bytes,
@@ -40,6 +40,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         },
         &mut |_| {},
     )?;
+    report.peak_rss_kb = super::output::peak_rss_kb();
     if args.json {
         print_json(&report)?;
     } else {

@@ -15,6 +15,14 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// The process's peak resident memory so far (VmHWM), in KiB; `None` off Linux.
+/// Reported by the bulk commands so memory can be measured from outside.
+pub fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Prints `value` as one line of JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);

@@ -38,7 +38,7 @@ pub const MIGRATIONS: &[&str] = &[
 
     CREATE TABLE pairs (
         id          INTEGER PRIMARY KEY,
-        key         BLOB NOT NULL UNIQUE,          -- blake3(normalised question \n normalised answer)
+        key         BLOB NOT NULL,                 -- blake3(normalised question \n normalised answer); distinct: see pair_keys
         question    TEXT NOT NULL,
         answer      TEXT NOT NULL,
         indicator   TEXT,
@@ -49,6 +49,18 @@ pub const MIGRATIONS: &[&str] = &[
         created_at  TEXT NOT NULL
     );
     CREATE INDEX pairs_by_created ON pairs(created_at);
+
+    -- The key index, merged in key order from the tail of pairs (id > merged_upto)
+    -- every 200,000 pairs and when a writer finishes (store::pairs explains why).
+    CREATE TABLE pair_keys (
+        key     BLOB PRIMARY KEY,
+        pair_id INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE key_merge (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        merged_upto INTEGER NOT NULL                 -- pairs with id <= this are in pair_keys
+    );
+    INSERT INTO key_merge (id, merged_upto) VALUES (1, 0);
     "#,
     // 2: the task stack, sessions and their checkpoints.
     r#"

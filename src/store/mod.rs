@@ -49,8 +49,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
         "PRAGMA synchronous = NORMAL;
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
-         -- 64 MiB of page cache: the unique index on random blake3 keys is touched
-         -- at random, so it must stay in memory as the table grows.
+         -- 64 MiB of page cache: lookups in the key index (pair_keys) land on
+         -- random pages, which should stay in memory as the table grows.
          PRAGMA cache_size = -65536;
          -- Checkpoint the WAL every 16,384 pages (64 MiB) instead of 1,000: small
          -- transactions rewrite the same index pages, and a rarer checkpoint copies each
