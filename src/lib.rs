@@ -22,6 +22,7 @@ pub mod runloop;
 pub mod session;
 pub mod status;
 pub mod store;
+pub mod supervise;
 pub mod tasks;
 pub mod transcript;
 pub mod vcs;
