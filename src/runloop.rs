@@ -169,13 +169,25 @@ impl<'c> Loop<'c> {
     }
 
     /// Runs until stopped (or `--once`, or `--max-sessions`), then waits for the
-    /// sessions it started.
+    /// sessions it started. An error stops the loop the same way: the running sessions
+    /// are asked to wrap and waited for, never left behind.
     pub fn run(mut self) -> Result<RunReport> {
         self.recover()?;
         self.start_watcher();
+        let rounds = self.rounds();
+        if rounds.is_err() {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+        let finished = self.finish_children();
+        rounds?;
+        finished?;
+        Ok(self.report)
+    }
+
+    fn rounds(&mut self) -> Result<()> {
         loop {
             if self.stopping() {
-                break;
+                return Ok(());
             }
             let acted = match self.round() {
                 Ok(acted) => acted,
@@ -192,7 +204,7 @@ impl<'c> Loop<'c> {
                 Err(e) => return Err(e),
             };
             if self.opts.once || self.max_reached() {
-                break;
+                return Ok(());
             }
             if acted {
                 self.idle_logged = false;
@@ -201,8 +213,6 @@ impl<'c> Loop<'c> {
             }
             self.wait()?;
         }
-        self.finish_children()?;
-        Ok(self.report)
     }
 
     /// Runs left unfinished by a loop that died: their sessions are wrapped.
@@ -718,9 +728,12 @@ impl<'c> Loop<'c> {
             .recv_timeout(Duration::from_secs(self.config.run.idle_secs))
         {
             Ok(Event::Inbox) => {
-                // Let the drop settle: wait until the inbox has been quiet for settle_ms.
+                // Let the drop settle: wait until the inbox has been quiet for settle_ms
+                // (at most idle_secs, so a writer that never pauses cannot hold the loop).
                 let settle = Duration::from_millis(self.config.watch.settle_ms);
-                loop {
+                let until =
+                    std::time::Instant::now() + Duration::from_secs(self.config.run.idle_secs);
+                while std::time::Instant::now() < until {
                     match self.rx.recv_timeout(settle) {
                         Ok(Event::Inbox) => continue,
                         Ok(other) => {
@@ -755,13 +768,20 @@ impl<'c> Loop<'c> {
         if self.stopping() {
             self.ask_children_to_wrap();
         }
+        let mut first_error = None;
         while !self.children.is_empty() {
             match self.rx.recv() {
-                Ok(e) => self.on_event(e)?,
+                // Keep waiting for the others whatever one of them left behind.
+                Ok(e) => {
+                    if let Err(e) = self.on_event(e) {
+                        tracing::error!("{e:#}");
+                        first_error.get_or_insert(e);
+                    }
+                }
                 Err(_) => break,
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 

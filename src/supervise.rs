@@ -301,7 +301,12 @@ impl Supervisor {
         let status = loop {
             match self.wrap.recv_timeout(poll) {
                 Ok(()) => stop_requested = true,
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                // The loop is gone: wrap up, at the same pace (recv_timeout no longer waits).
+                Err(RecvTimeoutError::Disconnected) => {
+                    stop_requested = true;
+                    std::thread::sleep(poll);
+                }
             }
             if let Some(status) = child.try_wait()? {
                 break status;

@@ -682,6 +682,8 @@ fn the_loop_waits_without_spinning_integrates_drops_and_stops_cleanly_on_sigterm
         || run.explain(),
     );
 
+    run.stop();
+
     // A session that waits for the wrap request (its budget is healthy).
     env.run(&[
         "task",
@@ -693,7 +695,6 @@ fn the_loop_waits_without_spinning_integrates_drops_and_stops_cleanly_on_sigterm
         "2",
     ])
     .expect(0);
-    run.stop();
     // The harness's spawn takes no extra environment: the command sets the fake's mode.
     env.write(
         "perpetual.toml",
@@ -712,7 +713,9 @@ fn the_loop_waits_without_spinning_integrates_drops_and_stops_cleanly_on_sigterm
         || run.explain(),
     );
     run.stop();
-    let s = &sessions(&env)[0];
+    let all = sessions(&env);
+    assert_eq!(all.len(), 1, "{}", run.explain());
+    let s = &all[0];
     assert_eq!(s["status"], "wrapped", "{}", run.explain());
     assert_eq!(s["next_action"], "fake agent: continue after unit 1");
     assert!(
