@@ -724,3 +724,46 @@ fn the_loop_waits_without_spinning_integrates_drops_and_stops_cleanly_on_sigterm
         run.explain()
     );
 }
+
+/// An agent never runs more sessions at once than its slot budget allows.
+#[test]
+fn an_agent_never_runs_more_sessions_at_once_than_its_slots() {
+    let agent = fixture("fake_agent.sh");
+    let env = loop_env(&format!(
+        r#"
+[agents.droid]
+command = ["env", "FAKE_MODE=linger", "FAKE_PEAK=1000", "sh", "{}"]
+transcript = "{{root}}/transcripts/{{session}}.jsonl"
+
+[agents.droid.budget]
+tokens_per_session = 0
+slots = 2
+"#,
+        agent.display()
+    ));
+    for t in ["job_1", "job_2", "job_3"] {
+        env.run(&["task", "add", t, "--agent", "droid", "--total", "1"])
+            .expect(0);
+    }
+    let mut run = env.spawn(&["run", "--agent", "droid"]);
+    let active = "SELECT COUNT(*) FROM sessions WHERE status = 'active'";
+    wait_until(
+        "two sessions to run",
+        || env.try_count(active) == Some(2),
+        || run.explain(),
+    );
+    run.wait_for_log("waiting");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.try_count(active), Some(2), "{}", run.explain());
+    let a = agent_status(&env, "droid");
+    assert_eq!(a["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(a["over_budget"]["usage"]["kind"], "slots", "{a}");
+    // Stopping asks both to wrap; they finish their unit and wrap themselves.
+    run.stop();
+    assert_eq!(env.count(active), 0);
+    assert_eq!(env.count("SELECT COUNT(*) FROM sessions"), 2);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM tasks WHERE status = 'completed'"),
+        2
+    );
+}
