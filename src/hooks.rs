@@ -13,8 +13,8 @@
 //! | `PreCompact` | records a checkpoint with the tokens and writes an interim handoff (`session_handoffs/handoff_<session>_interim.md`) | nothing |
 //!
 //! The session is `PERPETUAL_SESSION` (set by `perpetual run`), else `PERPETUAL_AGENT`'s
-//! only active session, else the only active session; with none, every hook answers
-//! nothing and Claude carries on as without perpetual.
+//! only active session, else the only active session; with none (or several to choose
+//! from), every hook answers nothing and Claude carries on as without perpetual.
 
 use crate::config::Config;
 use crate::prompt;
@@ -131,16 +131,14 @@ fn current_session(conn: &Connection) -> Result<Option<SessionRow>> {
     let from_env = std::env::var(session::SESSION_ENV)
         .ok()
         .filter(|s| !s.trim().is_empty());
-    let found = match from_env {
-        Some(id) => session::current(conn, Some(id.trim()), None),
-        None => session::current(conn, None, agent.as_deref()),
-    };
-    match found {
-        Ok(s) if s.is_active() => Ok(Some(s)),
-        Ok(_) => Ok(None),
-        Err(e) if e.downcast_ref::<session::NoActiveSession>().is_some() => Ok(None),
-        Err(e) => Err(e),
+    if let Some(id) = from_env {
+        // A session named by the loop that is gone or wrapped: nothing to report to.
+        return Ok(crate::store::sessions::get(conn, id.trim())?.filter(SessionRow::is_active));
     }
+    // Else the agent's, or the root's, only active session; with several, the hook cannot
+    // tell which Claude is (the loop always sets PERPETUAL_SESSION).
+    let mut active = crate::store::sessions::active(conn, agent.as_deref())?;
+    Ok((active.len() == 1).then(|| active.remove(0)))
 }
 
 /// The context in use according to the input's transcript, when it names one that has
