@@ -74,17 +74,7 @@ pub fn render(root: &Root, config: &Config, b: &Brief) -> String {
         p.push_str(&format!("Needs review: {r}\n"));
     }
     if let Some(c) = &b.last_checkpoint {
-        p.push_str(&format!(
-            "Last checkpoint: {} in {}: {}{}\n",
-            c.at,
-            c.session_id,
-            c.done
-                .map_or("-".to_string(), |d| progress_text(d, c.total)),
-            c.note
-                .as_deref()
-                .map(|n| format!(", \"{n}\""))
-                .unwrap_or_default()
-        ));
+        p.push_str(&format!("Last checkpoint: {}\n", c.summary()));
     }
     if let Some(prev) = &b.previous
         && let Some(n) = &prev.next_action

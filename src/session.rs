@@ -1003,3 +1003,23 @@ fn relative(root: &Root, p: &Path) -> String {
         .display()
         .to_string()
 }
+
+impl crate::store::sessions::CheckpointRow {
+    /// One line for people (`session status`, `task show`, the agent's prompt):
+    /// `2025-11-06T00:18:40Z in session_20251106_001355: 10/40 (25.0%), "note"`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} in {}: {}{}",
+            self.at,
+            self.session_id,
+            self.done
+                .map_or("-".to_string(), |d| crate::tasks::progress_text(
+                    d, self.total
+                )),
+            self.note
+                .as_deref()
+                .map(|n| format!(", {n:?}"))
+                .unwrap_or_default()
+        )
+    }
+}

@@ -380,7 +380,7 @@ fn print_brief(b: &Brief) {
         println!("review    needs review: {r}");
     }
     if let Some(c) = &b.last_checkpoint {
-        println!("last checkpoint  {}", checkpoint_text(c));
+        println!("last checkpoint  {}", c.summary());
     }
     if let Some(p) = &b.previous {
         if let Some(n) = &p.next_action {
@@ -398,21 +398,6 @@ fn print_brief(b: &Brief) {
         "wrap      at {}% of any budget (`perpetual session checkpoint` reports the level)",
         b.thresholds.wrap
     );
-}
-
-/// `2025-11-06T00:18:40Z in session_...: 10/40 (25.0%), "note"`.
-pub(super) fn checkpoint_text(c: &crate::store::sessions::CheckpointRow) -> String {
-    format!(
-        "{} in {}: {}{}",
-        c.at,
-        c.session_id,
-        c.done
-            .map_or("-".to_string(), |d| progress_text(d, c.total)),
-        c.note
-            .as_deref()
-            .map(|n| format!(", {n:?}"))
-            .unwrap_or_default()
-    )
 }
 
 fn print_usage(usage: &[Usage]) {

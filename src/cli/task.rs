@@ -468,7 +468,7 @@ fn print_show(s: &Shown<'_>) {
         println!("report       {}", r.display());
     }
     if let Some(c) = s.last_checkpoint {
-        println!("checkpoint   {}", super::session::checkpoint_text(c));
+        println!("checkpoint   {}", c.summary());
     }
     for x in s.sessions {
         println!(
