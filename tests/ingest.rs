@@ -624,19 +624,5 @@ fn kill_9_mid_ingest_then_rerun_ends_with_exactly_the_distinct_pairs() {
     let processed = env.files_in("inbox/droid/processed");
     assert_eq!(processed.len(), files.len(), "{}", run.explain());
     assert!(env.files_in("inbox/droid").is_empty(), "{}", run.explain());
-    assert_eq!(
-        env.count("SELECT COUNT(*) FROM files WHERE status = 'integrated'"),
-        files.len() as i64
-    );
-    assert_eq!(
-        env.count("SELECT COUNT(*) FROM files"),
-        files.len() as i64,
-        "no file counted twice"
-    );
-    // The ledger's per-file counts add up to the table.
-    assert_eq!(env.count("SELECT SUM(pairs_new) FROM files"), want);
-    assert_eq!(
-        env.count("SELECT SUM(pairs_new + pairs_duplicate + pairs_invalid) FROM files"),
-        files.iter().map(|f| f.pairs as i64).sum::<i64>()
-    );
+    common::assert_ledger_exact(&env, &files, want);
 }

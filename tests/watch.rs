@@ -462,18 +462,5 @@ fn kill_9_during_a_burst_then_restart_ends_with_exactly_the_distinct_pairs() {
         "{}",
         w.explain()
     );
-    assert_eq!(
-        env.count("SELECT COUNT(*) FROM files WHERE status = 'integrated'"),
-        files.len() as i64
-    );
-    assert_eq!(
-        env.count("SELECT COUNT(*) FROM files"),
-        files.len() as i64,
-        "no file counted twice"
-    );
-    assert_eq!(env.count("SELECT SUM(pairs_new) FROM files"), want);
-    assert_eq!(
-        env.count("SELECT SUM(pairs_new + pairs_duplicate + pairs_invalid) FROM files"),
-        files.iter().map(|f| f.pairs as i64).sum::<i64>()
-    );
+    common::assert_ledger_exact(&env, &files, want);
 }

@@ -361,3 +361,23 @@ pub fn distinct_pairs(files: &[perpetual::generate::GeneratedFile]) -> usize {
     }
     keys.len()
 }
+
+/// After a crash and a restart: every generated file has exactly one ledger row, integrated,
+/// and the ledger's per-file counts add up to `want` distinct pairs.
+pub fn assert_ledger_exact(env: &Env, files: &[perpetual::generate::GeneratedFile], want: i64) {
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM files WHERE status = 'integrated'"),
+        files.len() as i64
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM files"),
+        files.len() as i64,
+        "no file counted twice"
+    );
+    // The ledger's per-file counts add up to the table.
+    assert_eq!(env.count("SELECT SUM(pairs_new) FROM files"), want);
+    assert_eq!(
+        env.count("SELECT SUM(pairs_new + pairs_duplicate + pairs_invalid) FROM files"),
+        files.iter().map(|f| f.pairs as i64).sum::<i64>()
+    );
+}
