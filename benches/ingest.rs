@@ -65,9 +65,10 @@ fn bare_insert(conn: &rusqlite::Connection, pairs: &[Pair]) {
     )
     .unwrap();
     let file_id = conn.last_insert_rowid();
-    // The same tables the pipeline fills: the rows, and their keys in the key index.
+    // The same tables the pipeline fills: the rows, and their keys appended to the tail
+    // (below store::pairs::MERGE_MIN pairs no merge happens, in either).
     let mut stmt = conn.prepare(store::pairs::INSERT_PAIR).unwrap();
-    let mut key = conn.prepare(store::pairs::INSERT_KEY).unwrap();
+    let mut key = conn.prepare(store::pairs::INSERT_TAIL_KEY).unwrap();
     for p in pairs {
         stmt.execute(rusqlite::params![
             &p.key[..],
@@ -81,7 +82,7 @@ fn bare_insert(conn: &rusqlite::Connection, pairs: &[Pair]) {
             "2026-01-01T00:00:00Z",
         ])
         .unwrap();
-        key.execute(rusqlite::params![&p.key[..], conn.last_insert_rowid()])
+        key.execute(rusqlite::params![conn.last_insert_rowid(), &p.key[..]])
             .unwrap();
     }
     drop((stmt, key));

@@ -514,6 +514,16 @@ fn sync_wal(conn: &Connection) -> Result<()> {
 impl<'c> Writer<'c> {
     /// A writer on `conn`, which must not be inside a transaction.
     pub fn new(conn: &'c Connection, opts: WriterOptions) -> Writer<'c> {
+        Writer::with_sink(conn, opts, store::pairs::PairSink::new())
+    }
+
+    /// A writer that continues with the key tail another writer left
+    /// ([`Writer::finish_keeping_sink`]), so it need not reload it from the database.
+    pub fn with_sink(
+        conn: &'c Connection,
+        opts: WriterOptions,
+        sink: store::pairs::PairSink,
+    ) -> Writer<'c> {
         Writer {
             conn,
             opts,
@@ -529,7 +539,7 @@ impl<'c> Writer<'c> {
             meter: None,
             stopped: false,
             interrupt: None,
-            sink: store::pairs::PairSink::new(),
+            sink,
         }
     }
 
@@ -600,10 +610,8 @@ impl<'c> Writer<'c> {
     }
 
     fn commit_inner(&mut self, on_file: &mut dyn FnMut(&FileEvent), force: bool) -> Result<()> {
-        let tail = self.sink.tail_len();
-        if tail >= store::pairs::MERGE_EVERY || (force && tail > 0) {
-            // In the transaction of the tail's last pairs (or a short one of its own).
-            self.begin()?;
+        if self.in_txn && self.sink.merge_due() {
+            // In the transaction of the batch that made it due.
             self.sink.merge(self.conn)?;
         }
         if self.in_txn {
@@ -985,6 +993,18 @@ impl<'c> Writer<'c> {
                 reason,
             });
         }
+    }
+
+    /// [`Writer::finish`], handing back the key tail for the next writer. Only a writer
+    /// that finished gives it back: one that failed may hold keys its rolled-back
+    /// transaction never stored.
+    pub fn finish_keeping_sink(
+        mut self,
+        on_file: &mut dyn FnMut(&FileEvent),
+    ) -> Result<(IngestReport, store::pairs::PairSink)> {
+        let sink = std::mem::take(&mut self.sink);
+        let report = self.finish(on_file)?;
+        Ok((report, sink))
     }
 
     /// Commits what is pending and returns the run's totals.

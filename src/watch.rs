@@ -133,6 +133,8 @@ pub struct Watch<'c> {
     followed: HashSet<String>,
     tracker: Tracker,
     hints: Hints,
+    /// The key tail, kept from one batch's writer to the next.
+    sink: Option<crate::store::pairs::PairSink>,
     rescan: bool,
     backoff: Duration,
     totals: IngestReport,
@@ -177,6 +179,7 @@ impl<'c> Watch<'c> {
             root: root.clone(),
             config: config.clone(),
             hints: Hints::load(conn)?,
+            sink: None,
             inbox,
             tracker: Tracker::new(opts.settle),
             opts,
@@ -410,7 +413,10 @@ impl<'c> Watch<'c> {
         tracing::debug!(files = jobs.len(), "batch");
         let settle = self.opts.settle;
         let mut admit = |p: &Prepared| admit(p, quiet.get(&p.job.path) == Some(&true), settle);
-        let mut writer = ingest::Writer::new(self.conn, self.opts.writer);
+        // The key tail lives across batches: reloading it for every drop would cost
+        // milliseconds per drop once it is large. A failed batch drops it (see below).
+        let sink = self.sink.take().unwrap_or_default();
+        let mut writer = ingest::Writer::with_sink(self.conn, self.opts.writer, sink);
         writer.interrupt_on(self.stopper.flag.clone());
         let result = ingest::integrate(
             &mut writer,
@@ -420,10 +426,11 @@ impl<'c> Watch<'c> {
             &mut admit,
             on_file,
         )
-        .and_then(|held| Ok((held, writer.finish(on_file)?)));
+        .and_then(|held| Ok((held, writer.finish_keeping_sink(on_file)?)));
         let now = Instant::now();
         match result {
-            Ok((held, report)) => {
+            Ok((held, (report, sink))) => {
+                self.sink = Some(sink);
                 self.backoff = Duration::ZERO;
                 add(&mut self.totals, report);
                 for p in held {

@@ -50,17 +50,17 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX pairs_by_created ON pairs(created_at);
 
-    -- The key index, merged in key order from the tail of pairs (id > merged_upto)
-    -- every 200,000 pairs and when a writer finishes (store::pairs explains why).
+    -- Distinctness (store::pairs explains why it is kept this way): the keys of new
+    -- pairs are appended to tail_keys; they are merged in key order into pair_keys
+    -- once the tail reaches a quarter of the merged keys (at least 200,000).
     CREATE TABLE pair_keys (
         key     BLOB PRIMARY KEY,
         pair_id INTEGER NOT NULL
     ) WITHOUT ROWID;
-    CREATE TABLE key_merge (
-        id          INTEGER PRIMARY KEY CHECK (id = 1),
-        merged_upto INTEGER NOT NULL                 -- pairs with id <= this are in pair_keys
+    CREATE TABLE tail_keys (
+        pair_id INTEGER PRIMARY KEY,                 -- = pairs.id, so appends stay in order
+        key     BLOB NOT NULL
     );
-    INSERT INTO key_merge (id, merged_upto) VALUES (1, 0);
     "#,
     // 2: the task stack, sessions and their checkpoints.
     r#"

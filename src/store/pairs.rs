@@ -3,24 +3,27 @@
 //! A pair's key is a random-looking blake3 digest. A unique B-tree index on it, updated
 //! at every commit (a commit every 500 pairs), touches a different index page for
 //! almost every pair: once the index outgrows 500 leaves, each commit writes ~2 MB of
-//! index pages to the WAL, ~4 KB per pair, and the rate halves by a million pairs
-//! (measured: BENCHMARKS.md). So the index is split in two:
+//! index pages to the WAL, ~4 KB per pair, and the rate halved by a million pairs
+//! (measured: BENCHMARKS.md). So distinctness is kept in two parts, like a two-level
+//! log-structured merge:
 //!
-//! - **the tail**: pairs appended since the last merge (`pairs.id > key_merge.merged_upto`).
-//!   They are written as plain appends (sequential pages); their keys are held in
-//!   memory by the one writer ([`PairSink`]), bounded by [`MERGE_EVERY`] plus a batch,
-//!   and reloaded from `pairs` when a writer starts (e.g. after a crash);
+//! - **the tail**: keys of pairs stored since the last merge, appended to `tail_keys`
+//!   (in id order, so each commit writes only the pages at its end) and held in memory
+//!   by the one writer ([`PairSink`]), which reloads them from `tail_keys` when it
+//!   starts;
 //! - **the merged index** `pair_keys(key PRIMARY KEY, pair_id) WITHOUT ROWID`: every
-//!   older key. The tail is merged into it in key order, in the same transaction as a
-//!   batch, when it reaches [`MERGE_EVERY`] keys and whenever a writer finishes, so
-//!   each index page is written about once per merge instead of once per commit.
+//!   older key. The tail is merged into it in key order, in the transaction of a batch,
+//!   once it holds a quarter of the merged keys (at least [`MERGE_MIN`], at most
+//!   [`MERGE_MAX`]). A merge rewrites most of the index's leaves; because the tail
+//!   grows with the index, each pair's share of that work stays the same however large
+//!   the table gets.
 //!
 //! A pair is new when its key is in neither. The primary key of `pair_keys` is the
 //! database's own guard: a duplicate that slipped past would fail the merge.
 
 use crate::pair::{Pair, PairKey};
 use anyhow::{Context, Result};
-use rusqlite::{CachedStatement, Connection, OptionalExtension, params};
+use rusqlite::{CachedStatement, Connection, params};
 use std::collections::HashSet;
 
 /// Appends one pair (no index on `key` is maintained here; see the module docs).
@@ -28,37 +31,43 @@ pub const INSERT_PAIR: &str = "INSERT INTO pairs
     (key, question, answer, indicator, category, agent, extra, file_id, created_at)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
+/// Appends a new pair's key to the tail.
+pub const INSERT_TAIL_KEY: &str = "INSERT INTO tail_keys (pair_id, key) VALUES (?1, ?2)";
+
 /// Whether a key is in the merged index.
 pub const LOOKUP_KEY: &str = "SELECT 1 FROM pair_keys WHERE key = ?1";
 
-/// Adds one key to the merged index (the bare-insert benchmark's second statement).
-pub const INSERT_KEY: &str = "INSERT INTO pair_keys (key, pair_id) VALUES (?1, ?2)";
-
-/// The tail is merged into `pair_keys` once it holds this many keys (~8 MB of memory).
-/// A merge rewrites most leaves of the index, so the larger the tail, the cheaper each
-/// pair's share: at a million pairs stored, 200,000 ran 11% faster than 50,000.
-pub const MERGE_EVERY: usize = 200_000;
+/// The smallest tail that is merged (~8 MB of keys in memory).
+pub const MERGE_MIN: usize = 200_000;
+/// The largest tail kept unmerged (~40 MB of keys in memory): bounds memory however
+/// large the table grows.
+pub const MERGE_MAX: usize = 1_000_000;
 
 /// The statements [`PairSink::insert`] uses, prepared once per file.
 pub struct Statements<'c> {
     lookup: CachedStatement<'c>,
     insert: CachedStatement<'c>,
+    tail: CachedStatement<'c>,
 }
 
 impl<'c> Statements<'c> {
-    /// Prepares (or fetches from the cache) the lookup and the append.
+    /// Prepares (or fetches from the cache) the lookup and the appends.
     pub fn new(conn: &'c Connection) -> Result<Statements<'c>> {
         Ok(Statements {
             lookup: conn.prepare_cached(LOOKUP_KEY)?,
             insert: conn.prepare_cached(INSERT_PAIR)?,
+            tail: conn.prepare_cached(INSERT_TAIL_KEY)?,
         })
     }
 }
 
-/// The one writer's view of the key index: the tail's keys, in memory.
+/// The one writer's view of distinctness: the tail's keys in memory, and how many keys
+/// are merged. Valid only while it matches the database: a writer whose transaction
+/// rolled back must drop it (see `ingest::Writer::finish_keeping_sink`).
 #[derive(Debug, Default)]
 pub struct PairSink {
     tail: Option<HashSet<PairKey>>,
+    merged: usize,
 }
 
 impl PairSink {
@@ -67,29 +76,39 @@ impl PairSink {
         PairSink::default()
     }
 
-    /// Keys appended and not merged yet.
+    /// Keys stored and not merged yet (0 before the first use).
     pub fn tail_len(&self) -> usize {
         self.tail.as_ref().map_or(0, HashSet::len)
     }
 
+    /// Whether the tail is large enough to merge: a quarter of the merged keys,
+    /// clamped to [`MERGE_MIN`]..=[`MERGE_MAX`].
+    pub fn merge_due(&self) -> bool {
+        self.tail_len() >= (self.merged / 4).clamp(MERGE_MIN, MERGE_MAX)
+    }
+
     fn tail(&mut self, conn: &Connection) -> Result<&mut HashSet<PairKey>> {
         if self.tail.is_none() {
-            let merged = merged_upto(conn)?;
-            let mut stmt = conn.prepare("SELECT key FROM pairs WHERE id > ?1")?;
+            let mut stmt = conn.prepare("SELECT key FROM tail_keys")?;
             let mut keys = HashSet::new();
-            let mut rows = stmt.query([merged])?;
+            let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
                 let key: Vec<u8> = r.get(0)?;
                 keys.insert(
                     PairKey::try_from(key.as_slice()).context("a pair key is not 32 bytes")?,
                 );
             }
+            // Ids are dense (pairs are only appended), so the largest id less the tail
+            // is the number of merged keys, without counting the index.
+            let last: i64 =
+                conn.query_row("SELECT COALESCE(MAX(id), 0) FROM pairs", [], |r| r.get(0))?;
+            self.merged = (last as usize).saturating_sub(keys.len());
             self.tail = Some(keys);
         }
         Ok(self.tail.as_mut().expect("just loaded"))
     }
 
-    /// Appends `pair` unless its key is stored; returns true when it was new. Call
+    /// Stores `pair` unless its key is stored; returns true when it was new. Call
     /// inside an open transaction: one transaction per pair would be ~100x slower.
     pub fn insert(
         &mut self,
@@ -117,38 +136,29 @@ impl PairSink {
             file_id,
             now,
         ])?;
+        stmts
+            .tail
+            .execute(params![conn.last_insert_rowid(), &pair.key[..]])?;
         self.tail(conn)?.insert(pair.key);
         Ok(true)
     }
 
-    /// Moves the tail into `pair_keys`, in key order. Call inside the transaction that
-    /// commits the tail's last pairs, so the index and the marker move together.
+    /// Moves the tail into `pair_keys`, in key order. Call inside an open transaction
+    /// (the writer merges in the transaction of the batch that made it due).
     pub fn merge(&mut self, conn: &Connection) -> Result<()> {
-        let merged = merged_upto(conn)?;
-        let last: Option<i64> = conn.query_row("SELECT MAX(id) FROM pairs", [], |r| r.get(0))?;
-        let Some(last) = last.filter(|&l| l > merged) else {
-            return Ok(());
-        };
-        conn.prepare_cached(
-            "INSERT INTO pair_keys (key, pair_id)
-             SELECT key, id FROM pairs WHERE id > ?1 AND id <= ?2 ORDER BY key",
-        )?
-        .execute([merged, last])
-        .context("merging new pair keys into the key index")?;
-        conn.prepare_cached("UPDATE key_merge SET merged_upto = ?1")?
-            .execute([last])?;
+        let n = conn
+            .prepare_cached(
+                "INSERT INTO pair_keys (key, pair_id) SELECT key, pair_id FROM tail_keys ORDER BY key",
+            )?
+            .execute([])
+            .context("merging new pair keys into the key index")?;
+        conn.prepare_cached("DELETE FROM tail_keys")?.execute([])?;
+        self.merged += n;
         if let Some(tail) = &mut self.tail {
             tail.clear();
         }
         Ok(())
     }
-}
-
-fn merged_upto(conn: &Connection) -> Result<i64> {
-    Ok(conn
-        .query_row("SELECT merged_upto FROM key_merge", [], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
 }
 
 /// Number of distinct pairs stored.
@@ -191,48 +201,54 @@ mod tests {
         conn.last_insert_rowid()
     }
 
+    fn count_of(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
     #[test]
     fn new_once_across_tail_merge_and_a_fresh_sink() {
         let conn = crate::store::open_in_memory().unwrap();
         let f = file(&conn);
         let mut sink = PairSink::new();
         let mut stmts = Statements::new(&conn).unwrap();
-        assert!(
-            sink.insert(&conn, &mut stmts, &pair("q1"), "t", f, "now")
+        let mut put = |sink: &mut PairSink, q: &str| {
+            sink.insert(&conn, &mut stmts, &pair(q), "t", f, "now")
                 .unwrap()
-        );
-        assert!(
-            !sink
-                .insert(&conn, &mut stmts, &pair("q1"), "t", f, "now")
-                .unwrap(),
-            "in the tail"
-        );
+        };
+        assert!(put(&mut sink, "q1"));
+        assert!(!put(&mut sink, "q1"), "in the tail");
         sink.merge(&conn).unwrap();
         assert_eq!(sink.tail_len(), 0);
-        assert!(
-            !sink
-                .insert(&conn, &mut stmts, &pair("q1"), "t", f, "now")
-                .unwrap(),
-            "merged"
-        );
-        assert!(
-            sink.insert(&conn, &mut stmts, &pair("q2"), "t", f, "now")
-                .unwrap()
-        );
-        // A new writer (after a crash, say) reloads the unmerged tail from the table.
+        assert!(!put(&mut sink, "q1"), "merged");
+        assert!(put(&mut sink, "q2"));
+        // A new writer (after a crash, say) reloads the tail from tail_keys.
         let mut fresh = PairSink::new();
-        assert!(
-            !fresh
-                .insert(&conn, &mut stmts, &pair("q2"), "t", f, "now")
-                .unwrap(),
-            "reloaded tail"
-        );
-        assert_eq!(fresh.tail_len(), 1);
+        assert!(!put(&mut fresh, "q2"), "reloaded tail");
+        assert_eq!((fresh.tail_len(), fresh.merged), (1, 1));
         fresh.merge(&conn).unwrap();
-        let keys: i64 = conn
-            .query_row("SELECT COUNT(*) FROM pair_keys", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(keys, 2);
+        assert_eq!(count_of(&conn, "pair_keys"), 2);
+        assert_eq!(count_of(&conn, "tail_keys"), 0);
         assert_eq!(count(&conn).unwrap(), 2);
+    }
+
+    #[test]
+    fn the_tail_grows_with_the_index_within_bounds() {
+        let due = |merged, tail: u64| {
+            PairSink {
+                tail: Some(
+                    (0..tail)
+                        .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+                        .collect(),
+                ),
+                merged,
+            }
+            .merge_due()
+        };
+        assert!(!due(0, MERGE_MIN as u64 - 1));
+        assert!(due(0, MERGE_MIN as u64));
+        assert!(!due(4_000_000, 999_999), "a quarter of 4M");
+        assert!(due(4_000_000, 1_000_000));
+        assert!(due(40_000_000, MERGE_MAX as u64), "capped");
     }
 }
