@@ -200,6 +200,17 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// `150,000 / 200,000 (75.0%, warning)`: how every view shows an amount.
+    pub fn amount(&self) -> String {
+        format!(
+            "{} / {} ({:.1}%, {})",
+            crate::cli::output::thousands(self.used),
+            crate::cli::output::thousands(self.limit),
+            self.percent,
+            self.level.as_str()
+        )
+    }
+
     /// `used` of `limit`, or None when `limit` is 0 (no limit of that kind).
     pub fn new(kind: Kind, used: u64, limit: u64, thresholds: &Thresholds) -> Option<Usage> {
         (limit > 0).then(|| {

@@ -88,14 +88,7 @@ pub fn render(h: &Handoff<'_>) -> String {
         h.thresholds.critical
     ));
     for u in h.usage {
-        md.push_str(&format!(
-            "| {} | {} / {} ({:.1}%, {}) |\n",
-            u.kind.label(),
-            thousands(u.used),
-            thousands(u.limit),
-            u.percent,
-            u.level.as_str()
-        ));
+        md.push_str(&format!("| {} | {} |\n", u.kind.label(), u.amount()));
     }
     if !h
         .usage

@@ -4,7 +4,6 @@
 //! `SessionStart` hook adds the same text to Claude's context.
 
 use crate::budget;
-use crate::cli::output::thousands;
 use crate::config::Config;
 use crate::root::Root;
 use crate::session::{self, Brief};
@@ -108,14 +107,7 @@ pub fn render(root: &Root, config: &Config, b: &Brief) -> String {
 
     p.push_str("\n## Budget\n\n");
     for u in &b.usage {
-        p.push_str(&format!(
-            "- {}: {} / {} ({:.1}%, {})\n",
-            u.kind.label(),
-            thousands(u.used),
-            thousands(u.limit),
-            u.percent,
-            u.level.as_str()
-        ));
+        p.push_str(&format!("- {}: {}\n", u.kind.label(), u.amount()));
     }
     if let Some(u) = &b.slots {
         p.push_str(&format!(

@@ -415,12 +415,5 @@ fn print_usage(usage: &[Usage]) {
 }
 
 fn usage_text(u: &Usage) -> String {
-    format!(
-        "{} {} / {} ({:.1}%, {})",
-        u.kind.label(),
-        thousands(u.used),
-        thousands(u.limit),
-        u.percent,
-        u.level.as_str()
-    )
+    format!("{} {}", u.kind.label(), u.amount())
 }

@@ -51,13 +51,10 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
 
 fn usage_line(u: &Usage) -> String {
     format!(
-        "{:<16} {} {} / {} ({:.1}%, {})",
+        "{:<16} {} {}",
         u.kind.label(),
         bar(u.percent / 100.0, 20),
-        thousands(u.used),
-        thousands(u.limit),
-        u.percent,
-        u.level.as_str()
+        u.amount()
     )
 }
 
