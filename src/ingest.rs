@@ -240,11 +240,6 @@ impl Hints {
                 .collect(),
         })
     }
-
-    /// Remembers bytes the writer has just finished with.
-    pub fn insert(&mut self, hash: [u8; 32]) {
-        self.finished.insert(hash);
-    }
 }
 
 /// The parallel stage for one file: read, hash, decode, parse, key. Never fails: every
@@ -555,16 +550,6 @@ impl<'c> Writer<'c> {
         self.interrupt
             .as_ref()
             .is_some_and(|f| f.load(Ordering::Relaxed))
-    }
-
-    /// The totals so far (committed or not).
-    pub fn report(&self) -> &IngestReport {
-        &self.report
-    }
-
-    /// Pairs written since the last commit.
-    pub fn pending_pairs(&self) -> usize {
-        self.pending_pairs
     }
 
     /// Spends `meter` as pairs are written; see [`Meter`].

@@ -7,7 +7,7 @@
 //! twice.
 
 use anyhow::Result;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
 /// What became of a file.
@@ -212,17 +212,6 @@ pub fn by_hash(conn: &Connection, hash: &[u8; 32]) -> Result<Vec<FileRow>> {
         .query_map([&hash[..]], from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
-}
-
-/// One row by id.
-pub fn get(conn: &Connection, id: i64) -> Result<Option<FileRow>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM files WHERE id = ?1"),
-            [id],
-            from_row,
-        )
-        .optional()?)
 }
 
 /// Hashes of every file the ledger has finished with (integrated, duplicate, rejected),
