@@ -6,11 +6,11 @@
 //! Run: `cargo bench --bench ingest`. Figures and method: BENCHMARKS.md.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use perpetual::backfill;
+use perpetual::engine::ingest::{self, Meter, Outcome, Placement, WriterOptions};
 use perpetual::generate::{self, GenConfig};
-use perpetual::ingest::{self, Meter, Outcome, Placement, WriterOptions};
 use perpetual::pair::Pair;
 use perpetual::store;
+use perpetual::work::backfill;
 use std::path::{Path, PathBuf};
 
 const FILES: usize = 40;

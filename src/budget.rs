@@ -204,8 +204,8 @@ impl Usage {
     pub fn amount(&self) -> String {
         format!(
             "{} / {} ({:.1}%, {})",
-            crate::cli::output::thousands(self.used),
-            crate::cli::output::thousands(self.limit),
+            crate::human::thousands(self.used),
+            crate::human::thousands(self.limit),
             self.percent,
             self.level.as_str()
         )

@@ -170,7 +170,7 @@ pub struct AgentConfig {
     pub budget: Budget,
     /// The command that runs one session of the agent (`perpetual run`): program and
     /// arguments, with `{session}`, `{task}`, `{agent}`, `{root}`, `{prompt_file}`,
-    /// `{transcript}`, `{uuid}` and `{project}` replaced (see `crate::runloop`).
+    /// `{transcript}`, `{uuid}` and `{project}` replaced (see `crate::run::runloop`).
     pub command: Option<Vec<String>>,
     /// Where the session's token usage can be read: a Claude Code transcript (JSON
     /// Lines), a path with the same placeholders; a folder means its newest `*.jsonl`.

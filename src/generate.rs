@@ -9,6 +9,7 @@
 //! reports the exact question/answer strings it wrote, so a test can compute how many
 //! distinct pairs a set of files holds without parsing them.
 
+use crate::human::thousands;
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
@@ -1293,18 +1294,6 @@ fn money(value: f64) -> String {
     }
 }
 
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(d);
-    }
-    out
-}
-
 /// A distinct UTC minute for each pair id, 15 minutes apart from 2017-01-01 on; it is
 /// what makes every fresh question unique.
 fn timestamp(id: u64) -> String {
@@ -1342,7 +1331,7 @@ mod tests {
     const ANSWER_KEYS: [&str; 3] = ["answer", "a", "response"];
 
     fn text_of(file: &GeneratedFile) -> String {
-        crate::decode::decode(&file.bytes).text.into_owned()
+        crate::engine::decode::decode(&file.bytes).text.into_owned()
     }
 
     /// A minimal reader of the layouts, independent of the real parser: every
@@ -1461,7 +1450,7 @@ mod tests {
         for (name, encoding, label, bom) in cases {
             let text = "{\"q\": \"Café “RSI” — 5 €\"}";
             let bytes = encoding.encode(text);
-            let decoded = crate::decode::decode(&bytes);
+            let decoded = crate::engine::decode::decode(&bytes);
             assert_eq!(decoded.text, text, "case {name}");
             assert_eq!(decoded.encoding, label, "case {name}");
             assert_eq!(decoded.bom, bom, "case {name}");
@@ -1482,7 +1471,7 @@ mod tests {
         for file in generate(&cfg) {
             let (text, had_errors) = WINDOWS_1252.decode_without_bom_handling(&file.bytes);
             assert!(!had_errors);
-            let decoded = crate::decode::decode(&file.bytes);
+            let decoded = crate::engine::decode::decode(&file.bytes);
             assert_eq!(decoded.text, text, "file {}", file.name);
             if !file.bytes.is_ascii() {
                 legacy_bytes += 1;

@@ -1,29 +1,27 @@
 //! perpetual: keeps a deduplicated database of question/answer pairs growing, fed by AI
 //! agents that drop files into `inbox/<agent>/`. See ARCHITECTURE.md for the data flow
 //! and the invariants; each module's doc says what it owns.
+//!
+//! Subsystems, imports flowing one way (`cli` → `run` → `work` → `engine` → `store` →
+//! the foundation):
+//! - the foundation: `clock`, `config`, `root`, `budget` (the budget vocabulary),
+//!   `pair` (the pair and its key), `human` (numbers as people read them);
+//! - `store`: every SQL statement;
+//! - `engine`: drop to database;
+//! - `work`: tasks, sessions, budgets at work, grading, handoffs, backfill;
+//! - `run`: the perpetual loop, supervision, hooks, status;
+//! - `generate`: synthetic drops for tests, benches and demos;
+//! - `cli`: one file per command.
 
-pub mod assign;
-pub mod backfill;
 pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod decode;
+pub mod engine;
 pub mod generate;
-pub mod grade;
-pub mod handoff;
-pub mod hooks;
-pub mod ingest;
-pub mod layout;
+pub mod human;
 pub mod pair;
-pub mod prompt;
 pub mod root;
-pub mod runloop;
-pub mod session;
-pub mod status;
+pub mod run;
 pub mod store;
-pub mod supervise;
-pub mod tasks;
-pub mod transcript;
-pub mod vcs;
-pub mod watch;
+pub mod work;

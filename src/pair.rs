@@ -4,7 +4,6 @@
 //! collapsed to one space, and trimming; letter case is kept. Because normalised text
 //! never contains `\n` (it is whitespace), the separator cannot be forged by content.
 
-use crate::layout::RawPair;
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 /// blake3 digest identifying a distinct pair.
@@ -25,28 +24,6 @@ pub struct Pair {
     pub category: Option<String>,
     /// Unrecognised and inherited fields as a JSON object text, `None` when there are none.
     pub extra: Option<String>,
-}
-
-impl Pair {
-    /// Builds the stored form of a raw pair: computes its key and serialises its extra
-    /// fields. `scratch` is reused between calls to avoid an allocation per pair.
-    pub fn from_raw(raw: RawPair, scratch: &mut String) -> Pair {
-        let key = pair_key_with(&raw.question, &raw.answer, scratch);
-        let extra = if raw.extra.is_empty() {
-            None
-        } else {
-            // A Map of Values always serialises.
-            Some(serde_json::Value::Object(raw.extra).to_string())
-        };
-        Pair {
-            key,
-            question: raw.question,
-            answer: raw.answer,
-            indicator: raw.indicator,
-            category: raw.category,
-            extra,
-        }
-    }
 }
 
 impl Pair {
@@ -137,7 +114,9 @@ pub fn pair_key(question: &str, answer: &str) -> PairKey {
     pair_key_with(question, answer, &mut String::new())
 }
 
-fn pair_key_with(question: &str, answer: &str, scratch: &mut String) -> PairKey {
+/// [`pair_key`] with a scratch buffer reused between calls (no allocation per pair
+/// once it has grown).
+pub fn pair_key_with(question: &str, answer: &str, scratch: &mut String) -> PairKey {
     let mut hasher = blake3::Hasher::new();
     for (i, text) in [question, answer].into_iter().enumerate() {
         if i > 0 {

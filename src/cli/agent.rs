@@ -41,7 +41,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 println!("{agent} is not paused");
                 return Ok(Exit::Ok);
             };
-            crate::runloop::resume(&conn, &agent)?;
+            crate::run::runloop::resume(&conn, &agent)?;
             println!("resumed {agent} (paused since {}: {})", p.at, p.reason);
             if let Some(t) = &p.task {
                 println!("review flag cleared on {t}");

@@ -14,7 +14,7 @@ pub struct Args {
 
 pub fn run(root: &Root, args: Args) -> Result<Exit> {
     let (config, mut conn) = super::open(root)?;
-    let done = crate::assign::assign(&mut conn, root, &config)?;
+    let done = crate::work::assign::assign(&mut conn, root, &config)?;
     if args.json {
         print_json(&done)?;
     } else if done.is_empty() {

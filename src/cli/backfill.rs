@@ -2,8 +2,8 @@
 
 use super::Exit;
 use super::output::{print_json, thousands};
-use crate::backfill::{self, SessionRange, Summary, TaskOptions};
 use crate::root::Root;
+use crate::work::backfill::{self, SessionRange, Summary, TaskOptions};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -181,7 +181,7 @@ fn print_summary(s: &Summary) {
         println!("handoff: {}", h.display());
     }
     for step in &s.wrap_steps {
-        if step.status == crate::session::StepStatus::Failed {
+        if step.status == crate::work::session::StepStatus::Failed {
             println!("wrap step {} failed: {}", step.step, step.detail);
         }
     }

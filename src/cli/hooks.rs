@@ -2,8 +2,8 @@
 
 use super::Exit;
 use super::output::print_json;
-use crate::hooks::{self, HookInput};
 use crate::root::Root;
+use crate::run::hooks::{self, HookInput};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::io::Read;

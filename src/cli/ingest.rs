@@ -2,7 +2,7 @@
 
 use super::Exit;
 use super::output::{print_json, thousands};
-use crate::ingest::{self, WriterOptions};
+use crate::engine::ingest::{self, WriterOptions};
 use crate::root::Root;
 use anyhow::Result;
 use std::path::PathBuf;

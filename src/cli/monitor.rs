@@ -45,7 +45,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     let (used, reply) = match &args.transcript {
         Some(path) => {
             ensure!(path.is_file(), "no transcript at {}", path.display());
-            let reply = crate::transcript::read(path)?;
+            let reply = crate::run::transcript::read(path)?;
             (reply.as_ref().map_or(0, |u| u.context_tokens), reply)
         }
         None => (args.used.unwrap_or(0), None),
@@ -59,7 +59,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             #[serde(skip_serializing_if = "Option::is_none")]
             transcript: Option<&'a std::path::Path>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            reply: Option<&'a crate::transcript::ContextUsage>,
+            reply: Option<&'a crate::run::transcript::ContextUsage>,
         }
         print_json(&WithSource {
             monitor: &m,

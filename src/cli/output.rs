@@ -2,18 +2,7 @@
 
 use serde::Serialize;
 
-/// `27472` → `27,472`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::human::thousands;
 
 /// The process's peak resident memory so far (VmHWM), in KiB; `None` off Linux.
 /// Reported by the bulk commands so memory can be measured from outside.
@@ -50,19 +39,6 @@ pub fn cell(s: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands_cases() {
-        for (n, want) in [
-            (0, "0"),
-            (999, "999"),
-            (1000, "1,000"),
-            (27472, "27,472"),
-            (1234567, "1,234,567"),
-        ] {
-            assert_eq!(thousands(n), want);
-        }
-    }
 
     #[test]
     fn bar_is_bounded() {

@@ -2,7 +2,7 @@
 
 use super::Exit;
 use crate::root::Root;
-use crate::runloop::{Loop, RunOptions};
+use crate::run::runloop::{Loop, RunOptions};
 use anyhow::Result;
 
 #[derive(Debug, clap::Args)]
@@ -37,7 +37,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         },
     );
     let stopper = looper.stopper();
-    crate::watch::on_signals(move || stopper.stop())?;
+    crate::engine::watch::on_signals(move || stopper.stop())?;
     let report = looper.run()?;
     tracing::info!(
         "run: {} session(s) started, {} built-in task run(s){}",

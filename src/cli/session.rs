@@ -3,12 +3,13 @@
 use super::Exit;
 use super::output::{bar, cell, print_json, thousands};
 use crate::budget::{Kind, Usage};
+use crate::human::progress_text;
 use crate::root::Root;
-use crate::session::{
+use crate::work::session::{
     self, Brief, CheckpointInput, NoActiveSession, StartOptions, StartOutcome, StepStatus,
     WrapInput,
 };
-use crate::tasks::{self, progress_text};
+use crate::work::tasks;
 use anyhow::Result;
 use clap::Subcommand;
 

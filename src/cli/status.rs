@@ -3,9 +3,9 @@
 use super::Exit;
 use super::output::{bar, print_json, thousands};
 use crate::budget::Usage;
+use crate::human::progress_text;
 use crate::root::Root;
-use crate::status::{Faucet, faucet};
-use crate::tasks::progress_text;
+use crate::run::status::{Faucet, faucet};
 use anyhow::Result;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,9 +2,10 @@
 
 use super::Exit;
 use super::output::{cell, print_json, thousands};
+use crate::human::progress_text;
 use crate::root::Root;
 use crate::store::tasks::TaskKind;
-use crate::tasks::{self, AddTask, State, TaskView, progress_text};
+use crate::work::tasks::{self, AddTask, State, TaskView};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde::Serialize;
@@ -51,7 +52,7 @@ pub enum TaskCommand {
         dir: Option<PathBuf>,
         /// backfill: only these sessions, e.g. 101-187.
         #[arg(long, value_name = "FIRST-LAST")]
-        sessions: Option<crate::backfill::SessionRange>,
+        sessions: Option<crate::work::backfill::SessionRange>,
         /// backfill: token budget of each of its sessions (default: the agent's tokens_per_session).
         #[arg(long, value_name = "N")]
         budget: Option<u64>,
@@ -154,7 +155,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 TaskKind::Backfill => {
                     let dir = dir.context("a backfill task needs --dir")?;
                     anyhow::ensure!(dir.is_dir(), "{} is not a folder", dir.display());
-                    Some(tasks::BackfillParams {
+                    Some(crate::work::backfill::Params {
                         dir: dir.canonicalize()?,
                         sessions,
                         budget,
@@ -170,7 +171,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             };
             let id = match (id, &params) {
                 (Some(id), _) => id,
-                (None, Some(p)) => crate::backfill::task_id(p.sessions, &p.dir),
+                (None, Some(p)) => crate::work::backfill::task_id(p.sessions, &p.dir),
                 (None, None) => anyhow::bail!("the task needs an id"),
             };
             tasks::add(
@@ -186,6 +187,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     kind,
                     params: params.map(|p| p.to_json()),
                 },
+                crate::work::kinds::check,
             )?;
             let v = tasks::view(&conn, &id)?;
             println!(
@@ -317,7 +319,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         TaskCommand::Import { plan, json } => {
             let text = std::fs::read_to_string(&plan)
                 .with_context(|| format!("cannot read {}", plan.display()))?;
-            let report = tasks::import(&mut conn, &text)
+            let report = tasks::import(&mut conn, &text, crate::work::kinds::check)
                 .with_context(|| format!("cannot import {}", plan.display()))?;
             if json {
                 print_json(&report)?;

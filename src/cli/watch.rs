@@ -1,8 +1,8 @@
 //! `perpetual watch`.
 
 use super::Exit;
+use crate::engine::watch::{self, Watch, WatchOptions};
 use crate::root::Root;
-use crate::watch::{self, Watch, WatchOptions};
 use anyhow::Result;
 
 #[derive(Debug, clap::Args)]

@@ -1,7 +1,7 @@
 //! The perpetual loop's rows: each agent's pause state (`agent_state`), the sessions and
 //! built-in tasks the loop ran (`loop_runs`), and the assigner's log (`assign_log`). The
-//! rules (the circuit breaker, what the assigner does) live in `crate::runloop` and
-//! `crate::assign`; this file only reads and writes.
+//! rules (the circuit breaker, what the assigner does) live in `crate::run::runloop` and
+//! `crate::work::assign`; this file only reads and writes.
 
 use anyhow::Result;
 use rusqlite::{Connection, OptionalExtension, Row, params};

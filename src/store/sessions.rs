@@ -1,5 +1,5 @@
 //! Sessions and their checkpoints (`sessions`, `checkpoints`). The lifecycle (start,
-//! checkpoint, wrap) lives in `crate::session`; this file only reads and writes.
+//! checkpoint, wrap) lives in `crate::work::session`; this file only reads and writes.
 
 use crate::budget::{Budget, Level};
 use anyhow::Result;

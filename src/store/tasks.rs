@@ -1,12 +1,52 @@
 //! The task stack's rows (`tasks`, `task_deps`). The rules (readiness, which states
-//! may follow which) live in `crate::tasks`; this file only reads and writes.
+//! may follow which) live in `crate::work::tasks`; this file only reads and writes.
 
-use crate::grade::Grade;
 use anyhow::Result;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A task's stored state.
+/// What a grade is computed from (`work::grade::inputs` gathers it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GradeInputs {
+    /// Times the task was marked failed.
+    pub failures: u64,
+    /// Sessions that worked on it.
+    pub sessions: u64,
+    /// Of those, sessions that did not wrap at or past the hard stop.
+    pub clean_sessions: u64,
+    /// Sessions its estimate warrants.
+    pub expected_sessions: u64,
+    /// Units done.
+    pub done: u64,
+    /// Units in all.
+    pub total: Option<u64>,
+    /// The estimate.
+    pub estimated_tokens: Option<u64>,
+    /// Tokens its sessions used.
+    pub tokens_used: u64,
+}
+
+/// A grade: the four terms, the score and the letter (`work::grade` computes it; the
+/// row keeps it as `grade_detail`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grade {
+    /// A, B, C, D or F.
+    pub letter: String,
+    /// The weighted sum, 0..=1.
+    pub score: f64,
+    /// 1 / (1 + failures).
+    pub success_rate: f64,
+    /// min(1, expected_sessions / sessions).
+    pub speed: f64,
+    /// completeness × clean_wraps.
+    pub quality: f64,
+    /// min(1, estimated / used).
+    pub efficiency: f64,
+    /// What it was computed from.
+    pub inputs: GradeInputs,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -53,7 +93,7 @@ pub enum TaskKind {
     Agent,
     /// Integrate the files waiting in the agent's inbox; the loop runs it in-process.
     Ingest,
-    /// Integrate an archive folder of session exports (`crate::backfill::run_task`); the
+    /// Integrate an archive folder of session exports (`crate::work::backfill::run_task`); the
     /// loop runs it in-process, inside budgeted sessions of the agent.
     Backfill,
 }
@@ -98,7 +138,7 @@ pub struct TaskRow {
     pub description: Option<String>,
     /// Who runs it.
     pub kind: TaskKind,
-    /// What a built-in kind needs (JSON; see `crate::tasks::BackfillParams`).
+    /// What a built-in kind needs (JSON; see `crate::work::backfill::Params`).
     pub params: Option<serde_json::Value>,
     /// Stored state.
     pub status: TaskStatus,

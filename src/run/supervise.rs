@@ -10,7 +10,7 @@
 //!   `PERPETUAL_WRAP_FILE`, `PERPETUAL_PROMPT_FILE` and `PERPETUAL_TRANSCRIPT` (when the
 //!   agent's `transcript` is set) in its environment.
 //! - **Follow**: every `run.poll_ms`, the transcript's context in use becomes the
-//!   session's tokens (`crate::transcript::Follow`), and the session's level is computed
+//!   session's tokens (`crate::run::transcript::Follow`), and the session's level is computed
 //!   from its tokens, API calls today and minutes (`session::level`).
 //! - **Ask for the wrap** at the wrap threshold, when the loop stops, or when the agent
 //!   wrapped but keeps running: `.perpetual/wrap_<session>` is written (its text says
@@ -23,10 +23,10 @@
 
 use crate::clock;
 use crate::config::Config;
-use crate::prompt;
 use crate::root::Root;
-use crate::session::{self, WrapInput};
+use crate::run::prompt;
 use crate::store::agents::{self as store_agents, RunEnd};
+use crate::work::session::{self, WrapInput};
 use anyhow::{Context, Result};
 use rusqlite::Connection;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -51,7 +51,7 @@ pub struct Launch {
     pub task: String,
     /// The agent's command, placeholders not yet replaced.
     pub command: Vec<String>,
-    /// The prompt (`crate::prompt::render`).
+    /// The prompt (`crate::run::prompt::render`).
     pub prompt: String,
 }
 
@@ -76,7 +76,7 @@ pub fn start(launch: Launch, on_end: Box<dyn FnOnce() + Send>) -> Result<Sender<
         .agents
         .get(&agent)
         .and_then(|a| a.transcript.as_deref())
-        .map(|t| crate::hooks::expand_home(&vars.expand(t)));
+        .map(|t| crate::run::hooks::expand_home(&vars.expand(t)));
     let vars = Vars {
         transcript: transcript.clone(),
         ..vars
@@ -293,7 +293,7 @@ impl Supervisor {
         let mut reader = self
             .transcript
             .as_deref()
-            .map(|t| crate::transcript::Follow::new(t, since));
+            .map(|t| crate::run::transcript::Follow::new(t, since));
         let mut last_tokens = None;
         let mut asked: Option<Instant> = None;
         let mut termed: Option<Instant> = None;
@@ -401,7 +401,7 @@ impl Supervisor {
     fn read_transcript(
         &self,
         conn: &Connection,
-        reader: &mut Option<crate::transcript::Follow>,
+        reader: &mut Option<crate::run::transcript::Follow>,
         last: &mut Option<u64>,
     ) {
         let Some(r) = reader.as_mut() else {
@@ -449,7 +449,7 @@ impl Supervisor {
                 how_it_ended(&end)
             );
         }
-        end.progressed = crate::runloop::progressed(conn, &session::get(conn, s)?)?;
+        end.progressed = session::progressed(conn, &session::get(conn, s)?)?;
         store_agents::finish_run(conn, self.run_id, &clock::now_rfc3339(), &end)
     }
 }

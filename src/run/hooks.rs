@@ -7,7 +7,7 @@
 //!
 //! | event | what perpetual does | answer |
 //! | --- | --- | --- |
-//! | `SessionStart` | reads the session's brief and last handoff | `hookSpecificOutput.additionalContext`: the brief (`crate::prompt`) |
+//! | `SessionStart` | reads the session's brief and last handoff | `hookSpecificOutput.additionalContext`: the brief (`crate::run::prompt`) |
 //! | `PostToolUse` | reads the context in use from `transcript_path` and records it as the session's tokens | at or past the wrap threshold, or while the loop asks for a wrap: `additionalContext` telling Claude to checkpoint and wrap; nothing below |
 //! | `Stop` | the same reading | at or past the wrap threshold, while the session is not wrapped: `{"decision": "block", "reason": ...}`; nothing when `stop_hook_active` is true (Claude already continues because of a Stop hook: blocking again would loop), below the threshold, or once the session is wrapped |
 //! | `PreCompact` | records a checkpoint with the tokens and writes an interim handoff (`session_handoffs/handoff_<session>_interim.md`) | nothing |
@@ -17,10 +17,10 @@
 //! from), every hook answers nothing and Claude carries on as without perpetual.
 
 use crate::config::Config;
-use crate::prompt;
 use crate::root::Root;
-use crate::session::{self, CheckpointInput};
+use crate::run::prompt;
 use crate::store::sessions::SessionRow;
+use crate::work::session::{self, CheckpointInput};
 use anyhow::{Context, Result};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
@@ -151,7 +151,7 @@ fn transcript_tokens(input: &HookInput) -> Result<Option<u64>> {
     if !path.is_file() {
         return Ok(None);
     }
-    Ok(crate::transcript::read(&path)?.map(|u| u.context_tokens))
+    Ok(crate::run::transcript::read(&path)?.map(|u| u.context_tokens))
 }
 
 /// Records the transcript's context as the session's tokens; returns the session as it

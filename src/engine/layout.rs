@@ -5,6 +5,7 @@
 //! The layout is recognised from the content alone, never from the file name.
 //! `schemas/` describes the same rules as JSON Schema; keep the two in step.
 
+use crate::pair::{Pair, pair_key_with};
 use serde_json::error::Category;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -77,6 +78,28 @@ pub struct RawPair {
     /// Every field not recognised above, including fields inherited from a nested object's top level
     /// (batch, session, source, ...). Never dropped. Empty map when there are none.
     pub extra: Map<String, Value>,
+}
+
+impl RawPair {
+    /// The stored form of a raw pair: computes its key and serialises its extra
+    /// fields. `scratch` is reused between calls to avoid an allocation per pair.
+    pub fn into_pair(self, scratch: &mut String) -> Pair {
+        let key = pair_key_with(&self.question, &self.answer, scratch);
+        let extra = if self.extra.is_empty() {
+            None
+        } else {
+            // A Map of Values always serialises.
+            Some(Value::Object(self.extra).to_string())
+        };
+        Pair {
+            key,
+            question: self.question,
+            answer: self.answer,
+            indicator: self.indicator,
+            category: self.category,
+            extra,
+        }
+    }
 }
 
 /// A pair that failed validation, kept for the ledger.
@@ -1514,22 +1537,25 @@ mod tests {
     #[test]
     fn schema_examples_parse_as_their_layout() {
         let schemas = [
-            (include_str!("../schemas/flat.schema.json"), Layout::Flat),
+            (include_str!("../../schemas/flat.schema.json"), Layout::Flat),
             (
-                include_str!("../schemas/nested.schema.json"),
+                include_str!("../../schemas/nested.schema.json"),
                 Layout::Nested,
             ),
             (
-                include_str!("../schemas/nested_array.schema.json"),
+                include_str!("../../schemas/nested_array.schema.json"),
                 Layout::NestedArray,
             ),
             (
-                include_str!("../schemas/single.schema.json"),
+                include_str!("../../schemas/single.schema.json"),
                 Layout::Single,
             ),
-            (include_str!("../schemas/pair.schema.json"), Layout::Single),
             (
-                include_str!("../schemas/jsonl_line.schema.json"),
+                include_str!("../../schemas/pair.schema.json"),
+                Layout::Single,
+            ),
+            (
+                include_str!("../../schemas/jsonl_line.schema.json"),
                 Layout::JsonLines,
             ),
         ];

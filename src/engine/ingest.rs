@@ -10,8 +10,8 @@
 //! crash, the ledger tells what each file in the inbox is: unknown (integrate it),
 //! partial (resume after its last checkpoint), or finished (complete the move).
 
-use crate::decode;
-use crate::layout;
+use crate::engine::decode;
+use crate::engine::layout;
 use crate::pair::Pair;
 use crate::root::{PROCESSED, REJECTED};
 use crate::store::{self, ledger, ledger::FileStatus, ledger::InvalidEntry};
@@ -336,7 +336,7 @@ pub fn parse_bytes(bytes: &[u8]) -> Outcome {
     let pairs = parsed
         .pairs
         .into_iter()
-        .map(|raw| Pair::from_raw(raw, &mut scratch))
+        .map(|raw| raw.into_pair(&mut scratch))
         .collect();
     Outcome::Parsed(ParsedFile {
         encoding,

@@ -25,11 +25,12 @@
 use crate::budget::{self, Budget, Kind, Level, Thresholds, Usage};
 use crate::clock;
 use crate::config::Config;
-use crate::handoff::{self, Handoff};
+use crate::human::progress_text;
 use crate::root::Root;
 use crate::store::sessions::{self as store, CheckpointRow, NewCheckpoint, SessionRow};
 use crate::store::tasks::{self as store_tasks, TaskRow, TaskStatus};
-use crate::tasks::{self, Completion, State, TaskView, progress_text};
+use crate::work::handoff::{self, Handoff};
+use crate::work::tasks::{self, Completion, State, TaskView};
 use anyhow::{Context, Result, bail, ensure};
 use chrono::{DateTime, Days, Utc};
 use rusqlite::{Connection, TransactionBehavior};
@@ -744,7 +745,7 @@ pub fn wrap(
     let commit = if !config.wrap.git_commit {
         steps.skipped("commit", "wrap.git_commit = false in perpetual.toml".into());
         None
-    } else if crate::vcs::repository(root.dir()).is_none() {
+    } else if crate::work::vcs::repository(root.dir()).is_none() {
         steps.skipped(
             "commit",
             format!("{} is not inside a git repository", root.dir().display()),
@@ -758,7 +759,7 @@ pub fn wrap(
         if let Some(h) = &handoff {
             paths.insert(0, PathBuf::from(relative(root, h)));
         }
-        match crate::vcs::commit(root.dir(), &paths, &message) {
+        match crate::work::vcs::commit(root.dir(), &paths, &message) {
             Ok(None) => {
                 steps.skipped("commit", "nothing changed in the outputs".into());
                 None
@@ -960,7 +961,7 @@ pub fn commit_message(f: &CommitFacts<'_>) -> String {
         Some(u) => format!("Token usage: {:.1}% of budget", u.percent),
         None => format!(
             "Token usage: {} tokens (no token budget)",
-            crate::cli::output::thousands(f.session.tokens_used)
+            crate::human::thousands(f.session.tokens_used)
         ),
     };
     let mut m = format!("{subject}\n\n{tokens}\n");
@@ -1013,7 +1014,7 @@ impl crate::store::sessions::CheckpointRow {
             self.at,
             self.session_id,
             self.done
-                .map_or("-".to_string(), |d| crate::tasks::progress_text(
+                .map_or("-".to_string(), |d| crate::human::progress_text(
                     d, self.total
                 )),
             self.note
@@ -1022,4 +1023,15 @@ impl crate::store::sessions::CheckpointRow {
                 .unwrap_or_default()
         )
     }
+}
+
+/// Whether the session's task advanced: completed, or its progress is past where the
+/// session found it (the circuit breaker's test of a session).
+pub fn progressed(conn: &Connection, s: &SessionRow) -> Result<bool> {
+    let Some(id) = &s.task_id else {
+        return Ok(false);
+    };
+    Ok(crate::store::tasks::get(conn, id)?.is_some_and(|t| {
+        t.status == crate::store::tasks::TaskStatus::Completed || t.done > s.done_at_start
+    }))
 }

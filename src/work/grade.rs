@@ -23,54 +23,13 @@
 //! Letters: A ≥ 0.90, B ≥ 0.80, C ≥ 0.70, D ≥ 0.60, F below.
 
 use crate::budget::{Level, Thresholds};
-use crate::cli::output::thousands;
+use crate::human::progress_text;
+use crate::human::thousands;
 use crate::store::sessions::SessionRow;
-use crate::store::tasks::TaskRow;
-use crate::tasks::progress_text;
-use serde::{Deserialize, Serialize};
+use crate::store::tasks::{Grade, GradeInputs as Inputs, TaskRow};
 
 /// The weights of the seeds' formula, in the order success, speed, quality, efficiency.
 pub const WEIGHTS: [f64; 4] = [0.3, 0.2, 0.3, 0.2];
-
-/// What a grade is computed from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Inputs {
-    /// Times the task was marked failed.
-    pub failures: u64,
-    /// Sessions that worked on it.
-    pub sessions: u64,
-    /// Of those, sessions that did not wrap at or past the hard stop.
-    pub clean_sessions: u64,
-    /// Sessions its estimate warrants.
-    pub expected_sessions: u64,
-    /// Units done.
-    pub done: u64,
-    /// Units in all.
-    pub total: Option<u64>,
-    /// The estimate.
-    pub estimated_tokens: Option<u64>,
-    /// Tokens its sessions used.
-    pub tokens_used: u64,
-}
-
-/// A grade: the four terms, the score and the letter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Grade {
-    /// A, B, C, D or F.
-    pub letter: String,
-    /// The weighted sum, 0..=1.
-    pub score: f64,
-    /// 1 / (1 + failures).
-    pub success_rate: f64,
-    /// min(1, expected_sessions / sessions).
-    pub speed: f64,
-    /// completeness × clean_wraps.
-    pub quality: f64,
-    /// min(1, estimated / used).
-    pub efficiency: f64,
-    /// What it was computed from.
-    pub inputs: Inputs,
-}
 
 /// Gathers the inputs from a task and the sessions that worked on it.
 pub fn inputs(task: &TaskRow, sessions: &[SessionRow], thresholds: &Thresholds) -> Inputs {

@@ -5,10 +5,11 @@
 
 use crate::budget;
 use crate::config::Config;
+use crate::human::progress_text;
 use crate::root::Root;
-use crate::session::{self, Brief};
 use crate::store::sessions as store;
-use crate::tasks::{self, progress_text};
+use crate::work::session::{self, Brief};
+use crate::work::tasks;
 use anyhow::Result;
 use rusqlite::Connection;
 

@@ -7,13 +7,13 @@
 //! parses only those the ledger has not finished, so re-running a finished backfill
 //! costs one read and one hash per file.
 
-use crate::ingest::{self, FileEvent, IngestReport, Job, Meter, WriterOptions};
-use crate::layout;
+use crate::engine::ingest::{self, FileEvent, IngestReport, Job, Meter, WriterOptions};
+use crate::engine::layout;
 use crate::store::ledger;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use rayon::prelude::*;
 use rusqlite::Connection;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -189,7 +189,7 @@ fn classify(job: &Job, finished: &ledger::FinishedByPath) -> (Option<i64>, bool)
             return (session.or(by_name), true);
         }
     }
-    let decoded = crate::decode::decode(&bytes);
+    let decoded = crate::engine::decode::decode(&bytes);
     (layout::peek_session(&decoded.text).or(by_name), false)
 }
 
@@ -301,7 +301,7 @@ pub struct Summary {
     /// The handoff the wrap wrote.
     pub handoff: Option<PathBuf>,
     /// The wrap's steps (backup, handoff, commit, ...).
-    pub wrap_steps: Vec<crate::session::Step>,
+    pub wrap_steps: Vec<crate::work::session::Step>,
     /// Peak resident memory of the process (KiB, Linux), filled in by the command.
     pub peak_rss_kb: Option<u64>,
 }
@@ -345,8 +345,8 @@ pub fn run_task(
     opts: &TaskOptions,
     on_file: &mut dyn FnMut(&FileEvent, &Plan),
 ) -> Result<Summary> {
-    use crate::session::{self, CheckpointInput, StartOptions, StartOutcome, WrapInput};
     use crate::store::tasks::TaskStatus;
+    use crate::work::session::{self, CheckpointInput, StartOptions, StartOutcome, WrapInput};
 
     let id = task_id(opts.range, &opts.dir);
     let mut plan = plan(conn, &opts.dir, opts.range, &opts.agent)?;
@@ -389,9 +389,9 @@ pub fn run_task(
                 .filter_map(|f| std::fs::metadata(&f.job.path).ok())
                 .map(|m| m.len())
                 .sum();
-            crate::tasks::add(
+            crate::work::tasks::add(
                 conn,
-                &crate::tasks::AddTask {
+                &crate::work::tasks::AddTask {
                     id: id.clone(),
                     agent: opts.agent.clone(),
                     priority: Some(1),
@@ -404,10 +404,10 @@ pub fn run_task(
                     )),
                     estimated_tokens: Some(bytes.div_ceil(4)),
                     total: Some(total),
-                    // What `perpetual run` needs to run it again (crate::tasks::BackfillParams).
+                    // What `perpetual run` needs to run it again (Params).
                     kind: crate::store::tasks::TaskKind::Backfill,
                     params: Some(
-                        crate::tasks::BackfillParams {
+                        Params {
                             dir: std::path::absolute(&opts.dir)?,
                             sessions: opts.range,
                             budget: opts.budget,
@@ -415,6 +415,7 @@ pub fn run_task(
                         .to_json(),
                     ),
                 },
+                |id, _, params| check_params(id, params),
             )?;
         }
         Some(t) if t.agent != opts.agent => bail!(
@@ -606,6 +607,103 @@ pub fn compact(numbers: &[i64]) -> String {
     parts.join(", ")
 }
 
+/// What a `backfill` task records in its `params` (JSON), so that `perpetual run` can
+/// call [`run_task`] with the same options `perpetual backfill` had:
+///
+/// ```json
+/// {"dir": "/abs/path/to/archive", "sessions": "101-187", "budget": 50000}
+/// ```
+///
+/// `dir` is absolute; `sessions` (a [`SessionRange`]) and `budget` (the session's token
+/// budget) may be left out. The agent is the task's agent, and the task's id must be
+/// [`task_id`] of the range and folder, because that is the task
+/// `run_task` works on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The archive folder, absolute.
+    pub dir: PathBuf,
+    /// Only these sessions.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "range_text::serialize",
+        deserialize_with = "range_text::deserialize"
+    )]
+    pub sessions: Option<SessionRange>,
+    /// The session's token budget (default: the agent's `tokens_per_session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<u64>,
+}
+
+impl Params {
+    /// The params as stored.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain data")
+    }
+
+    /// Reads a task's params.
+    pub fn of(task: &crate::store::tasks::TaskRow) -> Result<Params> {
+        let p = task
+            .params
+            .clone()
+            .with_context(|| format!("backfill task {} has no params (dir, sessions)", task.id))?;
+        serde_json::from_value(p)
+            .with_context(|| format!("backfill task {}: invalid params", task.id))
+    }
+
+    /// The options `backfill::run_task` takes, for `agent`.
+    pub fn task_options(&self, agent: &str) -> TaskOptions {
+        TaskOptions {
+            dir: self.dir.clone(),
+            range: self.sessions,
+            agent: agent.to_string(),
+            budget: self.budget,
+        }
+    }
+}
+
+/// A session range as its text, `101-187`, in JSON.
+mod range_text {
+    use super::SessionRange;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(r: &Option<SessionRange>, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Some(r) => s.serialize_str(&r.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SessionRange>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| t.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Checks a backfill task's params before it is stored: complete, an absolute folder,
+/// and the id [`task_id`] gives, because that is the task `run_task` works on.
+pub fn check_params(id: &str, params: Option<&serde_json::Value>) -> Result<()> {
+    let p: Params = serde_json::from_value(
+        params
+            .cloned()
+            .with_context(|| format!("backfill task {id} needs params: dir (and sessions)"))?,
+    )
+    .with_context(|| format!("backfill task {id}: invalid params"))?;
+    ensure!(
+        p.dir.is_absolute(),
+        "backfill task {id}: dir must be absolute, got {}",
+        p.dir.display()
+    );
+    let want = task_id(p.sessions, &p.dir);
+    ensure!(
+        id == want,
+        "a backfill task's id follows its range (or folder): call it {want}, not {id}"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,5 +758,44 @@ mod tests {
         ] {
             assert_eq!(session_from_name(name), want, "{name}");
         }
+    }
+
+    #[test]
+    fn backfill_params_round_trip_and_name_the_task() {
+        let p = Params {
+            dir: PathBuf::from("/archive/old"),
+            sessions: Some("101-187".parse().unwrap()),
+            budget: None,
+        };
+        let json = p.to_json();
+        assert_eq!(
+            json,
+            serde_json::json!({"dir": "/archive/old", "sessions": "101-187"})
+        );
+        assert_eq!(serde_json::from_value::<Params>(json).unwrap(), p);
+        let mut conn = crate::store::open_in_memory().unwrap();
+        let add = |conn: &mut Connection, id: &str, params: Option<serde_json::Value>| {
+            crate::work::tasks::add(
+                conn,
+                &crate::work::tasks::AddTask {
+                    id: id.into(),
+                    agent: "a".into(),
+                    kind: crate::store::tasks::TaskKind::Backfill,
+                    params,
+                    ..Default::default()
+                },
+                |id, _, params| check_params(id, params),
+            )
+        };
+        let err = add(&mut conn, "mine", Some(p.to_json())).unwrap_err();
+        assert!(
+            err.to_string().contains("backfill_sessions_101_187"),
+            "{err}"
+        );
+        assert!(add(&mut conn, "backfill_sessions_101_187", None).is_err());
+        add(&mut conn, "backfill_sessions_101_187", Some(p.to_json())).unwrap();
+        let t = crate::work::tasks::get(&conn, "backfill_sessions_101_187").unwrap();
+        assert_eq!(t.kind, crate::store::tasks::TaskKind::Backfill);
+        assert_eq!(Params::of(&t).unwrap(), p);
     }
 }

@@ -15,7 +15,9 @@
 //! reconcile scan runs every `reconcile` as the backstop.
 
 use crate::config::Config;
-use crate::ingest::{self, FileEvent, Hints, IngestReport, Job, Outcome, Placement, Prepared};
+use crate::engine::ingest::{
+    self, FileEvent, Hints, IngestReport, Job, Outcome, Placement, Prepared,
+};
 use crate::root::{self, Root};
 use anyhow::{Context, Result};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};

@@ -11,12 +11,12 @@
 //! depends on is refused, so the graph never points at nothing; dependencies must
 //! exist when they are named, so it never has a cycle (a plan is checked as a whole).
 
-use crate::backfill::SessionRange;
 use crate::config::Config;
-use crate::grade::{self, Grade};
 use crate::root::Root;
 use crate::store::sessions as store_sessions;
+use crate::store::tasks::Grade;
 use crate::store::tasks::{self as store, NewTask, TaskKind, TaskRow, TaskStatus, TemplateRow};
+use crate::work::grade;
 use anyhow::{Context, Result, bail, ensure};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -112,15 +112,6 @@ pub fn parse_progress(s: &str) -> Result<(u64, Option<u64>)> {
         );
     }
     Ok((done, total))
-}
-
-/// `10/40 (25.0%)`, `10` without a total.
-pub fn progress_text(done: u64, total: Option<u64>) -> String {
-    match total {
-        Some(t) if t > 0 => format!("{done}/{t} ({:.1}%)", done as f64 * 100.0 / t as f64),
-        Some(t) => format!("{done}/{t}"),
-        None => done.to_string(),
-    }
 }
 
 /// Every task with its state, in queue order (priority, then age).
@@ -263,116 +254,21 @@ pub struct AddTask {
     pub total: Option<u64>,
     /// Who runs it (default: the agent).
     pub kind: TaskKind,
-    /// What a built-in kind needs: a backfill's [`BackfillParams`] as JSON.
+    /// What a built-in kind needs, as JSON (e.g. `work::backfill::Params`).
     pub params: Option<serde_json::Value>,
 }
 
-/// What a `backfill` task records in its `params` (JSON), so that `perpetual run` can
-/// call [`crate::backfill::run_task`] with the same options `perpetual backfill` had:
-///
-/// ```json
-/// {"dir": "/abs/path/to/archive", "sessions": "101-187", "budget": 50000}
-/// ```
-///
-/// `dir` is absolute; `sessions` (a [`SessionRange`]) and `budget` (the session's token
-/// budget) may be left out. The agent is the task's agent, and the task's id must be
-/// [`crate::backfill::task_id`] of the range and folder, because that is the task
-/// `run_task` works on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackfillParams {
-    /// The archive folder, absolute.
-    pub dir: PathBuf,
-    /// Only these sessions.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "range_text::serialize",
-        deserialize_with = "range_text::deserialize"
-    )]
-    pub sessions: Option<SessionRange>,
-    /// The session's token budget (default: the agent's `tokens_per_session`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget: Option<u64>,
-}
-
-impl BackfillParams {
-    /// The params as stored.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("plain data")
-    }
-
-    /// Reads a task's params.
-    pub fn of(task: &TaskRow) -> Result<BackfillParams> {
-        let p = task
-            .params
-            .clone()
-            .with_context(|| format!("backfill task {} has no params (dir, sessions)", task.id))?;
-        serde_json::from_value(p)
-            .with_context(|| format!("backfill task {}: invalid params", task.id))
-    }
-
-    /// The options `backfill::run_task` takes, for `agent`.
-    pub fn task_options(&self, agent: &str) -> crate::backfill::TaskOptions {
-        crate::backfill::TaskOptions {
-            dir: self.dir.clone(),
-            range: self.sessions,
-            agent: agent.to_string(),
-            budget: self.budget,
-        }
-    }
-}
-
-/// A session range as its text, `101-187`, in JSON.
-mod range_text {
-    use crate::backfill::SessionRange;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(r: &Option<SessionRange>, s: S) -> Result<S::Ok, S::Error> {
-        match r {
-            Some(r) => s.serialize_str(&r.to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SessionRange>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|t| t.parse().map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-/// Checks that a task's kind and params fit together (a backfill's params are complete
-/// and its id is the one `backfill::run_task` uses).
-fn check_kind(id: &str, kind: TaskKind, params: Option<&serde_json::Value>) -> Result<()> {
-    match kind {
-        TaskKind::Agent | TaskKind::Ingest => Ok(()),
-        TaskKind::Backfill => {
-            let p: BackfillParams =
-                serde_json::from_value(params.cloned().with_context(|| {
-                    format!("backfill task {id} needs params: dir (and sessions)")
-                })?)
-                .with_context(|| format!("backfill task {id}: invalid params"))?;
-            ensure!(
-                p.dir.is_absolute(),
-                "backfill task {id}: dir must be absolute, got {}",
-                p.dir.display()
-            );
-            let want = crate::backfill::task_id(p.sessions, &p.dir);
-            ensure!(
-                id == want,
-                "a backfill task's id follows its range (or folder): call it {want}, not {id}"
-            );
-            Ok(())
-        }
-    }
-}
+/// Checks that a task's kind and its params fit together before it is stored. The
+/// task stack stores params without knowing them; the kinds' owners check them
+/// (`work::kinds::check` knows every built-in kind), which keeps this module below them.
+pub type ParamsCheck =
+    fn(id: &str, kind: TaskKind, params: Option<&serde_json::Value>) -> Result<()>;
 
 /// Adds a task to an agent's queue, behind the tasks of its priority. Its
 /// dependencies must exist.
-pub fn add(conn: &mut Connection, t: &AddTask) -> Result<()> {
+pub fn add(conn: &mut Connection, t: &AddTask, check: ParamsCheck) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    add_raw(&tx, t, &HashSet::new())?;
+    add_raw(&tx, t, &HashSet::new(), check)?;
     for d in &t.after {
         store::add_dependency(&tx, &t.id, d)?;
     }
@@ -383,7 +279,12 @@ pub fn add(conn: &mut Connection, t: &AddTask) -> Result<()> {
 /// Inserts one task without its dependency rows; `also_known` names tasks being added
 /// in the same transaction (a plan) that may be named as dependencies before they are
 /// inserted, which is why the rows come after every task of the plan.
-fn add_raw(conn: &Connection, t: &AddTask, also_known: &HashSet<&str>) -> Result<()> {
+fn add_raw(
+    conn: &Connection,
+    t: &AddTask,
+    also_known: &HashSet<&str>,
+    check: ParamsCheck,
+) -> Result<()> {
     check_task_id(&t.id)?;
     crate::root::check_agent_name(&t.agent)?;
     let priority = t.priority.unwrap_or(DEFAULT_PRIORITY);
@@ -391,7 +292,7 @@ fn add_raw(conn: &Connection, t: &AddTask, also_known: &HashSet<&str>) -> Result
     if let Some(total) = t.total {
         ensure!(total >= 1, "task {}: total must be at least 1", t.id);
     }
-    check_kind(&t.id, t.kind, t.params.as_ref())?;
+    check(&t.id, t.kind, t.params.as_ref())?;
     ensure!(
         !store::exists(conn, &t.id)?,
         "task {:?} already exists (`perpetual task show {}`)",
@@ -467,7 +368,7 @@ pub struct Completion {
     pub report: PathBuf,
 }
 
-/// Completes a ready or in-progress task: grades it (`crate::grade`), stores the grade
+/// Completes a ready or in-progress task: grades it (`crate::work::grade`), stores the grade
 /// and writes `task_reports/<task>.md`.
 pub fn complete(
     conn: &mut Connection,
@@ -737,7 +638,7 @@ pub struct ImportReport {
 
 /// Imports a plan in one transaction: every task and dependency, or nothing. Tasks
 /// already stored are kept as they are, so importing the same plan twice adds nothing.
-pub fn import(conn: &mut Connection, text: &str) -> Result<ImportReport> {
+pub fn import(conn: &mut Connection, text: &str, check: ParamsCheck) -> Result<ImportReport> {
     let plan: Plan = toml::from_str(text).context("invalid plan")?;
     let mut seen = HashSet::new();
     for t in &plan.task {
@@ -789,7 +690,7 @@ pub fn import(conn: &mut Connection, text: &str) -> Result<ImportReport> {
                 .transpose()
                 .with_context(|| format!("plan task {}: params", t.id))?,
         };
-        add_raw(&tx, &add, &new_ids).with_context(|| format!("plan task {}", t.id))?;
+        add_raw(&tx, &add, &new_ids, check).with_context(|| format!("plan task {}", t.id))?;
         report.added.push(t.id.clone());
     }
     for t in plan.task.iter().filter(|t| new_ids.contains(t.id.as_str())) {
@@ -871,6 +772,11 @@ fn check_plan_acyclic(plan: &Plan) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Tests here add agent tasks only, whose params nobody checks.
+    fn no_check(_: &str, _: TaskKind, _: Option<&serde_json::Value>) -> Result<()> {
+        Ok(())
+    }
+
     fn task(conn: &mut Connection, id: &str, priority: i64, after: &[&str]) {
         add(
             conn,
@@ -881,6 +787,7 @@ mod tests {
                 after: after.iter().map(|s| s.to_string()).collect(),
                 ..AddTask::default()
             },
+            no_check,
         )
         .unwrap();
     }
@@ -911,65 +818,28 @@ mod tests {
         let mut conn = crate::store::open_in_memory().unwrap();
         let cyclic = "[[task]]\nid = \"x\"\nagent = \"a\"\nafter = [\"y\"]\n\
                       [[task]]\nid = \"y\"\nagent = \"a\"\nafter = [\"x\"]\n";
-        let err = import(&mut conn, cyclic).unwrap_err().to_string();
+        let err = import(&mut conn, cyclic, no_check).unwrap_err().to_string();
         assert!(err.contains("cycle"), "{err}");
         let twice = "[[task]]\nid = \"x\"\nagent = \"a\"\n[[task]]\nid = \"x\"\nagent = \"a\"\n";
-        assert!(import(&mut conn, twice).is_err());
+        assert!(import(&mut conn, twice, no_check).is_err());
         assert!(views(&conn).unwrap().is_empty(), "nothing half-imported");
-    }
-
-    #[test]
-    fn backfill_params_round_trip_and_name_the_task() {
-        let p = BackfillParams {
-            dir: PathBuf::from("/archive/old"),
-            sessions: Some("101-187".parse().unwrap()),
-            budget: None,
-        };
-        let json = p.to_json();
-        assert_eq!(
-            json,
-            serde_json::json!({"dir": "/archive/old", "sessions": "101-187"})
-        );
-        assert_eq!(serde_json::from_value::<BackfillParams>(json).unwrap(), p);
-        let mut conn = crate::store::open_in_memory().unwrap();
-        let add = |conn: &mut Connection, id: &str, params: Option<serde_json::Value>| {
-            add(
-                conn,
-                &AddTask {
-                    id: id.into(),
-                    agent: "a".into(),
-                    kind: TaskKind::Backfill,
-                    params,
-                    ..AddTask::default()
-                },
-            )
-        };
-        let err = add(&mut conn, "mine", Some(p.to_json())).unwrap_err();
-        assert!(
-            err.to_string().contains("backfill_sessions_101_187"),
-            "{err}"
-        );
-        assert!(add(&mut conn, "backfill_sessions_101_187", None).is_err());
-        add(&mut conn, "backfill_sessions_101_187", Some(p.to_json())).unwrap();
-        let t = get(&conn, "backfill_sessions_101_187").unwrap();
-        assert_eq!(t.kind, TaskKind::Backfill);
-        assert_eq!(BackfillParams::of(&t).unwrap(), p);
     }
 
     #[test]
     fn plan_templates_are_stored_once() {
         let mut conn = crate::store::open_in_memory().unwrap();
         let plan = "[[template]]\nagent = \"droid\"\nid = \"batch_{n}\"\nstart = 8\n";
-        let r = import(&mut conn, plan).unwrap();
+        let r = import(&mut conn, plan, no_check).unwrap();
         assert_eq!(r.templates_added, ["droid/batch_{n}"]);
-        let r = import(&mut conn, plan).unwrap();
+        let r = import(&mut conn, plan, no_check).unwrap();
         assert_eq!(r.templates_kept, ["droid/batch_{n}"]);
         let t = store::templates(&conn).unwrap();
         assert_eq!((t.len(), t[0].next_n), (1, 8));
         assert!(
             import(
                 &mut conn,
-                "[[template]]\nagent = \"droid\"\nid = \"batch\"\n"
+                "[[template]]\nagent = \"droid\"\nid = \"batch\"\n",
+                no_check
             )
             .is_err()
         );

@@ -13,11 +13,11 @@
 
 use crate::clock;
 use crate::config::Config;
-use crate::ingest;
+use crate::engine::ingest;
 use crate::root::Root;
 use crate::store::agents::{self as store_agents, AssignEntry};
 use crate::store::tasks::{self as store_tasks, TaskKind, TaskStatus};
-use crate::tasks::{self, AddTask, State};
+use crate::work::tasks::{self, AddTask, State};
 use anyhow::Result;
 use rusqlite::Connection;
 use std::collections::BTreeMap;
@@ -99,6 +99,7 @@ fn ingest_tasks(
                 kind: TaskKind::Ingest,
                 ..AddTask::default()
             },
+            crate::work::kinds::check,
         )?;
         log(
             conn,
@@ -190,6 +191,7 @@ fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>
                     total: tpl.total,
                     ..AddTask::default()
                 },
+                crate::work::kinds::check,
             )?;
             tpl.next_n = n + 1;
             store_tasks::set_template_next(conn, tpl.id, tpl.next_n)?;

@@ -1,17 +1,17 @@
 //! The perpetual loop (`perpetual run`): agents that restart themselves.
 //!
-//! One round: run the assigner (`crate::assign`), then for each agent (not paused) take
+//! One round: run the assigner (`crate::work::assign`), then for each agent (not paused) take
 //! its next task: the task in progress that no active session holds, else the first
 //! ready one, exactly as `session start` would.
 //!
 //! - **Built-in kinds** run in-process, one per agent per round: `ingest` integrates the
 //!   agent's inbox (`ingest::discover_inbox` + the shared write loop, interrupted by a
 //!   stop signal at a checkpoint) and completes the task; `backfill` calls
-//!   [`crate::backfill::run_task`] with the task's [`crate::tasks::BackfillParams`],
+//!   [`crate::work::backfill::run_task`] with the task's [`crate::work::backfill::Params`],
 //!   which runs in a budgeted session of its own and wraps or completes it.
 //! - **The agent's own tasks** run when the agent has a `command`: the loop starts a
 //!   session (`session::start`, with its budget gates), renders the prompt
-//!   (`crate::prompt`), and hands both to `crate::supervise`, which starts the command,
+//!   (`crate::run::prompt`), and hands both to `crate::run::supervise`, which starts the command,
 //!   follows the session's budget, asks for the wrap at the threshold (the file
 //!   `.perpetual/wrap_<session>`, then SIGTERM after `run.grace_secs`, then SIGKILL) and
 //!   wraps the session when the command did not. When it has ended, the next round starts
@@ -29,18 +29,17 @@
 //! SIGINT/SIGTERM stop starting sessions, ask the running ones to wrap, and return once
 //! they ended (a second signal exits at once).
 
-use crate::assign;
 use crate::clock;
 use crate::config::Config;
-use crate::ingest::{self, Hints, WriterOptions};
-use crate::prompt;
+use crate::engine::ingest::{self, Hints, WriterOptions};
 use crate::root::Root;
-use crate::session::{self, StartOptions, StartOutcome, WrapInput};
+use crate::run::prompt;
+use crate::run::supervise;
 use crate::store::agents::{self as store_agents, RunEnd};
-use crate::store::sessions::SessionRow;
 use crate::store::tasks::{self as store_tasks, TaskKind, TaskRow, TaskStatus};
-use crate::supervise;
-use crate::tasks::{self, State};
+use crate::work::assign;
+use crate::work::session::{self, StartOptions, StartOutcome, WrapInput};
+use crate::work::tasks::{self, State};
 use anyhow::Result;
 use rusqlite::Connection;
 use serde::Serialize;
@@ -237,7 +236,7 @@ impl<'c> Loop<'c> {
                         tracing::warn!("cannot wrap {s}: {e:#}");
                     }
                 }
-                end.progressed = progressed(self.conn, &row)?;
+                end.progressed = session::progressed(self.conn, &row)?;
             }
             store_agents::finish_run(self.conn, r.id, &clock::now_rfc3339(), &end)?;
             if let Some(s) = &r.session_id {
@@ -460,7 +459,7 @@ impl<'c> Loop<'c> {
             task = task.id.as_str(),
             "started {s} for {agent} on {} at {}",
             task.id,
-            tasks::progress_text(brief.task.task.done, brief.task.task.total)
+            crate::human::progress_text(brief.task.task.done, brief.task.task.total)
         );
         self.children.insert(
             run_id,
@@ -555,8 +554,8 @@ impl<'c> Loop<'c> {
             &clock::now_rfc3339(),
         )?;
         self.report.builtin_runs += 1;
-        let result = tasks::BackfillParams::of(task).and_then(|p| {
-            crate::backfill::run_task(
+        let result = crate::work::backfill::Params::of(task).and_then(|p| {
+            crate::work::backfill::run_task(
                 self.conn,
                 &self.root,
                 &self.config,
@@ -695,7 +694,7 @@ impl<'c> Loop<'c> {
             .any(|r| r.id == run_id)
         {
             let end = RunEnd {
-                progressed: progressed(self.conn, &session::get(self.conn, session_id)?)?,
+                progressed: session::progressed(self.conn, &session::get(self.conn, session_id)?)?,
                 error: Some("its supervisor failed (see the log)".to_string()),
                 ..RunEnd::default()
             };
@@ -796,14 +795,4 @@ pub fn resume(conn: &Connection, agent: &str) -> Result<()> {
         store_tasks::clear_review(conn, t)?;
     }
     store_agents::clear_pause(conn, agent, store_agents::max_run_id(conn)?)
-}
-
-/// Whether the session's task advanced: completed, or its progress is past where the
-/// session found it.
-pub(crate) fn progressed(conn: &Connection, s: &SessionRow) -> Result<bool> {
-    let Some(id) = &s.task_id else {
-        return Ok(false);
-    };
-    Ok(store_tasks::get(conn, id)?
-        .is_some_and(|t| t.status == TaskStatus::Completed || t.done > s.done_at_start))
 }

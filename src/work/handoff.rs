@@ -4,12 +4,13 @@
 //! next action); the document is for people and for agents that read files.
 
 use crate::budget::{Level, Thresholds, Usage};
-use crate::cli::output::thousands;
-use crate::grade::{Grade, one_line};
+use crate::human::progress_text;
+use crate::human::thousands;
 use crate::store::sessions::{CheckpointRow, SessionRow};
 use crate::store::stats::Stats;
+use crate::store::tasks::Grade;
 use crate::store::tasks::TaskRow;
-use crate::tasks::progress_text;
+use crate::work::grade::one_line;
 
 /// Everything the handoff shows.
 #[derive(Debug, Clone)]

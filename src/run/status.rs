@@ -7,11 +7,11 @@ use crate::budget::{self, Kind, Level, Usage};
 use crate::clock;
 use crate::config::Config;
 use crate::root::Root;
-use crate::session;
 use crate::store::agents::{self as store_agents, AssignEntry, Pause};
 use crate::store::sessions as store_sessions;
 use crate::store::tasks::TaskKind;
-use crate::tasks::{self, State, TaskView};
+use crate::work::session;
+use crate::work::tasks::{self, State, TaskView};
 use anyhow::Result;
 use chrono::Duration;
 use rusqlite::Connection;
@@ -159,7 +159,7 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
     let views = tasks::views(conn)?;
     let by_id: HashMap<&str, &TaskView> = views.iter().map(|v| (v.task.id.as_str(), v)).collect();
     let names = tasks::all_agents(conn, root, config)?;
-    let waiting_files = crate::ingest::discover_inbox(&root.inbox(), &names)?;
+    let waiting_files = crate::engine::ingest::discover_inbox(&root.inbox(), &names)?;
     let mut files_waiting_by_agent: BTreeMap<String, u64> = BTreeMap::new();
     for j in &waiting_files {
         *files_waiting_by_agent.entry(j.agent.clone()).or_default() += 1;

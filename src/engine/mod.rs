@@ -1,0 +1,9 @@
+//! The engine: a drop becomes rows. Bytes are decoded (`decode`), their layout recognised
+//! and each pair validated (`layout`), keyed and written exactly once by one writer
+//! (`ingest`), live from the inbox (`watch`). It imports only the foundation (`config`,
+//! `root`, `clock`, `pair`) and `store`.
+
+pub mod decode;
+pub mod ingest;
+pub mod layout;
+pub mod watch;
