@@ -11,6 +11,12 @@ pub struct Args {
     /// Only rejected files.
     #[arg(long)]
     pub rejected: bool,
+    /// Only this agent's files.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only files with this status (integrated, duplicate, rejected, partial, ...).
+    #[arg(long)]
+    pub status: Option<String>,
     /// Print a JSON array of ledger rows (with each invalid pair's index and reason).
     #[arg(long)]
     pub json: bool,
@@ -20,8 +26,10 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     let (_config, conn) = super::open(root)?;
     let rows = ledger::list(
         &conn,
-        ListFilter {
+        &ListFilter {
             rejected_only: args.rejected,
+            agent: args.agent,
+            status: args.status,
         },
     )?;
     if args.json {

@@ -708,7 +708,7 @@ impl<'c> Writer<'c> {
                 first.name
             );
             let stored = self.destination(&job, PROCESSED);
-            ledger::insert(
+            let id = ledger::insert(
                 self.conn,
                 &ledger::NewFile {
                     agent: &job.agent,
@@ -729,6 +729,7 @@ impl<'c> Writer<'c> {
                     now: &self.now,
                 },
             )?;
+            ledger::set_seconds(self.conn, id, started.elapsed().as_secs_f64())?;
             self.schedule_move(&job, stored, None);
             self.report.files_duplicate += 1;
             self.events.push(PendingEvent {
@@ -798,7 +799,7 @@ impl<'c> Writer<'c> {
                         now: &self.now,
                     },
                 )?;
-                let _ = id;
+                ledger::set_seconds(self.conn, id, started.elapsed().as_secs_f64())?;
                 self.report.files_rejected += 1;
                 self.report.rejected.push(RejectedFile {
                     path: source.clone(),
@@ -919,6 +920,7 @@ impl<'c> Writer<'c> {
             }
         }
         ledger::finish(self.conn, id, next, new, dup, &self.now)?;
+        ledger::set_seconds(self.conn, id, started.elapsed().as_secs_f64())?;
         let (run_new, run_dup) = (new - run_new_before, dup - run_dup_before);
         self.report.files_integrated += 1;
         self.report.pairs_new += run_new;

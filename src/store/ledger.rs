@@ -92,6 +92,9 @@ pub struct FileRow {
     pub started_at: String,
     /// When it reached its final status.
     pub finished_at: Option<String>,
+    /// Seconds from the start of reading to its final status (files finished before
+    /// this was recorded have none).
+    pub seconds: Option<f64>,
 }
 
 /// One invalid pair, as kept in the ledger.
@@ -255,33 +258,155 @@ pub fn finished_by_path(conn: &Connection) -> Result<FinishedByPath> {
     Ok(map)
 }
 
-/// Which rows `list` returns.
-#[derive(Debug, Clone, Copy, Default)]
+/// Which rows `list` and `page` return.
+#[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     /// Only rejected files.
     pub rejected_only: bool,
+    /// Only this agent's files.
+    pub agent: Option<String>,
+    /// Only files with this status, any word the ledger may hold (`integrated`,
+    /// `rejected`, ...), so a status added later filters without a change here.
+    pub status: Option<String>,
 }
 
-/// The ledger, oldest first.
-pub fn list(conn: &Connection, filter: ListFilter) -> Result<Vec<FileRow>> {
-    let filter_sql = if filter.rejected_only {
-        "WHERE status = 'rejected'"
-    } else {
-        ""
-    };
+impl ListFilter {
+    /// The `WHERE` clause and its parameters.
+    fn sql(&self) -> (String, Vec<String>) {
+        let mut clauses = Vec::new();
+        let mut params = Vec::new();
+        if self.rejected_only {
+            clauses.push("status = 'rejected'".to_string());
+        }
+        if let Some(a) = &self.agent {
+            params.push(a.clone());
+            clauses.push(format!("agent = ?{}", params.len()));
+        }
+        if let Some(s) = &self.status {
+            params.push(s.clone());
+            clauses.push(format!("status = ?{}", params.len()));
+        }
+        let sql = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        (sql, params)
+    }
+}
+
+/// The ledger, oldest first (`perpetual files`).
+pub fn list(conn: &Connection, filter: &ListFilter) -> Result<Vec<FileRow>> {
+    let (filter_sql, params) = filter.sql();
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM files {filter_sql} ORDER BY id"
     ))?;
     let rows = stmt
-        .query_map([], from_row)?
+        .query_map(rusqlite::params_from_iter(params), from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// One page of the ledger, newest first: at most `limit` rows with an id below `before`
+/// (all when `None`). The web faucet pages through a ledger of any size with it.
+pub fn page(
+    conn: &Connection,
+    filter: &ListFilter,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<Vec<FileRow>> {
+    let (filter_sql, mut params) = filter.sql();
+    params.push(before.unwrap_or(i64::MAX).to_string());
+    let before_sql = format!(
+        "{} id < CAST(?{} AS INTEGER)",
+        if filter_sql.is_empty() {
+            "WHERE"
+        } else {
+            " AND"
+        },
+        params.len()
+    );
+    params.push(limit.min(i64::MAX as usize).to_string());
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM files {filter_sql}{before_sql} ORDER BY id DESC
+         LIMIT CAST(?{} AS INTEGER)",
+        params.len()
+    ))?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(params), from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Files by status, every status the ledger holds, in name order.
+pub fn count_by_status(conn: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM files GROUP BY status ORDER BY 1")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The agents that have rows in the ledger, in name order.
+pub fn agents(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT DISTINCT agent FROM files ORDER BY 1")?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Records how long a file took, in seconds, from the start of reading to the moment its
+/// row reached its final status (the commit follows in the same transaction).
+pub fn set_seconds(conn: &Connection, id: i64, seconds: f64) -> Result<()> {
+    conn.prepare_cached("UPDATE files SET seconds = ?2 WHERE id = ?1")?
+        .execute(params![id, seconds])?;
+    Ok(())
+}
+
+/// Per-file ingest durations as a cumulative histogram over `bounds` (seconds, rising):
+/// how many files took at most each bound, the count and the sum, over the files
+/// with a recorded duration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durations {
+    /// (upper bound, files at or below it), one per bound.
+    pub buckets: Vec<(f64, u64)>,
+    /// Files with a duration.
+    pub count: u64,
+    /// Their durations added up.
+    pub sum: f64,
+}
+
+/// The ledger's per-file durations against `bounds` (see [`Durations`]), in one scan.
+pub fn durations(conn: &Connection, bounds: &[f64]) -> Result<Durations> {
+    let sums: String = (1..=bounds.len())
+        .map(|i| format!(", COALESCE(SUM(seconds <= ?{i}), 0)"))
+        .collect();
+    conn.query_row(
+        &format!(
+            "SELECT COUNT(seconds), COALESCE(SUM(seconds), 0.0){sums}
+             FROM files WHERE seconds IS NOT NULL"
+        ),
+        rusqlite::params_from_iter(bounds),
+        |r| {
+            let mut buckets = Vec::with_capacity(bounds.len());
+            for (i, b) in bounds.iter().enumerate() {
+                buckets.push((*b, r.get::<_, i64>(i + 2)? as u64));
+            }
+            Ok(Durations {
+                buckets,
+                count: r.get::<_, i64>(0)? as u64,
+                sum: r.get(1)?,
+            })
+        },
+    )
+    .map_err(Into::into)
 }
 
 const COLUMNS: &str =
     "id, agent, name, source_path, stored_path, content_hash, size, status, encoding,
     replaced, layout, session, pairs_seen, pairs_new, pairs_duplicate, pairs_invalid, resume_at,
-    invalid, reason, duplicate_of, started_at, finished_at";
+    invalid, reason, duplicate_of, started_at, finished_at, seconds";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
     let hash: Option<Vec<u8>> = r.get(5)?;
@@ -312,5 +437,6 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
         duplicate_of: r.get(19)?,
         started_at: r.get(20)?,
         finished_at: r.get(21)?,
+        seconds: r.get(22)?,
     })
 }

@@ -186,6 +186,11 @@ pub const MIGRATIONS: &[&str] = &[
         detail  TEXT NOT NULL
     );
     "#,
+    // The web faucet's ingest histogram (perpetual_ingest_seconds): how long each file
+    // took, from the start of reading to its final status.
+    r#"
+    ALTER TABLE files ADD COLUMN seconds REAL;     -- NULL for files finished before it was recorded
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -40,6 +40,9 @@ pub struct Stats {
     pub top_indicators: Vec<Count>,
 }
 
+/// How many indicators `stats` lists unless told otherwise (`--top`, `/api/stats?top=`).
+pub const DEFAULT_TOP: usize = 10;
+
 /// Gathers the statistics. `top` bounds the indicator list.
 pub fn stats(conn: &Connection, goal: u64, top: usize) -> Result<Stats> {
     let pairs = super::pairs::count(conn)?;
