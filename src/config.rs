@@ -33,6 +33,28 @@ pub struct Config {
     pub assign: AssignConfig,
     /// The token monitor.
     pub monitor: MonitorConfig,
+    /// The web faucet (`perpetual serve`, `perpetual run --serve`).
+    pub serve: ServeConfig,
+}
+
+/// Settings of the web faucet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where `perpetual serve` listens unless `--addr` says otherwise.
+    pub addr: std::net::SocketAddr,
+    /// The bearer token every request must carry; required to listen on an address
+    /// other than loopback (`--token` and `PERPETUAL_TOKEN` override it).
+    pub token: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 8700)),
+            token: None,
+        }
+    }
 }
 
 /// Settings of `perpetual run`.
@@ -201,6 +223,7 @@ impl Default for Config {
             run: RunConfig::default(),
             assign: AssignConfig::default(),
             monitor: MonitorConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -301,6 +324,13 @@ impl Config {
             self.wrap.backups_kept > 0,
             "wrap.backups_kept must be at least 1"
         );
+        anyhow::ensure!(
+            self.serve
+                .token
+                .as_ref()
+                .is_none_or(|t| !t.trim().is_empty()),
+            "serve.token must not be empty (remove the key for no token)"
+        );
         Ok(())
     }
 
@@ -381,6 +411,13 @@ retry_limit = 3
 # `perpetual monitor --transcript`: the context window a Claude Code transcript is
 # measured against (input + cache creation + cache read tokens of the last reply).
 context_window = 200000
+
+[serve]
+# `perpetual serve` (and `perpetual run --serve ADDR`): the web faucet, read-only.
+# It listens on loopback unless told otherwise; any other address needs a token,
+# which every request must then carry (`Authorization: Bearer <token>`).
+addr = "127.0.0.1:8700"
+# token = "a long random string"
 
 # One table per agent. Each gets inbox/<name>/ (drops) and outbox/<name>/ (deliverables).
 # A folder created under inbox/ is an agent too, even when it is not listed here; it

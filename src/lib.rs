@@ -23,5 +23,6 @@ pub mod human;
 pub mod pair;
 pub mod root;
 pub mod run;
+pub mod serve;
 pub mod store;
 pub mod work;

@@ -13,6 +13,7 @@ mod init;
 mod monitor;
 pub mod output;
 mod run;
+mod serve;
 mod session;
 mod stats;
 mod status;
@@ -129,13 +130,20 @@ pub enum Command {
     /// pause; the pipeline's pairs against the goal, pairs per hour, files waiting,
     /// bottlenecks; the assigner's latest actions.
     Status(status::Args),
+    /// The web faucet: a read-only web server with the live faucet page, tasks, sessions,
+    /// files, a JSON API (/api/status, /api/stats, /api/tasks, /api/files) and /metrics
+    /// for Prometheus. Listens on loopback unless given a token.
+    Serve(serve::Args),
 }
 
 impl Cli {
     /// The log level when neither -v nor RUST_LOG says otherwise: long-running commands
     /// log each file; one-shot commands print a summary instead.
     pub fn default_log_level(&self) -> &'static str {
-        let long_running = matches!(self.command, Command::Watch(_) | Command::Run(_));
+        let long_running = matches!(
+            self.command,
+            Command::Watch(_) | Command::Run(_) | Command::Serve(_)
+        );
         match self.verbose + u8::from(long_running) {
             0 => "warn",
             1 => "info",
@@ -164,6 +172,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Agent(args) => agent::run(&root, args),
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
+        Command::Serve(args) => serve::run(&root, args),
     }
 }
 

@@ -178,8 +178,16 @@ impl Env {
     /// Starts `perpetual ARGS` in the background (a watcher); its stderr is collected as
     /// it comes. The process is killed when the handle is dropped.
     pub fn spawn(&self, args: &[&str]) -> Running {
-        let mut child = self
-            .command(args)
+        self.spawn_with(args, &[])
+    }
+
+    /// [`Env::spawn`] with extra environment variables (e.g. `PERPETUAL_NOW`).
+    pub fn spawn_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Running {
+        let mut command = self.command(args);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
