@@ -70,7 +70,7 @@ fn every_page_and_endpoint_answers_with_its_content_type() {
     for want in [
         "claude_code",
         "droid",
-        "⏸ paused",
+        "‖ paused",
         "three sessions without progress",
         "⚠ warning", // 160,000 of 200,000 tokens: 80%
         "160,000 / 200,000",

@@ -412,7 +412,7 @@ pub fn faucet_page(conn: &Connection, root: &Root, config: &Config) -> Result<Fa
             sessions.push(session_card(conn, config, s, &views)?);
         }
         let (state_class, state) = match (&a.paused, a.sessions.len()) {
-            (Some(_), _) => ("paused", "⏸ paused".to_string()),
+            (Some(_), _) => ("paused", "‖ paused".to_string()),
             (None, 0) if !a.needs_review.is_empty() => ("review", "⚑ needs review".to_string()),
             (None, 0) => ("idle", "○ idle".to_string()),
             (None, 1) => ("working", "▶ working".to_string()),

@@ -186,3 +186,47 @@ impl Reply {
             .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {}", self.path, self.body))
     }
 }
+
+/// A day of history before [`NOW`]: generated drops integrated every two hours, so the
+/// growth chart has a shape (for the browser test's screenshots).
+pub fn history(env: &Env) {
+    let now = chrono::DateTime::parse_from_rfc3339(NOW).unwrap();
+    for i in 0..11u32 {
+        let at = (now - chrono::Duration::hours(22 - 2 * i64::from(i)))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let out = format!("generated/history_{i}");
+        let pairs = (60 + 17 * i).to_string();
+        env.run_at(
+            &at,
+            &[
+                "generate",
+                "--out",
+                &out,
+                "--agent",
+                "droid",
+                "--files",
+                "2",
+                "--pairs",
+                &pairs,
+                "--seed",
+                &i.to_string(),
+            ],
+        )
+        .expect(0);
+        // Generated into a folder of its own, then moved into the inbox.
+        std::fs::create_dir_all(env.path("inbox/droid")).unwrap();
+        for name in env.files_in(&out) {
+            std::fs::rename(
+                env.path(&format!("{out}/{name}")),
+                env.path(&format!("inbox/droid/h{i}_{name}")),
+            )
+            .unwrap();
+        }
+        let ingest = env.run_at(&at, &["ingest"]);
+        assert!(
+            ingest.code() == 0 || ingest.code() == 3,
+            "{}",
+            ingest.explain()
+        );
+    }
+}
