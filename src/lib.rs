@@ -2,14 +2,15 @@
 //! agents that drop files into `inbox/<agent>/`. See ARCHITECTURE.md for the data flow
 //! and the invariants; each module's doc says what it owns.
 //!
-//! Subsystems, imports flowing one way (`cli` → `run` → `work` → `engine` → `store` →
-//! the foundation):
+//! Subsystems, imports flowing one way (`cli` → `serve` → `run` → `work` → `engine` →
+//! `store` → the foundation):
 //! - the foundation: `clock`, `config`, `root`, `budget` (the budget vocabulary),
 //!   `pair` (the pair and its key), `human` (numbers as people read them);
 //! - `store`: every SQL statement;
 //! - `engine`: drop to database;
 //! - `work`: tasks, sessions, budgets at work, grading, handoffs, backfill;
 //! - `run`: the perpetual loop, supervision, hooks, status;
+//! - `serve`: the web faucet, the only async code (axum on tokio), read-only;
 //! - `generate`: synthetic drops for tests, benches and demos;
 //! - `cli`: one file per command.
 

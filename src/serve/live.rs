@@ -88,6 +88,7 @@ pub(crate) fn start(
     let thread = std::thread::Builder::new()
         .name("serve-live".into())
         .spawn(move || {
+            super::yield_to_the_writer();
             let mut rendered = Instant::now();
             let mut stale = false;
             while !stop.load(Ordering::SeqCst) {

@@ -440,3 +440,134 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
         seconds: r.get(22)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        conn: &Connection,
+        agent: &str,
+        name: &str,
+        status: FileStatus,
+        seconds: Option<f64>,
+    ) -> i64 {
+        let id = insert(
+            conn,
+            &NewFile {
+                agent,
+                name,
+                source_path: name,
+                stored_path: None,
+                content_hash: None,
+                size: 1,
+                status,
+                encoding: None,
+                replaced: false,
+                layout: None,
+                session: None,
+                pairs_seen: 0,
+                invalid: &[],
+                reason: None,
+                duplicate_of: None,
+                now: "2026-01-01T00:00:00Z",
+            },
+        )
+        .unwrap();
+        if let Some(s) = seconds {
+            set_seconds(conn, id, s).unwrap();
+        }
+        id
+    }
+
+    #[test]
+    fn filters_pages_and_statuses() {
+        let conn = crate::store::open_in_memory().unwrap();
+        row(
+            &conn,
+            "droid",
+            "a.json",
+            FileStatus::Integrated,
+            Some(0.002),
+        );
+        row(&conn, "zai", "b.json", FileStatus::Rejected, Some(0.02));
+        row(&conn, "droid", "c.json", FileStatus::Rejected, Some(3.0));
+        row(&conn, "droid", "d.json", FileStatus::Duplicate, None);
+        let names = |rows: Vec<FileRow>| rows.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        let by = |agent: Option<&str>, status: Option<&str>| ListFilter {
+            rejected_only: false,
+            agent: agent.map(str::to_string),
+            status: status.map(str::to_string),
+        };
+        for (case, filter, want) in [
+            (
+                "everything",
+                ListFilter::default(),
+                vec!["a.json", "b.json", "c.json", "d.json"],
+            ),
+            (
+                "rejected only",
+                ListFilter {
+                    rejected_only: true,
+                    ..ListFilter::default()
+                },
+                vec!["b.json", "c.json"],
+            ),
+            (
+                "one agent",
+                by(Some("droid"), None),
+                vec!["a.json", "c.json", "d.json"],
+            ),
+            (
+                "agent and status",
+                by(Some("droid"), Some("rejected")),
+                vec!["c.json"],
+            ),
+            ("a status no row has", by(None, Some("skipped")), vec![]),
+        ] {
+            assert_eq!(names(list(&conn, &filter).unwrap()), want, "{case}");
+        }
+        // Newest first, a page at a time.
+        let first = page(&conn, &ListFilter::default(), None, 3).unwrap();
+        assert_eq!(names(first.clone()), ["d.json", "c.json", "b.json"]);
+        let next = page(&conn, &ListFilter::default(), Some(first[2].id), 3).unwrap();
+        assert_eq!(names(next), ["a.json"]);
+        assert_eq!(
+            names(page(&conn, &by(Some("droid"), None), None, 2).unwrap()),
+            ["d.json", "c.json"]
+        );
+        assert_eq!(
+            count_by_status(&conn).unwrap(),
+            [
+                ("duplicate".to_string(), 1),
+                ("integrated".to_string(), 1),
+                ("rejected".to_string(), 2)
+            ]
+        );
+        assert_eq!(agents(&conn).unwrap(), ["droid", "zai"]);
+    }
+
+    #[test]
+    fn durations_are_cumulative_over_the_files_that_have_one() {
+        let conn = crate::store::open_in_memory().unwrap();
+        for (i, s) in [0.002, 0.02, 0.03, 3.0].into_iter().enumerate() {
+            row(
+                &conn,
+                "droid",
+                &format!("{i}.json"),
+                FileStatus::Integrated,
+                Some(s),
+            );
+        }
+        row(&conn, "droid", "old.json", FileStatus::Integrated, None);
+        let d = durations(&conn, &[0.01, 0.05, 1.0]).unwrap();
+        assert_eq!(d.buckets, [(0.01, 1), (0.05, 3), (1.0, 3)]);
+        assert_eq!(d.count, 4);
+        assert!((d.sum - 3.052).abs() < 1e-9, "{}", d.sum);
+        let empty = durations(&crate::store::open_in_memory().unwrap(), &[1.0]).unwrap();
+        assert_eq!(
+            (empty.buckets, empty.count, empty.sum),
+            (vec![(1.0, 0)], 0, 0.0)
+        );
+    }
+}
