@@ -34,14 +34,25 @@ fn json<T: serde::Serialize>(value: &T) -> Response {
     Json(value).into_response()
 }
 
-/// `GET /api/status`: `perpetual status --json`.
+/// `GET /api/status`: `perpetual status --json`. Clients asking at the same time share
+/// one computation (`coalesce`), each answer taken after its request arrived.
 pub(crate) async fn status(State(app): State<Arc<App>>) -> Result<Response, Failure> {
-    let (root, config) = (app.root.clone(), app.config.clone());
-    let view = app
-        .readers
-        .read(move |conn| crate::run::status::faucet(conn, &root, &config))
+    let body = app
+        .status
+        .get(|| async {
+            let (root, config) = (app.root.clone(), app.config.clone());
+            let view = app
+                .readers
+                .read(move |conn| crate::run::status::faucet(conn, &root, &config))
+                .await?;
+            Ok(axum::body::Bytes::from(serde_json::to_vec(&view)?))
+        })
         .await?;
-    Ok(json(&view))
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 /// `/api/stats`'s query.

@@ -7,7 +7,8 @@
 //! somebody listens, it takes the page's snapshot, renders its sections once, and
 //! publishes them on a `watch` channel; each client's stream sends the latest. A client
 //! that falls behind skips to the newest state instead of queueing old ones, and a drop
-//! reaches every open page within a tick and a render of its commit.
+//! reaches every open page within a tick, a pause ([`MIN_GAP`]) and a render of its
+//! commit.
 
 use super::App;
 use super::readers::Readers;
@@ -30,6 +31,9 @@ use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
 pub const TICK: Duration = Duration::from_millis(100);
 /// How often it renders anyway, for what changes with the clock alone.
 pub const REFRESH: Duration = Duration::from_secs(5);
+/// The least pause between two renders; after a slow render, twice its time, so that
+/// during a burst of commits rendering takes at most a third of a core.
+pub const MIN_GAP: Duration = Duration::from_millis(250);
 
 /// One state of `/`, as sent to every client.
 #[derive(Debug)]
@@ -89,31 +93,35 @@ pub(crate) fn start(
         .name("serve-live".into())
         .spawn(move || {
             super::yield_to_the_writer();
+            // When the last render ended, and the pause owed before the next one.
             let mut rendered = Instant::now();
+            let mut gap = MIN_GAP;
+            // A commit not rendered yet; a state nobody has seen rendered.
+            let mut pending = false;
             let mut stale = false;
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(TICK);
-                let changed = match data_version(&conn) {
-                    Ok(v) => std::mem::replace(&mut seen, v) != v,
+                match data_version(&conn) {
+                    Ok(v) => pending |= std::mem::replace(&mut seen, v) != v,
                     Err(e) => {
                         tracing::warn!("serve: cannot look for changes: {e:#}");
                         continue;
                     }
-                };
-                let due = changed || stale || rendered.elapsed() >= REFRESH;
+                }
+                let due = pending || stale || rendered.elapsed() >= REFRESH;
                 // The server keeps one receiver to hand out; more means somebody listens.
                 if tx.receiver_count() <= 1 {
                     stale |= due;
+                    pending = false;
                     continue;
                 }
-                if !due {
+                if !due || rendered.elapsed() < gap {
                     continue;
                 }
                 let version = tx.borrow().version + 1;
+                let started = Instant::now();
                 match render(&conn, &root, &config, version) {
                     Ok(update) => {
-                        rendered = Instant::now();
-                        stale = false;
                         tx.send_if_modified(|current| {
                             if current.sections == update.sections {
                                 return false;
@@ -124,6 +132,11 @@ pub(crate) fn start(
                     }
                     Err(e) => tracing::warn!("serve: cannot render the live view: {e:#}"),
                 }
+                // Renders take at most a third of a core, however fast commits come.
+                gap = MIN_GAP.max(started.elapsed() * 2);
+                rendered = Instant::now();
+                pending = false;
+                stale = false;
             }
             // Dropping the sender ends every client's stream.
         })?;

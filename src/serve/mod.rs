@@ -26,6 +26,7 @@
 mod api;
 mod auth;
 mod charts;
+mod coalesce;
 mod live;
 mod metrics;
 mod pages;
@@ -75,6 +76,8 @@ pub(crate) struct App {
     pub readers: Readers,
     pub auth: auth::Auth,
     pub live: tokio::sync::watch::Receiver<Arc<live::Update>>,
+    /// `/api/status`, computed once for everyone asking at the same time.
+    pub status: coalesce::Coalesce,
 }
 
 /// Lowers the calling thread's CPU priority to nice 10. Every thread of the server runs
@@ -126,6 +129,7 @@ impl Server {
             readers,
             auth: auth::Auth::new(opts.token.as_deref(), addr),
             live: live_rx,
+            status: coalesce::Coalesce::default(),
         });
         let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
