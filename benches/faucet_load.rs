@@ -85,9 +85,11 @@ fn start(mut command: Command, ready: &str) -> (Child, String) {
         }
     });
     loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no {ready:?} from perpetual"));
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no {ready:?} from perpetual");
+        };
         if line.contains(ready) {
             // Keep draining so the child never blocks on a full pipe.
             std::thread::spawn(move || while rx.recv().is_ok() {});
