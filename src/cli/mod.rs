@@ -12,6 +12,7 @@ mod ingest;
 mod init;
 mod monitor;
 pub mod output;
+mod record;
 mod run;
 mod session;
 mod stats;
@@ -107,7 +108,8 @@ pub enum Command {
     Files(files::Args),
     /// Write realistic generated drops (for tests, benchmarks and demos).
     Generate(generate::Args),
-    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats, import.
+    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats,
+    /// import, edit, review.
     Task(task::Args),
     /// Budgeted sessions: start, checkpoint, status, list, wrap.
     Session(session::Args),
@@ -148,7 +150,8 @@ impl Cli {
 pub fn run(cli: Cli) -> Result<Exit> {
     crate::clock::check_override()?;
     let root = Root::new(&cli.root)?;
-    match cli.command {
+    let steering = record::describe(&cli.command);
+    let exit = match cli.command {
         Command::Watch(args) => watch::run(&root, args),
         Command::Init => init::run(&root),
         Command::Ingest(args) => ingest::run(&root, args),
@@ -164,7 +167,11 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Agent(args) => agent::run(&root, args),
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
+    }?;
+    if let Some(what) = steering {
+        record::record(&root, &what);
     }
+    Ok(exit)
 }
 
 /// Opens the root's configuration and database, creating whatever is missing.

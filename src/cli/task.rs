@@ -5,6 +5,7 @@ use super::output::{cell, print_json, thousands};
 use crate::human::progress_text;
 use crate::root::Root;
 use crate::store::tasks::TaskKind;
+use crate::work::history::Actor;
 use crate::work::tasks::{self, AddTask, State, TaskView};
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -133,6 +134,52 @@ pub enum TaskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change a task in place: priority, description, estimate, total, dependencies,
+    /// agent. All or nothing: a dependency cycle, or moving a task a session works on, is
+    /// refused and changes nothing. Every change goes into the task's history (`task show`).
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args([
+        "priority", "description", "estimated_tokens", "total", "after", "no_after", "agent"
+    ])))]
+    Edit {
+        /// Task id.
+        id: String,
+        /// New priority; 1 runs first.
+        #[arg(long, value_name = "N")]
+        priority: Option<i64>,
+        /// New description ("" clears it).
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// New token estimate (0 clears it).
+        #[arg(long, value_name = "N")]
+        estimated_tokens: Option<u64>,
+        /// New total of units (not below the units done).
+        #[arg(long, value_name = "N")]
+        total: Option<u64>,
+        /// Add dependencies: tasks that must complete first (repeat, or list several).
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        after: Vec<String>,
+        /// Remove dependencies.
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        no_after: Vec<String>,
+        /// Move the task to this agent's queue (refused while a session works on it).
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+        /// Print the changes and the task as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A task's review flag: show it, or clear it once a person has looked (--clear); the
+    /// flag's reason and the note stay in the task's history.
+    Review {
+        /// Task id.
+        id: String,
+        /// Clear the flag.
+        #[arg(long)]
+        clear: bool,
+        /// What the person found or decided (kept in the history; with --clear).
+        #[arg(long, value_name = "TEXT", requires = "clear")]
+        note: Option<String>,
+    },
 }
 
 pub fn run(root: &Root, args: Args) -> Result<Exit> {
@@ -190,6 +237,16 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 crate::work::kinds::check,
             )?;
             let v = tasks::view(&conn, &id)?;
+            crate::work::history::task_event(
+                &conn,
+                &id,
+                &Actor::from_env(),
+                "add",
+                format!(
+                    "added to {}'s queue at priority {}",
+                    v.task.agent, v.task.priority
+                ),
+            )?;
             println!(
                 "added {} to {}'s queue (priority {}): {}",
                 id,
@@ -216,12 +273,14 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             let dependents = crate::store::tasks::dependents(&conn, &id)?;
             let last_checkpoint = crate::store::sessions::last_checkpoint_of_task(&conn, &id)?;
             let report = root.reports_dir().join(format!("{id}.md"));
+            let history = crate::store::history::task_events(&conn, &id)?;
             let shown = Shown {
                 task: &v,
                 dependents: &dependents,
                 sessions: &sessions,
                 last_checkpoint: last_checkpoint.as_ref(),
                 report: report.is_file().then_some(&report),
+                history: &history,
             };
             if json {
                 print_json(&shown)?;
@@ -321,6 +380,16 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 .with_context(|| format!("cannot read {}", plan.display()))?;
             let report = tasks::import(&mut conn, &text, crate::work::kinds::check)
                 .with_context(|| format!("cannot import {}", plan.display()))?;
+            let actor = Actor::from_env();
+            for id in &report.added {
+                crate::work::history::task_event(
+                    &conn,
+                    id,
+                    &actor,
+                    "add",
+                    format!("imported from {}", plan.display()),
+                )?;
+            }
             if json {
                 print_json(&report)?;
             } else {
@@ -337,6 +406,73 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 );
             }
         }
+        TaskCommand::Edit {
+            id,
+            priority,
+            description,
+            estimated_tokens,
+            total,
+            after,
+            no_after,
+            agent,
+            json,
+        } => {
+            let changes = tasks::edit(
+                &mut conn,
+                &id,
+                &tasks::Edit {
+                    priority,
+                    description,
+                    estimated_tokens,
+                    total,
+                    after,
+                    no_after,
+                    agent,
+                },
+                &Actor::from_env(),
+            )?;
+            let v = tasks::view(&conn, &id)?;
+            if json {
+                #[derive(Serialize)]
+                struct Edited<'a> {
+                    changes: &'a [tasks::Change],
+                    task: &'a TaskView,
+                }
+                print_json(&Edited {
+                    changes: &changes,
+                    task: &v,
+                })?;
+            } else if changes.is_empty() {
+                println!("{id} unchanged: it already had those values");
+            } else {
+                println!("edited {id}:");
+                for c in &changes {
+                    println!("  {}", c.text());
+                }
+                println!("{id} is {} in {}'s queue", state_text(&v), v.task.agent);
+            }
+        }
+        TaskCommand::Review { id, clear, note } => {
+            if clear {
+                let was = tasks::clear_review(&mut conn, &id, note.as_deref(), &Actor::from_env())?;
+                println!("review flag cleared on {id} (it said: {was})");
+                let t = tasks::get(&conn, &id)?;
+                if let Some(p) = crate::store::agents::pause_of(&conn, &t.agent)? {
+                    println!(
+                        "{} is still paused ({}): `perpetual agent resume {}` lets it run again",
+                        t.agent, p.reason, t.agent
+                    );
+                }
+            } else {
+                let t = tasks::get(&conn, &id)?;
+                match &t.needs_review {
+                    Some(r) => println!(
+                        "{id} needs review: {r}\n(`perpetual task review {id} --clear --note TEXT` clears it)"
+                    ),
+                    None => println!("{id} is not flagged for review"),
+                }
+            }
+        }
     }
     Ok(Exit::Ok)
 }
@@ -350,6 +486,7 @@ struct Shown<'a> {
     sessions: &'a [crate::store::sessions::SessionRow],
     last_checkpoint: Option<&'a crate::store::sessions::CheckpointRow>,
     report: Option<&'a PathBuf>,
+    history: &'a [crate::store::history::TaskEvent],
 }
 
 fn state_text(v: &TaskView) -> String {
@@ -482,6 +619,12 @@ fn print_show(s: &Shown<'_>) {
             x.level
                 .map(|l| format!(", wrapped at {}", l.as_str()))
                 .unwrap_or_default()
+        );
+    }
+    for h in s.history {
+        println!(
+            "history      {}  {}  {}: {}",
+            h.at, h.actor, h.action, h.detail
         );
     }
 }

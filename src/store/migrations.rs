@@ -186,6 +186,29 @@ pub const MIGRATIONS: &[&str] = &[
         detail  TEXT NOT NULL
     );
     "#,
+    // The operator's controls (issue 15): every change to a task, who or what made it and
+    // when (`task_history`), and the state-changing commands run, each marked as a
+    // person's (an intervention) or not (`commands`).
+    r#"
+    CREATE TABLE task_history (
+        id      INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        at      TEXT NOT NULL,
+        actor   TEXT NOT NULL,                      -- who or what: person (alice), session <id>, assigner, ...
+        action  TEXT NOT NULL,                      -- edit, review_clear, retry, estimate, recur, ...
+        detail  TEXT NOT NULL                       -- what changed, e.g. "priority 5 → 2"
+    );
+    CREATE INDEX task_history_by_task ON task_history(task_id, id);
+
+    CREATE TABLE commands (
+        id      INTEGER PRIMARY KEY,
+        at      TEXT NOT NULL,
+        actor   TEXT NOT NULL,                      -- as in task_history
+        manual  INTEGER NOT NULL,                   -- 1: a person ran it by hand (an intervention)
+        command TEXT NOT NULL                       -- e.g. "task edit build_x"
+    );
+    CREATE INDEX commands_by_time ON commands(manual, at);
+    "#,
 ];
 
 /// The schema version this build writes.

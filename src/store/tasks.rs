@@ -327,6 +327,42 @@ pub fn set_priority(conn: &Connection, id: &str, priority: i64) -> Result<()> {
     Ok(())
 }
 
+/// Sets a task's description (None clears it).
+pub fn set_description(conn: &Connection, id: &str, description: Option<&str>) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET description = ?2 WHERE id = ?1",
+        params![id, description],
+    )?;
+    Ok(())
+}
+
+/// Sets a task's token estimate (None clears it).
+pub fn set_estimate(conn: &Connection, id: &str, tokens: Option<u64>) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET estimated_tokens = ?2 WHERE id = ?1",
+        params![id, tokens.map(|n| n as i64)],
+    )?;
+    Ok(())
+}
+
+/// Moves a task to another agent's queue.
+pub fn set_agent(conn: &Connection, id: &str, agent: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET agent = ?2 WHERE id = ?1",
+        params![id, agent],
+    )?;
+    Ok(())
+}
+
+/// Removes one dependency; returns whether there was one.
+pub fn remove_dependency(conn: &Connection, task: &str, depends_on: &str) -> Result<bool> {
+    let n = conn.execute(
+        "DELETE FROM task_deps WHERE task_id = ?1 AND depends_on = ?2",
+        params![task, depends_on],
+    )?;
+    Ok(n > 0)
+}
+
 /// Clears a task's review flag.
 pub fn clear_review(conn: &Connection, id: &str) -> Result<()> {
     conn.execute("UPDATE tasks SET needs_review = NULL WHERE id = ?1", [id])?;

@@ -49,6 +49,15 @@ fn log(
     };
     tracing::info!(action, agent, task, "assign: {}", e.detail);
     store_agents::log_assign(conn, &e)?;
+    if store_tasks::exists(conn, task)? {
+        crate::work::history::task_event(
+            conn,
+            task,
+            &crate::work::history::Actor::assigner(),
+            action,
+            e.detail.clone(),
+        )?;
+    }
     done.push(e);
     Ok(())
 }

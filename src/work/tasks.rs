@@ -479,6 +479,244 @@ pub fn remove(conn: &mut Connection, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// What `task edit` changes; a field left `None` (or an empty list) stays as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Edit {
+    /// New priority (1 runs first).
+    pub priority: Option<i64>,
+    /// New description; an empty text clears it.
+    pub description: Option<String>,
+    /// New token estimate; 0 clears it.
+    pub estimated_tokens: Option<u64>,
+    /// New total of units (at least 1, and not below the units done).
+    pub total: Option<u64>,
+    /// Tasks that must complete first, added to its dependencies.
+    pub after: Vec<String>,
+    /// Dependencies removed.
+    pub no_after: Vec<String>,
+    /// Another agent's queue.
+    pub agent: Option<String>,
+}
+
+/// One field `task edit` changed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    /// `priority`, `description`, `estimated_tokens`, `total`, `after` or `agent`.
+    pub field: &'static str,
+    /// What it was, as shown.
+    pub from: String,
+    /// What it is now.
+    pub to: String,
+}
+
+impl Change {
+    /// `priority 5 → 2`: how the history shows it.
+    pub fn text(&self) -> String {
+        format!("{} {} → {}", self.field, self.from, self.to)
+    }
+}
+
+/// Edits a task in one transaction: every change, or nothing when one is refused (a
+/// dependency cycle, an agent change while a session works on the task, a total below
+/// the units done). Each change is recorded in the task's history under `by`; the
+/// changes are returned (empty when every value was already so).
+pub fn edit(
+    conn: &mut Connection,
+    id: &str,
+    e: &Edit,
+    by: &crate::work::history::Actor,
+) -> Result<Vec<Change>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let t = get(&tx, id)?;
+    let only_description = e.priority.is_none()
+        && e.estimated_tokens.is_none()
+        && e.total.is_none()
+        && e.after.is_empty()
+        && e.no_after.is_empty()
+        && e.agent.is_none();
+    ensure!(
+        t.status != TaskStatus::Completed || only_description,
+        "task {id} is completed (its record is the archive): only its description can change"
+    );
+    let mut changes = Vec::new();
+    let none = || "none".to_string();
+    if let Some(p) = e.priority {
+        ensure!(p >= 1, "task {id}: priority must be 1 or more");
+        if p != t.priority {
+            store::set_priority(&tx, id, p)?;
+            changes.push(Change {
+                field: "priority",
+                from: t.priority.to_string(),
+                to: p.to_string(),
+            });
+        }
+    }
+    if let Some(d) = &e.description {
+        let d = Some(d.trim()).filter(|d| !d.is_empty());
+        if d != t.description.as_deref() {
+            store::set_description(&tx, id, d)?;
+            changes.push(Change {
+                field: "description",
+                from: t
+                    .description
+                    .as_deref()
+                    .map_or_else(none, |x| format!("{x:?}")),
+                to: d.map_or_else(none, |x| format!("{x:?}")),
+            });
+        }
+    }
+    if let Some(n) = e.estimated_tokens {
+        let n = Some(n).filter(|&n| n > 0);
+        if n != t.estimated_tokens {
+            store::set_estimate(&tx, id, n)?;
+            changes.push(Change {
+                field: "estimated_tokens",
+                from: t.estimated_tokens.map_or_else(none, |x| x.to_string()),
+                to: n.map_or_else(none, |x| x.to_string()),
+            });
+        }
+    }
+    if let Some(n) = e.total {
+        ensure!(n >= 1, "task {id}: total must be at least 1");
+        ensure!(
+            n >= t.done,
+            "task {id}: {} unit(s) are done already; the total cannot be below that",
+            t.done
+        );
+        if Some(n) != t.total {
+            store::set_progress(&tx, id, t.done, Some(n))?;
+            changes.push(Change {
+                field: "total",
+                from: t.total.map_or_else(none, |x| x.to_string()),
+                to: n.to_string(),
+            });
+        }
+    }
+    if let Some(both) = e.after.iter().find(|d| e.no_after.contains(d)) {
+        bail!("task {id}: {both} is named by both --after and --no-after");
+    }
+    let mut deps: Vec<String> = t.depends_on.clone();
+    for d in &e.no_after {
+        ensure!(
+            store::remove_dependency(&tx, id, d)?,
+            "task {id} does not depend on {d:?} (it depends on {})",
+            if t.depends_on.is_empty() {
+                "nothing".to_string()
+            } else {
+                t.depends_on.join(", ")
+            }
+        );
+        deps.retain(|x| x != d);
+    }
+    for d in &e.after {
+        ensure!(d != id, "task {id} cannot depend on itself");
+        ensure!(
+            store::exists(&tx, d)?,
+            "task {id} cannot depend on {d:?}, which does not exist; add it first"
+        );
+        if !deps.contains(d) {
+            if let Some(path) = path_between(&tx, d, id)? {
+                bail!(
+                    "refused: {id} after {d} would make a dependency cycle ({} → {d}); nothing changed",
+                    path.join(" → ")
+                );
+            }
+            store::add_dependency(&tx, id, d)?;
+            deps.push(d.clone());
+        }
+    }
+    deps.sort();
+    let mut before = t.depends_on.clone();
+    before.sort();
+    if deps != before {
+        let list = |v: &[String]| {
+            if v.is_empty() { none() } else { v.join(", ") }
+        };
+        changes.push(Change {
+            field: "after",
+            from: list(&before),
+            to: list(&deps),
+        });
+    }
+    if let Some(a) = &e.agent {
+        crate::root::check_agent_name(a)?;
+        if a != &t.agent {
+            let active: Vec<String> = store_sessions::of_task(&tx, id)?
+                .into_iter()
+                .filter(|s| s.is_active())
+                .map(|s| s.id)
+                .collect();
+            ensure!(
+                active.is_empty(),
+                "refused: session {} of {} works on task {id}; wrap it before moving the task to {a}",
+                active.join(", "),
+                t.agent
+            );
+            store::set_agent(&tx, id, a)?;
+            changes.push(Change {
+                field: "agent",
+                from: t.agent.clone(),
+                to: a.clone(),
+            });
+        }
+    }
+    for c in &changes {
+        crate::work::history::task_event(&tx, id, by, "edit", c.text())?;
+    }
+    tx.commit()?;
+    Ok(changes)
+}
+
+/// The dependency path from `from` down to `to` (`from` depends on ... on `to`), if one
+/// exists: adding "`to` after `from`" would close it into a cycle.
+fn path_between(conn: &Connection, from: &str, to: &str) -> Result<Option<Vec<String>>> {
+    let rows = store::all(conn)?;
+    let deps: HashMap<&str, &[String]> = rows
+        .iter()
+        .map(|t| (t.id.as_str(), t.depends_on.as_slice()))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut stack = vec![vec![from.to_string()]];
+    while let Some(path) = stack.pop() {
+        let last = path.last().expect("a path is never empty").clone();
+        if last == to {
+            return Ok(Some(path));
+        }
+        if !seen.insert(last.clone()) {
+            continue;
+        }
+        for d in deps.get(last.as_str()).copied().unwrap_or(&[]) {
+            let mut next = path.clone();
+            next.push(d.clone());
+            stack.push(next);
+        }
+    }
+    Ok(None)
+}
+
+/// Clears a task's review flag after a person looked; the flag's reason and `note` are
+/// kept in the task's history. Returns the reason the flag had.
+pub fn clear_review(
+    conn: &mut Connection,
+    id: &str,
+    note: Option<&str>,
+    by: &crate::work::history::Actor,
+) -> Result<String> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let t = get(&tx, id)?;
+    let reason = t
+        .needs_review
+        .with_context(|| format!("task {id} is not flagged for review"))?;
+    store::clear_review(&tx, id)?;
+    let mut detail = format!("review flag cleared (it said: {reason})");
+    if let Some(n) = note.map(str::trim).filter(|n| !n.is_empty()) {
+        detail.push_str(&format!("; note: {n}"));
+    }
+    crate::work::history::task_event(&tx, id, by, "review_clear", detail)?;
+    tx.commit()?;
+    Ok(reason)
+}
+
 /// What `task stats` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Stats {

@@ -1,0 +1,278 @@
+//! The operator's controls and reports (issue 15), driven through the real binary:
+//! `task edit`, `task review --clear`, thresholds per budget kind, `monitor --slots` and
+//! `--api-calls`, recurring tasks and standing duties, `report daily` and the hours
+//! without human intervention.
+
+mod common;
+
+use common::Env;
+use serde_json::Value;
+
+fn show(env: &Env, id: &str) -> Value {
+    env.run(&["task", "show", id, "--json"]).expect(0).json()
+}
+
+fn history_details(task: &Value) -> Vec<String> {
+    task["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| {
+            format!(
+                "{} | {} | {}",
+                h["actor"].as_str().unwrap(),
+                h["action"].as_str().unwrap(),
+                h["detail"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn task_edit_changes_every_field_records_who_and_refuses_a_cycle_changing_nothing() {
+    let env = Env::new();
+    env.run(&["task", "add", "a", "--agent", "zai"]).expect(0);
+    env.run(&["task", "add", "b", "--agent", "zai", "--after", "a"])
+        .expect(0);
+    env.run(&["task", "add", "c", "--agent", "zai", "--after", "b"])
+        .expect(0);
+    env.run(&["task", "add", "d", "--agent", "zai"]).expect(0);
+
+    // A cycle is refused, and nothing else of the same command is applied.
+    let run = env
+        .run(&["task", "edit", "a", "--priority", "1", "--after", "c"])
+        .expect(1);
+    assert!(
+        run.stderr().contains("cycle (c → b → a → c)") && run.stderr().contains("nothing changed"),
+        "{}",
+        run.explain()
+    );
+    let a = show(&env, "a");
+    assert_eq!(
+        a["priority"], 5,
+        "the priority of the refused edit was not applied"
+    );
+    assert_eq!(a["depends_on"], serde_json::json!([]));
+    assert!(history_details(&a).iter().all(|h| !h.contains("edit")));
+
+    // Every field.
+    let run = env
+        .run_with(
+            &[
+                "task",
+                "edit",
+                "a",
+                "--priority",
+                "2",
+                "--description",
+                "Quality pass",
+                "--estimated-tokens",
+                "50000",
+                "--total",
+                "40",
+                "--json",
+            ],
+            &[("USER", "ana")],
+        )
+        .expect(0);
+    let edited = run.json();
+    let fields: Vec<&str> = edited["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["priority", "description", "estimated_tokens", "total"],
+        "{}",
+        run.explain()
+    );
+    let a = show(&env, "a");
+    assert_eq!(a["priority"], 2);
+    assert_eq!(a["description"], "Quality pass");
+    assert_eq!(a["estimated_tokens"], 50000);
+    assert_eq!(a["total"], 40);
+
+    // Dependencies: add one and remove one in the same edit.
+    env.run(&["task", "edit", "c", "--no-after", "b", "--after", "d"])
+        .expect(0);
+    assert_eq!(show(&env, "c")["depends_on"], serde_json::json!(["d"]));
+    // Removing a dependency the task does not have is refused.
+    let run = env.run(&["task", "edit", "c", "--no-after", "b"]).expect(1);
+    assert!(
+        run.stderr().contains("does not depend on"),
+        "{}",
+        run.explain()
+    );
+
+    // The agent, by automation that is not a person.
+    env.run_with(
+        &["task", "edit", "b", "--agent", "droid"],
+        &[("PERPETUAL_ACTOR", "cron")],
+    )
+    .expect(0);
+    assert_eq!(show(&env, "b")["agent"], "droid");
+    let run = env
+        .run(&["task", "list", "--agent", "droid", "--json"])
+        .expect(0);
+    assert_eq!(run.json()[0]["id"], "b", "{}", run.explain());
+
+    // A total below the units done is refused.
+    env.run(&["task", "progress", "a", "12/40"]).expect(0);
+    let run = env.run(&["task", "edit", "a", "--total", "10"]).expect(1);
+    assert!(
+        run.stderr().contains("12 unit(s) are done"),
+        "{}",
+        run.explain()
+    );
+
+    // Clearing: an empty description and a 0 estimate.
+    env.run(&[
+        "task",
+        "edit",
+        "a",
+        "--description",
+        "",
+        "--estimated-tokens",
+        "0",
+    ])
+    .expect(0);
+    let a = show(&env, "a");
+    assert!(a["description"].is_null() && a["estimated_tokens"].is_null());
+
+    // Nothing to change is a usage error.
+    env.run(&["task", "edit", "a"]).expect(2);
+
+    // Who changed what, and when, in the order it happened.
+    let h = history_details(&show(&env, "a"));
+    assert_eq!(h.len(), 7, "{h:#?}");
+    assert!(
+        h[0].starts_with("person") && h[0].ends_with("| add | added to zai's queue at priority 5"),
+        "{h:#?}"
+    );
+    assert_eq!(
+        h[1..5],
+        [
+            "person (ana) | edit | priority 5 → 2",
+            "person (ana) | edit | description none → \"Quality pass\"",
+            "person (ana) | edit | estimated_tokens none → 50000",
+            "person (ana) | edit | total none → 40",
+        ],
+        "{h:#?}"
+    );
+    assert!(
+        h[5].starts_with("person")
+            && h[5].ends_with("| edit | description \"Quality pass\" → none"),
+        "{h:#?}"
+    );
+    assert!(
+        h[6].ends_with("| edit | estimated_tokens 50000 → none"),
+        "{h:#?}"
+    );
+    let b = history_details(&show(&env, "b"));
+    assert!(
+        b.contains(&"cron | edit | agent zai → droid".to_string()),
+        "{b:#?}"
+    );
+    let c = history_details(&show(&env, "c"));
+    assert!(
+        c.iter().any(|x| x.ends_with("edit | after b → d")),
+        "{c:#?}"
+    );
+    // `task show` prints the history for people too.
+    let run = env.run(&["task", "show", "a"]).expect(0);
+    assert!(
+        run.stdout().contains("person (ana)  edit: priority 5 → 2"),
+        "{}",
+        run.explain()
+    );
+}
+
+#[test]
+fn task_edit_refuses_an_agent_change_while_a_session_works_on_the_task() {
+    let env = Env::new();
+    env.run(&["task", "add", "x", "--agent", "zai", "--total", "4"])
+        .expect(0);
+    env.run(&["session", "start", "--agent", "zai"]).expect(0);
+    let run = env
+        .run(&["task", "edit", "x", "--agent", "droid"])
+        .expect(1);
+    assert!(
+        run.stderr().contains("works on task x") && run.stderr().contains("wrap it"),
+        "{}",
+        run.explain()
+    );
+    assert_eq!(show(&env, "x")["agent"], "zai");
+    // Other fields may change while it runs.
+    env.run(&["task", "edit", "x", "--priority", "1"]).expect(0);
+    env.run(&["session", "wrap", "--agent", "zai", "--progress", "1/4"])
+        .expect(0);
+    env.run(&["task", "edit", "x", "--agent", "droid"])
+        .expect(0);
+    assert_eq!(show(&env, "x")["agent"], "droid");
+}
+
+#[test]
+fn review_clear_removes_the_flag_and_keeps_the_note_in_the_history() {
+    let env = Env::new();
+    env.run(&[
+        "task",
+        "add",
+        "big",
+        "--agent",
+        "claude_code",
+        "--total",
+        "10",
+    ])
+    .expect(0);
+    env.run(&[
+        "session",
+        "start",
+        "--agent",
+        "claude_code",
+        "--budget",
+        "1000",
+    ])
+    .expect(0);
+    // Wrapped past the hard stop, unfinished: flagged for review.
+    env.run(&["session", "wrap", "--tokens", "960", "--progress", "3/10"])
+        .expect(0);
+    let t = show(&env, "big");
+    let reason = t["needs_review"].as_str().expect("flagged").to_string();
+    assert!(reason.contains("critical"), "{reason}");
+    let run = env.run(&["task", "review", "big"]).expect(0);
+    assert!(run.stdout().contains("needs review"), "{}", run.explain());
+
+    let run = env
+        .run(&[
+            "task",
+            "review",
+            "big",
+            "--clear",
+            "--note",
+            "budget was too small; raised it",
+        ])
+        .expect(0);
+    assert!(
+        run.stdout().contains("review flag cleared on big"),
+        "{}",
+        run.explain()
+    );
+    let t = show(&env, "big");
+    assert!(t["needs_review"].is_null(), "{t:#}");
+    let h = history_details(&t);
+    let last = h.last().unwrap();
+    assert!(
+        last.contains("| review_clear | review flag cleared (it said: ")
+            && last.contains(&reason)
+            && last.ends_with("; note: budget was too small; raised it"),
+        "{h:#?}"
+    );
+    // The listing no longer shows it; clearing twice is an error.
+    let run = env.run(&["task", "list"]).expect(0);
+    assert!(!run.stdout().contains("needs review"), "{}", run.explain());
+    env.run(&["task", "review", "big", "--clear"]).expect(1);
+    // --note means nothing without --clear.
+    env.run(&["task", "review", "big", "--note", "x"]).expect(2);
+}
