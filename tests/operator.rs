@@ -276,3 +276,111 @@ fn review_clear_removes_the_flag_and_keeps_the_note_in_the_history() {
     // --note means nothing without --clear.
     env.run(&["task", "review", "big", "--note", "x"]).expect(2);
 }
+
+/// droid with 20 batch-job slots that wrap at 90% (the seeds' batch-job threshold) and
+/// zai whose API quota wraps at 80%.
+const KIND_THRESHOLDS: &str = r#"
+[agents.droid.budget]
+tokens_per_session = 0
+slots = 20
+[agents.droid.thresholds.slots]
+wrap = 90.0
+hard_stop = 95.0
+critical = 100.0
+
+[agents.zai.budget]
+tokens_per_session = 0
+api_calls_per_day = 1000
+[agents.zai.thresholds.api_calls]
+warning = 70.0
+wrap = 80.0
+"#;
+
+#[test]
+fn a_per_kind_threshold_changes_the_level_slots_at_90_percent_wrap_at_85_only_warn() {
+    let env = Env::new();
+    env.write("perpetual.toml", KIND_THRESHOLDS);
+    for i in 1..=19 {
+        env.run(&["task", "add", &format!("job_{i:02}"), "--agent", "droid"])
+            .expect(0);
+    }
+    // 17 of 20 slots (85%) only warn: an 18th session may start.
+    for _ in 0..17 {
+        env.run(&["session", "start", "--agent", "droid"]).expect(0);
+    }
+    let run = env.run(&["status", "--json"]).expect(0);
+    let droid = run.json()["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent"] == "droid")
+        .cloned()
+        .unwrap();
+    assert_eq!(droid["level"], "warning", "{}", run.explain());
+    assert!(droid["over_budget"].is_null(), "{}", run.explain());
+    env.run(&["session", "start", "--agent", "droid"]).expect(0);
+    // 18 of 20 (90%) is the wrap threshold of slots: the 19th is refused, naming the kind.
+    let run = env.run(&["session", "start", "--agent", "droid"]).expect(5);
+    assert!(
+        run.stdout()
+            .contains("budget is at the wrap level: slots 18 / 20 (90.0%, wrap)"),
+        "{}",
+        run.explain()
+    );
+    let run = env.run(&["status"]).expect(0);
+    assert!(
+        run.stdout()
+            .contains("level     wrap: slots 18/20, 90%: wrap"),
+        "{}",
+        run.explain()
+    );
+
+    // The same figures through the monitor, with its exit statuses.
+    let run = env
+        .run(&["monitor", "--slots", "18", "--agent", "droid"])
+        .expect(11);
+    assert!(
+        run.stdout().contains("slots 18/20, 90%: wrap"),
+        "{}",
+        run.explain()
+    );
+    let run = env
+        .run(&["monitor", "--slots", "17", "--agent", "droid", "--json"])
+        .expect(10);
+    assert_eq!(run.json()["kind"], "slots");
+    assert_eq!(run.json()["level"], "warning");
+    assert_eq!(run.json()["wrap_at"], 18);
+    env.run(&["monitor", "--slots", "20", "--agent", "droid"])
+        .expect(13);
+    env.run(&["monitor", "--slots", "3", "--agent", "droid"])
+        .expect(0);
+    // Without this agent's change, 85% of slots is the shared wrap threshold.
+    env.run(&["monitor", "--slots", "17", "--budget", "20"])
+        .expect(11);
+    // --slots needs an agent or a budget: a usage error.
+    env.run(&["monitor", "--slots", "3"]).expect(2);
+
+    // API calls: zai's quota wraps at 80% (the shared 85% is only a warning elsewhere).
+    env.run(&["monitor", "--api-calls", "800", "--agent", "zai"])
+        .expect(11);
+    env.run(&["monitor", "--api-calls", "800", "--agent", "droid"])
+        .expect(0);
+    env.run(&["task", "add", "z", "--agent", "zai"]).expect(0);
+    env.run(&["session", "start", "--agent", "zai"]).expect(0);
+    let run = env
+        .run(&[
+            "session",
+            "checkpoint",
+            "--agent",
+            "zai",
+            "--api-calls",
+            "810",
+        ])
+        .expect(0);
+    assert!(
+        run.stdout()
+            .contains("WRAP NOW  level wrap (API calls today 810/1,000, 81%: wrap)"),
+        "{}",
+        run.explain()
+    );
+}

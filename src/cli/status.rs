@@ -94,6 +94,9 @@ fn print(f: &Faucet) {
                 usage_line(u)
             );
         }
+        if let Some(u) = &a.binding {
+            println!("  level     {}: {}", a.level.as_str(), u.headline());
+        }
         if let Some(o) = &a.over_budget {
             println!(
                 "  refused   new sessions: {} at {:.1}%{}",

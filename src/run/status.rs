@@ -49,6 +49,8 @@ pub struct AgentStatus {
     pub budget: Vec<Usage>,
     /// The worst level of `budget`.
     pub level: Level,
+    /// The kind that sets it (`budget::binding`).
+    pub binding: Option<Usage>,
     /// When a new session would be refused now (API calls today or slots at the wrap
     /// threshold), which budget and when it frees up.
     pub over_budget: Option<OverBudget>,
@@ -155,7 +157,6 @@ pub struct Bottleneck {
 /// Takes the view.
 pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet> {
     let now = clock::now();
-    let th = &config.thresholds;
     let views = tasks::views(conn)?;
     let by_id: HashMap<&str, &TaskView> = views.iter().map(|v| (v.task.id.as_str(), v)).collect();
     let names = tasks::all_agents(conn, root, config)?;
@@ -172,6 +173,7 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
         .collect();
     let mut agents = Vec::new();
     for agent in &names {
+        let th = &config.thresholds_of(agent);
         let budget_cfg = config.budget_of(agent);
         let active = store_sessions::active(conn, Some(agent))?;
         let calls = session::api_calls_today(conn, agent, now)?;
@@ -245,6 +247,7 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
                 .collect(),
             task,
             level: budget::worst(&budget),
+            binding: budget::binding(&budget).copied(),
             budget,
             over_budget,
             queue_depth,

@@ -389,7 +389,10 @@ pub fn complete(
     let now = crate::clock::now_rfc3339();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let sessions = store_sessions::of_task(&tx, id)?;
-    let g = grade::grade(grade::inputs(&v.task, &sessions, &config.thresholds));
+    let thresholds = config
+        .thresholds_of(&v.task.agent)
+        .of(crate::budget::Kind::Tokens);
+    let g = grade::grade(grade::inputs(&v.task, &sessions, &thresholds));
     store::mark_completed(&tx, id, &g, &now)?;
     tx.commit()?;
     let report = write_report(conn, root, config, id)?;
@@ -421,7 +424,7 @@ pub fn write_report(conn: &Connection, root: &Root, config: &Config, id: &str) -
         &grade::ReportContext {
             sessions: &sessions,
             checkpoints,
-            thresholds: &config.thresholds,
+            thresholds: &config.thresholds_of(&task.agent),
         },
     );
     let path = root.reports_dir().join(format!("{id}.md"));
