@@ -384,3 +384,261 @@ fn a_per_kind_threshold_changes_the_level_slots_at_90_percent_wrap_at_85_only_wa
         run.explain()
     );
 }
+
+const RECURRING_PLAN: &str = r#"
+[[template]]
+agent = "claude"
+kind = "duty"
+every = "24h"
+id = "claude_monitor_{n}"
+description = "Monitor quality, round {n}"
+
+[[template]]
+agent = "claude"
+kind = "duty"
+every = "06:00"
+id = "claude_schema_{n}"
+
+[[task]]
+id = "standup"
+agent = "zai"
+every = "24h"
+
+[[template]]
+agent = "droid"
+id = "droid_batch_{n}"
+
+[[template]]
+agent = "droid"
+kind = "duty"
+every = "24h"
+id = "droid_quota_check_{n}"
+"#;
+
+fn task_ids(env: &Env, like: &str) -> Vec<String> {
+    let db = env.db();
+    let mut stmt = db
+        .prepare("SELECT id FROM tasks WHERE id LIKE ?1 ORDER BY created_at, id")
+        .unwrap();
+    stmt.query_map([like], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[test]
+fn a_recurring_template_adds_one_task_per_period_once_the_previous_one_is_complete() {
+    let env = Env::new();
+    env.write("plan.toml", RECURRING_PLAN);
+    let at = |now: &str, args: &[&str]| env.run_at(now, args);
+    at("2026-03-01T10:00:00Z", &["task", "import", "plan.toml"]).expect(0);
+
+    // The first assign makes the first of each recurring template; the recurring task
+    // itself is its first occurrence.
+    let run = at("2026-03-01T10:00:00Z", &["assign", "--json"]).expect(0);
+    let recur: Vec<String> = run
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "recur")
+        .map(|e| e["task_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        recur,
+        ["claude_monitor_1", "claude_schema_1", "droid_quota_check_1"],
+        "{}",
+        run.explain()
+    );
+    assert_eq!(show(&env, "claude_monitor_1")["kind"], "duty");
+    assert_eq!(
+        show(&env, "claude_monitor_1")["description"],
+        "Monitor quality, round 1"
+    );
+    // Standing duties do not count toward droid's ready tasks: 3 batches besides its duty.
+    assert_eq!(task_ids(&env, "droid_batch_%").len(), 3);
+    at("2026-03-01T10:00:00Z", &["assign"]).expect(0);
+    assert_eq!(task_ids(&env, "claude_%").len(), 2, "nothing twice");
+
+    // A duty takes one session: its wrap completes it, whatever its progress.
+    at(
+        "2026-03-01T11:00:00Z",
+        &[
+            "session",
+            "start",
+            "--agent",
+            "claude",
+            "--task",
+            "claude_monitor_1",
+        ],
+    )
+    .expect(0);
+    let run = at(
+        "2026-03-01T11:30:00Z",
+        &["session", "wrap", "--agent", "claude"],
+    )
+    .expect(0);
+    assert!(run.stdout().contains("completed"), "{}", run.explain());
+    assert_eq!(show(&env, "claude_monitor_1")["status"], "completed");
+    at("2026-03-01T11:00:00Z", &["task", "done", "standup"]).expect(0);
+
+    // Before the period has passed: nothing. The 06:00 schema check is due, but its
+    // previous task is not complete.
+    at("2026-03-02T09:59:59Z", &["assign"]).expect(0);
+    assert_eq!(task_ids(&env, "claude_monitor_%"), ["claude_monitor_1"]);
+    assert_eq!(task_ids(&env, "claude_schema_%"), ["claude_schema_1"]);
+    assert_eq!(task_ids(&env, "standup%"), ["standup"]);
+    // 24 hours after the last one: exactly one more.
+    at("2026-03-02T10:00:00Z", &["assign"]).expect(0);
+    at("2026-03-02T10:00:01Z", &["assign"]).expect(0);
+    assert_eq!(
+        task_ids(&env, "claude_monitor_%"),
+        ["claude_monitor_1", "claude_monitor_2"]
+    );
+    assert_eq!(task_ids(&env, "standup%"), ["standup", "standup_2"]);
+    assert_eq!(show(&env, "standup_2")["kind"], "agent");
+    // Once the schema check is complete, its next comes at once: 06:00 has passed.
+    at("2026-03-02T10:30:00Z", &["task", "done", "claude_schema_1"]).expect(0);
+    at("2026-03-02T10:30:00Z", &["assign"]).expect(0);
+    assert_eq!(
+        task_ids(&env, "claude_schema_%"),
+        ["claude_schema_1", "claude_schema_2"]
+    );
+
+    // Three periods later, with the previous one still open: nothing; once it completes,
+    // one (not three).
+    at("2026-03-05T12:00:00Z", &["assign"]).expect(0);
+    assert_eq!(task_ids(&env, "claude_monitor_%").len(), 2);
+    at(
+        "2026-03-05T12:00:00Z",
+        &["task", "done", "claude_monitor_2"],
+    )
+    .expect(0);
+    at("2026-03-05T12:00:00Z", &["assign"]).expect(0);
+    at("2026-03-05T12:00:00Z", &["assign"]).expect(0);
+    assert_eq!(
+        task_ids(&env, "claude_monitor_%"),
+        ["claude_monitor_1", "claude_monitor_2", "claude_monitor_3"]
+    );
+    let h = history_details(&show(&env, "claude_monitor_3"));
+    assert!(
+        h[0].starts_with("assigner | recur | added claude_monitor_3 from recurring template claude_monitor_{n} (every 1d: claude_monitor_2 complete"),
+        "{h:#?}"
+    );
+
+    // `task templates` says when each is due next.
+    let run = at("2026-03-05T12:00:00Z", &["task", "templates", "--json"]).expect(0);
+    let monitor = run
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["pattern"] == "claude_monitor_{n}")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        monitor["next_due"],
+        "2026-03-06T12:00:00Z",
+        "{}",
+        run.explain()
+    );
+    assert_eq!(monitor["last_task"], "claude_monitor_3");
+
+    // An agent on standing duty is never "running dry".
+    let run = at("2026-03-05T12:00:00Z", &["status", "--json"]).expect(0);
+    let claude = run.json()["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent"] == "claude")
+        .cloned()
+        .unwrap();
+    assert_eq!(claude["queue_depth"], 0, "{}", run.explain());
+    assert_eq!(claude["queue_healthy"], true, "{}", run.explain());
+    assert_eq!(claude["duties_ready"], 2, "{}", run.explain());
+
+    // Bad schedules are refused at import, naming the task.
+    env.write(
+        "bad.toml",
+        "[[task]]\nid = \"x\"\nagent = \"zai\"\nevery = \"sometimes\"\n",
+    );
+    let run = env.run(&["task", "import", "bad.toml"]).expect(1);
+    assert!(
+        run.stderr().contains("plan task x") && run.stderr().contains("sometimes"),
+        "{}",
+        run.explain()
+    );
+}
+
+/// A root whose claude_code runs tests/fixtures/fake_agent.sh under a fast loop.
+fn loop_env() -> Env {
+    let env = Env::new();
+    let agent =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_agent.sh");
+    env.write(
+        "perpetual.toml",
+        format!(
+            r#"
+[run]
+poll_ms = 100
+grace_secs = 2
+term_secs = 1
+idle_secs = 1
+
+[agents.claude_code]
+command = ["sh", "{agent}"]
+transcript = "{{root}}/transcripts/{{session}}.jsonl"
+"#,
+            agent = agent.display()
+        ),
+    );
+    env
+}
+
+#[test]
+fn the_loop_gives_a_standing_duty_one_session_per_period() {
+    let env = loop_env();
+    env.write(
+        "plan.toml",
+        "[[template]]\nagent = \"claude_code\"\nkind = \"duty\"\nevery = \"24h\"\n\
+         id = \"review_{n}\"\ntotal = 1\n",
+    );
+    env.run_at("2026-03-01T00:00:00Z", &["task", "import", "plan.toml"])
+        .expect(0);
+    // The agent makes no progress, yet its one session completes the duty.
+    let stall = [
+        ("FAKE_MODE", "stall"),
+        ("PERPETUAL_NOW", "2026-03-01T00:00:00Z"),
+    ];
+    let run = env
+        .run_with(&["run", "--once", "--agent", "claude_code"], &stall)
+        .expect(0);
+    let t = show(&env, "review_1");
+    assert_eq!(t["status"], "completed", "{}", run.explain());
+    assert_eq!(t["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(t["done"], 0);
+    // Later the same day: nothing to start.
+    env.run_with(
+        &["run", "--once", "--agent", "claude_code"],
+        &[
+            ("FAKE_MODE", "stall"),
+            ("PERPETUAL_NOW", "2026-03-01T18:00:00Z"),
+        ],
+    )
+    .expect(4);
+    // The next day: the next duty, one session.
+    env.run_with(
+        &["run", "--once", "--agent", "claude_code"],
+        &[
+            ("FAKE_MODE", "stall"),
+            ("PERPETUAL_NOW", "2026-03-02T00:00:00Z"),
+        ],
+    )
+    .expect(0);
+    assert_eq!(show(&env, "review_2")["status"], "completed");
+    assert_eq!(env.count("SELECT COUNT(*) FROM sessions"), 2);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM loop_runs WHERE kind = 'duty'"),
+        2
+    );
+}

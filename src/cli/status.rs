@@ -115,6 +115,16 @@ fn print(f: &Faucet) {
             a.waiting,
             a.blocked
         );
+        if a.duties_ready > 0 || a.next_duty_due.is_some() {
+            println!(
+                "  duties    {} ready{}",
+                a.duties_ready,
+                a.next_duty_due
+                    .as_deref()
+                    .map(|n| format!(", next due {n}"))
+                    .unwrap_or_default()
+            );
+        }
         println!(
             "  activity  last {}{}",
             a.last_activity.as_deref().unwrap_or("never"),

@@ -57,6 +57,11 @@ pub enum TaskCommand {
         /// backfill: token budget of each of its sessions (default: the agent's tokens_per_session).
         #[arg(long, value_name = "N")]
         budget: Option<u64>,
+        /// Recurring: once it is complete and this period has passed ("24h", "90m", "7d")
+        /// or this daily UTC time has come ("06:00"), the assigner adds a fresh copy
+        /// (<id>_2, <id>_3, ...).
+        #[arg(long, value_name = "PERIOD")]
+        every: Option<String>,
     },
     /// The queue: pending, in-progress and failed tasks in the order they run.
     List {
@@ -134,6 +139,13 @@ pub enum TaskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The templates the assigner makes tasks from: queue top-ups and recurring work
+    /// (every, the last task made, when the next is due).
+    Templates {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change a task in place: priority, description, estimate, total, dependencies,
     /// agent. All or nothing: a dependency cycle, or moving a task a session works on, is
     /// refused and changes nothing. Every change goes into the task's history (`task show`).
@@ -197,7 +209,11 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             dir,
             sessions,
             budget,
+            every,
         } => {
+            if let Some(e) = &every {
+                crate::clock::Every::parse(e)?;
+            }
             let params = match kind {
                 TaskKind::Backfill => {
                     let dir = dir.context("a backfill task needs --dir")?;
@@ -236,6 +252,9 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 },
                 crate::work::kinds::check,
             )?;
+            if let Some(e) = &every {
+                tasks::recur(&mut conn, &id, e)?;
+            }
             let v = tasks::view(&conn, &id)?;
             crate::work::history::task_event(
                 &conn,
@@ -248,11 +267,14 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 ),
             )?;
             println!(
-                "added {} to {}'s queue (priority {}): {}",
+                "added {} to {}'s queue (priority {}): {}{}",
                 id,
                 v.task.agent,
                 v.task.priority,
-                state_text(&v)
+                state_text(&v),
+                every
+                    .map(|e| format!("; recurs ({e}) once complete"))
+                    .unwrap_or_default()
             );
         }
         TaskCommand::List { agent, all, json } => {
@@ -452,6 +474,30 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 println!("{id} is {} in {}'s queue", state_text(&v), v.task.agent);
             }
         }
+        TaskCommand::Templates { json } => {
+            let list = tasks::templates(&conn)?;
+            if json {
+                print_json(&list)?;
+            } else if list.is_empty() {
+                println!("no templates (`[[template]]` in a plan, or `task add --every`)");
+            } else {
+                for t in &list {
+                    println!(
+                        "{}  {}  {} ({}, priority {}){}",
+                        cell(&t.template.agent, 12),
+                        cell(&t.template.pattern, 40),
+                        t.schedule,
+                        t.template.kind.as_str(),
+                        t.template.priority,
+                        match (&t.template.last_task, &t.next_due) {
+                            (Some(l), Some(n)) => format!("; last {l}, next due {n}"),
+                            (Some(l), None) => format!("; last {l}"),
+                            (None, _) => String::new(),
+                        }
+                    );
+                }
+            }
+        }
         TaskCommand::Review { id, clear, note } => {
             if clear {
                 let was = tasks::clear_review(&mut conn, &id, note.as_deref(), &Actor::from_env())?;
@@ -552,6 +598,9 @@ fn print_show(s: &Shown<'_>) {
     println!("task         {}", t.id);
     println!("agent        {}", t.agent);
     println!("priority     {}", t.priority);
+    if t.kind == TaskKind::Duty {
+        println!("kind         duty (a standing duty: one session completes it)");
+    }
     if t.kind.is_builtin() {
         println!(
             "kind         {} (run by `perpetual run`){}",

@@ -209,6 +209,22 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX commands_by_time ON commands(manual, at);
     "#,
+    // Recurring work and standing duties (issue 15). tasks.kind loses its CHECK (the kinds
+    // are `TaskKind`'s, checked when a task is added), so a new kind needs no table
+    // rebuild: a column's own CHECK goes with it when the column is dropped.
+    r#"
+    ALTER TABLE tasks RENAME COLUMN kind TO kind_checked;
+    ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'; -- agent, ingest, backfill, duty, ...
+    UPDATE tasks SET kind = kind_checked;
+    ALTER TABLE tasks DROP COLUMN kind_checked;
+    ALTER TABLE tasks ADD COLUMN template_id INTEGER
+        REFERENCES task_templates(id) ON DELETE SET NULL;  -- the template it was made from
+
+    ALTER TABLE task_templates ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'; -- its tasks' kind (agent or duty)
+    ALTER TABLE task_templates ADD COLUMN every TEXT;           -- recurring: "24h", "06:00" (daily, UTC); NULL: tops up queues
+    ALTER TABLE task_templates ADD COLUMN last_task TEXT;       -- the latest task made from it
+    ALTER TABLE task_templates ADD COLUMN last_added_at TEXT;   -- when
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -260,6 +276,41 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, latest());
+    }
+
+    /// The migration that drops tasks.kind's CHECK keeps every task's kind, and a kind
+    /// the old CHECK did not list can then be stored. (Migration 3, shipped, is the one
+    /// that added the CHECK: later migrations may land before this one, never before it.)
+    #[test]
+    fn task_kinds_survive_the_check_removal() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch("PRAGMA user_version = 3").unwrap();
+        conn.execute_batch(
+            "INSERT INTO tasks (id, agent, priority, position, status, created_at, kind, params)
+             VALUES ('b', 'claude_code', 1, 1, 'pending', 't', 'backfill', '{}')",
+        )
+        .unwrap();
+        assert!(
+            conn.execute_batch(
+                "INSERT INTO tasks (id, agent, priority, position, status, created_at, kind)
+                 VALUES ('d', 'claude', 1, 2, 'pending', 't', 'duty')"
+            )
+            .is_err(),
+            "version 3 refuses unknown kinds"
+        );
+        migrate(&conn).unwrap();
+        let kind: String = conn
+            .query_row("SELECT kind FROM tasks WHERE id = 'b'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kind, "backfill");
+        conn.execute_batch(
+            "INSERT INTO tasks (id, agent, priority, position, status, created_at, kind)
+             VALUES ('d', 'claude', 1, 2, 'pending', 't', 'duty')",
+        )
+        .unwrap();
     }
 
     #[test]

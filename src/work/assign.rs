@@ -10,6 +10,10 @@
 //!    flagged "needs review".
 //! 3. **Templates**: an agent whose plan defines `[[template]]`s keeps at least
 //!    `assign.min_ready` ready tasks: new ones are made from its templates in turn.
+//!    Standing duties never count toward those ready tasks.
+//! 4. **Recurring work**: a template (or task) with `every` gets a fresh task once its
+//!    period has passed (`clock::Every`) and the previous one is complete: one per
+//!    period, however long the loop was away.
 
 use crate::clock;
 use crate::config::Config;
@@ -29,6 +33,7 @@ pub fn assign(conn: &mut Connection, root: &Root, config: &Config) -> Result<Vec
     ingest_tasks(conn, root, &agents, &mut done)?;
     retries(conn, config, &mut done)?;
     templates(conn, config, &mut done)?;
+    recurring(conn, &mut done)?;
     Ok(done)
 }
 
@@ -167,14 +172,19 @@ fn retries(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>) 
 /// Agents with templates keep `min_ready` ready tasks.
 fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>) -> Result<()> {
     let mut by_agent: BTreeMap<String, Vec<store_tasks::TemplateRow>> = BTreeMap::new();
-    for t in store_tasks::templates(conn)? {
+    for t in store_tasks::templates(conn)?
+        .into_iter()
+        .filter(|t| t.every.is_none())
+    {
         by_agent.entry(t.agent.clone()).or_default().push(t);
     }
     let want = config.assign.min_ready;
     for (agent, mut list) in by_agent {
         let mut ready = tasks::views(conn)?
             .iter()
-            .filter(|v| v.task.agent == agent && v.state == State::Ready)
+            .filter(|v| {
+                v.task.agent == agent && v.state == State::Ready && v.task.kind != TaskKind::Duty
+            })
             .count() as u64;
         let mut turn = 0;
         while ready < want {
@@ -198,10 +208,12 @@ fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>
                         .map(|d| d.replace("{n}", &n.to_string())),
                     estimated_tokens: tpl.estimated_tokens,
                     total: tpl.total,
+                    kind: tpl.kind,
                     ..AddTask::default()
                 },
                 crate::work::kinds::check,
             )?;
+            store_tasks::set_template_of(conn, &id, tpl.id)?;
             tpl.next_n = n + 1;
             store_tasks::set_template_next(conn, tpl.id, tpl.next_n)?;
             ready += 1;
@@ -218,6 +230,82 @@ fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>
                 ),
             )?;
         }
+    }
+    Ok(())
+}
+
+/// Recurring templates add a fresh task once the period since the last one has passed
+/// and the last one is complete (or was removed). A template never used adds its first
+/// task at once.
+fn recurring(conn: &mut Connection, done: &mut Vec<AssignEntry>) -> Result<()> {
+    let now = clock::now();
+    for tpl in store_tasks::templates(conn)? {
+        let Some(text) = &tpl.every else { continue };
+        let every = match clock::Every::parse(text) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("template {}: {e:#}; it does not recur", tpl.pattern);
+                continue;
+            }
+        };
+        if let Some(last) = tpl
+            .last_added_at
+            .as_deref()
+            .and_then(|t| clock::parse(t).ok())
+            && !every.due(last, now)
+        {
+            continue;
+        }
+        let previous = match &tpl.last_task {
+            Some(t) => store_tasks::get(conn, t)?,
+            None => None,
+        };
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.status != TaskStatus::Completed)
+        {
+            continue;
+        }
+        let mut n = tpl.next_n;
+        while store_tasks::exists(conn, &tasks::template_id(&tpl.pattern, n))? {
+            n += 1;
+        }
+        let id = tasks::template_id(&tpl.pattern, n);
+        tasks::add(
+            conn,
+            &AddTask {
+                id: id.clone(),
+                agent: tpl.agent.clone(),
+                priority: Some(tpl.priority),
+                description: tpl
+                    .description
+                    .as_ref()
+                    .map(|d| d.replace("{n}", &n.to_string())),
+                estimated_tokens: tpl.estimated_tokens,
+                total: tpl.total,
+                kind: tpl.kind,
+                ..AddTask::default()
+            },
+            crate::work::kinds::check,
+        )?;
+        store_tasks::set_template_of(conn, &id, tpl.id)?;
+        store_tasks::set_template_added(conn, tpl.id, n + 1, &id, &clock::format(now))?;
+        let why = match (&previous, &tpl.last_added_at) {
+            (Some(p), Some(at)) => format!("{} complete, its period began {at}", p.id),
+            (None, Some(at)) => format!("its period began {at}"),
+            _ => "the first".to_string(),
+        };
+        log(
+            conn,
+            done,
+            "recur",
+            &tpl.agent,
+            &id,
+            format!(
+                "added {id} from recurring template {} ({}: {why})",
+                tpl.pattern, every
+            ),
+        )?;
     }
     Ok(())
 }

@@ -630,9 +630,12 @@ pub fn wrap(
     let s = get(&tx, session_id)?;
     let usage = usages(&s, api_calls_today(&tx, &s.agent, now)?, now, th);
     let level = budget::worst(&usage);
-    let finishing = task
-        .as_ref()
-        .is_some_and(|t| open(t) && t.total.is_some_and(|n| n > 0 && t.done >= n));
+    // A standing duty takes one session: its wrap completes it, whatever its progress.
+    let finishing = task.as_ref().is_some_and(|t| {
+        open(t)
+            && (t.kind == store_tasks::TaskKind::Duty
+                || t.total.is_some_and(|n| n > 0 && t.done >= n))
+    });
     let needs_review = match &task {
         Some(t) if open(t) && !finishing && level >= Level::HardStop => {
             let reason = format!(

@@ -832,6 +832,51 @@ pub struct PlanTemplate {
     pub total: Option<u64>,
     /// The first number (default 1).
     pub start: Option<u64>,
+    /// Its tasks' kind: `agent` (default) or `duty` (a standing duty: one session each).
+    pub kind: Option<TaskKind>,
+    /// Recurring: a fresh task every period (`"24h"`, `"90m"`, `"7d"`) or each day at a
+    /// UTC time (`"06:00"`), once the previous one is complete. A recurring template does
+    /// not top up queues.
+    pub every: Option<String>,
+}
+
+/// A template as `task templates` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateView {
+    /// The stored template.
+    #[serde(flatten)]
+    pub template: TemplateRow,
+    /// `tops up the queue to assign.min_ready`, `every 24h`, `daily at 06:00 UTC`.
+    pub schedule: String,
+    /// Recurring: when the next task is due (once the last one is complete).
+    pub next_due: Option<String>,
+}
+
+/// Every template, with its schedule and, for recurring ones, when the next is due.
+pub fn templates(conn: &Connection) -> Result<Vec<TemplateView>> {
+    Ok(store::templates(conn)?
+        .into_iter()
+        .map(|t| {
+            let every = t.every.as_deref().map(crate::clock::Every::parse);
+            let schedule = match &every {
+                None => "tops up the queue to assign.min_ready".to_string(),
+                Some(Ok(e)) => e.to_string(),
+                Some(Err(e)) => format!("invalid: {e:#}"),
+            };
+            let next_due = match (&every, &t.last_added_at) {
+                (Some(Ok(e)), Some(at)) => crate::clock::parse(at)
+                    .ok()
+                    .map(|at| crate::clock::format(e.next_after(at))),
+                (Some(Ok(_)), None) => Some("now".to_string()),
+                _ => None,
+            };
+            TemplateView {
+                template: t,
+                schedule,
+                next_due,
+            }
+        })
+        .collect())
 }
 
 /// A template's task id for number `n`.
@@ -862,6 +907,9 @@ pub struct PlanTask {
     pub kind: Option<TaskKind>,
     /// What a built-in kind needs, e.g. `params = { dir = "/archive", sessions = "101-187" }`.
     pub params: Option<toml::Value>,
+    /// Recurring: once it is complete and the period passed, the assigner adds a fresh
+    /// copy, `<id>_2`, `<id>_3`, ... (see [`PlanTemplate::every`]).
+    pub every: Option<String>,
 }
 
 /// What an import did.
@@ -890,7 +938,21 @@ pub fn import(conn: &mut Connection, text: &str, check: ParamsCheck) -> Result<I
         );
     }
     check_plan_acyclic(&plan)?;
+    for t in &plan.task {
+        if let Some(e) = &t.every {
+            check_recurring(&t.id, t.kind.unwrap_or_default(), e)
+                .with_context(|| format!("plan task {}", t.id))?;
+        }
+    }
     for t in &plan.template {
+        if let Some(e) = &t.every {
+            crate::clock::Every::parse(e).with_context(|| format!("plan template {}", t.id))?;
+        }
+        ensure!(
+            matches!(t.kind.unwrap_or_default(), TaskKind::Agent | TaskKind::Duty),
+            "plan template {}: a template makes agent or duty tasks (a built-in kind needs params)",
+            t.id
+        );
         check_task_id(&template_id(&t.id, 1)).with_context(|| format!("plan template {}", t.id))?;
         crate::root::check_agent_name(&t.agent)?;
         ensure!(
@@ -951,6 +1013,10 @@ pub fn import(conn: &mut Connection, text: &str, check: ParamsCheck) -> Result<I
                 estimated_tokens: t.estimated_tokens,
                 total: t.total,
                 next_n: t.start.unwrap_or(1),
+                kind: t.kind.unwrap_or_default(),
+                every: t.every.clone(),
+                last_task: None,
+                last_added_at: None,
             },
         )?;
         let name = format!("{}/{}", t.agent, t.id);
@@ -960,8 +1026,73 @@ pub fn import(conn: &mut Connection, text: &str, check: ParamsCheck) -> Result<I
             report.templates_kept.push(name);
         }
     }
+    for t in &plan.task {
+        if let Some(e) = &t.every {
+            let row = get(&tx, &t.id)?;
+            let name = format!("{}/{}", row.agent, recurring_pattern(&row.id));
+            if recur_raw(&tx, &row, e)? {
+                report.templates_added.push(name);
+            } else {
+                report.templates_kept.push(name);
+            }
+        }
+    }
     tx.commit()?;
     Ok(report)
+}
+
+/// The template pattern of a recurring task's fresh copies: `<id>_{n}`.
+pub fn recurring_pattern(id: &str) -> String {
+    format!("{id}_{{n}}")
+}
+
+fn check_recurring(id: &str, kind: TaskKind, every: &str) -> Result<()> {
+    crate::clock::Every::parse(every)?;
+    ensure!(
+        matches!(kind, TaskKind::Agent | TaskKind::Duty),
+        "only agent and duty tasks recur (a built-in kind's params name one piece of work)"
+    );
+    check_task_id(&template_id(&recurring_pattern(id), 2))
+}
+
+/// Makes a stored task recurring: a template `<id>_{n}` whose next copy comes once the
+/// period passed and the task is complete. Returns false when it already recurs.
+pub fn recur(conn: &mut Connection, id: &str, every: &str) -> Result<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let t = get(&tx, id)?;
+    check_recurring(id, t.kind, every)?;
+    let added = recur_raw(&tx, &t, every)?;
+    tx.commit()?;
+    Ok(added)
+}
+
+fn recur_raw(conn: &Connection, t: &TaskRow, every: &str) -> Result<bool> {
+    let pattern = recurring_pattern(&t.id);
+    let added = store::insert_template(
+        conn,
+        &TemplateRow {
+            id: 0,
+            agent: t.agent.clone(),
+            pattern: pattern.clone(),
+            description: t.description.clone(),
+            priority: t.priority,
+            estimated_tokens: t.estimated_tokens,
+            total: t.total,
+            next_n: 2,
+            kind: t.kind,
+            every: Some(every.trim().to_string()),
+            last_task: Some(t.id.clone()),
+            last_added_at: Some(t.created_at.clone()),
+        },
+    )?;
+    if added
+        && let Some(tpl) = store::templates(conn)?
+            .into_iter()
+            .find(|x| x.agent == t.agent && x.pattern == pattern)
+    {
+        store::set_template_of(conn, &t.id, tpl.id)?;
+    }
+    Ok(added)
 }
 
 /// Refuses a plan whose dependencies go round in a circle.
