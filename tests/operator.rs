@@ -642,3 +642,387 @@ fn the_loop_gives_a_standing_duty_one_session_per_period() {
         2
     );
 }
+
+/// A git command in `dir` with no global or system configuration.
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const NESTED_RSI: &str = r#"{"indicator": "RSI", "category": "momentum", "qa_pairs": [
+  {"question": "What does RSI measure?", "answer": "The speed and change of price movements."},
+  {"question": "What RSI level signals overbought?", "answer": "Above 70, traditionally."},
+  {"question": "Who created RSI?", "answer": "J. Welles Wilder, in 1978."}]}"#;
+const FLAT: &str = r#"[{"question": "What is a candle?", "answer": "A price bar with open, high, low and close."},
+  {"question": "What is volume?", "answer": "The number of units traded in a period."}]"#;
+
+/// One day of recorded activity, 2026-03-01, then the report of that day: every figure
+/// is what the commands below did. Then the figure of hours without human intervention
+/// on the next day, reset by a person's command and not by an agent's.
+#[test]
+fn report_daily_on_a_day_of_recorded_activity_matches_what_happened() {
+    let env = Env::new();
+    git(env.root(), &["init", "-q"]);
+    let person = |now: &str, args: &[&str]| {
+        env.run_with(
+            args,
+            &[
+                ("PERPETUAL_NOW", now),
+                ("USER", "ana"),
+                ("GIT_CONFIG_GLOBAL", "/dev/null"),
+                ("GIT_CONFIG_NOSYSTEM", "1"),
+            ],
+        )
+    };
+    let agent = |now: &str, session: &str, args: &[&str]| {
+        env.run_with(
+            args,
+            &[
+                ("PERPETUAL_NOW", now),
+                ("PERPETUAL_SESSION", session),
+                ("GIT_CONFIG_GLOBAL", "/dev/null"),
+                ("GIT_CONFIG_NOSYSTEM", "1"),
+            ],
+        )
+    };
+    let d = "2026-03-01T";
+    person(
+        &format!("{d}00:30:00Z"),
+        &[
+            "task",
+            "add",
+            "t1",
+            "--agent",
+            "claude_code",
+            "--total",
+            "2",
+        ],
+    )
+    .expect(0);
+    person(
+        &format!("{d}00:30:00Z"),
+        &["task", "add", "t2", "--agent", "zai"],
+    )
+    .expect(0);
+    // 01:00: four drops for droid: two good files (5 pairs), a copy of one, a broken one.
+    env.drop_file("droid", "rsi.json", NESTED_RSI);
+    env.drop_file("droid", "rsi_again.json", NESTED_RSI);
+    env.drop_file("droid", "basics.json", FLAT);
+    env.drop_file("droid", "broken.json", "{\"question\": ");
+    env.run_at(&format!("{d}01:00:00Z"), &["ingest"]).expect(3);
+    // claude_code works t1 by hand for two hours and completes it.
+    person(
+        &format!("{d}02:00:00Z"),
+        &["session", "start", "--agent", "claude_code"],
+    )
+    .expect(0);
+    person(
+        &format!("{d}03:00:00Z"),
+        &[
+            "session",
+            "checkpoint",
+            "--progress",
+            "1/2",
+            "--tokens",
+            "50000",
+        ],
+    )
+    .expect(0);
+    person(
+        &format!("{d}04:00:00Z"),
+        &["session", "wrap", "--tokens", "100000", "--progress", "2/2"],
+    )
+    .expect(0);
+    // t3 wraps past the critical threshold of a 1,000-token session.
+    person(
+        &format!("{d}09:00:00Z"),
+        &[
+            "task",
+            "add",
+            "t3",
+            "--agent",
+            "claude_code",
+            "--total",
+            "10",
+        ],
+    )
+    .expect(0);
+    person(
+        &format!("{d}09:00:00Z"),
+        &[
+            "session",
+            "start",
+            "--agent",
+            "claude_code",
+            "--budget",
+            "1000",
+        ],
+    )
+    .expect(0);
+    person(
+        &format!("{d}09:30:00Z"),
+        &["session", "wrap", "--tokens", "960", "--progress", "3/10"],
+    )
+    .expect(0);
+    // zai's session, started by a person; the agent reports and wraps by itself.
+    person(
+        &format!("{d}10:00:00Z"),
+        &["session", "start", "--agent", "zai"],
+    )
+    .expect(0);
+    let zai = "session_20260301_100000";
+    agent(
+        &format!("{d}12:00:00Z"),
+        zai,
+        &["session", "checkpoint", "--api-calls", "300"],
+    )
+    .expect(0);
+    agent(&format!("{d}15:00:00Z"), zai, &["session", "wrap"]).expect(0);
+    person(
+        &format!("{d}23:00:00Z"),
+        &["agent", "pause", "droid", "--reason", "quota review"],
+    )
+    .expect(0);
+
+    let run = person(
+        "2026-03-02T09:00:00Z",
+        &["report", "daily", "--date", "2026-03-01"],
+    )
+    .expect(0);
+    assert!(
+        run.stdout().contains("reports/team_status_2026-03-01.md")
+            && run.stdout().contains("performance_metrics/2026-03-01.json"),
+        "{}",
+        run.explain()
+    );
+    let text = std::fs::read_to_string(env.path("performance_metrics/2026-03-01.json")).unwrap();
+    let r: Value = serde_json::from_str(&text).unwrap();
+    let explain = || format!("{r:#}\n{}", run.explain());
+    assert_eq!(r["complete"], true, "{}", explain());
+    assert_eq!(
+        (r["from"].as_str(), r["to"].as_str()),
+        (Some("2026-03-01T00:00:00Z"), Some("2026-03-02T00:00:00Z"))
+    );
+    // Pairs, per agent, category and indicator.
+    assert_eq!(r["pairs"]["added"], 5, "{}", explain());
+    assert_eq!(r["pairs"]["by_agent"], serde_json::json!({"droid": 5}));
+    assert_eq!(
+        r["pairs"]["by_category"],
+        serde_json::json!({"(none)": 2, "momentum": 3})
+    );
+    assert_eq!(
+        r["pairs"]["by_indicator"],
+        serde_json::json!({"(none)": 2, "RSI": 3})
+    );
+    // Files.
+    assert_eq!(
+        (
+            &r["files"]["integrated"],
+            &r["files"]["rejected"],
+            &r["files"]["duplicate"]
+        ),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!(1)
+        ),
+        "{}",
+        explain()
+    );
+    assert_eq!(r["files"]["error_rate"], 25.0);
+    // Tasks: t1 completed (grade A) two hours after its session took it, 3.5 h after it
+    // was added.
+    assert_eq!(r["tasks"]["completed"], 1);
+    assert_eq!(r["tasks"]["added"], 3);
+    assert_eq!(r["tasks"]["grades"]["A"], 1);
+    assert_eq!(r["tasks"]["avg_completion_seconds"], 7200.0);
+    assert_eq!(r["tasks"]["avg_lead_seconds"], 12600.0);
+    // Sessions and how they ended.
+    assert_eq!(r["sessions"]["started"], 3);
+    assert_eq!(r["sessions"]["wrapped"], 3);
+    assert_eq!(
+        r["sessions"]["wraps_by_level"],
+        serde_json::json!({"critical": 1, "healthy": 2})
+    );
+    assert_eq!(r["sessions"]["sigkills"], 0);
+    assert_eq!(r["sessions"]["breaker_trips"], 0);
+    assert_eq!(r["sessions"]["manual_pauses"], 1);
+    // Tokens: 100,000 + 960 over 5 new pairs.
+    assert_eq!(r["tokens"]["used"], 100960);
+    assert_eq!(r["tokens"]["per_new_pair"], 20192.0);
+    // Agents: busy time from their sessions; zai's API calls against its quota.
+    let agent_of = |name: &str| {
+        r["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["agent"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}\n{}", explain()))
+    };
+    let cc = agent_of("claude_code");
+    assert_eq!(cc["busy_seconds"], 9000, "2 h + 30 min\n{}", explain());
+    assert!((cc["idle_percent"].as_f64().unwrap() - 89.583).abs() < 0.01);
+    assert_eq!(cc["tokens"], 100960);
+    assert_eq!(cc["tasks_completed"], 1);
+    let z = agent_of("zai");
+    assert_eq!(z["busy_seconds"], 5 * 3600);
+    assert!((z["idle_percent"].as_f64().unwrap() - 79.167).abs() < 0.01);
+    assert_eq!(
+        (&z["api_calls"], &z["api_quota"]),
+        (&serde_json::json!(300), &serde_json::json!(5000))
+    );
+    assert_eq!(z["api_percent"], 6.0);
+    let droid = agent_of("droid");
+    assert_eq!(
+        (&droid["idle_percent"], &droid["pairs_added"]),
+        (&serde_json::json!(100.0), &serde_json::json!(5))
+    );
+    // Human intervention: ten commands by a person, two by the agent. The longest
+    // stretch without a person is 10:00 to 23:00, although the agent ran commands in it.
+    assert_eq!(r["autonomy"]["interventions"], 10, "{}", explain());
+    assert_eq!(r["autonomy"]["machine_commands"], 2);
+    assert_eq!(r["autonomy"]["hours_without_intervention"], 13.0);
+    assert_eq!(r["autonomy"]["hours_since_last_intervention"], 1.0);
+    assert_eq!(
+        r["autonomy"]["manual"][0]["command"],
+        "task add t1 --agent claude_code"
+    );
+    assert_eq!(r["autonomy"]["manual"][0]["actor"], "person (ana)");
+    assert_eq!(r["loop_uptime"]["runs"], 0);
+
+    // The Markdown says the same for people.
+    let md = std::fs::read_to_string(env.path("reports/team_status_2026-03-01.md")).unwrap();
+    for want in [
+        "# Team Status Report - 2026-03-01",
+        "| pairs added | 5 (0.2 per hour)",
+        "| files | 2 integrated, 1 rejected, 1 duplicate; 0 invalid pairs; error rate 25.0% |",
+        "| tasks | 1 completed (A 1), 3 added, 0 failed; average completion time 2 h 00 min",
+        "0 circuit-breaker trip(s), 1 pause(s) by hand |",
+        "| tokens | 100,960; 20192.0 per new pair |",
+        "| hours without human intervention | 13.0 (longest stretch)",
+        "- API calls: 300 of 5,000 (6.0% of the daily quota)",
+        "| 2026-03-01T23:00:00Z | person (ana) | `agent pause droid` |",
+    ] {
+        assert!(md.contains(want), "no {want:?} in\n{md}");
+    }
+
+    // After midnight the loop writes the previous day's report by itself, and the next
+    // wrap commits it.
+    std::fs::remove_dir_all(env.path("reports")).unwrap();
+    std::fs::remove_dir_all(env.path("performance_metrics")).unwrap();
+    env.run(&["agent", "resume", "droid"]).expect(0);
+    let run = env
+        .run_with(
+            &["run", "--once"],
+            &[("PERPETUAL_NOW", "2026-03-02T00:05:00Z")],
+        )
+        .expect(4);
+    let again: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.path("performance_metrics/2026-03-01.json"))
+            .unwrap_or_else(|e| panic!("{e}\n{}", run.explain())),
+    )
+    .unwrap();
+    for k in ["pairs", "files", "tasks", "sessions", "tokens", "agents"] {
+        assert_eq!(again[k], r[k], "{k}");
+    }
+    assert!(env.path("reports/team_status_2026-03-01.md").is_file());
+    // Written once: the next round leaves it alone.
+    let run = env
+        .run_with(
+            &["run", "--once"],
+            &[("PERPETUAL_NOW", "2026-03-02T00:06:00Z")],
+        )
+        .expect(4);
+    assert!(
+        !run.stderr().contains("wrote the report"),
+        "{}",
+        run.explain()
+    );
+    person(
+        "2026-03-02T01:00:00Z",
+        &["session", "start", "--agent", "zai"],
+    )
+    .expect(0);
+    person(
+        "2026-03-02T01:10:00Z",
+        &["session", "wrap", "--agent", "zai"],
+    )
+    .expect(0);
+    let files = git(env.root(), &["show", "--name-only", "--format=", "HEAD"]);
+    assert!(
+        files.contains("reports/team_status_2026-03-01.md")
+            && files.contains("performance_metrics/2026-03-01.json"),
+        "{files}"
+    );
+
+    // The next day: 2 h after the person's 01:10 wrap...
+    let today = |now: &str| {
+        env.run_at(now, &["status", "--json"]).expect(0).json()["today"]["autonomy"].clone()
+    };
+    let a = today("2026-03-02T03:10:00Z");
+    assert_eq!(a["hours_since_last_intervention"], 2.0, "{a:#}");
+    // ... an agent's command does not reset it ...
+    agent(
+        "2026-03-02T04:10:00Z",
+        "session_x",
+        &["task", "edit", "t2", "--priority", "2"],
+    )
+    .expect(0);
+    let a = today("2026-03-02T05:10:00Z");
+    assert_eq!(a["hours_since_last_intervention"], 4.0, "{a:#}");
+    // ... a person's does.
+    person(
+        "2026-03-02T05:10:00Z",
+        &["task", "edit", "t2", "--priority", "3"],
+    )
+    .expect(0);
+    let a = today("2026-03-02T05:10:00Z");
+    assert_eq!(a["hours_since_last_intervention"], 0.0, "{a:#}");
+    let a = today("2026-03-02T06:40:00Z");
+    assert_eq!(a["hours_since_last_intervention"], 1.5, "{a:#}");
+    assert_eq!(
+        a["hours_without_intervention"], 4.0,
+        "01:10 to 05:10\n{a:#}"
+    );
+    let run = env.run_at("2026-03-02T06:40:00Z", &["status"]).expect(0);
+    assert!(
+        run.stdout().contains("1.5 h since the last manual command"),
+        "{}",
+        run.explain()
+    );
+}
+
+/// The loop's one call per round records its heartbeat: the report's uptime is measured
+/// from a real `perpetual run`.
+#[test]
+fn the_loop_uptime_is_measured_from_its_rounds() {
+    let env = Env::new();
+    env.write("perpetual.toml", "[run]\nidle_secs = 1\n");
+    let mut looper = env.spawn(&["run"]);
+    common::wait_until(
+        "two rounds a second apart",
+        || {
+            env.try_count("SELECT COUNT(*) FROM loop_heartbeats WHERE last_seen > started_at")
+                == Some(1)
+        },
+        || looper.explain(),
+    );
+    looper.stop();
+    let run = env.run(&["report", "daily", "--json"]).expect(0);
+    let up = &run.json()["loop_uptime"];
+    assert_eq!(up["runs"], 1, "{}", run.explain());
+    assert!(up["seconds"].as_i64().unwrap() >= 1, "{}", run.explain());
+}

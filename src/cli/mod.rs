@@ -13,6 +13,7 @@ mod init;
 mod monitor;
 pub mod output;
 mod record;
+mod report;
 mod run;
 mod session;
 mod stats;
@@ -131,6 +132,8 @@ pub enum Command {
     /// pause; the pipeline's pairs against the goal, pairs per hour, files waiting,
     /// bottlenecks; the assigner's latest actions.
     Status(status::Args),
+    /// Reports: the daily team status report and performance metrics.
+    Report(report::Args),
 }
 
 impl Cli {
@@ -167,6 +170,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Agent(args) => agent::run(&root, args),
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
+        Command::Report(args) => report::run(&root, args),
     }?;
     if let Some(what) = steering {
         record::record(&root, &what);

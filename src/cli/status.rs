@@ -187,6 +187,11 @@ fn print(f: &Faucet) {
             );
         }
     }
+    println!();
+    println!("today ({} so far)", f.today.date);
+    for line in super::report::summary_lines(&f.today) {
+        println!("  {line}");
+    }
     if !f.assigner.is_empty() {
         println!();
         println!("assigner (latest first)");

@@ -303,6 +303,7 @@ impl<'c> Loop<'c> {
 
     /// One round; true when it started or ran something.
     fn round(&mut self) -> Result<bool> {
+        crate::run::report::on_round(self.conn, &self.root, &self.config);
         assign::assign(self.conn, &self.root, &self.config)?;
         let agents: Vec<String> = tasks::all_agents(self.conn, &self.root, &self.config)?
             .into_iter()

@@ -29,6 +29,8 @@ pub struct Faucet {
     pub pipeline: Pipeline,
     /// The assigner's latest actions, newest first.
     pub assigner: Vec<AssignEntry>,
+    /// Today's figures so far (the daily report's, `crate::run::report`).
+    pub today: crate::run::report::Daily,
 }
 
 /// One agent.
@@ -342,5 +344,6 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
             bottlenecks,
         },
         assigner: store_agents::assign_log(conn, 8)?,
+        today: crate::run::report::daily(conn, root, config, now.date_naive())?,
     })
 }

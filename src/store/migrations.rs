@@ -225,6 +225,45 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE task_templates ADD COLUMN last_task TEXT;       -- the latest task made from it
     ALTER TABLE task_templates ADD COLUMN last_added_at TEXT;   -- when
     "#,
+    // The daily report (issue 15): the loop's uptime, every pause of an agent (the
+    // circuit breaker's trips among them), the reports written.
+    r#"
+    CREATE TABLE loop_heartbeats (
+        id         INTEGER PRIMARY KEY,
+        pid        INTEGER NOT NULL,
+        started_at TEXT NOT NULL,                   -- when that `perpetual run` process started
+        last_seen  TEXT NOT NULL,                   -- its latest round
+        UNIQUE (pid, started_at)
+    );
+
+    -- Filled by triggers, so whatever pauses an agent (the breaker, `agent pause`) is logged.
+    CREATE TABLE agent_pauses (
+        id     INTEGER PRIMARY KEY,
+        agent  TEXT NOT NULL,
+        at     TEXT NOT NULL,
+        reason TEXT,
+        task   TEXT
+    );
+    CREATE INDEX agent_pauses_by_time ON agent_pauses(at);
+    CREATE TRIGGER agent_paused_first AFTER INSERT ON agent_state
+        WHEN NEW.paused_at IS NOT NULL
+    BEGIN
+        INSERT INTO agent_pauses (agent, at, reason, task)
+        VALUES (NEW.agent, NEW.paused_at, NEW.pause_reason, NEW.paused_task);
+    END;
+    CREATE TRIGGER agent_paused_again AFTER UPDATE OF paused_at ON agent_state
+        WHEN NEW.paused_at IS NOT NULL AND OLD.paused_at IS NOT NEW.paused_at
+    BEGIN
+        INSERT INTO agent_pauses (agent, at, reason, task)
+        VALUES (NEW.agent, NEW.paused_at, NEW.pause_reason, NEW.paused_task);
+    END;
+
+    CREATE TABLE daily_reports (
+        date       TEXT PRIMARY KEY,                -- 2026-03-01 (UTC)
+        written_at TEXT NOT NULL,
+        complete   INTEGER NOT NULL                 -- 1: written after the day ended
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

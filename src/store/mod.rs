@@ -3,7 +3,8 @@
 //! stack and its templates (`store::tasks`), sessions and checkpoints
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
 //! consistent backups (`store::backup`), the tasks' history and the commands people and
-//! agents ran (`store::history`).
+//! agents ran (`store::history`), the daily report's queries and the loop's heartbeats
+//! (`store::daily`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -12,6 +13,7 @@
 
 pub mod agents;
 pub mod backup;
+pub mod daily;
 pub mod history;
 pub mod ledger;
 pub mod migrations;

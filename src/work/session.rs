@@ -765,6 +765,9 @@ pub fn wrap(
         let mut paths = vec![
             PathBuf::from("task_reports"),
             PathBuf::from("outbox").join(&s.agent),
+            // The daily reports the loop wrote since the last wrap.
+            PathBuf::from("reports"),
+            PathBuf::from("performance_metrics"),
         ];
         if let Some(h) = &handoff {
             paths.insert(0, PathBuf::from(relative(root, h)));
