@@ -1026,3 +1026,95 @@ fn the_loop_uptime_is_measured_from_its_rounds() {
     assert_eq!(up["runs"], 1, "{}", run.explain());
     assert!(up["seconds"].as_i64().unwrap() >= 1, "{}", run.explain());
 }
+
+#[test]
+fn a_task_without_an_estimate_gets_the_median_tokens_per_unit_of_its_template_times_its_total() {
+    let env = Env::new();
+    env.write(
+        "perpetual.toml",
+        "[assign]\nmin_ready = 1\n[agents.droid.budget]\ntokens_per_session = 200000\n",
+    );
+    env.write(
+        "plan.toml",
+        "[[template]]\nagent = \"droid\"\nid = \"batch_{n}\"\ntotal = 100\n",
+    );
+    env.run(&["task", "import", "plan.toml"]).expect(0);
+    env.run(&["assign"]).expect(0);
+    assert!(
+        show(&env, "batch_1")["estimated_tokens"].is_null(),
+        "no history yet"
+    );
+    // Three batches of 100 units use 20,000, 30,000 and 100,000 tokens: 200, 300 and
+    // 1,000 per unit. Each next batch is estimated from those before it.
+    for (n, tokens, want) in [
+        (1, "20000", 20000),
+        (2, "30000", 25000),
+        (3, "100000", 30000),
+    ] {
+        env.run(&["session", "start", "--agent", "droid"]).expect(0);
+        env.run(&[
+            "session",
+            "wrap",
+            "--tokens",
+            tokens,
+            "--progress",
+            "100/100",
+        ])
+        .expect(0);
+        let run = env.run(&["assign", "--json"]).expect(0);
+        let next = format!("batch_{}", n + 1);
+        let t = show(&env, &next);
+        assert_eq!(t["estimated_tokens"], want, "{next}\n{}", run.explain());
+    }
+    let t = show(&env, "batch_4");
+    assert_eq!(
+        t["estimate_source"],
+        "history: median 300 tokens per unit over 3 completed tasks of its template × 100 units"
+    );
+    let run = env.run(&["task", "show", "batch_4"]).expect(0);
+    assert!(
+        run.stdout()
+            .contains("30,000 estimated (history: median 300 tokens per unit"),
+        "{}",
+        run.explain()
+    );
+    // A task of the same agent and kind outside the template: the agent's history.
+    env.run(&["task", "add", "side", "--agent", "droid", "--total", "10"])
+        .expect(0);
+    env.run(&[
+        "task",
+        "add",
+        "given",
+        "--agent",
+        "droid",
+        "--estimated-tokens",
+        "7",
+    ])
+    .expect(0);
+    env.run(&["task", "add", "lonely", "--agent", "zai"])
+        .expect(0);
+    env.run(&["assign"]).expect(0);
+    let side = show(&env, "side");
+    assert_eq!(side["estimated_tokens"], 3000, "{side:#}");
+    assert!(
+        side["estimate_source"]
+            .as_str()
+            .unwrap()
+            .contains("over 3 completed agent tasks of droid × 10 units"),
+        "{side:#}"
+    );
+    // A given estimate is kept; an agent without history gets none.
+    assert_eq!(show(&env, "given")["estimated_tokens"], 7);
+    assert!(show(&env, "given")["estimate_source"].is_null());
+    assert!(show(&env, "lonely")["estimated_tokens"].is_null());
+    // A person's edit replaces the estimate and its source.
+    env.run(&["task", "edit", "side", "--estimated-tokens", "5000"])
+        .expect(0);
+    assert!(show(&env, "side")["estimate_source"].is_null());
+    let h = history_details(&show(&env, "batch_4"));
+    assert!(
+        h.iter()
+            .any(|x| x.starts_with("assigner | estimate | batch_4 estimated at 30,000 tokens")),
+        "{h:#?}"
+    );
+}

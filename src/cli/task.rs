@@ -617,11 +617,15 @@ fn print_show(s: &Shown<'_>) {
     println!("state        {}", state_text(v));
     println!("progress     {}", progress_text(t.done, t.total));
     println!(
-        "tokens       {} used over {} session{}, {} estimated",
+        "tokens       {} used over {} session{}, {} estimated{}",
         thousands(t.tokens_used),
         t.sessions,
         if t.sessions == 1 { "" } else { "s" },
-        t.estimated_tokens.map_or("none".to_string(), thousands)
+        t.estimated_tokens.map_or("none".to_string(), thousands),
+        t.estimate_source
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default()
     );
     if !t.depends_on.is_empty() {
         println!("after        {}", t.depends_on.join(", "));

@@ -264,6 +264,11 @@ pub const MIGRATIONS: &[&str] = &[
         complete   INTEGER NOT NULL                 -- 1: written after the day ended
     ) WITHOUT ROWID;
     "#,
+    // Token estimates from history (issue 15): where an estimate the assigner set came
+    // from; NULL for one a person (or a plan) gave.
+    r#"
+    ALTER TABLE tasks ADD COLUMN estimate_source TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

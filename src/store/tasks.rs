@@ -178,6 +178,9 @@ pub struct TaskRow {
     pub finished_at: Option<String>,
     /// The template it was made from (by the assigner, or a recurring task's own).
     pub template_id: Option<i64>,
+    /// Where the estimate came from when the assigner set it from history (None: given
+    /// by whoever added or edited the task, or no estimate).
+    pub estimate_source: Option<String>,
 }
 
 /// The columns a new task needs.
@@ -346,11 +349,20 @@ pub fn set_description(conn: &Connection, id: &str, description: Option<&str>) -
     Ok(())
 }
 
-/// Sets a task's token estimate (None clears it).
+/// Sets a task's token estimate (None clears it), as given by a person: no source.
 pub fn set_estimate(conn: &Connection, id: &str, tokens: Option<u64>) -> Result<()> {
     conn.execute(
-        "UPDATE tasks SET estimated_tokens = ?2 WHERE id = ?1",
+        "UPDATE tasks SET estimated_tokens = ?2, estimate_source = NULL WHERE id = ?1",
         params![id, tokens.map(|n| n as i64)],
+    )?;
+    Ok(())
+}
+
+/// Sets a task's token estimate with where it came from (the assigner, from history).
+pub fn set_estimate_from(conn: &Connection, id: &str, tokens: u64, source: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET estimated_tokens = ?2, estimate_source = ?3 WHERE id = ?1",
+        params![id, tokens as i64, source],
     )?;
     Ok(())
 }
@@ -517,7 +529,8 @@ const SELECT: &str = "SELECT t.id, t.agent, t.priority, t.position, t.descriptio
         (SELECT COUNT(*) FROM sessions s WHERE s.task_id = t.id),
         t.failures, t.fail_reason, t.needs_review, t.grade_detail,
         (SELECT group_concat(d.depends_on, ',') FROM task_deps d WHERE d.task_id = t.id),
-        t.created_at, t.started_at, t.finished_at, t.kind, t.params, t.template_id
+        t.created_at, t.started_at, t.finished_at, t.kind, t.params, t.template_id,
+        t.estimate_source
     FROM tasks t";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
@@ -553,5 +566,6 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         started_at: r.get(17)?,
         finished_at: r.get(18)?,
         template_id: r.get(21)?,
+        estimate_source: r.get(22)?,
     })
 }

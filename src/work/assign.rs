@@ -14,6 +14,10 @@
 //! 4. **Recurring work**: a template (or task) with `every` gets a fresh task once its
 //!    period has passed (`clock::Every`) and the previous one is complete: one per
 //!    period, however long the loop was away.
+//! 5. **Estimates from history**: a pending task without a token estimate gets one: the
+//!    median tokens per unit of the completed tasks made from its template (else of its
+//!    agent's completed tasks of its kind) times its total (1 unit without one). The
+//!    source is kept with the estimate (`task show`).
 
 use crate::clock;
 use crate::config::Config;
@@ -34,6 +38,7 @@ pub fn assign(conn: &mut Connection, root: &Root, config: &Config) -> Result<Vec
     retries(conn, config, &mut done)?;
     templates(conn, config, &mut done)?;
     recurring(conn, &mut done)?;
+    estimates(conn, &mut done)?;
     Ok(done)
 }
 
@@ -308,4 +313,120 @@ fn recurring(conn: &mut Connection, done: &mut Vec<AssignEntry>) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What an estimate from history is based on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// Tokens for the task.
+    pub tokens: u64,
+    /// Median tokens per unit of the samples.
+    pub per_unit: f64,
+    /// Completed tasks it is the median of.
+    pub samples: usize,
+    /// `template droid_batch_{n}`, or `agent tasks of droid`.
+    pub basis: String,
+}
+
+impl Estimate {
+    /// How `task show` explains it.
+    pub fn source(&self, units: u64) -> String {
+        format!(
+            "history: median {} tokens per unit over {} completed {} × {} unit{}",
+            crate::human::thousands(self.per_unit.round() as u64),
+            self.samples,
+            self.basis,
+            crate::human::thousands(units),
+            if units == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// The median of tokens per unit over completed tasks that used tokens: those made from
+/// `task`'s template when there are some, else its agent's tasks of its kind.
+pub fn estimate(all: &[store_tasks::TaskRow], task: &store_tasks::TaskRow) -> Option<Estimate> {
+    let done = |t: &&store_tasks::TaskRow| {
+        t.status == TaskStatus::Completed && t.tokens_used > 0 && t.id != task.id
+    };
+    let per_unit =
+        |t: &store_tasks::TaskRow| t.tokens_used as f64 / t.total.unwrap_or(1).max(1) as f64;
+    let by_template: Vec<f64> = match task.template_id {
+        Some(tpl) => all
+            .iter()
+            .filter(done)
+            .filter(|t| t.template_id == Some(tpl))
+            .map(per_unit)
+            .collect(),
+        None => Vec::new(),
+    };
+    let (samples, basis) = if by_template.is_empty() {
+        let v: Vec<f64> = all
+            .iter()
+            .filter(done)
+            .filter(|t| t.agent == task.agent && t.kind == task.kind)
+            .map(per_unit)
+            .collect();
+        (v, format!("{} tasks of {}", task.kind.as_str(), task.agent))
+    } else {
+        (by_template, "tasks of its template".to_string())
+    };
+    let m = median(samples.clone())?;
+    Some(Estimate {
+        tokens: (m * task.total.unwrap_or(1).max(1) as f64).round() as u64,
+        per_unit: m,
+        samples: samples.len(),
+        basis,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Pending tasks without an estimate get one from history, with its source.
+fn estimates(conn: &mut Connection, done: &mut Vec<AssignEntry>) -> Result<()> {
+    let all = store_tasks::all(conn)?;
+    for t in all.iter().filter(|t| {
+        t.status == TaskStatus::Pending
+            && t.estimated_tokens.is_none()
+            && t.kind != TaskKind::Ingest
+    }) {
+        let Some(e) = estimate(&all, t) else { continue };
+        let source = e.source(t.total.unwrap_or(1));
+        store_tasks::set_estimate_from(conn, &t.id, e.tokens, &source)?;
+        log(
+            conn,
+            done,
+            "estimate",
+            &t.agent,
+            &t.id,
+            format!(
+                "{} estimated at {} tokens ({source})",
+                t.id,
+                crate::human::thousands(e.tokens)
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
 }
