@@ -1118,3 +1118,41 @@ fn a_task_without_an_estimate_gets_the_median_tokens_per_unit_of_its_template_ti
         "{h:#?}"
     );
 }
+
+/// The report counts what the loop did: a command stopped with SIGTERM, the wrap levels,
+/// and the circuit breaker tripping after three sessions without progress.
+#[test]
+fn report_daily_counts_the_loops_signals_wrap_levels_and_breaker_trips() {
+    let env = loop_env();
+    env.run(&["task", "add", "t", "--agent", "claude_code", "--total", "5"])
+        .expect(0);
+    let now = ("PERPETUAL_NOW", "2026-04-01T10:00:00Z");
+    env.run_with(&["run", "--once"], &[("FAKE_MODE", "ignore"), now])
+        .expect(0);
+    for _ in 0..2 {
+        env.run_with(&["run", "--once"], &[("FAKE_MODE", "stall"), now])
+            .expect(0);
+    }
+    let run = env
+        .run_with(&["report", "daily", "--json"], &[now])
+        .expect(0);
+    let s = &run.json()["sessions"];
+    assert_eq!(s["started"], 3, "{}", run.explain());
+    assert_eq!(s["sigterms"], 1, "{}", run.explain());
+    assert_eq!(s["breaker_trips"], 1, "{}", run.explain());
+    assert_eq!(s["manual_pauses"], 0, "{}", run.explain());
+    assert_eq!(
+        s["wraps_by_level"],
+        serde_json::json!({"hard_stop": 1, "healthy": 2}),
+        "{}",
+        run.explain()
+    );
+    // The agent's own commands (its checkpoints) are not interventions.
+    let a = &run.json()["autonomy"];
+    assert_eq!(a["interventions"], 0, "{}", run.explain());
+    assert!(
+        a["machine_commands"].as_u64().unwrap() >= 3,
+        "{}",
+        run.explain()
+    );
+}

@@ -702,11 +702,13 @@ fn round(conn: &Connection, root: &Root, config: &Config) -> Result<()> {
     let today = now.date_naive();
     let yesterday = today.pred_opt().context("no day before")?;
     let date = yesterday.format("%Y-%m-%d").to_string();
-    let today_start = clock::format(today.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    let before_today = store::first_record(conn)?.is_some_and(|t| t < today_start);
     let (md, json) = paths(root, &date);
-    let on_disk = md.is_file() && json.is_file();
-    if before_today && !(on_disk && store::report_complete(conn, &date)?) {
+    if md.is_file() && json.is_file() && store::report_complete(conn, &date)? {
+        return Ok(());
+    }
+    // Only a root that existed before today has a yesterday to report on.
+    let today_start = clock::format(today.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    if store::first_record(conn)?.is_some_and(|t| t < today_start) {
         let d = daily(conn, root, config, yesterday)?;
         let (md, _) = write(conn, root, &d)?;
         tracing::info!(
