@@ -562,6 +562,9 @@ fn print_list(views: &[TaskView]) {
         if t.kind.is_builtin() {
             notes.push(format!("{} (run by `perpetual run`)", t.kind.as_str()));
         }
+        if t.kind == TaskKind::Duty {
+            notes.push("standing duty (one session)".to_string());
+        }
         if let Some(why) = &v.why {
             notes.push(why.clone());
         }

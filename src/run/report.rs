@@ -250,10 +250,8 @@ pub fn daily(conn: &Connection, root: &Root, config: &Config, date: NaiveDate) -
     let window = (to - start).num_seconds().max(0);
     let hours = window as f64 / 3600.0;
 
-    let map = |v: Vec<(String, u64)>| v.into_iter().collect::<BTreeMap<_, _>>();
-    let by_agent = map(store::pairs_by(conn, "agent", &from_s, &to_s)?);
-    let added: u64 = by_agent.values().sum();
-    let totals = crate::store::stats::stats(conn, config.goal, 0)?;
+    let by = store::pairs_added(conn, &from_s, &to_s)?;
+    let added: u64 = by.by_agent.values().sum();
     let pairs = Pairs {
         added,
         per_hour: if hours > 0.0 {
@@ -261,10 +259,10 @@ pub fn daily(conn: &Connection, root: &Root, config: &Config, date: NaiveDate) -
         } else {
             0.0
         },
-        by_category: map(store::pairs_by(conn, "category", &from_s, &to_s)?),
-        by_indicator: map(store::pairs_by(conn, "indicator", &from_s, &to_s)?),
-        by_agent,
-        total: totals.pairs,
+        by_agent: by.by_agent,
+        by_category: by.by_category,
+        by_indicator: by.by_indicator,
+        total: crate::store::pairs::count(conn)?,
         goal: config.goal,
     };
 

@@ -6,29 +6,40 @@ use anyhow::Result;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
 
-/// Pairs first stored in the window, grouped by `column` (`agent`, `category` or
-/// `indicator`; a missing value is `(none)`), most first.
-pub fn pairs_by(
-    conn: &Connection,
-    column: &str,
-    from: &str,
-    to: &str,
-) -> Result<Vec<(String, u64)>> {
-    anyhow::ensure!(
-        matches!(column, "agent" | "category" | "indicator"),
-        "pairs are not grouped by {column}"
-    );
-    let mut stmt = conn.prepare(&format!(
-        "SELECT COALESCE({column}, '(none)'), COUNT(*) AS n FROM pairs
-         WHERE created_at >= ?1 AND created_at < ?2
-         GROUP BY 1 ORDER BY n DESC, 1"
-    ))?;
-    let rows = stmt
-        .query_map(params![from, to], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+/// Pairs first stored in the window, counted by agent, by category and by indicator (a
+/// missing value is `(none)`). One pass over the window's rows, not one per column: the
+/// rows are reached through `pairs_by_created`, and each lookup is the expensive part.
+pub fn pairs_added(conn: &Connection, from: &str, to: &str) -> Result<PairsAdded> {
+    let mut stmt = conn.prepare(
+        "SELECT agent, COALESCE(category, '(none)'), COALESCE(indicator, '(none)'), COUNT(*)
+         FROM pairs WHERE created_at >= ?1 AND created_at < ?2 GROUP BY 1, 2, 3",
+    )?;
+    let mut out = PairsAdded::default();
+    for row in stmt.query_map(params![from, to], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)? as u64,
+        ))
+    })? {
+        let (agent, category, indicator, n) = row?;
+        *out.by_agent.entry(agent).or_default() += n;
+        *out.by_category.entry(category).or_default() += n;
+        *out.by_indicator.entry(indicator).or_default() += n;
+    }
+    Ok(out)
+}
+
+/// Pairs added in a window, by agent, category and indicator.
+#[derive(Debug, Clone, Default)]
+pub struct PairsAdded {
+    /// By agent.
+    pub by_agent: BTreeMap<String, u64>,
+    /// By category.
+    pub by_category: BTreeMap<String, u64>,
+    /// By indicator.
+    pub by_indicator: BTreeMap<String, u64>,
 }
 
 /// Files the ledger finished in the window, by status (`integrated`, `rejected`,
