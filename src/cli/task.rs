@@ -299,7 +299,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             let shown = Shown {
                 task: &v,
                 dependents: &dependents,
-                sessions: &sessions,
+                session_list: &sessions,
                 last_checkpoint: last_checkpoint.as_ref(),
                 report: report.is_file().then_some(&report),
                 history: &history,
@@ -529,7 +529,8 @@ struct Shown<'a> {
     #[serde(flatten)]
     task: &'a TaskView,
     dependents: &'a [String],
-    sessions: &'a [crate::store::sessions::SessionRow],
+    /// The sessions themselves; the flattened task already has `sessions`, their count.
+    session_list: &'a [crate::store::sessions::SessionRow],
     last_checkpoint: Option<&'a crate::store::sessions::CheckpointRow>,
     report: Option<&'a PathBuf>,
     history: &'a [crate::store::history::TaskEvent],
@@ -665,7 +666,7 @@ fn print_show(s: &Shown<'_>) {
     if let Some(c) = s.last_checkpoint {
         println!("checkpoint   {}", c.summary());
     }
-    for x in s.sessions {
+    for x in s.session_list {
         println!(
             "session      {} {} {}, {} tokens{}",
             x.id,
