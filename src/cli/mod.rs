@@ -12,6 +12,8 @@ mod ingest;
 mod init;
 mod monitor;
 pub mod output;
+mod record;
+mod report;
 mod run;
 mod serve;
 mod session;
@@ -108,7 +110,8 @@ pub enum Command {
     Files(files::Args),
     /// Write realistic generated drops (for tests, benchmarks and demos).
     Generate(generate::Args),
-    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats, import.
+    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats,
+    /// import, edit, review.
     Task(task::Args),
     /// Budgeted sessions: start, checkpoint, status, list, wrap.
     Session(session::Args),
@@ -130,6 +133,8 @@ pub enum Command {
     /// pause; the pipeline's pairs against the goal, pairs per hour, files waiting,
     /// bottlenecks; the assigner's latest actions.
     Status(status::Args),
+    /// Reports: the daily team status report and performance metrics.
+    Report(report::Args),
     /// The web faucet: a read-only web server with the live faucet page, tasks, sessions,
     /// files, a JSON API (/api/status, /api/stats, /api/tasks, /api/files) and /metrics
     /// for Prometheus. Listens on loopback unless given a token.
@@ -156,7 +161,8 @@ impl Cli {
 pub fn run(cli: Cli) -> Result<Exit> {
     crate::clock::check_override()?;
     let root = Root::new(&cli.root)?;
-    match cli.command {
+    let steering = record::describe(&cli.command);
+    let exit = match cli.command {
         Command::Watch(args) => watch::run(&root, args),
         Command::Init => init::run(&root),
         Command::Ingest(args) => ingest::run(&root, args),
@@ -172,8 +178,13 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Agent(args) => agent::run(&root, args),
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
+        Command::Report(args) => report::run(&root, args),
         Command::Serve(args) => serve::run(&root, args),
+    }?;
+    if let Some(what) = steering {
+        record::record(&root, &what);
     }
+    Ok(exit)
 }
 
 /// Opens the root's configuration and database, creating whatever is missing.
