@@ -104,6 +104,17 @@ fn stop(mut child: Child) {
     assert!(status.success(), "perpetual exited with {status}");
 }
 
+/// CPU seconds a process has used so far (user + system, all its threads).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -215,11 +226,13 @@ fn main() {
         let (staged, expect) = stage(&inbox, seed, &o);
         seed += 1;
         let load = loadavg();
+        let watch_cpu = cpu_secs(watch.id());
         let took = burst(&db, &staged, expect);
         println!(
-            "round {round} without server: {:.0} pairs/s ({expect} pairs in {:.2} s), load {load}",
+            "round {round} without server: {:.0} pairs/s ({expect} pairs in {:.2} s; watch used {:.2} CPU-s), load {load}",
             expect as f64 / took.as_secs_f64(),
-            took.as_secs_f64()
+            took.as_secs_f64(),
+            cpu_secs(watch.id()) - watch_cpu
         );
 
         // With the server and 50 clients.
@@ -254,7 +267,9 @@ fn main() {
             .spawn()
             .expect("start wrk");
         std::thread::sleep(Duration::from_secs(1));
+        let cpu = [watch.id(), server.id(), wrk.id()].map(cpu_secs);
         let took = burst(&db, &staged, expect);
+        let used = [watch.id(), server.id(), wrk.id()].map(cpu_secs);
         // SIGINT: wrk stops and prints its summary of exactly this window.
         unsafe { libc::kill(wrk.id() as libc::pid_t, libc::SIGINT) };
         let mut report = String::new();
@@ -273,9 +288,12 @@ fn main() {
                 .unwrap_or_default()
         };
         println!(
-            "round {round} with server:    {:.0} pairs/s ({expect} pairs in {:.2} s), load {load}",
+            "round {round} with server:    {:.0} pairs/s ({expect} pairs in {:.2} s; CPU-s: watch {:.2}, serve {:.2}, wrk {:.2}), load {load}",
             expect as f64 / took.as_secs_f64(),
-            took.as_secs_f64()
+            took.as_secs_f64(),
+            used[0] - cpu[0],
+            used[1] - cpu[1],
+            used[2] - cpu[2]
         );
         println!(
             "  /api/status: {}; latency {}; {}; {}",
