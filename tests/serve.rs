@@ -87,6 +87,22 @@ fn every_page_and_endpoint_answers_with_its_content_type() {
     }
     let session_page = f.get(&format!("/sessions/{session}")).body;
     assert!(session_page.contains("10/40"), "{session_page}");
+    // The archive with the grade, and the report rendered, its markup shown as text.
+    let tasks = f.get("/tasks").body;
+    assert!(
+        tasks.contains("The archive") && tasks.contains("/tasks/quick_check#report"),
+        "{tasks}"
+    );
+    let report = f.get("/tasks/quick_check").expect(200, "text/html").body;
+    assert!(
+        report.contains("<h1>Task report: quick_check</h1>"),
+        "{report}"
+    );
+    assert!(
+        report.contains("a &lt;i&gt;quick&lt;/i&gt; check"),
+        "{report}"
+    );
+    assert!(!report.contains("<i>quick"), "{report}");
 
     // A workbench chart never runs scripts with the faucet's origin.
     let chart = f.get_with("/charts/zai/category_distribution.svg", &[]);

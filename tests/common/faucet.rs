@@ -17,7 +17,7 @@ pub const EVIL_NOTE: &str = "<script>alert(2)</script> halfway";
 
 /// A root with what the faucet shows: integrated, duplicate and rejected files (one
 /// named like markup), the seeds' task plan, an active session at 80% of its tokens with
-/// a checkpoint, and a paused agent.
+/// a checkpoint, a paused agent, and a completed task with its report.
 pub fn root_with_data(env: &Env) {
     let at = |args: &[&str]| env.run_at(NOW, args);
     at(&["init"]).expect(0);
@@ -63,6 +63,20 @@ pub fn root_with_data(env: &Env) {
         "three sessions without progress",
     ])
     .expect(0);
+    // A completed task, graded, with its report (whose description tries to be markup).
+    at(&[
+        "task",
+        "add",
+        "quick_check",
+        "--agent",
+        "droid",
+        "--total",
+        "1",
+        "--description",
+        "a <i>quick</i> check",
+    ])
+    .expect(0);
+    at(&["task", "done", "quick_check"]).expect(0);
 }
 
 /// `perpetual ARGS` started in the background, once it says where it listens.
