@@ -6,12 +6,14 @@
 //! `--base` generated pairs and the seeds' task plan, runs `perpetual watch`, then, for
 //! each of `--rounds` rounds:
 //! 1. without the server: `--files` generated files of `--pairs` pairs (all new) renamed
-//!    into `inbox/droid/` at once, timed until every pair is queryable;
+//!    into `inbox/droid/` at once, timed until every pair is queryable (each burst starts
+//!    from an empty WAL);
 //! 2. with `perpetual serve` running and `wrk -t2 -c50` asking `/api/status` from a
 //!    second before the burst until the burst is queryable (wrk is stopped then, so its
 //!    requests/s cover exactly the burst): the same burst with new pairs.
 //!
-//! The load average is printed before each run. Run:
+//! First, for scale, the same clients for 5 s while the watcher is idle. The load average
+//! is printed before each run. Run:
 //! `cargo bench --bench faucet_load [-- --rounds 2 --files 2000 --pairs 50 --base 50000]`.
 //! Figures and method: BENCHMARKS.md, "Web faucet under load".
 
@@ -158,20 +160,35 @@ fn count(db: &rusqlite::Connection) -> i64 {
 }
 
 /// Renames the staged files in and waits until `expect` more pairs are queryable;
-/// returns the time from the first rename.
-fn burst(db: &rusqlite::Connection, staged: &[(PathBuf, PathBuf)], expect: usize) -> Duration {
+/// returns the time from the first rename and the largest size the WAL reached.
+fn burst(
+    db: &rusqlite::Connection,
+    staged: &[(PathBuf, PathBuf)],
+    expect: usize,
+) -> (Duration, u64) {
+    // Every burst starts from an empty WAL, so that no burst pays for the checkpoint of
+    // the one before it (SQLite checkpoints every 64 MiB, whichever burst crosses it).
+    let path = db.path().unwrap().to_string();
+    let rw = rusqlite::Connection::open(&path).unwrap();
+    rw.busy_timeout(Duration::from_secs(60)).unwrap();
+    rw.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(rw);
     let target = count(db) + expect as i64;
     let start = Instant::now();
     for (tmp, dest) in staged {
         std::fs::rename(tmp, dest).unwrap();
     }
     let deadline = start + Duration::from_secs(600);
+    let wal = PathBuf::from(format!("{path}-wal"));
+    let mut wal_max = 0;
     while count(db) < target {
         assert!(Instant::now() < deadline, "the burst never finished");
+        wal_max = wal_max.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(count(db), target, "exactly the burst's pairs");
-    start.elapsed()
+    (start.elapsed(), wal_max)
 }
 
 fn main() {
@@ -220,6 +237,45 @@ fn main() {
         o.pairs,
         o.clients
     );
+    // For scale: the same clients while the watcher is idle.
+    {
+        let (server, line) = start(
+            {
+                let mut c = perpetual(root);
+                c.args(["serve", "--addr", "127.0.0.1:0"]);
+                c
+            },
+            "serving the faucet on http://",
+        );
+        let at = line.find("http://").unwrap();
+        let url = format!(
+            "{}api/status",
+            &line[at..at + line[at..].find(' ').unwrap()]
+        );
+        let load = loadavg();
+        let cpu = cpu_secs(server.id());
+        let out = Command::new("wrk")
+            .args([
+                "-t2",
+                &format!("-c{}", o.clients),
+                "-d5s",
+                "--latency",
+                "--timeout",
+                "30s",
+            ])
+            .arg(&url)
+            .output()
+            .expect("run wrk");
+        let serve_cpu = cpu_secs(server.id()) - cpu;
+        stop(server);
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!(
+            "watcher idle, 5 s: /api/status: {}; latency {}; {}; serve used {serve_cpu:.2} CPU-s; load {load}",
+            line_of(&report, "Requests/sec:"),
+            line_of(&report, "50%"),
+            line_of(&report, "99%"),
+        );
+    }
     let mut seed = 1;
     for round in 1..=o.rounds {
         // Without the server.
@@ -227,12 +283,13 @@ fn main() {
         seed += 1;
         let load = loadavg();
         let watch_cpu = cpu_secs(watch.id());
-        let took = burst(&db, &staged, expect);
+        let (took, wal) = burst(&db, &staged, expect);
         println!(
-            "round {round} without server: {:.0} pairs/s ({expect} pairs in {:.2} s; watch used {:.2} CPU-s), load {load}",
+            "round {round} without server: {:.0} pairs/s ({expect} pairs in {:.2} s; watch used {:.2} CPU-s; WAL up to {} MiB), load {load}",
             expect as f64 / took.as_secs_f64(),
             took.as_secs_f64(),
-            cpu_secs(watch.id()) - watch_cpu
+            cpu_secs(watch.id()) - watch_cpu,
+            wal >> 20
         );
 
         // With the server and 50 clients.
@@ -268,7 +325,7 @@ fn main() {
             .expect("start wrk");
         std::thread::sleep(Duration::from_secs(1));
         let cpu = [watch.id(), server.id(), wrk.id()].map(cpu_secs);
-        let took = burst(&db, &staged, expect);
+        let (took, wal) = burst(&db, &staged, expect);
         let used = [watch.id(), server.id(), wrk.id()].map(cpu_secs);
         // SIGINT: wrk stops and prints its summary of exactly this window.
         unsafe { libc::kill(wrk.id() as libc::pid_t, libc::SIGINT) };
@@ -280,20 +337,15 @@ fn main() {
             .unwrap();
         wrk.wait().unwrap();
         stop(server);
-        let line_of = |key: &str| {
-            report
-                .lines()
-                .find(|l| l.trim_start().starts_with(key))
-                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        };
+        let line_of = |key: &str| line_of(&report, key);
         println!(
-            "round {round} with server:    {:.0} pairs/s ({expect} pairs in {:.2} s; CPU-s: watch {:.2}, serve {:.2}, wrk {:.2}), load {load}",
+            "round {round} with server:    {:.0} pairs/s ({expect} pairs in {:.2} s; CPU-s: watch {:.2}, serve {:.2}, wrk {:.2}; WAL up to {} MiB), load {load}",
             expect as f64 / took.as_secs_f64(),
             took.as_secs_f64(),
             used[0] - cpu[0],
             used[1] - cpu[1],
-            used[2] - cpu[2]
+            used[2] - cpu[2],
+            wal >> 20
         );
         println!(
             "  /api/status: {}; latency {}; {}; {}",
@@ -304,6 +356,15 @@ fn main() {
         );
     }
     stop(watch);
+}
+
+/// The line of wrk's report that starts with `key`, spaces squeezed.
+fn line_of(report: &str, key: &str) -> String {
+    report
+        .lines()
+        .find(|l| l.trim_start().starts_with(key))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 trait IfEmpty {

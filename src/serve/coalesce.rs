@@ -2,17 +2,22 @@
 //! the computation in progress, then takes the next one, which started after it arrived,
 //! together with everyone else who arrived meanwhile. So every answer reflects the
 //! database at or after its request's arrival, and fifty clients asking at once cost
-//! about two computations instead of fifty, one at a time. Computations are also paced:
-//! the next starts no sooner than [`MIN_GAP`], or twice the last one's time, after the
-//! last ended, so a crowd of clients keeps the server to about a third of a core.
+//! about two computations instead of fifty, one at a time. The next starts no sooner than
+//! twice the last one's time after it ended (within [`MIN_GAP`]..[`MAX_GAP`]): a
+//! computation holds a read snapshot, and while any snapshot is open SQLite cannot
+//! restart the WAL, which then grows and slows the writer's lookups (BENCHMARKS.md, "Web
+//! faucet under load"), so readers must leave it gaps.
 
 use axum::body::Bytes;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-/// The least pause between the end of one computation and the start of the next.
-pub const MIN_GAP: Duration = Duration::from_millis(100);
+/// The least pause between the end of one computation and the start of the next; after a
+/// slow one, twice its time, at most [`MAX_GAP`].
+pub const MIN_GAP: Duration = Duration::from_millis(250);
+/// The longest pause between two computations.
+pub const MAX_GAP: Duration = Duration::from_secs(2);
 
 /// The last answer, when its computation started, and when the next may start.
 #[derive(Default)]
@@ -49,7 +54,7 @@ impl Coalesce {
         *last = Some(Last {
             started,
             body: body.clone(),
-            next_at: ended + MIN_GAP.max((ended - started) * 2),
+            next_at: ended + (ended - started).saturating_mul(2).clamp(MIN_GAP, MAX_GAP),
         });
         Ok(body)
     }

@@ -31,9 +31,11 @@ use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
 pub const TICK: Duration = Duration::from_millis(100);
 /// How often it renders anyway, for what changes with the clock alone.
 pub const REFRESH: Duration = Duration::from_secs(5);
-/// The least pause between two renders; after a slow render, twice its time, so that
-/// during a burst of commits rendering takes at most a third of a core.
+/// The least pause between two renders; after a slow render, twice its time (at most
+/// [`MAX_GAP`]), so that during a burst of commits rendering takes about a third of a core.
 pub const MIN_GAP: Duration = Duration::from_millis(250);
+/// The longest pause between two renders while commits keep coming.
+pub const MAX_GAP: Duration = Duration::from_secs(2);
 
 /// One state of `/`, as sent to every client.
 #[derive(Debug)]
@@ -63,7 +65,7 @@ fn data_version(conn: &Connection) -> Result<i64> {
 }
 
 fn render(conn: &Connection, root: &Root, config: &Config, version: u64) -> Result<Update> {
-    let page = super::readers::snapshot(conn, |c| super::view::faucet_page(c, root, config))?;
+    let page = super::view::faucet_page(conn, root, config)?;
     let sections = super::pages::sections(&page)?;
     let json = serde_json::to_string(&Payload {
         version,
@@ -132,8 +134,8 @@ pub(crate) fn start(
                     }
                     Err(e) => tracing::warn!("serve: cannot render the live view: {e:#}"),
                 }
-                // Renders take at most a third of a core, however fast commits come.
-                gap = MIN_GAP.max(started.elapsed() * 2);
+                // Renders take about a third of a core, however fast commits come.
+                gap = (started.elapsed() * 2).clamp(MIN_GAP, MAX_GAP);
                 rendered = Instant::now();
                 pending = false;
                 stale = false;

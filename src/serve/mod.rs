@@ -20,8 +20,9 @@
 //!   rebinding, security headers.
 //!
 //! Reads go through `readers`: read-only SQLite connections (WAL readers) on tokio's
-//! blocking pool, a few at a time, so any number of clients cost the writer nothing
-//! but short read transactions.
+//! blocking pool, a few at a time; `/api/status` is computed once for all who ask at
+//! once (`coalesce`), so a crowd of clients costs the writer little: short reads, at nice
+//! 10, with gaps that let SQLite restart its WAL.
 
 mod api;
 mod auth;

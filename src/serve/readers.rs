@@ -38,8 +38,9 @@ impl Readers {
         crate::store::open_reader(&self.inner.path)
     }
 
-    /// Runs `f` on a read-only connection inside one read transaction, so everything it
-    /// reads is one consistent snapshot of the database, off the async threads.
+    /// Runs `f` on a read-only connection, off the async threads. Each statement reads
+    /// its own snapshot, as the CLI's do: no read transaction spans a whole page, since
+    /// an open snapshot keeps SQLite from restarting the WAL.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -57,7 +58,7 @@ impl Readers {
                 Some(c) => c,
                 None => crate::store::open_reader(&inner.path)?,
             };
-            let out = snapshot(&conn, f);
+            let out = f(&conn);
             // A connection that failed is dropped rather than lent again.
             if out.is_ok()
                 && let Ok(mut idle) = inner.idle.lock()
@@ -69,17 +70,4 @@ impl Readers {
         .await
         .context("a read was cancelled")?
     }
-}
-
-/// Runs `f` inside one read transaction on `conn`.
-pub(crate) fn snapshot<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T>,
-) -> Result<T> {
-    conn.execute_batch("BEGIN")?;
-    let out = f(conn);
-    // Ending a read transaction cannot lose anything; a failure here only matters for
-    // the connection's next use, which then fails loudly.
-    let _ = conn.execute_batch("COMMIT");
-    out
 }

@@ -1,4 +1,4 @@
-//! What the pages show, read from the database in one snapshot and shaped for the
+//! What the pages show, read from the database and shaped for the
 //! templates: numbers already written as people read them, levels as a class (colour)
 //! and a word with a symbol (so they read without colour). The templates only lay it
 //! out; askama escapes every string they print.
@@ -343,7 +343,7 @@ pub fn short_time(t: &str) -> String {
     t.trim_end_matches('Z').replacen('T', " ", 1)
 }
 
-/// Takes everything `/` shows in one read transaction.
+/// Takes everything `/` shows.
 pub fn faucet_page(conn: &Connection, root: &Root, config: &Config) -> Result<FaucetPage> {
     let now = clock::now();
     let status = status::faucet(conn, root, config)?;
