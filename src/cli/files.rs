@@ -11,6 +11,9 @@ pub struct Args {
     /// Only rejected files.
     #[arg(long)]
     pub rejected: bool,
+    /// Only skipped entries (not regular files, not drops, unreadable; left in place).
+    #[arg(long)]
+    pub skipped: bool,
     /// Print a JSON array of ledger rows (with each invalid pair's index and reason).
     #[arg(long)]
     pub json: bool,
@@ -22,6 +25,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         &conn,
         ListFilter {
             rejected_only: args.rejected,
+            skipped_only: args.skipped,
         },
     )?;
     if args.json {

@@ -381,3 +381,55 @@ pub fn assert_ledger_exact(env: &Env, files: &[perpetual::generate::GeneratedFil
         files.iter().map(|f| f.pairs as i64).sum::<i64>()
     );
 }
+
+impl Env {
+    /// Runs `perpetual ARGS` but gives up after `timeout`: the process is killed and the
+    /// test fails with everything it printed so far (a hang is a failure, not a wait).
+    pub fn run_within(&self, timeout: Duration, args: &[&str]) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn perpetual");
+        let start = Instant::now();
+        let killed = loop {
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let output = child.wait_with_output().expect("wait for perpetual");
+        let run = Run {
+            env: Vec::new(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            output,
+            listing: self.listing(),
+        };
+        assert!(
+            !killed,
+            "still running after {timeout:?}, killed\n{}",
+            run.explain()
+        );
+        run
+    }
+
+    /// The ledger as `perpetual files --json` shows it.
+    pub fn ledger(&self) -> Vec<serde_json::Value> {
+        let run = self.run(&["files", "--json"]).expect(0);
+        run.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// The ledger rows whose name is `name`.
+    pub fn ledger_of(&self, name: &str) -> Vec<serde_json::Value> {
+        self.ledger()
+            .into_iter()
+            .filter(|r| r["name"] == name)
+            .collect()
+    }
+}
