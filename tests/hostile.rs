@@ -303,3 +303,428 @@ fn regression_watch_skips_a_symlink_to_dev_zero_and_keeps_integrating() {
         w.explain()
     );
 }
+
+/// `ingest` rejected a file that a writer was still writing in place ("truncated
+/// JSON"); the writer then finished it inside rejected/, complete and never integrated.
+#[test]
+fn regression_ingest_leaves_a_file_still_being_written_for_the_next_run() {
+    let env = Env::new();
+    let path = env.path("inbox/droid/slow.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let body = r#"[{"question": "What is the MVRV ratio?", "answer": "Market value over realised value."}]"#;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path).unwrap();
+            // A chunk every 50 ms (well within the 300 ms settle period) until told to
+            // finish, so the file is never still while `ingest` looks.
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                f.write_all(&body.as_bytes()[i % 10..i % 10 + 1]).unwrap();
+                f.set_len(0).unwrap();
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            f.set_len(0).unwrap();
+            let mut f = std::fs::File::create(&path).unwrap();
+            f.write_all(body.as_bytes()).unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let run = env.run_within(PATIENCE, &["ingest", "--json"]).expect(0);
+    let j = run.json();
+    assert_eq!(j["files_waiting"], 1, "{}", run.explain());
+    assert_eq!(j["files_rejected"], 0, "{}", run.explain());
+    assert!(path.is_file(), "left in the inbox\n{}", run.explain());
+    assert!(env.ledger_of("slow.json").is_empty(), "{:?}", env.ledger());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    let run = env.run_within(PATIENCE, &["ingest", "--json"]).expect(0);
+    assert_eq!(run.json()["files_integrated"], 1, "{}", run.explain());
+    assert!(env.path("inbox/droid/processed/slow.json").is_file());
+}
+
+/// One bad JSON Lines line, a lone surrogate escape (as Python's json.dumps writes
+/// it), or NaN / Infinity / 1e400 in an extra field rejected every valid pair of the
+/// file.
+#[test]
+fn regression_one_bad_value_no_longer_rejects_the_whole_file() {
+    let env = Env::new();
+    env.drop_file(
+        "droid",
+        "lines.jsonl",
+        "{\"q\": \"Q1?\", \"a\": \"A1.\"}\n{\"q\": \"Q2?\", \"a\": \n{\"q\": \"Q3?\", \"a\": \"A3.\"}\n",
+    );
+    env.drop_file(
+        "droid",
+        "surrogate.json",
+        r#"[{"q": "Lone \ud800 here?", "a": "Yes."}, {"q": "Q5?", "a": "A5."}]"#,
+    );
+    env.drop_file(
+        "droid",
+        "nan.json",
+        r#"[{"q": "Q6?", "a": "A6.", "score": NaN, "hi": Infinity, "big": 1e400}]"#,
+    );
+    let run = env
+        .run_within(PATIENCE, &["ingest", "--json", "--now"])
+        .expect(0);
+    let j = run.json();
+    assert_eq!(j["files_integrated"], 3, "{}", run.explain());
+    assert_eq!(j["pairs_new"], 5, "{}", run.explain());
+    assert_eq!(j["pairs_invalid"], 1, "{}", run.explain());
+    let lines = &env.ledger_of("lines.jsonl")[0];
+    assert_eq!(lines["invalid"][0]["index"], 1, "{lines}");
+    assert!(
+        lines["invalid"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("(line 2)"),
+        "{lines}"
+    );
+    assert_eq!(lines["salvage"]["lines_unparsed"], 1, "{lines}");
+    let sur = &env.ledger_of("surrogate.json")[0];
+    assert_eq!(sur["replaced"], true, "{sur}");
+    assert_eq!(sur["salvage"]["surrogates_replaced"], 1, "{sur}");
+    let nan = &env.ledger_of("nan.json")[0];
+    assert_eq!(nan["salvage"]["numbers_kept_as_text"], 3, "{nan}");
+    let extra: String = env
+        .db()
+        .query_row("SELECT extra FROM pairs WHERE question = 'Q6?'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let extra: serde_json::Value = serde_json::from_str(&extra).unwrap();
+    assert_eq!(
+        extra,
+        serde_json::json!({"score": "NaN", "hi": "Infinity", "big": "1e400"})
+    );
+    let q: String = env
+        .db()
+        .query_row(
+            "SELECT question FROM pairs WHERE answer = 'Yes.'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(q, "Lone \u{FFFD} here?");
+    let listing = env.run(&["files"]).expect(0).stdout();
+    assert!(listing.contains("salvaged"), "{listing}");
+}
+
+/// Escaped NUL and C0 control characters (`\u0000`, `\u001b[2J`) were stored in
+/// question and answer text as they were.
+#[test]
+fn regression_nul_and_control_characters_are_not_stored() {
+    let env = Env::new();
+    env.drop_file(
+        "droid",
+        "controls.json",
+        r#"[{"q": "Clear\u001b[2J the\u0000 screen?", "a": "No.\u0007 Tabs\tand\nnewlines stay."}]"#,
+    );
+    let run = env
+        .run_within(PATIENCE, &["ingest", "--json", "--now"])
+        .expect(0);
+    assert_eq!(run.json()["pairs_new"], 1, "{}", run.explain());
+    let (q, a): (String, String) = env
+        .db()
+        .query_row("SELECT question, answer FROM pairs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(q, "Clear[2J the screen?");
+    assert_eq!(a, "No. Tabs\tand\nnewlines stay.");
+    let row = &env.ledger_of("controls.json")[0];
+    assert_eq!(row["salvage"]["controls_removed"], 3, "{row}");
+}
+
+/// A newline in a file name forged a log line, and escape sequences in names reached
+/// the terminal; log lines kept ANSI colours when stderr was not a terminal; the JSON
+/// log's `ms` was a string.
+#[test]
+fn regression_log_lines_escape_names_carry_no_colour_off_a_terminal_and_ms_is_a_number() {
+    let env = Env::new();
+    let evil = "evil\nERROR forged line \u{1b}[31m.json";
+    env.write(&format!("inbox/droid/{evil}"), GOOD);
+    env.write("inbox/droid/plain.json", GOOD.replace("RSI", "MACD"));
+    let run = env
+        .run_within(PATIENCE, &["-v", "ingest", "--now"])
+        .expect(0);
+    let stderr = run.stderr();
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("ERROR forged")),
+        "{}",
+        run.explain()
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no escape sequence at all\n{stderr:?}"
+    );
+    assert!(
+        stderr.contains("evil\\x0aERROR forged line \\x1b[31m.json"),
+        "{stderr}"
+    );
+    assert!(env.path(&format!("inbox/droid/processed/{evil}")).is_file());
+
+    env.drop_file("droid", "json_log.json", GOOD.replace("RSI", "OBV"));
+    let run = env
+        .run_within(PATIENCE, &["-v", "--log-format", "json", "ingest", "--now"])
+        .expect(0);
+    let line = run
+        .stderr()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["file"] == "json_log.json")
+        .unwrap_or_else(|| panic!("{}", run.explain()));
+    assert!(line["fields"]["ms"].is_number(), "{line}");
+}
+
+/// Colours only on a terminal, never with NO_COLOR; `status --watch` cleared the
+/// screen even when its output was a file.
+#[test]
+fn regression_colours_and_screen_clearing_only_on_a_terminal() {
+    let env = Env::new();
+    env.run(&["init"]).expect(0);
+    // A terminal, by `script` (util-linux), which runs the command on a pseudo-terminal.
+    let bin = env!("CARGO_BIN_EXE_perpetual");
+    let on_tty = |no_color: bool| -> String {
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qec"])
+            .arg(format!("{bin} -v ingest --now"))
+            .arg("/dev/null")
+            .env("PERPETUAL_ROOT", env.root())
+            .env_remove("RUST_LOG");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        let out = cmd.output().expect("script");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    env.drop_file("droid", "a.json", GOOD);
+    let coloured = on_tty(false);
+    assert!(
+        coloured.contains('\u{1b}'),
+        "colours on a terminal: {coloured:?}"
+    );
+    env.drop_file("droid", "b.json", GOOD.replace("RSI", "ADX"));
+    let plain = on_tty(true);
+    assert!(plain.contains("b.json"), "{plain:?}");
+    assert!(!plain.contains('\u{1b}'), "NO_COLOR: {plain:?}");
+
+    let mut child = env
+        .command(&["status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&seen).contains("pairs") {
+        assert!(std::time::Instant::now() < deadline, "no view printed");
+        let mut buf = [0u8; 4096];
+        use std::io::Read;
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "status --watch ended");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        !text.contains('\u{1b}'),
+        "no screen clearing into a pipe: {text:?}"
+    );
+}
+
+/// `.txt`, `.JSON` and names without an extension in an inbox were read and moved,
+/// though the README says only `.json`, `.jsonl` and `.ndjson` are drops.
+#[test]
+fn regression_only_documented_extensions_are_drops_in_any_case() {
+    let env = Env::new();
+    env.drop_file("droid", "upper.JSON", GOOD);
+    env.drop_file("droid", "notes.txt", GOOD.replace("RSI", "CCI"));
+    env.drop_file("droid", "README", GOOD.replace("RSI", "ATR"));
+    let run = env
+        .run_within(PATIENCE, &["ingest", "--json", "--now"])
+        .expect(0);
+    let j = run.json();
+    assert_eq!(j["files_integrated"], 1, "{}", run.explain());
+    assert_eq!(j["files_skipped"], 2, "{}", run.explain());
+    assert!(env.path("inbox/droid/processed/upper.JSON").is_file());
+    assert!(env.path("inbox/droid/notes.txt").is_file(), "left alone");
+    assert!(env.path("inbox/droid/README").is_file(), "left alone");
+    assert!(reason_of(&env.ledger_of("notes.txt")[0]).contains("not a drop"));
+    assert_eq!(env.count("SELECT COUNT(*) FROM pairs"), 1);
+    let again = env
+        .run_within(PATIENCE, &["-v", "ingest", "--now"])
+        .expect(0);
+    assert!(
+        !again.stderr().contains("notes.txt"),
+        "reported once\n{}",
+        again.explain()
+    );
+    // A path named explicitly is held to the same list.
+    let other = env.write("archive/data.txt", GOOD.replace("RSI", "VWAP"));
+    let run = env
+        .run_within(PATIENCE, &["ingest", "--json", other.to_str().unwrap()])
+        .expect(0);
+    assert_eq!(run.json()["files_skipped"], 1, "{}", run.explain());
+    assert_eq!(env.count("SELECT COUNT(*) FROM pairs"), 1);
+}
+
+/// `backfill` with a budget of 0 (or for an agent whose tokens_per_session is 0, the
+/// default for droid and zai) wrapped at once with 0 pairs and exited 75 forever; a
+/// range matching no file failed with "total must be at least 1"; `monitor --budget
+/// 0` was refused.
+#[test]
+fn regression_a_token_budget_of_0_is_no_limit_and_an_empty_range_is_nothing_to_do() {
+    let env = Env::new();
+    env.write(
+        "archive/session_101.json",
+        r#"{"session": 101, "qa_pairs": [{"q": "Q101?", "a": "A101."}]}"#,
+    );
+    env.write(
+        "archive/session_102.json",
+        r#"{"session": 102, "qa_pairs": [{"q": "Q102?", "a": "A102."}]}"#,
+    );
+    let archive = env.path("archive");
+    let dir = archive.to_str().unwrap();
+    let run = env
+        .run(&[
+            "backfill",
+            dir,
+            "--sessions",
+            "101-101",
+            "--agent",
+            "claude_code",
+            "--budget",
+            "0",
+            "--json",
+        ])
+        .expect(0);
+    let j = run.json();
+    assert_eq!(j["pairs_new"], 1, "{}", run.explain());
+    assert_eq!(j["completed"], true, "{}", run.explain());
+    // droid's tokens_per_session is 0 by default.
+    let run = env
+        .run(&[
+            "backfill",
+            dir,
+            "--sessions",
+            "102-102",
+            "--agent",
+            "droid",
+            "--json",
+        ])
+        .expect(0);
+    assert_eq!(run.json()["pairs_new"], 1, "{}", run.explain());
+    let run = env
+        .run(&["backfill", dir, "--sessions", "500-600", "--agent", "droid"])
+        .expect(0);
+    assert!(
+        run.stdout().contains("nothing to backfill"),
+        "{}",
+        run.explain()
+    );
+    let run = env.run(&["monitor", "150000", "--budget", "0"]).expect(0);
+    assert!(run.stdout().contains("no limit"), "{}", run.explain());
+    let run = env
+        .run(&["monitor", "150000", "--agent", "droid", "--json"])
+        .expect(0);
+    assert_eq!(run.json()["level"], "healthy", "{}", run.explain());
+}
+
+/// A disk-full error named no file: errors name the database (and the drop) and the
+/// problem, and nothing is lost. The disk is filled by a file-size limit
+/// (RLIMIT_FSIZE), which SQLite sees as a failed write.
+#[test]
+fn regression_a_write_error_names_the_database_and_loses_nothing() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    env.run(&["init"]).expect(0);
+    let pairs: Vec<String> = (0..3000)
+        .map(|i| format!(r#"{{"q": "Question {i}?", "a": "Answer {i}, long enough to fill a page or two of the database when stored."}}"#))
+        .collect();
+    env.drop_file("droid", "big.json", format!("[{}]", pairs.join(",")));
+    let db_size = std::fs::metadata(env.path("perpetual.db")).unwrap().len();
+    let limit = db_size + 64 * 1024;
+    let mut cmd = env.command(&["ingest", "--now"]);
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("perpetual.db"),
+        "names the database: {stderr}"
+    );
+    assert!(stderr.contains("big.json"), "names the file: {stderr}");
+    assert!(
+        env.path("inbox/droid/big.json").is_file(),
+        "still in the inbox"
+    );
+    // With room again, everything goes in, once.
+    let run = env
+        .run_within(PATIENCE, &["ingest", "--json", "--now"])
+        .expect(0);
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM pairs"),
+        3000,
+        "{}",
+        run.explain()
+    );
+    let row = &env.ledger_of("big.json");
+    assert_eq!(row.len(), 1, "{row:?}");
+    assert_eq!(row[0]["status"], "integrated");
+    assert_eq!(
+        row[0]["pairs_new"], 3000,
+        "the checkpoint before the error counted once"
+    );
+}
+
+/// In a start-up race the loser's message said "another process" instead of naming
+/// the holder (the winner had locked the file but not written its name yet).
+#[test]
+fn regression_the_lock_message_names_the_holder_before_it_described_itself() {
+    let env = Env::new();
+    env.run(&["init"]).expect(0);
+    let held = std::fs::File::create(env.path("perpetual.lock")).unwrap();
+    held.try_lock().unwrap();
+    let run = env.run(&["ingest"]).expect(1);
+    assert!(
+        run.stderr()
+            .contains(&format!("pid {}", std::process::id())),
+        "{}",
+        run.explain()
+    );
+}
+
+/// Usage errors of `task add` without an id and `task progress ID abc` exited 1.
+#[test]
+fn regression_usage_errors_exit_2() {
+    let env = Env::new();
+    let run = env.run(&["task", "add", "--agent", "droid"]).expect(2);
+    assert!(run.stderr().contains("needs an id"), "{}", run.explain());
+    env.run(&["task", "add", "t1", "--agent", "droid"])
+        .expect(0);
+    let run = env.run(&["task", "progress", "t1", "abc"]).expect(2);
+    assert!(run.stderr().contains("DONE/TOTAL"), "{}", run.explain());
+    env.run(&["task", "progress", "t1", "1/2"]).expect(0);
+    env.run(&["task", "add", "t2", "--agent", "droid", "--sessions", "1-2"])
+        .expect(2);
+}

@@ -798,12 +798,10 @@ impl<'c> Writer<'c> {
             // In the transaction of the batch that made it due.
             self.sink
                 .merge(self.conn)
-                .with_context(|| db_context(self.conn))?;
+                .context("merging the key tail failed")?;
         }
         if self.in_txn {
-            self.conn
-                .execute_batch("COMMIT")
-                .with_context(|| format!("{}: commit failed", db_context(self.conn)))?;
+            self.conn.execute_batch("COMMIT").context("commit failed")?;
             self.in_txn = false;
             self.pending_pairs = 0;
         }
@@ -866,9 +864,7 @@ impl<'c> Writer<'c> {
             }
             Outcome::Skipped { reason } => {
                 self.begin()?;
-                return self
-                    .skip(&job, reason, started)
-                    .with_context(|| db_context(self.conn));
+                return self.skip(&job, reason, started);
             }
             other => other,
         };
@@ -1309,7 +1305,7 @@ impl<'c> Writer<'c> {
 
     /// Commits what is pending and returns the run's totals.
     pub fn finish(mut self, on_file: &mut dyn FnMut(&FileEvent)) -> Result<IngestReport> {
-        self.flush(on_file)?;
+        self.flush(on_file).with_context(|| db_context(self.conn))?;
         let mut report = std::mem::take(&mut self.report);
         report.seconds = self.run_started.elapsed().as_secs_f64();
         report.pairs_per_second = if report.seconds > 0.0 {
@@ -1639,7 +1635,9 @@ pub fn integrate(
                     Err(mpsc::TryRecvError::Empty) => {
                         // Nothing ready: make what we have queryable instead of waiting
                         // for a full batch.
-                        writer.commit(on_file)?;
+                        writer
+                            .commit(on_file)
+                            .with_context(|| db_context(writer.conn))?;
                         match rx.recv() {
                             Ok(p) => p,
                             Err(_) => break,
@@ -1648,12 +1646,18 @@ pub fn integrate(
                     Err(mpsc::TryRecvError::Disconnected) => break,
                 };
                 if admit(&next) {
-                    writer.write(next, on_file)?;
+                    // A disk-full or I/O error names the database and the file.
+                    let source = next.job.source();
+                    writer.write(next, on_file).with_context(|| {
+                        format!("{}: cannot record {source}", db_context(writer.conn))
+                    })?;
                 } else {
                     held.push(next);
                 }
             }
-            writer.commit(on_file)
+            writer
+                .commit(on_file)
+                .with_context(|| db_context(writer.conn))
         })();
         // Done, failed, interrupted or out of budget: workers still preparing see the
         // flag or the closed channel and leave the remaining files alone.
