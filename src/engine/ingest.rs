@@ -183,15 +183,26 @@ pub fn survey_inbox(inbox: &Path, agents: &[String]) -> Result<Vec<Job>> {
 }
 
 /// Every drop waiting in `inbox/<agent>/` for the given agents, oldest name first:
-/// regular files with an accepted extension (what the assigner and `status` count as
-/// waiting). [`survey_inbox`] has everything else too.
+/// regular files with an accepted extension that this process may read (what the
+/// assigner and `status` count as waiting: an unreadable file would otherwise ask for
+/// an ingest task at every round). [`survey_inbox`] has everything else too.
 pub fn discover_inbox(inbox: &Path, agents: &[String]) -> Result<Vec<Job>> {
     Ok(survey_inbox(inbox, agents)?
         .into_iter()
         .filter(|j| {
-            j.skip.is_none() && std::fs::symlink_metadata(&j.path).is_ok_and(|m| m.is_file())
+            j.skip.is_none()
+                && std::fs::symlink_metadata(&j.path).is_ok_and(|m| m.is_file())
+                && readable(&j.path)
         })
         .collect())
+}
+
+/// Whether this process may open `path` for reading (`access(R_OK)`).
+fn readable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        // SAFETY: a valid NUL-terminated path; access only reads it.
+        .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::R_OK) } == 0)
 }
 
 /// Files named on the command line, read in place. Folders are walked recursively

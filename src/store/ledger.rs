@@ -314,6 +314,34 @@ pub fn finished_by_path(conn: &Connection) -> Result<FinishedByPath> {
     Ok(map)
 }
 
+/// What the ledger finished without reading the bytes.
+#[derive(Debug, Default)]
+pub struct Unread {
+    /// (source path, reason) of each `skipped` row.
+    pub skipped: std::collections::HashSet<(String, String)>,
+    /// (source path, size) of each rejection of a file over the limit.
+    pub over_limit: std::collections::HashSet<(String, i64)>,
+}
+
+/// [`Unread`]: a backfill's plan uses it to know those entries are done.
+pub fn unread_by_path(conn: &Connection) -> Result<Unread> {
+    let mut unread = Unread::default();
+    let mut stmt = conn.prepare(
+        "SELECT status, source_path, COALESCE(reason, ''), size FROM files
+         WHERE status = 'skipped' OR (status = 'rejected' AND content_hash IS NULL)",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let status: String = r.get(0)?;
+        if status == "skipped" {
+            unread.skipped.insert((r.get(1)?, r.get(2)?));
+        } else {
+            unread.over_limit.insert((r.get(1)?, r.get(3)?));
+        }
+    }
+    Ok(unread)
+}
+
 /// Which rows `list` returns.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListFilter {

@@ -145,11 +145,12 @@ pub fn plan(
 ) -> Result<Plan> {
     let jobs = ingest::discover_paths(&[dir.to_path_buf()], Some(agent))?;
     let finished = ledger::finished_by_path(conn)?;
+    let unread = ledger::unread_by_path(conn)?;
     let pool = ingest::prepare_pool();
     let sessions: Vec<(Job, Option<i64>, bool)> = pool.install(|| {
         jobs.into_par_iter()
             .map(|job| {
-                let (session, done) = classify(&job, &finished, max_file_bytes);
+                let (session, done) = classify(&job, &finished, &unread, max_file_bytes);
                 (job, session, done)
             })
             .collect()
@@ -182,24 +183,36 @@ pub fn plan(
 fn classify(
     job: &Job,
     finished: &ledger::FinishedByPath,
+    unread: &ledger::Unread,
     max_file_bytes: u64,
 ) -> (Option<i64>, bool) {
     use crate::engine::intake;
     let by_name = session_from_name(&job.name());
+    let source = job.source();
+    // Entries that are never read are done once the ledger says why, for that reason
+    // (a link replaced by a file is a new entry).
+    if let Some(reason) = &job.skip {
+        return (by_name, unread.skipped.contains(&(source, reason.clone())));
+    }
     let bytes = match intake::open(&job.path) {
-        _ if job.skip.is_some() => None,
-        intake::Opened::File(mut f) if f.size <= max_file_bytes => {
-            intake::read_bounded(&mut f.file, f.size, max_file_bytes)
-                .ok()
-                .flatten()
+        intake::Opened::Refused(reason) => {
+            return (by_name, unread.skipped.contains(&(source, reason)));
         }
+        intake::Opened::File(f) if f.size > max_file_bytes => {
+            return (
+                by_name,
+                unread.over_limit.contains(&(source, f.size as i64)),
+            );
+        }
+        intake::Opened::File(mut f) => intake::read_bounded(&mut f.file, f.size, max_file_bytes)
+            .ok()
+            .flatten(),
         _ => None,
     };
     let Some(bytes) = bytes else {
         // Not a regular file, over the limit or unreadable: the ingest says why.
         return (by_name, false);
     };
-    let source = job.source();
     if let Some(rows) = finished.get(&source) {
         let hash = *blake3::hash(&bytes).as_bytes();
         if let Some((_, session)) = rows.iter().find(|(h, _)| *h == hash) {
