@@ -827,3 +827,21 @@ fn a_backfill_skips_links_and_fifos_in_the_archive_and_still_completes() {
         again.explain()
     );
 }
+
+/// A dangling link in place of a configured agent's folder made every command fail
+/// ("cannot create inbox/droid"): now it is one `skipped` row, and the rest works.
+#[test]
+fn a_dangling_link_in_place_of_an_agent_folder_breaks_no_command() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("inbox")).unwrap();
+    symlink("/nonexistent/droid", &env.path("inbox/droid"));
+    env.drop_file("zai", "good.json", GOOD);
+    let run = env
+        .run_within(PATIENCE, &["ingest", "--json", "--now"])
+        .expect(0);
+    let j = run.json();
+    assert_eq!(j["files_integrated"], 1, "{}", run.explain());
+    assert_eq!(j["files_skipped"], 1, "{}", run.explain());
+    env.run(&["stats"]).expect(0);
+    assert!(reason_of(&env.ledger_of("droid")[0]).contains("symbolic link"));
+}
