@@ -12,6 +12,8 @@ mod ingest;
 mod init;
 mod monitor;
 pub mod output;
+mod record;
+mod report;
 mod run;
 mod session;
 mod stats;
@@ -70,6 +72,15 @@ pub struct ProgressArg {
     pub done: u64,
     /// Units in all, when given.
     pub total: Option<u64>,
+}
+
+impl std::fmt::Display for ProgressArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.total {
+            Some(total) => write!(f, "{}/{total}", self.done),
+            None => write!(f, "{}", self.done),
+        }
+    }
 }
 
 impl std::str::FromStr for ProgressArg {
@@ -132,7 +143,8 @@ pub enum Command {
     Files(files::Args),
     /// Write realistic generated drops (for tests, benchmarks and demos).
     Generate(generate::Args),
-    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats, import.
+    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats,
+    /// import, edit, review.
     Task(task::Args),
     /// Budgeted sessions: start, checkpoint, status, list, wrap.
     Session(session::Args),
@@ -154,6 +166,8 @@ pub enum Command {
     /// pause; the pipeline's pairs against the goal, pairs per hour, files waiting,
     /// bottlenecks; the assigner's latest actions.
     Status(status::Args),
+    /// Reports: the daily team status report and performance metrics.
+    Report(report::Args),
 }
 
 impl Cli {
@@ -173,7 +187,8 @@ impl Cli {
 pub fn run(cli: Cli) -> Result<Exit> {
     crate::clock::check_override()?;
     let root = Root::new(&cli.root)?;
-    match cli.command {
+    let steering = record::describe(&cli.command);
+    let exit = match cli.command {
         Command::Watch(args) => watch::run(&root, args),
         Command::Init => init::run(&root),
         Command::Ingest(args) => ingest::run(&root, args),
@@ -189,7 +204,12 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Agent(args) => agent::run(&root, args),
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
+        Command::Report(args) => report::run(&root, args),
+    }?;
+    if let Some(what) = steering {
+        record::record(&root, &what);
     }
+    Ok(exit)
 }
 
 /// Opens the root's configuration and database, creating whatever is missing.
