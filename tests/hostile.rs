@@ -783,6 +783,18 @@ fn regression_a_link_to_dev_zero_swapped_in_after_the_close_is_never_read() {
         "peak RSS {peak} KiB\n{}",
         w.explain()
     );
+    // A file read just before the link replaced it is not moved: the move would have
+    // carried the link into processed/ (it did, once, in this very test).
+    let processed = std::fs::read_dir(env.path("inbox/droid/processed"));
+    for e in processed.into_iter().flatten() {
+        let e = e.unwrap();
+        assert!(
+            e.file_type().unwrap().is_file(),
+            "{:?} in processed/ is not a regular file\n{}",
+            e.path(),
+            w.explain()
+        );
+    }
     env.drop_file("droid", "canary.json", GOOD);
     wait_until(
         "the canary",

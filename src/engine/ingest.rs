@@ -367,6 +367,8 @@ pub struct Prepared {
     /// blake3 of the bytes; `None` when they were not read (over the limit, skipped,
     /// unreadable).
     pub hash: Option<[u8; 32]>,
+    /// Which file was opened (device, inode): its move checks the name still means it.
+    pub identity: Option<intake::Identity>,
     /// The result.
     pub outcome: Outcome,
     /// When preparation began, for the per-file log line.
@@ -446,6 +448,7 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
         job,
         size,
         modified,
+        identity: None,
         hash,
         outcome,
         started,
@@ -469,6 +472,11 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
         }
     };
     let (size, modified) = (open.size, open.modified);
+    let identity = Some(open.identity);
+    let done = |job, size, modified, hash, outcome| Prepared {
+        identity,
+        ..done(job, size, modified, hash, outcome)
+    };
     let over_limit = |size: u64| Outcome::Rejected {
         reason: intake::over_limit_reason(size, max_file_bytes),
         encoding: None,
@@ -670,6 +678,8 @@ struct PendingMove {
     /// The ledger row that records the destination.
     id: Option<i64>,
     from: PathBuf,
+    /// The file read from `from`: moved only if `from` still names it.
+    identity: Option<intake::Identity>,
     to: PathBuf,
     reason: Option<String>,
 }
@@ -696,6 +706,8 @@ pub struct Writer<'c> {
     stopped: bool,
     interrupt: Option<Arc<AtomicBool>>,
     sink: store::pairs::PairSink,
+    /// The identity of the file being written (for its move).
+    identity: Option<intake::Identity>,
 }
 
 /// How long finished files may wait in the inbox for their move during a burst: moving
@@ -745,6 +757,7 @@ impl<'c> Writer<'c> {
             stopped: false,
             interrupt: None,
             sink,
+            identity: None,
         }
     }
 
@@ -834,16 +847,26 @@ impl<'c> Writer<'c> {
         for m in std::mem::take(&mut self.moves) {
             self.claimed.remove(&m.to);
             if let Err(e) = move_file(&m) {
-                // The file stays where it is, and the ledger says so: it never records a
-                // path that does not exist. The next scan tries a fresh destination.
-                tracing::error!(
-                    "cannot move {} to {}: {e:#}; it stays in the inbox",
-                    names::render_path(&m.from),
-                    names::render_path(&m.to)
-                );
+                // The ledger never records a path that does not exist: the file stays
+                // where it is and the ledger says so (the next scan tries a fresh
+                // destination), or, when something else took its name after it was read,
+                // the bytes read are gone from the inbox and nothing is kept.
+                let replaced = e.downcast_ref::<Replaced>().is_some();
+                if replaced {
+                    tracing::warn!(
+                        "{}: {e}; not moved (what is there now is looked at on its own)",
+                        names::render_path(&m.from)
+                    );
+                } else {
+                    tracing::error!(
+                        "cannot move {} to {}: {e:#}; it stays in the inbox",
+                        names::render_path(&m.from),
+                        names::render_path(&m.to)
+                    );
+                }
                 if let Some(id) = m.id {
-                    let here = names::render_path(&m.from);
-                    if let Err(e) = ledger::set_stored_path(self.conn, id, Some(&here)) {
+                    let here = (!replaced).then(|| names::render_path(&m.from));
+                    if let Err(e) = ledger::set_stored_path(self.conn, id, here.as_deref()) {
                         tracing::error!("{}: {e:#}", db_context(self.conn));
                     }
                 }
@@ -865,8 +888,10 @@ impl<'c> Writer<'c> {
             hash,
             outcome,
             started,
+            identity,
             ..
         } = prepared;
+        self.identity = identity;
         let outcome = match outcome {
             Outcome::Unreadable(msg) => {
                 tracing::warn!("{msg}; left where it is");
@@ -1296,6 +1321,7 @@ impl<'c> Writer<'c> {
             self.moves.push(PendingMove {
                 id: Some(id),
                 from: job.path.clone(),
+                identity: self.identity,
                 to,
                 reason,
             });
@@ -1400,7 +1426,18 @@ fn db_context(conn: &Connection) -> String {
     }
 }
 
+/// The file read is no longer at its name (a link or another file was renamed over it
+/// after the read): it is not moved.
+#[derive(Debug, thiserror::Error)]
+#[error("replaced by another entry after it was read")]
+struct Replaced;
+
 fn move_file(m: &PendingMove) -> Result<()> {
+    if let Some(read) = m.identity
+        && intake::identity_at(&m.from) != Some(read)
+    {
+        return Err(Replaced.into());
+    }
     let dir = m.to.parent().context("no destination folder")?;
     ensure_folder(dir)?;
     if let Some(reason) = &m.reason {
