@@ -186,6 +186,57 @@ pub const MIGRATIONS: &[&str] = &[
         detail  TEXT NOT NULL
     );
     "#,
+    // The dataset workbench (issue 11): its run manifest, quality flags, MinHash
+    // signatures and near-duplicate cluster membership (store::dataset); task kinds are
+    // no longer a closed list in SQL (work::kinds checks them), so new built-in kinds
+    // need no migration. SQLite cannot drop a CHECK constraint with ALTER TABLE; its
+    // documented way is to edit the stored schema (https://sqlite.org/lang_altertable.html,
+    // "making other kinds of table schema changes"), then reload it.
+    r#"
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_schema
+       SET sql = replace(sql, 'CHECK (kind IN (''agent'', ''ingest'', ''backfill''))', '')
+     WHERE type = 'table' AND name = 'tasks';
+    PRAGMA writable_schema = RESET;
+
+    CREATE TABLE dataset_runs (
+        id          INTEGER PRIMARY KEY,
+        command     TEXT NOT NULL,              -- quality, near_dups, coverage
+        params      TEXT NOT NULL,              -- JSON: thresholds, method, plan ...
+        max_pair_id INTEGER NOT NULL,           -- the snapshot: pairs with id <= this
+        pairs       INTEGER NOT NULL,           -- pairs in the snapshot
+        started_at  TEXT NOT NULL,
+        finished_at TEXT,                       -- NULL while running (or when it died)
+        outputs     TEXT                        -- JSON: [{path, bytes, blake3}]
+    );
+
+    CREATE TABLE quality_flags (
+        pair_id INTEGER PRIMARY KEY REFERENCES pairs(id),   -- only flagged pairs have a row
+        flags   TEXT NOT NULL,                  -- JSON array of flag names, in dataset::quality::Flag order
+        score   REAL NOT NULL,                  -- 0..1: 1 minus the flags' weights, at least 0
+        run_id  INTEGER NOT NULL REFERENCES dataset_runs(id)
+    );
+
+    CREATE TABLE near_dup_signatures (
+        pair_id   INTEGER PRIMARY KEY REFERENCES pairs(id),
+        signature BLOB NOT NULL                 -- MinHash values, little-endian u32 each
+    );
+
+    CREATE TABLE dataset_settings (
+        name  TEXT PRIMARY KEY,                 -- e.g. minhash_params: what the stored signatures were made with
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE near_dup_members (
+        method         TEXT NOT NULL,           -- minhash (lexical); cosine (embeddings)
+        pair_id        INTEGER NOT NULL REFERENCES pairs(id),
+        representative INTEGER NOT NULL REFERENCES pairs(id), -- names the cluster: its lowest pair id
+        similarity     REAL NOT NULL,           -- to the representative; 1 for the representative itself
+        run_id         INTEGER NOT NULL REFERENCES dataset_runs(id),
+        PRIMARY KEY (method, pair_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX near_dup_members_by_cluster ON near_dup_members(method, representative);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -2,7 +2,8 @@
 //! pragmas, the ledger, the pair writer's statements, the read-back queries, the task
 //! stack and its templates (`store::tasks`), sessions and checkpoints
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
-//! consistent backups (`store::backup`).
+//! consistent backups (`store::backup`), and the dataset workbench's own tables
+//! (`store::dataset`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -11,6 +12,7 @@
 
 pub mod agents;
 pub mod backup;
+pub mod dataset;
 pub mod ledger;
 pub mod migrations;
 pub mod pairs;
