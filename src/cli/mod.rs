@@ -5,6 +5,7 @@
 mod agent;
 mod assign;
 mod backfill;
+mod deliver;
 mod files;
 mod generate;
 mod hooks;
@@ -12,6 +13,7 @@ mod ingest;
 mod init;
 mod monitor;
 pub mod output;
+mod quality;
 mod run;
 mod session;
 mod stats;
@@ -129,6 +131,11 @@ pub enum Command {
     /// pause; the pipeline's pairs against the goal, pairs per hour, files waiting,
     /// bottlenecks; the assigner's latest actions.
     Status(status::Args),
+    /// The quality report: flags each pair (empty, short or truncated answers, missing
+    /// question marks, boilerplate, mojibake, missing indicator or sources...), stores the
+    /// flags, and writes quality_analysis_report.{json,md} and quality_flags.jsonl to
+    /// outbox/<agent>/ (default zai) or --out.
+    Quality(quality::Args),
 }
 
 impl Cli {
@@ -164,6 +171,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Agent(args) => agent::run(&root, args),
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
+        Command::Quality(args) => quality::run(&root, args),
     }
 }
 

@@ -117,6 +117,103 @@ pub fn last_run(conn: &Connection, command: &str) -> Result<Option<DatasetRun>> 
     .map_err(Into::into)
 }
 
+/// A pair as the workbench reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairRow {
+    /// Pair id (the order pairs were stored in).
+    pub id: i64,
+    /// Its key (blake3 of the normalised question and answer).
+    pub key: crate::pair::PairKey,
+    /// The question as first received.
+    pub question: String,
+    /// The answer as first received.
+    pub answer: String,
+    /// Indicator, when given.
+    pub indicator: Option<String>,
+    /// Category, when given.
+    pub category: Option<String>,
+    /// The agent that first delivered it.
+    pub agent: String,
+    /// Its other fields (a JSON object), when it has any.
+    pub extra: Option<String>,
+}
+
+const PAIR_COLUMNS: &str = "id, key, question, answer, indicator, category, agent, extra";
+
+fn pair_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PairRow> {
+    let key = r.get_ref(1)?.as_blob()?;
+    Ok(PairRow {
+        id: r.get(0)?,
+        key: crate::pair::PairKey::try_from(key).unwrap_or_default(),
+        question: r.get(2)?,
+        answer: r.get(3)?,
+        indicator: r.get(4)?,
+        category: r.get(5)?,
+        agent: r.get(6)?,
+        extra: r.get(7)?,
+    })
+}
+
+/// Up to `limit` pairs with `after < id <= max_pair_id`, in id order: the workbench
+/// reads its snapshot in chunks of these.
+pub fn pairs_after(
+    conn: &Connection,
+    after: i64,
+    max_pair_id: i64,
+    limit: usize,
+) -> Result<Vec<PairRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {PAIR_COLUMNS} FROM pairs WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3"
+    ))?;
+    let rows = stmt
+        .query_map(params![after, max_pair_id, limit as i64], pair_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The pairs with these ids (those that exist), in the order given.
+pub fn pairs_by_ids(conn: &Connection, ids: &[i64]) -> Result<Vec<PairRow>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {PAIR_COLUMNS} FROM pairs WHERE id = ?1"))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(row) = stmt.query_row([id], pair_row).optional()? {
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// How many pairs of the snapshot carry one (indicator, category).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndicatorCount {
+    /// The indicator as stored (`None` when unset).
+    pub indicator: Option<String>,
+    /// The category as stored.
+    pub category: Option<String>,
+    /// Pairs.
+    pub pairs: u64,
+}
+
+/// Pairs per (indicator, category) in the snapshot, by indicator then category
+/// (`None` sorts first).
+pub fn indicator_counts(conn: &Connection, max_pair_id: i64) -> Result<Vec<IndicatorCount>> {
+    let mut stmt = conn.prepare(
+        "SELECT indicator, category, COUNT(*) FROM pairs WHERE id <= ?1
+         GROUP BY indicator, category ORDER BY indicator, category",
+    )?;
+    let rows = stmt
+        .query_map([max_pair_id], |r| {
+            Ok(IndicatorCount {
+                indicator: r.get(0)?,
+                category: r.get(1)?,
+                pairs: r.get::<_, i64>(2)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
 /// A flagged pair.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QualityFlag {
