@@ -9,9 +9,11 @@ mod deliver;
 mod files;
 mod generate;
 mod hooks;
+mod import_db;
 mod ingest;
 mod init;
 mod monitor;
+mod near_dups;
 pub mod output;
 mod quality;
 mod run;
@@ -136,6 +138,14 @@ pub enum Command {
     /// flags, and writes quality_analysis_report.{json,md} and quality_flags.jsonl to
     /// outbox/<agent>/ (default zai) or --out.
     Quality(quality::Args),
+    /// Lexical near-duplicates: MinHash signatures of word shingles (stored, so a re-run
+    /// hashes only new pairs), LSH candidates, exact Jaccard verification, clusters;
+    /// writes duplicate_analysis_detailed.json and near_duplicate_pairs.csv.
+    NearDups(near_dups::Args),
+    /// Import the pairs of an existing SQLite database (read-only), with the same keys,
+    /// dedup and ledger as drops; resumable (a checkpoint every ingest.checkpoint_every
+    /// rows), and a second import adds nothing.
+    ImportDb(import_db::Args),
 }
 
 impl Cli {
@@ -172,6 +182,8 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
         Command::Quality(args) => quality::run(&root, args),
+        Command::NearDups(args) => near_dups::run(&root, args),
+        Command::ImportDb(args) => import_db::run(&root, args),
     }
 }
 

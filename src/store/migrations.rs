@@ -219,7 +219,7 @@ pub const MIGRATIONS: &[&str] = &[
 
     CREATE TABLE near_dup_signatures (
         pair_id   INTEGER PRIMARY KEY REFERENCES pairs(id),
-        signature BLOB NOT NULL                 -- MinHash values, little-endian u32 each
+        signature BLOB NOT NULL                 -- MinHash values, the low 16 bits of each, little-endian
     );
 
     CREATE TABLE dataset_settings (

@@ -3,7 +3,8 @@
 //! stack and its templates (`store::tasks`), sessions and checkpoints
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
 //! consistent backups (`store::backup`), and the dataset workbench's own tables
-//! (`store::dataset`).
+//! (`store::dataset`); other SQLite databases read as sources of pairs
+//! (`store::source_db`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -17,6 +18,7 @@ pub mod ledger;
 pub mod migrations;
 pub mod pairs;
 pub mod sessions;
+pub mod source_db;
 pub mod stats;
 pub mod tasks;
 
