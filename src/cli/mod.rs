@@ -5,6 +5,7 @@
 mod agent;
 mod assign;
 mod backfill;
+mod coverage;
 mod deliver;
 mod files;
 mod generate;
@@ -146,6 +147,11 @@ pub enum Command {
     /// dedup and ledger as drops; resumable (a checkpoint every ingest.checkpoint_every
     /// rows), and a second import adds nothing.
     ImportDb(import_db::Args),
+    /// Indicator coverage against a master list (TOML or CSV: indicator, category,
+    /// target, aliases): pairs, target, gap and status per indicator, per-category totals,
+    /// names in the data outside the plan; writes coverage_report.{json,md} and keeps the
+    /// gaps for the assigner ({gap_indicators} in a template).
+    Coverage(coverage::Args),
 }
 
 impl Cli {
@@ -184,6 +190,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Quality(args) => quality::run(&root, args),
         Command::NearDups(args) => near_dups::run(&root, args),
         Command::ImportDb(args) => import_db::run(&root, args),
+        Command::Coverage(args) => coverage::run(&root, args),
     }
 }
 

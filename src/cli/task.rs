@@ -44,7 +44,8 @@ pub enum TaskCommand {
         #[arg(long, value_name = "N")]
         total: Option<u64>,
         /// Who runs it: the agent's command (`agent`), or `perpetual run` itself:
-        /// `ingest` (the agent's inbox) or `backfill` (an archive folder, --dir).
+        /// `ingest` (the agent's inbox), `backfill` (an archive folder, --dir), or the
+        /// workbench: `quality`, `near_dups`, `coverage`, `import_db` (--params).
         #[arg(long, value_enum, default_value_t = TaskKind::Agent)]
         kind: TaskKind,
         /// backfill: the archive folder (read in place).
@@ -56,6 +57,10 @@ pub enum TaskCommand {
         /// backfill: token budget of each of its sessions (default: the agent's tokens_per_session).
         #[arg(long, value_name = "N")]
         budget: Option<u64>,
+        /// quality, near_dups, coverage, import_db: the params as JSON, e.g.
+        /// '{"plan": "examples/indicators.toml"}' (relative paths are made absolute).
+        #[arg(long, value_name = "JSON")]
+        params: Option<String>,
     },
     /// The queue: pending, in-progress and failed tasks in the order they run.
     List {
@@ -150,7 +155,20 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             dir,
             sessions,
             budget,
+            params: json_params,
         } => {
+            anyhow::ensure!(
+                json_params.is_none() || crate::work::workbench::is_workbench(kind),
+                "--params describes a workbench task (--kind quality, near_dups, coverage or import_db)"
+            );
+            let json_params = json_params
+                .map(|text| -> Result<serde_json::Value> {
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(&text).context("--params is not JSON")?;
+                    crate::work::workbench::absolute_paths(&mut v)?;
+                    Ok(v)
+                })
+                .transpose()?;
             let params = match kind {
                 TaskKind::Backfill => {
                     let dir = dir.context("a backfill task needs --dir")?;
@@ -185,7 +203,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     estimated_tokens,
                     total,
                     kind,
-                    params: params.map(|p| p.to_json()),
+                    params: params.map(|p| p.to_json()).or(json_params),
                 },
                 crate::work::kinds::check,
             )?;

@@ -11,6 +11,7 @@
 //!
 //! It imports the foundation and `store` only.
 
+pub mod coverage;
 pub mod near_dups;
 pub mod output;
 pub mod quality;

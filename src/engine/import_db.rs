@@ -212,7 +212,7 @@ pub struct ImportReport {
     pub seconds: f64,
     /// Rows read per second.
     pub pairs_per_second: f64,
-    /// Where a dropped database was moved.
+    /// Where a dropped database was moved (`processed/`, or `rejected/` when rejected).
     pub moved_to: Option<String>,
     /// Why a dropped database was rejected (kept in `rejected/` with this reason).
     pub rejected: Option<String>,
@@ -250,9 +250,10 @@ pub fn import_path(
     import_job(conn, &job, opts, sink, interrupt, progress)
 }
 
-/// Imports databases dropped into the inbox (jobs from [`split_databases`]), moving each
-/// to `processed/` once complete, or to `rejected/` with its reason.
-pub fn import_drops(
+/// Imports the databases among a run's jobs (from [`split_databases`]): a drop in the
+/// inbox moves to `processed/` once complete, or to `rejected/` with its reason; a file
+/// named on the command line is read in place.
+pub fn import_jobs(
     conn: &Connection,
     jobs: &[Job],
     checkpoint_every: usize,
@@ -275,6 +276,27 @@ pub fn import_drops(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// Adds an import's outcome to an ingest run's totals (a database counts as one file).
+pub fn add_to(total: &mut crate::engine::ingest::IngestReport, r: &ImportReport) {
+    match &r.rejected {
+        Some(reason) => {
+            total.files_rejected += 1;
+            total.rejected.push(crate::engine::ingest::RejectedFile {
+                path: r.database.clone(),
+                kept_at: r.moved_to.clone(),
+                reason: reason.clone(),
+            });
+        }
+        None if r.tables.iter().all(|t| t.status == "already") => total.files_skipped += 1,
+        None if !r.interrupted => total.files_integrated += 1,
+        None => {}
+    }
+    total.pairs_seen += r.pairs_seen;
+    total.pairs_new += r.pairs_new;
+    total.pairs_duplicate += r.pairs_duplicate;
+    total.pairs_invalid += r.pairs_invalid;
 }
 
 fn log(job: &Job, r: &ImportReport) {
@@ -361,7 +383,8 @@ fn import_job(
         Ok(p) => p,
         Err(e) if inbox => {
             let reason = format!("{e:#}");
-            reject(conn, job, &db_hash, size, &reason)?;
+            let kept = reject(conn, job, &db_hash, size, &reason)?;
+            report.moved_to = Some(kept.to_string_lossy().into_owned());
             report.rejected = Some(reason);
             report.seconds = started.elapsed().as_secs_f64();
             return Ok(report);
@@ -524,7 +547,13 @@ fn choose_tables(
     Ok(chosen)
 }
 
-fn reject(conn: &Connection, job: &Job, hash: &[u8; 32], size: u64, reason: &str) -> Result<()> {
+fn reject(
+    conn: &Connection,
+    job: &Job,
+    hash: &[u8; 32],
+    size: u64,
+    reason: &str,
+) -> Result<PathBuf> {
     let to = destination(&job.path, REJECTED).context("no place to reject the database to")?;
     let now = crate::clock::now_rfc3339();
     let source = job.path.to_string_lossy().into_owned();
@@ -566,7 +595,7 @@ fn reject(conn: &Connection, job: &Job, hash: &[u8; 32], size: u64, reason: &str
     );
     std::fs::write(reason_path(&to), text)?;
     std::fs::rename(&job.path, &to)?;
-    Ok(())
+    Ok(to)
 }
 
 /// Commits, then syncs the WAL to disk: this commit and every earlier one are durable.

@@ -237,6 +237,19 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX near_dup_members_by_cluster ON near_dup_members(method, representative);
     "#,
+    // The workbench's coverage gaps (issue 11): the latest coverage report's indicators,
+    // so the assigner can hand out the largest gaps ({gap_indicators} in a template).
+    r#"
+    CREATE TABLE coverage_gaps (
+        indicator TEXT PRIMARY KEY,             -- the plan's name
+        category  TEXT NOT NULL,
+        target    INTEGER NOT NULL,
+        pairs     INTEGER NOT NULL,             -- pairs matched to it (name or alias)
+        gap       INTEGER NOT NULL,             -- max(0, target - pairs)
+        position  INTEGER NOT NULL,             -- its place in the plan
+        run_id    INTEGER NOT NULL REFERENCES dataset_runs(id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.
