@@ -22,7 +22,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     let (config, conn) = super::open(root)?;
     let mut out = args.deliver.outputs(root)?;
     let mut progress = Progress::shown("near-dups");
-    let summary = near_dups::run(
+    let mut summary = near_dups::run(
         &conn,
         &config.near_dups,
         args.threshold,
@@ -30,6 +30,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         &mut progress,
     )?;
     drop(progress);
+    summary.peak_rss_kb = super::output::peak_rss_kb();
     if args.deliver.json {
         print_json(&summary)?;
         return Ok(Exit::Ok);

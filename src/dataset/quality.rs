@@ -582,6 +582,8 @@ pub struct Summary {
     pub files: Vec<WrittenFile>,
     /// Wall time.
     pub seconds: f64,
+    /// Peak resident memory of the process (KiB, Linux), filled in by the command.
+    pub peak_rss_kb: Option<u64>,
 }
 
 struct Evaluated {
@@ -753,6 +755,7 @@ pub fn run(
         run: run_id,
         files,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kb: None,
     })
 }
 
