@@ -535,7 +535,7 @@ fn verify(
 }
 
 /// Pairs per verification block (see [`verify`]).
-pub const VERIFY_BLOCK: usize = 50_000;
+pub const VERIFY_BLOCK: usize = 100_000;
 
 /// The shingle sets of one block of pair ids, flat.
 struct Block {

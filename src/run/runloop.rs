@@ -387,9 +387,9 @@ impl<'c> Loop<'c> {
             // run_task continues a backfill's own active session itself.
             TaskKind::Backfill => !paused,
             TaskKind::Ingest => true,
-            // In a session of their own, like a backfill.
+            // In a session of their own, like a backfill (run_task wraps one a dead loop left).
             TaskKind::Quality | TaskKind::NearDups | TaskKind::Coverage | TaskKind::ImportDb => {
-                !paused && !busy.contains(&t.id)
+                !paused
             }
         };
         let views = tasks::views(self.conn)?;
