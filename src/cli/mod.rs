@@ -17,6 +17,8 @@ mod monitor;
 mod near_dups;
 pub mod output;
 mod quality;
+mod record;
+mod report;
 mod run;
 mod session;
 mod stats;
@@ -112,7 +114,8 @@ pub enum Command {
     Files(files::Args),
     /// Write realistic generated drops (for tests, benchmarks and demos).
     Generate(generate::Args),
-    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats, import.
+    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats,
+    /// import, edit, review.
     Task(task::Args),
     /// Budgeted sessions: start, checkpoint, status, list, wrap.
     Session(session::Args),
@@ -152,6 +155,8 @@ pub enum Command {
     /// names in the data outside the plan; writes coverage_report.{json,md} and keeps the
     /// gaps for the assigner ({gap_indicators} in a template).
     Coverage(coverage::Args),
+    /// Reports: the daily team status report and performance metrics.
+    Report(report::Args),
 }
 
 impl Cli {
@@ -171,7 +176,8 @@ impl Cli {
 pub fn run(cli: Cli) -> Result<Exit> {
     crate::clock::check_override()?;
     let root = Root::new(&cli.root)?;
-    match cli.command {
+    let steering = record::describe(&cli.command);
+    let exit = match cli.command {
         Command::Watch(args) => watch::run(&root, args),
         Command::Init => init::run(&root),
         Command::Ingest(args) => ingest::run(&root, args),
@@ -191,7 +197,12 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::NearDups(args) => near_dups::run(&root, args),
         Command::ImportDb(args) => import_db::run(&root, args),
         Command::Coverage(args) => coverage::run(&root, args),
+        Command::Report(args) => report::run(&root, args),
+    }?;
+    if let Some(what) = steering {
+        record::record(&root, &what);
     }
+    Ok(exit)
 }
 
 /// Opens the root's configuration and database, creating whatever is missing.

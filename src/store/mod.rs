@@ -5,6 +5,9 @@
 //! consistent backups (`store::backup`), and the dataset workbench's own tables
 //! (`store::dataset`); other SQLite databases read as sources of pairs
 //! (`store::source_db`).
+//! consistent backups (`store::backup`), the tasks' history and the commands people and
+//! agents ran (`store::history`), the daily report's queries and the loop's heartbeats
+//! (`store::daily`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -13,7 +16,9 @@
 
 pub mod agents;
 pub mod backup;
+pub mod daily;
 pub mod dataset;
+pub mod history;
 pub mod ledger;
 pub mod migrations;
 pub mod pairs;
