@@ -140,7 +140,11 @@ pub fn inbox_entry(inbox: &Path, path: &Path) -> Option<Job> {
         return None;
     }
     let mut job = Job::inbox(agent, path.to_path_buf());
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) && !has_accepted_extension(path) {
+    // A database is a drop whatever its name (engine::import_db).
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+        && !has_accepted_extension(path)
+        && !intake::is_database(path)
+    {
         job.skip = Some(names::not_a_drop_reason(path));
     }
     Some(job)
@@ -239,11 +243,12 @@ pub fn discover_paths(paths: &[PathBuf], agent: Option<&str>) -> Result<Vec<Job>
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", names::render_path(&parent)))?
             .join(name);
-        let skip = if meta.is_file() && !has_accepted_extension(&path) {
-            Some(names::not_a_drop_reason(&path))
-        } else {
-            None
-        };
+        let skip =
+            if meta.is_file() && !has_accepted_extension(&path) && !intake::is_database(&path) {
+                Some(names::not_a_drop_reason(&path))
+            } else {
+                None
+            };
         files.push((path, skip));
     }
     if others > 0 {
@@ -715,7 +720,7 @@ pub struct Writer<'c> {
 pub const MOVE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Flushes the WAL to disk, making every committed transaction durable.
-fn sync_wal(conn: &Connection) -> Result<()> {
+pub fn sync_wal(conn: &Connection) -> Result<()> {
     let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
         return Ok(()); // in memory
     };
@@ -1458,7 +1463,7 @@ fn move_file(m: &PendingMove) -> Result<()> {
 
 /// `rename`, refusing to replace an existing entry (`renameat2(RENAME_NOREPLACE)`;
 /// a plain rename after a check where the filesystem does not support it).
-fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
     let (Ok(f), Ok(t)) = (c(from), c(to)) else {
@@ -1496,7 +1501,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
 /// Makes `dir` (an agent's `processed/` or `rejected/`) a real folder. Anything else in
 /// its place (a file, a link, a FIFO) is renamed aside, `<folder>.in-the-way[.N]`, with
 /// a log line: moves never go through a link, and nothing is deleted.
-fn ensure_folder(dir: &Path) -> Result<()> {
+pub(crate) fn ensure_folder(dir: &Path) -> Result<()> {
     match dir.symlink_metadata() {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => {

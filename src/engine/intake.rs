@@ -143,6 +143,18 @@ pub fn read_bounded(file: &mut File, size_hint: u64, limit: u64) -> io::Result<O
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
+/// Whether `path` is a regular file that begins like an SQLite database (an inbox may
+/// hold databases, whatever their names: `engine::import_db`). Opened as any drop is.
+pub fn is_database(path: &Path) -> bool {
+    match open(path) {
+        Opened::File(mut f) => {
+            let mut head = [0u8; 16];
+            f.file.read_exact(&mut head).is_ok() && crate::store::source_db::has_header(&head)
+        }
+        _ => false,
+    }
+}
+
 /// The reason for a file over the limit, with its size from `fstat`.
 pub fn over_limit_reason(size: u64, limit: u64) -> String {
     format!(
