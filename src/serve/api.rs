@@ -103,17 +103,20 @@ pub(crate) async fn tasks(
 #[serde(deny_unknown_fields)]
 pub(crate) struct FilesQuery {
     rejected: Option<String>,
+    skipped: Option<String>,
     agent: Option<String>,
     status: Option<String>,
 }
 
-/// `GET /api/files[?rejected=true][&agent=A][&status=S]`: `perpetual files --json ...`.
+/// `GET /api/files[?rejected=true][&skipped=true][&agent=A][&status=S]`: `perpetual files
+/// --json ...`.
 pub(crate) async fn files(
     State(app): State<Arc<App>>,
     Query(q): Query<FilesQuery>,
 ) -> Result<Response, Failure> {
     let filter = ListFilter {
         rejected_only: flag("rejected", q.rejected.as_deref())?,
+        skipped_only: flag("skipped", q.skipped.as_deref())?,
         agent: q.agent,
         status: q.status,
     };

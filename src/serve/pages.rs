@@ -484,9 +484,9 @@ pub(crate) async fn files(
     Query(q): Query<FilesQuery>,
 ) -> Result<Response, Failure> {
     let filter = ListFilter {
-        rejected_only: false,
         agent: q.agent.filter(|a| !a.is_empty()),
         status: q.status.filter(|s| !s.is_empty()),
+        ..ListFilter::default()
     };
     let f = filter.clone();
     let before = q.before;

@@ -22,6 +22,9 @@ pub enum FileStatus {
     Duplicate,
     /// Could not be integrated; kept byte for byte in `rejected/` with its reason.
     Rejected,
+    /// Not read: not a regular file (symlink, FIFO, socket, device, folder), not a drop
+    /// (extension, place), or unreadable. Left where it is, with the reason.
+    Skipped,
 }
 
 impl FileStatus {
@@ -32,6 +35,7 @@ impl FileStatus {
             FileStatus::Integrated => "integrated",
             FileStatus::Duplicate => "duplicate",
             FileStatus::Rejected => "rejected",
+            FileStatus::Skipped => "skipped",
         }
     }
 
@@ -40,6 +44,7 @@ impl FileStatus {
             "integrated" => FileStatus::Integrated,
             "duplicate" => FileStatus::Duplicate,
             "rejected" => FileStatus::Rejected,
+            "skipped" => FileStatus::Skipped,
             _ => FileStatus::Partial,
         }
     }
@@ -92,6 +97,9 @@ pub struct FileRow {
     pub started_at: String,
     /// When it reached its final status.
     pub finished_at: Option<String>,
+    /// What was repaired so that it could integrate (lines that did not parse, lone
+    /// surrogates, non-finite numbers, control characters), as a JSON object.
+    pub salvage: Option<serde_json::Value>,
     /// Seconds from the start of reading to its final status (files finished before
     /// this was recorded have none).
     pub seconds: Option<f64>,
@@ -139,6 +147,8 @@ pub struct NewFile<'a> {
     pub reason: Option<&'a str>,
     /// Earlier file with the same bytes.
     pub duplicate_of: Option<i64>,
+    /// What was salvaged, as a JSON object (`None`: nothing).
+    pub salvage: Option<&'a str>,
     /// Timestamp.
     pub now: &'a str,
 }
@@ -154,8 +164,8 @@ pub fn insert(conn: &Connection, f: &NewFile<'_>) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO files (agent, name, source_path, stored_path, content_hash, size, status,
                             encoding, replaced, layout, session, pairs_seen, pairs_invalid, invalid,
-                            reason, duplicate_of, started_at, finished_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                            reason, duplicate_of, started_at, finished_at, salvage)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?
     .execute(params![
         f.agent,
@@ -176,6 +186,7 @@ pub fn insert(conn: &Connection, f: &NewFile<'_>) -> Result<i64> {
         f.duplicate_of,
         f.now,
         finished,
+        f.salvage,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -186,6 +197,39 @@ pub fn checkpoint(conn: &Connection, id: i64, resume_at: usize, new: u64, dup: u
         "UPDATE files SET resume_at = ?2, pairs_new = ?3, pairs_duplicate = ?4 WHERE id = ?1",
     )?
     .execute(params![id, resume_at as i64, new as i64, dup as i64])?;
+    Ok(())
+}
+
+/// Records a checkpoint of a source read row by row (a table of an imported database):
+/// the last source rowid read (`resume_at`), rows read, pairs new and duplicate, and the
+/// invalid rows so far, in the transaction of the pairs they cover.
+pub fn record_source_progress(
+    conn: &Connection,
+    id: i64,
+    last_rowid: i64,
+    seen: u64,
+    new: u64,
+    dup: u64,
+    invalid: &[InvalidEntry],
+) -> Result<()> {
+    let invalid_json = if invalid.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(invalid)?)
+    };
+    conn.prepare_cached(
+        "UPDATE files SET resume_at = ?2, pairs_seen = ?3, pairs_new = ?4, pairs_duplicate = ?5,
+                          pairs_invalid = ?6, invalid = ?7 WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        last_rowid,
+        seen as i64,
+        new as i64,
+        dup as i64,
+        invalid.len() as i64,
+        invalid_json
+    ])?;
     Ok(())
 }
 
@@ -204,6 +248,54 @@ pub fn finish(
     )?
     .execute(params![id, resume_at as i64, new as i64, dup as i64, now])?;
     Ok(())
+}
+
+/// Whether the ledger already says that the entry at `source_path` was skipped for
+/// `reason`: then it is neither recorded nor reported again.
+pub fn skipped_before(conn: &Connection, source_path: &str, reason: &str) -> Result<bool> {
+    let found = conn
+        .prepare_cached(
+            "SELECT 1 FROM files WHERE source_path = ?1 AND status = 'skipped' AND reason = ?2
+             LIMIT 1",
+        )?
+        .exists(params![source_path, reason])?;
+    Ok(found)
+}
+
+/// Where a finished file really is, when a move did not happen as recorded: the
+/// ledger never keeps a stored path that does not exist.
+pub fn set_stored_path(conn: &Connection, id: i64, stored_path: Option<&str>) -> Result<()> {
+    conn.prepare_cached("UPDATE files SET stored_path = ?2 WHERE id = ?1")?
+        .execute(params![id, stored_path])?;
+    Ok(())
+}
+
+/// Finished rows whose recorded stored path is `path` (the move of a file that a
+/// crash or an error interrupted).
+pub fn by_stored_path(conn: &Connection, path: &str) -> Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM files WHERE stored_path = ?1")?;
+    let ids = stmt
+        .query_map([path], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
+/// Rejections of files too large to be read (no content hash), read from
+/// `source_path` with this size, newest first: what recognises such a file again.
+pub fn unhashed_rejections(
+    conn: &Connection,
+    source_path: &str,
+    size: u64,
+) -> Result<Vec<FileRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM files
+         WHERE source_path = ?1 AND size = ?2 AND content_hash IS NULL AND status = 'rejected'
+         ORDER BY id DESC"
+    ))?;
+    let rows = stmt
+        .query_map(params![source_path, size as i64], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
 }
 
 /// The ledger's knowledge of some bytes: every row with this content hash.
@@ -258,11 +350,41 @@ pub fn finished_by_path(conn: &Connection) -> Result<FinishedByPath> {
     Ok(map)
 }
 
+/// What the ledger finished without reading the bytes.
+#[derive(Debug, Default)]
+pub struct Unread {
+    /// (source path, reason) of each `skipped` row.
+    pub skipped: std::collections::HashSet<(String, String)>,
+    /// (source path, size) of each rejection of a file over the limit.
+    pub over_limit: std::collections::HashSet<(String, i64)>,
+}
+
+/// [`Unread`]: a backfill's plan uses it to know those entries are done.
+pub fn unread_by_path(conn: &Connection) -> Result<Unread> {
+    let mut unread = Unread::default();
+    let mut stmt = conn.prepare(
+        "SELECT status, source_path, COALESCE(reason, ''), size FROM files
+         WHERE status = 'skipped' OR (status = 'rejected' AND content_hash IS NULL)",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let status: String = r.get(0)?;
+        if status == "skipped" {
+            unread.skipped.insert((r.get(1)?, r.get(2)?));
+        } else {
+            unread.over_limit.insert((r.get(1)?, r.get(3)?));
+        }
+    }
+    Ok(unread)
+}
+
 /// Which rows `list` and `page` return.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     /// Only rejected files.
     pub rejected_only: bool,
+    /// Only skipped entries (with `rejected_only`: both).
+    pub skipped_only: bool,
     /// Only this agent's files.
     pub agent: Option<String>,
     /// Only files with this status, any word the ledger may hold (`integrated`,
@@ -275,8 +397,11 @@ impl ListFilter {
     fn sql(&self) -> (String, Vec<String>) {
         let mut clauses = Vec::new();
         let mut params = Vec::new();
-        if self.rejected_only {
-            clauses.push("status = 'rejected'".to_string());
+        match (self.rejected_only, self.skipped_only) {
+            (true, true) => clauses.push("status IN ('rejected', 'skipped')".to_string()),
+            (true, false) => clauses.push("status = 'rejected'".to_string()),
+            (false, true) => clauses.push("status = 'skipped'".to_string()),
+            (false, false) => {}
         }
         if let Some(a) = &self.agent {
             params.push(a.clone());
@@ -406,7 +531,7 @@ pub fn durations(conn: &Connection, bounds: &[f64]) -> Result<Durations> {
 const COLUMNS: &str =
     "id, agent, name, source_path, stored_path, content_hash, size, status, encoding,
     replaced, layout, session, pairs_seen, pairs_new, pairs_duplicate, pairs_invalid, resume_at,
-    invalid, reason, duplicate_of, started_at, finished_at, seconds";
+    invalid, reason, duplicate_of, started_at, finished_at, salvage, seconds";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
     let hash: Option<Vec<u8>> = r.get(5)?;
@@ -437,7 +562,10 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
         duplicate_of: r.get(19)?,
         started_at: r.get(20)?,
         finished_at: r.get(21)?,
-        seconds: r.get(22)?,
+        salvage: r
+            .get::<_, Option<String>>(22)?
+            .and_then(|s| serde_json::from_str(&s).ok()),
+        seconds: r.get(23)?,
     })
 }
 
@@ -470,6 +598,7 @@ mod tests {
                 invalid: &[],
                 reason: None,
                 duplicate_of: None,
+                salvage: None,
                 now: "2026-01-01T00:00:00Z",
             },
         )
@@ -495,9 +624,9 @@ mod tests {
         row(&conn, "droid", "d.json", FileStatus::Duplicate, None);
         let names = |rows: Vec<FileRow>| rows.into_iter().map(|r| r.name).collect::<Vec<_>>();
         let by = |agent: Option<&str>, status: Option<&str>| ListFilter {
-            rejected_only: false,
             agent: agent.map(str::to_string),
             status: status.map(str::to_string),
+            ..ListFilter::default()
         };
         for (case, filter, want) in [
             (
