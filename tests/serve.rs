@@ -9,13 +9,18 @@ mod common;
 mod faucet;
 
 use common::{Env, PATIENCE};
-use faucet::{EVIL_NAME, EVIL_NOTE, Faucet, NOW, root_with_data};
+use faucet::{EVIL_NAME, EVIL_NOTE, Faucet, NOW, SKIPPED_NAME, root_with_data};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn active_session(env: &Env) -> String {
+    session_of(env, "claude_code")
+}
+
+/// The id of `agent`'s (only) session in `root_with_data`.
+fn session_of(env: &Env, agent: &str) -> String {
     let list = env
         .run_at(NOW, &["session", "list", "--json"])
         .expect(0)
@@ -23,11 +28,20 @@ fn active_session(env: &Env) -> String {
     list.as_array()
         .unwrap()
         .iter()
-        .find(|s| s["status"] == "active")
-        .expect("an active session")["id"]
+        .find(|s| s["agent"] == agent)
+        .unwrap_or_else(|| panic!("a session of {agent}: {list}"))["id"]
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// The card of `agent` on the faucet page: its `<article>`.
+fn card<'a>(page: &'a str, agent: &str) -> &'a str {
+    let start = page
+        .find(&format!("data-agent=\"{agent}\""))
+        .unwrap_or_else(|| panic!("no card for {agent}\n{page}"));
+    let end = start + page[start..].find("</article>").unwrap();
+    &page[start..end]
 }
 
 #[test]
@@ -85,8 +99,73 @@ fn every_page_and_endpoint_answers_with_its_content_type() {
     ] {
         assert!(page.contains(want), "/ lacks {want:?}\n{page}");
     }
+    // One card per agent, each in its state: working with its session's bars, paused
+    // with why, and waiting for review after a wrap at the hard-stop level, with its
+    // budget's level in words, the refusal, queue, next tasks and idle time.
+    let working = card(&page, "claude_code");
+    for want in ["▶ working", "⚠ warning", "queue", "next"] {
+        assert!(
+            working.contains(want),
+            "claude_code's card lacks {want:?}\n{working}"
+        );
+    }
+    assert!(card(&page, "zai").contains("‖ paused"));
+    let review = card(&page, "droid");
+    for want in [
+        "⚑ needs review",
+        "⚑ review <a href=\"/tasks/droid_batch_4_final_indicators\">",
+        "wrapped at the hard_stop level",
+        "✖ hard stop", // 920 of 1,000 API calls today: 92%
+        "920 / 1,000",
+        "✖ new sessions", // refused until the day's calls reset
+        "3 ready",
+        "<ol class=\"next\">",
+        "idle less than a minute",
+    ] {
+        assert!(
+            review.contains(want),
+            "droid's card lacks {want:?}\n{review}"
+        );
+    }
     let session_page = f.get(&format!("/sessions/{session}")).body;
     assert!(session_page.contains("10/40"), "{session_page}");
+    // A wrapped session's handoff, rendered from Markdown, its raw HTML shown as text.
+    let wrapped = f
+        .get(&format!("/sessions/{}", session_of(&env, "droid")))
+        .expect(200, "text/html")
+        .body;
+    for want in [
+        "<h1>Session handoff",
+        "<h2>Next action</h2>",
+        "Resume at <strong>batch 6</strong> &lt;img src=x",
+        "<td>5/40 (12.5%)</td>",
+    ] {
+        assert!(
+            wrapped.contains(want),
+            "the handoff lacks {want:?}\n{wrapped}"
+        );
+    }
+    assert!(!wrapped.contains("<img src=x"), "{wrapped}");
+    // The ledger page filters by agent and status, and shows what the engine skipped.
+    let skipped = f.get("/files?status=skipped").body;
+    assert!(
+        skipped.contains(SKIPPED_NAME) && skipped.contains("– skipped"),
+        "{skipped}"
+    );
+    assert!(!skipped.contains("droid_batch_0003_adx.json"), "{skipped}");
+    let rejected = f.get("/files?agent=droid&status=rejected").body;
+    assert!(
+        rejected.contains("bad_malformed_missing_comma.json")
+            && rejected.contains("malformed JSON"),
+        "{rejected}"
+    );
+    for other in [
+        "again.json",
+        "droid_batch_0000_order_flow.json",
+        SKIPPED_NAME,
+    ] {
+        assert!(!rejected.contains(other), "{other} on {rejected}");
+    }
     // The archive with the grade, and the report rendered, its markup shown as text.
     let tasks = f.get("/tasks").body;
     assert!(
@@ -164,6 +243,10 @@ fn the_api_answers_the_same_json_as_the_cli() {
             "/api/files?agent=zai&status=duplicate",
             vec!["files", "--json", "--agent", "zai", "--status", "duplicate"],
         ),
+        (
+            "/api/files?skipped=true",
+            vec!["files", "--json", "--skipped"],
+        ),
     ] {
         let served = f.get(path).expect(200, "application/json").json();
         let printed = env.run_at(NOW, &cli).expect(0).json();
@@ -179,6 +262,9 @@ fn the_api_answers_the_same_json_as_the_cli() {
     assert_eq!(dup.as_array().unwrap().len(), 1, "{dup}");
     let rejected = f.get("/api/files?rejected=true").json();
     assert_eq!(rejected.as_array().unwrap().len(), 1, "{rejected}");
+    let skipped = f.get("/api/files?skipped=true").json();
+    assert_eq!(skipped[0]["name"], SKIPPED_NAME, "{skipped}");
+    assert_eq!(skipped.as_array().unwrap().len(), 1, "{skipped}");
 }
 
 fn sample<'a>(
@@ -245,6 +331,14 @@ fn metrics_parse_as_prometheus_text_with_the_roots_numbers() {
             &[("status", "integrated")]
         )),
         stats["files_integrated"].as_f64().unwrap()
+    );
+    assert_eq!(
+        value(sample(
+            &scrape,
+            "perpetual_files_total",
+            &[("status", "skipped")]
+        )),
+        1.0
     );
     sample(&scrape, "perpetual_pairs_invalid_total", &[]);
     let ratio = value(sample(
@@ -547,6 +641,15 @@ fn run_serve_starts_the_faucet_in_the_loops_process() {
     assert!(
         page.contains(&format!("pid {}", f.process.pid())),
         "the loop is this process\n{page}"
+    );
+    // Its heartbeat: the loop records each round, the overview says when the last was.
+    common::wait_until(
+        "the loop's last round on the overview",
+        || {
+            let page = f.get("/").body;
+            page.contains(", last round ") && page.contains("(less than a minute ago)")
+        },
+        || f.process.explain(),
     );
     let metrics = f.get("/metrics").body;
     assert!(metrics.contains("perpetual_writer_running 1"), "{metrics}");

@@ -185,7 +185,8 @@ pub struct Overview {
 pub struct WriterLine {
     /// `loop running` or `watcher running`.
     pub what: String,
-    /// `pid 4242, since 2026-01-01T00:00:00Z`.
+    /// `` `perpetual run`, pid 4242, since 2026-01-01 00:00:00, last round 2026-01-01
+    /// 00:05:00 (less than a minute ago) ``: the loop's heartbeat, from `loop_heartbeats`.
     pub detail: String,
 }
 
@@ -322,6 +323,7 @@ pub fn status_text(status: &str) -> String {
         "duplicate" => "=",
         "rejected" => "✗",
         "partial" => "…",
+        "skipped" => "–",
         _ => "·",
     };
     format!("{symbol} {status}")
@@ -353,19 +355,42 @@ pub fn faucet_page(conn: &Connection, root: &Root, config: &Config) -> Result<Fa
         &clock::format(now - Duration::hours(1)),
         &clock::format(now),
     )?;
-    let writer = writer_process(root).map(|w| WriterLine {
-        what: match w.command.as_str() {
-            "run" => "▶ loop running".to_string(),
-            "watch" => "▶ watcher running (no loop)".to_string(),
-            other => format!("▶ {other} running (no loop)"),
-        },
-        detail: format!(
-            "`perpetual {}`, pid {}, since {}",
-            w.command,
-            w.pid,
-            short_time(&w.since)
-        ),
-    });
+    let writer = match writer_process(root) {
+        Some(w) => {
+            // The loop records a heartbeat at every round (run::report::on_round): a
+            // loop whose last round is old is alive but stuck.
+            let heartbeat = match w.command.as_str() {
+                "run" => match crate::store::daily::last_round(conn, w.pid)? {
+                    Some(t) => {
+                        let ago = clock::parse(&t)
+                            .map(|at| (now - at).num_seconds())
+                            .unwrap_or(0);
+                        format!(
+                            ", last round {} ({} ago)",
+                            short_time(&t),
+                            clock::human_duration(ago)
+                        )
+                    }
+                    None => ", no round recorded yet".to_string(),
+                },
+                _ => String::new(),
+            };
+            Some(WriterLine {
+                what: match w.command.as_str() {
+                    "run" => "▶ loop running".to_string(),
+                    "watch" => "▶ watcher running (no loop)".to_string(),
+                    other => format!("▶ {other} running (no loop)"),
+                },
+                detail: format!(
+                    "`perpetual {}`, pid {}, since {}{heartbeat}",
+                    w.command,
+                    w.pid,
+                    short_time(&w.since)
+                ),
+            })
+        }
+        None => None,
+    };
     let waiting_by: Vec<String> = p
         .files_waiting_by_agent
         .iter()

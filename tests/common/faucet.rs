@@ -12,12 +12,17 @@ pub const NOW: &str = "2026-03-01T12:00:00Z";
 
 /// A file name that tries to be markup.
 pub const EVIL_NAME: &str = "evil<script>alert(1)<b>.json";
+/// An inbox entry that is not a drop (skipped).
+pub const SKIPPED_NAME: &str = "notes.txt";
+/// A wrapped session's next action (in its handoff), Markdown with raw HTML.
+pub const EVIL_NEXT: &str = "Resume at **batch 6** <img src=x onerror=alert(4)>";
 /// A checkpoint note that tries to be markup.
 pub const EVIL_NOTE: &str = "<script>alert(2)</script> halfway";
 
-/// A root with what the faucet shows: integrated, duplicate and rejected files (one
-/// named like markup), the seeds' task plan, an active session at 80% of its tokens with
-/// a checkpoint, a paused agent, and a completed task with its report.
+/// A root with what the faucet shows: integrated, duplicate, rejected and skipped files
+/// (one named like markup), the seeds' task plan, a session wrapped at the hard-stop
+/// level with its handoff (its task needs review), an active session at 80% of its
+/// tokens with a checkpoint, a paused agent, and a completed task with its report.
 pub fn root_with_data(env: &Env) {
     let at = |args: &[&str]| env.run_at(NOW, args);
     at(&["init"]).expect(0);
@@ -38,9 +43,26 @@ pub fn root_with_data(env: &Env) {
         EVIL_NAME,
         r#"[{"question": "What does <img src=x onerror=alert(3)> do?", "answer": "Nothing here."}]"#,
     );
+    // Not a drop: skipped (issue 10), left where it is, with its reason in the ledger.
+    env.drop_file("droid", SKIPPED_NAME, "notes, not pairs");
     at(&["ingest"]).expect(3);
     let plan = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/plan.toml");
     at(&["task", "import", plan.to_str().unwrap()]).expect(0);
+    // droid's session wrapped at the hard-stop level: its task needs review, and the
+    // session has a handoff (whose next action tries to be markup).
+    at(&["session", "start", "--agent", "droid"]).expect(0);
+    at(&[
+        "session",
+        "checkpoint",
+        "--agent",
+        "droid",
+        "--progress",
+        "5/40",
+        "--api-calls",
+        "920",
+    ])
+    .expect(0);
+    at(&["session", "wrap", "--agent", "droid", "--next", EVIL_NEXT]).expect(0);
     at(&["session", "start", "--agent", "claude_code"]).expect(0);
     at(&[
         "session",
