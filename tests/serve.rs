@@ -558,6 +558,32 @@ fn a_server_beyond_loopback_needs_its_token_and_answers_401_without_it() {
     )
     .expect(200, "text/html");
 
+    // The token by flag, and both the address and the token from perpetual.toml.
+    let flagged = Faucet::start_with(&env, &["--addr", "0.0.0.0:0", "--token", "by-flag"], &[]);
+    flagged.get("/api/status").expect(401, "text/plain");
+    flagged
+        .get_with("/api/status", &[("authorization", "Bearer by-flag")])
+        .expect(200, "application/json");
+    let toml = std::fs::read_to_string(env.path("perpetual.toml")).unwrap();
+    let configured = toml.replacen(
+        "addr = \"127.0.0.1:8700\"",
+        "addr = \"0.0.0.0:0\"\ntoken = \"from-the-config\"",
+        1,
+    );
+    assert_ne!(configured, toml, "init writes serve.addr");
+    env.write("perpetual.toml", &configured);
+    let by_config = Faucet::spawn(&env, &["serve"], &[]);
+    assert!(
+        by_config.process.stderr().contains("http://0.0.0.0:"),
+        "{}",
+        by_config.process.explain()
+    );
+    by_config.get("/metrics").expect(401, "text/plain");
+    by_config
+        .get_with("/metrics", &[("authorization", "Bearer from-the-config")])
+        .expect(200, "text/plain");
+    env.write("perpetual.toml", &toml);
+
     // Without a token, a loopback server answers only requests for a local name, so a
     // page elsewhere cannot read it through DNS rebinding.
     let local = Faucet::start_with(&env, &[], &[]);
@@ -665,4 +691,28 @@ fn run_serve_starts_the_faucet_in_the_loops_process() {
         || f.process.explain(),
     );
     f.process.stop();
+}
+
+/// With no `--addr` and no `serve.addr`, the faucet listens on 127.0.0.1:8700. The port
+/// is fixed, so on a shared machine it may be taken: then the refusal names the same
+/// address, which shows the default as well.
+#[test]
+fn serve_listens_on_loopback_port_8700_by_default() {
+    let env = Env::new();
+    env.run(&["init"]).expect(0);
+    env.write("perpetual.toml", "[run]\nidle_secs = 1\n");
+    let mut serve = env.spawn(&["serve"]);
+    common::wait_until(
+        "serve to listen on 127.0.0.1:8700 or to say it cannot",
+        || serve.stderr().contains("127.0.0.1:8700"),
+        || serve.explain(),
+    );
+    let log = serve.stderr();
+    assert!(
+        log.contains("serving the faucet on http://127.0.0.1:8700/")
+            || log.to_lowercase().contains("in use"),
+        "{}",
+        serve.explain()
+    );
+    serve.stop();
 }
