@@ -172,6 +172,27 @@ fn every_page_and_endpoint_answers_with_its_content_type() {
         tasks.contains("The archive") && tasks.contains("/tasks/quick_check#report"),
         "{tasks}"
     );
+    // The grade the CLI gives, and the queue in its order.
+    let listed = env
+        .run_at(NOW, &["task", "list", "--all", "--json"])
+        .expect(0)
+        .json();
+    let grade = &listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "quick_check")
+        .unwrap()["grade"];
+    let shown = format!(
+        "<b class=\"grade\">{} ({:.2})</b>",
+        grade["letter"].as_str().unwrap(),
+        grade["score"].as_f64().unwrap()
+    );
+    assert!(tasks.contains(&shown), "/tasks lacks {shown}\n{tasks}");
+    let queue = &tasks[..tasks.find("The archive").unwrap()];
+    for ready in ["integrate_claude_shared", "droid_batch_5_microstructure"] {
+        assert!(queue.contains(ready), "the queue lacks {ready}\n{queue}");
+    }
     let report = f.get("/tasks/quick_check").expect(200, "text/html").body;
     assert!(
         report.contains("<h1>Task report: quick_check</h1>"),
@@ -494,6 +515,64 @@ fn a_drop_integrated_while_the_page_is_open_reaches_an_sse_client_within_a_secon
             break;
         }
     }
+}
+
+/// `serve` beside `watch`: the overview names the watcher, and a drop the watcher
+/// integrates reaches the page's live feed within a second of its commit.
+#[test]
+fn serve_beside_watch_names_the_watcher_and_follows_its_drops() {
+    let env = Env::new();
+    root_with_data(&env);
+    let mut watch = env.spawn(&["watch"]);
+    watch.wait_for_log("watching");
+    let f = Faucet::start(&env, &[]);
+    let page = f.get("/").expect(200, "text/html").body;
+    assert!(
+        page.contains("▶ watcher running (no loop)")
+            && page.contains(&format!("`perpetual watch`, pid {}", watch.pid())),
+        "{page}"
+    );
+    let events = follow_events(&f);
+    events.recv_timeout(PATIENCE).expect("the first event");
+    env.drop_file(
+        "zai",
+        "watched.json",
+        r#"[{"question": "Seen by the watcher?", "answer": "And by the page."}]"#,
+    );
+    // The commit's moment: when the ledger, read beside both, first shows the file done.
+    let db = env.db();
+    let committed = loop {
+        let done: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM files WHERE name = 'watched.json' AND status = 'integrated'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if done == 1 {
+            break Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    loop {
+        let left = Duration::from_secs(1).saturating_sub(committed.elapsed());
+        let data = events.recv_timeout(left).unwrap_or_else(|_| {
+            panic!(
+                "no event with the watcher's drop within a second of its commit\n{}\n{}",
+                f.process.explain(),
+                watch.explain()
+            )
+        });
+        let event: Value = serde_json::from_str(&data).unwrap();
+        if event["sections"]["files"]
+            .as_str()
+            .unwrap()
+            .contains("watched.json")
+        {
+            break;
+        }
+    }
+    watch.stop();
 }
 
 #[test]
