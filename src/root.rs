@@ -96,9 +96,14 @@ impl Root {
     }
 
     /// Creates the folders the configuration names (inbox and outbox of every agent).
+    /// Something else already in an agent folder's place (a file, a link, even a
+    /// dangling one) is left alone: the engine reports it, and no command fails for it.
     pub fn ensure_layout(&self, config: &Config) -> Result<()> {
         for agent in config.agents.keys() {
             for dir in [self.inbox_of(agent), self.outbox_of(agent)] {
+                if dir.symlink_metadata().is_ok() {
+                    continue;
+                }
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
@@ -224,10 +229,12 @@ impl WriterLock {
             std::process::id(),
             crate::clock::now_rfc3339()
         );
-        file.rewind()?;
-        file.write_all(text.as_bytes())?;
-        file.set_len(text.len() as u64)?;
-        file.flush()?;
+        let described = file
+            .rewind()
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.set_len(text.len() as u64))
+            .and_then(|()| file.flush());
+        described.with_context(|| format!("cannot write the lock file {}", path.display()))?;
         Ok(WriterLock { _file: file })
     }
 }

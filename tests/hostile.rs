@@ -783,6 +783,18 @@ fn regression_a_link_to_dev_zero_swapped_in_after_the_close_is_never_read() {
         "peak RSS {peak} KiB\n{}",
         w.explain()
     );
+    // A file read just before the link replaced it is not moved: the move would have
+    // carried the link into processed/ (it did, once, in this very test).
+    let processed = std::fs::read_dir(env.path("inbox/droid/processed"));
+    for e in processed.into_iter().flatten() {
+        let e = e.unwrap();
+        assert!(
+            e.file_type().unwrap().is_file(),
+            "{:?} in processed/ is not a regular file\n{}",
+            e.path(),
+            w.explain()
+        );
+    }
     env.drop_file("droid", "canary.json", GOOD);
     wait_until(
         "the canary",
@@ -826,4 +838,22 @@ fn a_backfill_skips_links_and_fifos_in_the_archive_and_still_completes() {
         "{}",
         again.explain()
     );
+}
+
+/// A dangling link in place of a configured agent's folder made every command fail
+/// ("cannot create inbox/droid"): now it is one `skipped` row, and the rest works.
+#[test]
+fn a_dangling_link_in_place_of_an_agent_folder_breaks_no_command() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.path("inbox")).unwrap();
+    symlink("/nonexistent/droid", &env.path("inbox/droid"));
+    env.drop_file("zai", "good.json", GOOD);
+    let run = env
+        .run_within(PATIENCE, &["ingest", "--json", "--now"])
+        .expect(0);
+    let j = run.json();
+    assert_eq!(j["files_integrated"], 1, "{}", run.explain());
+    assert_eq!(j["files_skipped"], 1, "{}", run.explain());
+    env.run(&["stats"]).expect(0);
+    assert!(reason_of(&env.ledger_of("droid")[0]).contains("symbolic link"));
 }

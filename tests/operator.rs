@@ -615,7 +615,8 @@ fn the_loop_gives_a_standing_duty_one_session_per_period() {
         .expect(0);
     let t = show(&env, "review_1");
     assert_eq!(t["status"], "completed", "{}", run.explain());
-    assert_eq!(t["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(t["session_list"].as_array().unwrap().len(), 1);
+    assert_eq!(t["sessions"], 1, "the count, not shadowed by the list");
     assert_eq!(t["done"], 0);
     // Later the same day: nothing to start.
     env.run_with(

@@ -140,7 +140,11 @@ pub fn inbox_entry(inbox: &Path, path: &Path) -> Option<Job> {
         return None;
     }
     let mut job = Job::inbox(agent, path.to_path_buf());
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) && !has_accepted_extension(path) {
+    // A database is a drop whatever its name (engine::import_db).
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+        && !has_accepted_extension(path)
+        && !intake::is_database(path)
+    {
         job.skip = Some(names::not_a_drop_reason(path));
     }
     Some(job)
@@ -239,11 +243,12 @@ pub fn discover_paths(paths: &[PathBuf], agent: Option<&str>) -> Result<Vec<Job>
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", names::render_path(&parent)))?
             .join(name);
-        let skip = if meta.is_file() && !has_accepted_extension(&path) {
-            Some(names::not_a_drop_reason(&path))
-        } else {
-            None
-        };
+        let skip =
+            if meta.is_file() && !has_accepted_extension(&path) && !intake::is_database(&path) {
+                Some(names::not_a_drop_reason(&path))
+            } else {
+                None
+            };
         files.push((path, skip));
     }
     if others > 0 {
@@ -367,6 +372,8 @@ pub struct Prepared {
     /// blake3 of the bytes; `None` when they were not read (over the limit, skipped,
     /// unreadable).
     pub hash: Option<[u8; 32]>,
+    /// Which file was opened (device, inode): its move checks the name still means it.
+    pub identity: Option<intake::Identity>,
     /// The result.
     pub outcome: Outcome,
     /// When preparation began, for the per-file log line.
@@ -446,6 +453,7 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
         job,
         size,
         modified,
+        identity: None,
         hash,
         outcome,
         started,
@@ -469,6 +477,11 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
         }
     };
     let (size, modified) = (open.size, open.modified);
+    let identity = Some(open.identity);
+    let done = |job, size, modified, hash, outcome| Prepared {
+        identity,
+        ..done(job, size, modified, hash, outcome)
+    };
     let over_limit = |size: u64| Outcome::Rejected {
         reason: intake::over_limit_reason(size, max_file_bytes),
         encoding: None,
@@ -670,6 +683,8 @@ struct PendingMove {
     /// The ledger row that records the destination.
     id: Option<i64>,
     from: PathBuf,
+    /// The file read from `from`: moved only if `from` still names it.
+    identity: Option<intake::Identity>,
     to: PathBuf,
     reason: Option<String>,
 }
@@ -696,6 +711,8 @@ pub struct Writer<'c> {
     stopped: bool,
     interrupt: Option<Arc<AtomicBool>>,
     sink: store::pairs::PairSink,
+    /// The identity of the file being written (for its move).
+    identity: Option<intake::Identity>,
 }
 
 /// How long finished files may wait in the inbox for their move during a burst: moving
@@ -703,7 +720,7 @@ pub struct Writer<'c> {
 pub const MOVE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Flushes the WAL to disk, making every committed transaction durable.
-fn sync_wal(conn: &Connection) -> Result<()> {
+pub fn sync_wal(conn: &Connection) -> Result<()> {
     let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
         return Ok(()); // in memory
     };
@@ -745,6 +762,7 @@ impl<'c> Writer<'c> {
             stopped: false,
             interrupt: None,
             sink,
+            identity: None,
         }
     }
 
@@ -834,16 +852,26 @@ impl<'c> Writer<'c> {
         for m in std::mem::take(&mut self.moves) {
             self.claimed.remove(&m.to);
             if let Err(e) = move_file(&m) {
-                // The file stays where it is, and the ledger says so: it never records a
-                // path that does not exist. The next scan tries a fresh destination.
-                tracing::error!(
-                    "cannot move {} to {}: {e:#}; it stays in the inbox",
-                    names::render_path(&m.from),
-                    names::render_path(&m.to)
-                );
+                // The ledger never records a path that does not exist: the file stays
+                // where it is and the ledger says so (the next scan tries a fresh
+                // destination), or, when something else took its name after it was read,
+                // the bytes read are gone from the inbox and nothing is kept.
+                let replaced = e.downcast_ref::<Replaced>().is_some();
+                if replaced {
+                    tracing::warn!(
+                        "{}: {e}; not moved (what is there now is looked at on its own)",
+                        names::render_path(&m.from)
+                    );
+                } else {
+                    tracing::error!(
+                        "cannot move {} to {}: {e:#}; it stays in the inbox",
+                        names::render_path(&m.from),
+                        names::render_path(&m.to)
+                    );
+                }
                 if let Some(id) = m.id {
-                    let here = names::render_path(&m.from);
-                    if let Err(e) = ledger::set_stored_path(self.conn, id, Some(&here)) {
+                    let here = (!replaced).then(|| names::render_path(&m.from));
+                    if let Err(e) = ledger::set_stored_path(self.conn, id, here.as_deref()) {
                         tracing::error!("{}: {e:#}", db_context(self.conn));
                     }
                 }
@@ -865,8 +893,10 @@ impl<'c> Writer<'c> {
             hash,
             outcome,
             started,
+            identity,
             ..
         } = prepared;
+        self.identity = identity;
         let outcome = match outcome {
             Outcome::Unreadable(msg) => {
                 tracing::warn!("{msg}; left where it is");
@@ -1296,6 +1326,7 @@ impl<'c> Writer<'c> {
             self.moves.push(PendingMove {
                 id: Some(id),
                 from: job.path.clone(),
+                identity: self.identity,
                 to,
                 reason,
             });
@@ -1400,7 +1431,18 @@ fn db_context(conn: &Connection) -> String {
     }
 }
 
+/// The file read is no longer at its name (a link or another file was renamed over it
+/// after the read): it is not moved.
+#[derive(Debug, thiserror::Error)]
+#[error("replaced by another entry after it was read")]
+struct Replaced;
+
 fn move_file(m: &PendingMove) -> Result<()> {
+    if let Some(read) = m.identity
+        && intake::identity_at(&m.from) != Some(read)
+    {
+        return Err(Replaced.into());
+    }
     let dir = m.to.parent().context("no destination folder")?;
     ensure_folder(dir)?;
     if let Some(reason) = &m.reason {
@@ -1421,7 +1463,7 @@ fn move_file(m: &PendingMove) -> Result<()> {
 
 /// `rename`, refusing to replace an existing entry (`renameat2(RENAME_NOREPLACE)`;
 /// a plain rename after a check where the filesystem does not support it).
-fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
     let (Ok(f), Ok(t)) = (c(from), c(to)) else {
@@ -1459,7 +1501,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
 /// Makes `dir` (an agent's `processed/` or `rejected/`) a real folder. Anything else in
 /// its place (a file, a link, a FIFO) is renamed aside, `<folder>.in-the-way[.N]`, with
 /// a log line: moves never go through a link, and nothing is deleted.
-fn ensure_folder(dir: &Path) -> Result<()> {
+pub(crate) fn ensure_folder(dir: &Path) -> Result<()> {
     match dir.symlink_metadata() {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => {

@@ -38,6 +38,20 @@ pub struct OpenFile {
     pub size: u64,
     /// Modification time, from `fstat`.
     pub modified: Option<SystemTime>,
+    /// Which file it is (device, inode), from `fstat`: a move checks that the name
+    /// still means this file, not one swapped in after the read.
+    pub identity: Identity,
+}
+
+/// (device, inode) of a file.
+pub type Identity = (u64, u64);
+
+/// The identity of whatever is at `path` now, not following links.
+pub fn identity_at(path: &Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// What a directory entry is, in the words of a ledger reason: `None` for a regular
@@ -110,9 +124,11 @@ pub fn open(path: &Path) -> Opened {
         // not block (O_NONBLOCK), and nothing is read from it.
         return Opened::Refused(why);
     }
+    use std::os::unix::fs::MetadataExt;
     Opened::File(OpenFile {
         size: meta.len(),
         modified: meta.modified().ok(),
+        identity: (meta.dev(), meta.ino()),
         file,
     })
 }
@@ -125,6 +141,18 @@ pub fn read_bounded(file: &mut File, size_hint: u64, limit: u64) -> io::Result<O
     let mut bytes = Vec::with_capacity(usize::try_from(capacity).unwrap_or(usize::MAX));
     file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// Whether `path` is a regular file that begins like an SQLite database (an inbox may
+/// hold databases, whatever their names: `engine::import_db`). Opened as any drop is.
+pub fn is_database(path: &Path) -> bool {
+    match open(path) {
+        Opened::File(mut f) => {
+            let mut head = [0u8; 16];
+            f.file.read_exact(&mut head).is_ok() && crate::store::source_db::has_header(&head)
+        }
+        _ => false,
+    }
 }
 
 /// The reason for a file over the limit, with its size from `fstat`.
