@@ -5,10 +5,13 @@
 mod agent;
 mod assign;
 mod backfill;
+mod charts;
 mod deliver;
+mod export;
 mod files;
 mod generate;
 mod hooks;
+mod import;
 mod ingest;
 mod init;
 mod monitor;
@@ -16,6 +19,7 @@ pub mod output;
 mod quality;
 mod run;
 mod session;
+mod split;
 mod stats;
 mod status;
 mod task;
@@ -136,6 +140,18 @@ pub enum Command {
     /// flags, and writes quality_analysis_report.{json,md} and quality_flags.jsonl to
     /// outbox/<agent>/ (default zai) or --out.
     Quality(quality::Args),
+    /// Deliverables that leave the database: `export rag` (the RAG export) and `export
+    /// embeddings` (request batches for the Gemini batch embeddings API), to
+    /// outbox/<agent>/ (default zai) or --out.
+    Export(export::Args),
+    /// `import embeddings RESULTS.jsonl`: the vectors of a batch embeddings job.
+    Import(import::Args),
+    /// Stable, stratified train/val/test splits (JSON Lines, CSV, Parquet) that keep
+    /// near-duplicates together; a growing database moves no pair.
+    Split(split::Args),
+    /// The visualizations/ folder: coverage heatmap, answer lengths, categories, quality,
+    /// growth (SVG) and index.html with captions and the figures behind them.
+    Charts(charts::Args),
 }
 
 impl Cli {
@@ -172,6 +188,10 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
         Command::Quality(args) => quality::run(&root, args),
+        Command::Export(args) => export::run(&root, args),
+        Command::Import(args) => import::run(&root, args),
+        Command::Split(args) => split::run(&root, args),
+        Command::Charts(args) => charts::run(&root, args),
     }
 }
 

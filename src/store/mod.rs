@@ -3,7 +3,8 @@
 //! stack and its templates (`store::tasks`), sessions and checkpoints
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
 //! consistent backups (`store::backup`), and the dataset workbench's own tables
-//! (`store::dataset`).
+//! (`store::dataset`; pairs read as documents in `store::documents`, embeddings batches
+//! and vectors in `store::embeddings`, split assignments in `store::splits`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -13,10 +14,13 @@
 pub mod agents;
 pub mod backup;
 pub mod dataset;
+pub mod documents;
+pub mod embeddings;
 pub mod ledger;
 pub mod migrations;
 pub mod pairs;
 pub mod sessions;
+pub mod splits;
 pub mod stats;
 pub mod tasks;
 

@@ -1,0 +1,1 @@
+//! Cosine (in progress).
