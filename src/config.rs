@@ -85,16 +85,20 @@ pub struct CosineConfig {
     pub ef_search: usize,
     /// HNSW: nearest neighbours taken per vector as candidates.
     pub neighbours: usize,
+    /// A cluster whose members are all at least this similar to its representative (same
+    /// indicator) is recommended `drop`.
+    pub drop_similarity: f64,
 }
 
 impl Default for CosineConfig {
     fn default() -> Self {
         CosineConfig {
             threshold: 0.95,
-            exact_max: 20_000,
+            exact_max: 5_000,
             ef_construction: 100,
             ef_search: 100,
             neighbours: 10,
+            drop_similarity: 0.98,
         }
     }
 }
@@ -499,6 +503,10 @@ impl Config {
             c.ef_construction >= 1 && c.ef_search >= 1 && c.neighbours >= 1,
             "cosine.ef_construction, cosine.ef_search and cosine.neighbours must be at least 1"
         );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&c.drop_similarity),
+            "cosine.drop_similarity must be between 0 and 1"
+        );
         Ok(())
     }
 
@@ -631,10 +639,13 @@ threshold = 0.95
 # Up to exact_max vectors, every pair is compared; beyond, an HNSW index proposes
 # `neighbours` candidates per vector (ef_construction / ef_search: its search breadth),
 # and each is verified exactly.
-exact_max = 20000
+exact_max = 5000
 ef_construction = 100
 ef_search = 100
 neighbours = 10
+# A cluster whose members are all this similar to its representative (same indicator)
+# is recommended "drop".
+drop_similarity = 0.98
 
 # One table per agent. Each gets inbox/<name>/ (drops) and outbox/<name>/ (deliverables).
 # A folder created under inbox/ is an agent too, even when it is not listed here; it

@@ -2,8 +2,8 @@
 
 use super::Exit;
 use super::output::{print_json, thousands};
-use crate::dataset::embeddings;
 use crate::dataset::output::Progress;
+use crate::engine::embeddings;
 use crate::root::Root;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -27,7 +27,8 @@ pub enum What {
 pub struct EmbeddingsArgs {
     /// The results file (JSON Lines).
     pub file: PathBuf,
-    /// The model the vectors are stored under (default: embeddings.model).
+    /// The model the vectors are stored under (default: the model each key's request
+    /// batch was made for, embeddings.model when it was exported).
     #[arg(long)]
     pub model: Option<String>,
     /// Print one JSON object with the report.
@@ -42,10 +43,13 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
 }
 
 fn import_embeddings(root: &Root, args: EmbeddingsArgs) -> Result<Exit> {
-    let (config, conn) = super::open(root)?;
-    let model = args.model.unwrap_or(config.embeddings.model.clone());
+    let (_config, conn) = super::open(root)?;
     let mut progress = Progress::shown("import embeddings");
-    let report = embeddings::import_file(&conn, &args.file, &model, &mut progress)?;
+    let report =
+        embeddings::import_file(&conn, &args.file, args.model.as_deref(), &mut |p| match p {
+            embeddings::Progress::Size(n) => progress.stage("reading results (bytes)", n),
+            embeddings::Progress::Read(n) => progress.advance(n),
+        })?;
     drop(progress);
     if args.json {
         print_json(&report)?;

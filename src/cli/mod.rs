@@ -15,6 +15,7 @@ mod import;
 mod ingest;
 mod init;
 mod monitor;
+mod near_dups;
 pub mod output;
 mod quality;
 mod run;
@@ -152,6 +153,8 @@ pub enum Command {
     /// The visualizations/ folder: coverage heatmap, answer lengths, categories, quality,
     /// growth (SVG) and index.html with captions and the figures behind them.
     Charts(charts::Args),
+    /// Near-duplicate clusters; --cosine: semantic ones from the stored embeddings.
+    NearDups(near_dups::Args),
 }
 
 impl Cli {
@@ -192,6 +195,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Import(args) => import::run(&root, args),
         Command::Split(args) => split::run(&root, args),
         Command::Charts(args) => charts::run(&root, args),
+        Command::NearDups(args) => near_dups::run(&root, args),
     }
 }
 

@@ -346,15 +346,17 @@ pub fn figures(conn: &Connection, goal: u64, progress: &mut Progress) -> Result<
     };
     let p99 = nearest_rank(99.0);
     let bin_width = round_width(p99.max(1).div_ceil(LENGTH_BINS as u64 - 1));
-    let mut bins: Vec<Bin> = (0..LENGTH_BINS as u64)
+    // Enough bins to reach past the 99th percentile, the last one open-ended.
+    let nbins = ((p99 / bin_width) as usize + 2).min(LENGTH_BINS);
+    let mut bins: Vec<Bin> = (0..nbins as u64)
         .map(|i| Bin {
             from: i * bin_width,
-            to: (i + 1 < LENGTH_BINS as u64).then_some((i + 1) * bin_width),
+            to: (i + 1 < nbins as u64).then_some((i + 1) * bin_width),
             pairs: 0,
         })
         .collect();
     for (len, n) in &lengths {
-        let i = ((len / bin_width) as usize).min(LENGTH_BINS - 1);
+        let i = ((len / bin_width) as usize).min(nbins - 1);
         bins[i].pairs += n;
     }
     let answer_lengths = Lengths {
@@ -512,10 +514,11 @@ fn svg(width: u32, height: u32, draw: impl FnOnce(&Area<'_>) -> Result<()>) -> R
 
 /// The heatmap of pairs per indicator × column.
 pub fn coverage_svg(c: &Coverage) -> Result<String> {
-    let rows = c.indicators.len().max(1);
-    let cols = c.columns.len().max(1);
-    let cell_w = 84u32;
-    let cell_h = 26u32;
+    // At least two segments a side: plotters cannot place a range of one value.
+    let rows = c.indicators.len().max(2);
+    let cols = c.columns.len().max(2);
+    let cell_w = 96u32;
+    let cell_h = 30u32;
     let width = 260 + cell_w * cols as u32 + 40;
     let height = 150 + cell_h * rows as u32;
     let max = c.counts.iter().flatten().copied().max().unwrap_or(0).max(1);
@@ -528,14 +531,14 @@ pub fn coverage_svg(c: &Coverage) -> Result<String> {
                     c.indicators.len(),
                     c.indicators_total
                 ),
-                (FONT, 22),
+                (FONT, 26),
             )
             .margin(12)
             .x_label_area_size(60)
             .y_label_area_size(210)
             .build_cartesian_2d(
-                (0..cols as i32).into_segmented(),
-                (0..rows as i32).into_segmented(),
+                (0..cols as i32 - 1).into_segmented(),
+                (0..rows as i32 - 1).into_segmented(),
             )
             .map_err(draw_err)?;
         let columns = c.columns.clone();
@@ -564,8 +567,8 @@ pub fn coverage_svg(c: &Coverage) -> Result<String> {
             .y_labels(rows)
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 17))
+            .label_style((FONT, 17))
+            .axis_desc_style((FONT, 21))
             .x_desc(c.columns_are)
             .y_desc("indicator")
             .draw()
@@ -596,7 +599,7 @@ pub fn coverage_svg(c: &Coverage) -> Result<String> {
                     .draw_series(std::iter::once(Text::new(
                         crate::human::thousands(*n),
                         (SegmentValue::CenterOf(x as i32), SegmentValue::CenterOf(y)),
-                        (FONT, 13).into_font().color(&ink).pos(
+                        (FONT, 16).into_font().color(&ink).pos(
                             plotters::style::text_anchor::Pos::new(
                                 plotters::style::text_anchor::HPos::Center,
                                 plotters::style::text_anchor::VPos::Center,
@@ -622,7 +625,7 @@ pub fn lengths_svg(l: &Lengths) -> Result<String> {
                     crate::human::thousands(l.p50),
                     crate::human::thousands(l.p90)
                 ),
-                (FONT, 22),
+                (FONT, 26),
             )
             .margin(14)
             .x_label_area_size(60)
@@ -645,8 +648,8 @@ pub fn lengths_svg(l: &Lengths) -> Result<String> {
             .y_labels(8)
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 17))
+            .label_style((FONT, 18))
+            .axis_desc_style((FONT, 21))
             .x_desc("answer length (characters); the last bar counts every longer answer")
             .y_desc("pairs")
             .draw()
@@ -672,7 +675,7 @@ fn bars_svg(
     color: RGBColor,
 ) -> Result<String> {
     let n = bars.len().max(1);
-    let height = 130 + 28 * n as u32;
+    let height = 140 + 32 * n as u32;
     let max = bars.iter().map(&value).fold(0.0, f64::max).max(1.0);
     svg(1000, height, |root| {
         draw_bars(
@@ -693,13 +696,13 @@ fn draw_bars(
     color: RGBColor,
     max: f64,
 ) -> Result<()> {
-    let n = bars.len().max(1);
+    let n = bars.len().max(2);
     let mut chart = ChartBuilder::on(root)
-        .caption(title, (FONT, 20))
+        .caption(title, (FONT, 24))
         .margin(14)
         .x_label_area_size(55)
         .y_label_area_size(200)
-        .build_cartesian_2d(0f64..max * 1.18, (0..n as i32).into_segmented())
+        .build_cartesian_2d(0f64..max * 1.18, (0..n as i32 - 1).into_segmented())
         .map_err(draw_err)?;
     let names: Vec<String> = bars.iter().map(|b| short(&b.name, 24)).collect();
     let y_fmt = move |v: &SegmentValue<i32>| match v {
@@ -725,8 +728,8 @@ fn draw_bars(
         .x_labels(8)
         .y_label_formatter(&y_fmt)
         .x_label_formatter(&x_fmt)
-        .label_style((FONT, 14))
-        .axis_desc_style((FONT, 17))
+        .label_style((FONT, 17))
+        .axis_desc_style((FONT, 21))
         .x_desc(x_desc)
         .y_desc(y_desc)
         .draw()
@@ -747,7 +750,7 @@ fn draw_bars(
             .draw_series(std::iter::once(Text::new(
                 label(b),
                 (v + max * 0.01, SegmentValue::CenterOf(y)),
-                (FONT, 13)
+                (FONT, 16)
                     .into_font()
                     .color(&BLACK)
                     .pos(plotters::style::text_anchor::Pos::new(
@@ -776,7 +779,7 @@ pub fn categories_svg(bars: &[Bar]) -> Result<String> {
 /// Flags and flagged shares, side by side.
 pub fn quality_svg(q: &Quality, pairs: u64) -> Result<String> {
     let n = q.by_flag.len().max(q.by_category.len()).max(1);
-    let height = 130 + 28 * n as u32;
+    let height = 140 + 32 * n as u32;
     svg(1500, height, |root| {
         let (left, right) = root.split_horizontally(750);
         let max_flag = q
@@ -847,7 +850,7 @@ pub fn growth_svg(g: &Growth) -> Result<String> {
                     crate::human::thousands(g.goal),
                     percent(reached, g.goal)
                 ),
-                (FONT, 22),
+                (FONT, 26),
             )
             .margin(16)
             .x_label_area_size(60)
@@ -873,8 +876,8 @@ pub fn growth_svg(g: &Growth) -> Result<String> {
             .y_labels(8)
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&y_fmt)
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 17))
+            .label_style((FONT, 18))
+            .axis_desc_style((FONT, 21))
             .x_desc(if hourly {
                 "time (UTC, hourly)"
             } else {
@@ -909,8 +912,8 @@ pub fn growth_svg(g: &Growth) -> Result<String> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font((FONT, 15))
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font((FONT, 18))
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .draw()

@@ -195,6 +195,9 @@ pub enum Outcome {
     Parsed(ParsedFile),
     /// The ledger already finished with these bytes, so they were not parsed.
     Known,
+    /// Results of the batch embeddings API (`engine::embeddings::is_results`): not
+    /// pairs; the writer imports their vectors, streaming the file again.
+    Embeddings,
     /// Cannot be integrated, with the reason.
     Rejected {
         /// Human-readable reason naming the problem and where.
@@ -242,6 +245,10 @@ impl Hints {
     }
 }
 
+/// The longest first line looked at to recognise an embeddings results file (one
+/// vector of 3,072 numbers is ~40 KB).
+const RESULTS_LINE_LIMIT: usize = 1 << 20;
+
 /// The parallel stage for one file: read, hash, decode, parse, key. Never fails: every
 /// problem becomes an [`Outcome`].
 pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
@@ -258,6 +265,33 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
         Ok(m) => (m.len(), m.modified().ok()),
         Err(e) => return unreadable(job, 0, e),
     };
+    // Results of the embeddings API are recognised by their first line, before any size
+    // limit: they are large by nature (10,000 vectors of 768 numbers is ~80 MB) and are
+    // streamed, never held whole.
+    if crate::engine::embeddings::first_line(&job.path, RESULTS_LINE_LIMIT)
+        .is_ok_and(|line| crate::engine::embeddings::is_results(&line))
+    {
+        let hash = std::fs::File::open(&job.path).and_then(|f| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(f)?;
+            Ok(*hasher.finalize().as_bytes())
+        });
+        return match hash {
+            Ok(h) => Prepared {
+                outcome: if hints.finished.contains(&h) {
+                    Outcome::Known
+                } else {
+                    Outcome::Embeddings
+                },
+                job,
+                size,
+                modified,
+                hash: Some(h),
+                started,
+            },
+            Err(e) => unreadable(job, size, e),
+        };
+    }
     if size > max_file_bytes {
         // Hashed anyway (streaming, bounded memory) so the ledger recognises it again.
         let hash = std::fs::File::open(&job.path).and_then(|f| {
@@ -759,6 +793,9 @@ impl<'c> Writer<'c> {
                     encoding: r.encoding.clone(),
                 },
                 None => match std::fs::read(&job.path) {
+                    Ok(bytes) if crate::engine::embeddings::is_results(&bytes) => {
+                        Outcome::Embeddings
+                    }
                     Ok(bytes) => parse_bytes(&bytes),
                     Err(e) => {
                         Outcome::Unreadable(format!("cannot read {}: {e}", job.path.display()))
@@ -820,6 +857,7 @@ impl<'c> Writer<'c> {
                 });
                 Ok(())
             }
+            Outcome::Embeddings => self.write_embeddings(&job, &source, size, &hash, started),
             Outcome::Unreadable(msg) => {
                 tracing::warn!("{msg}");
                 self.report.files_unreadable += 1;
@@ -827,6 +865,60 @@ impl<'c> Writer<'c> {
             }
             Outcome::Known => unreachable!("resolved above"),
         }
+    }
+
+    /// An embeddings results file: its vectors stored (`engine::embeddings::import_raw`)
+    /// in the transaction that records it in the ledger, so it is imported exactly once;
+    /// then it moves to `processed/` like any drop.
+    fn write_embeddings(
+        &mut self,
+        job: &Job,
+        source: &str,
+        size: u64,
+        hash: &[u8; 32],
+        started: Instant,
+    ) -> Result<()> {
+        let file = match std::fs::File::open(&job.path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}", job.path.display());
+                self.report.files_unreadable += 1;
+                return Ok(());
+            }
+        };
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let report = crate::engine::embeddings::import_raw(self.conn, &mut reader, None, source)
+            .with_context(|| format!("cannot import {}", job.path.display()))?;
+        let note = report.summary();
+        let stored = self.destination(job, PROCESSED);
+        ledger::insert(
+            self.conn,
+            &ledger::NewFile {
+                agent: &job.agent,
+                name: &job.name(),
+                source_path: source,
+                stored_path: stored.as_deref().and_then(|p| p.to_str()),
+                content_hash: Some(hash),
+                size,
+                status: FileStatus::Integrated,
+                encoding: Some("UTF-8"),
+                replaced: false,
+                layout: Some(crate::engine::embeddings::LAYOUT),
+                session: None,
+                pairs_seen: 0,
+                invalid: &[],
+                reason: Some(&note),
+                duplicate_of: None,
+                now: &self.now,
+            },
+        )?;
+        self.report.files_integrated += 1;
+        self.schedule_move(job, stored, None);
+        self.events.push(PendingEvent {
+            event: event(job, Some(FileStatus::Integrated), 0, 0, 0, Some(note), None),
+            started,
+        });
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

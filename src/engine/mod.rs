@@ -4,6 +4,7 @@
 //! `root`, `clock`, `pair`) and `store`.
 
 pub mod decode;
+pub mod embeddings;
 pub mod ingest;
 pub mod layout;
 pub mod watch;

@@ -351,6 +351,26 @@ impl<'c> Loop<'c> {
                     self.run_backfill(&task)?;
                     return Ok(true);
                 }
+                (TaskKind::ExportRag, _) => {
+                    self.run_deliverable(&task)?;
+                    return Ok(true);
+                }
+                (TaskKind::ExportEmbeddings, _) => {
+                    self.run_deliverable(&task)?;
+                    return Ok(true);
+                }
+                (TaskKind::ImportEmbeddings, _) => {
+                    self.run_deliverable(&task)?;
+                    return Ok(true);
+                }
+                (TaskKind::Split, _) => {
+                    self.run_deliverable(&task)?;
+                    return Ok(true);
+                }
+                (TaskKind::Charts, _) => {
+                    self.run_deliverable(&task)?;
+                    return Ok(true);
+                }
                 (TaskKind::Agent, Some(command)) => {
                     if self.start_session(agent, &task, command)? {
                         acted = true;
@@ -377,6 +397,11 @@ impl<'c> Loop<'c> {
             // run_task continues a backfill's own active session itself.
             TaskKind::Backfill => !paused,
             TaskKind::Ingest => true,
+            TaskKind::ExportRag
+            | TaskKind::ExportEmbeddings
+            | TaskKind::ImportEmbeddings
+            | TaskKind::Split
+            | TaskKind::Charts => true,
         };
         let views = tasks::views(self.conn)?;
         let mine = || views.iter().filter(|v| v.task.agent == agent);
@@ -531,6 +556,49 @@ impl<'c> Loop<'c> {
                         c.grade.letter
                     );
                 }
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(agent, task = task.id.as_str(), "{} failed: {why}", task.id);
+                tasks::fail(self.conn, &task.id, &why)?;
+                end.error = Some(why);
+            }
+        }
+        store_agents::finish_run(self.conn, run_id, &clock::now_rfc3339(), &end)
+    }
+
+    /// A workbench deliverable (`export_rag`, `export_embeddings`, `import_embeddings`,
+    /// `split`, `charts`): `work::deliverables::run_task` with the task's params, then
+    /// the task completes (or fails with the error).
+    fn run_deliverable(&mut self, task: &TaskRow) -> Result<()> {
+        let agent = task.agent.as_str();
+        let now = clock::now_rfc3339();
+        let run_id =
+            store_agents::insert_run(self.conn, agent, &task.id, task.kind.as_str(), None, &now)?;
+        store_tasks::mark_started(self.conn, &task.id, &now)?;
+        self.report.builtin_runs += 1;
+        let result = crate::work::deliverables::run_task(
+            self.conn,
+            &self.root,
+            &self.config,
+            agent,
+            &task.id,
+            task.kind,
+            task.params.as_ref(),
+        );
+        let mut end = RunEnd::default();
+        match result {
+            Ok(line) => {
+                end.progressed = true;
+                tasks::set_progress(self.conn, &task.id, 1, Some(1))?;
+                let c = tasks::complete(self.conn, &self.root, &self.config, &task.id)?;
+                tracing::info!(
+                    agent,
+                    task = task.id.as_str(),
+                    "{} complete, grade {}: {line}",
+                    task.id,
+                    c.grade.letter
+                );
             }
             Err(e) => {
                 let why = format!("{e:#}");

@@ -96,6 +96,19 @@ pub enum TaskKind {
     /// Integrate an archive folder of session exports (`crate::work::backfill::run_task`); the
     /// loop runs it in-process, inside budgeted sessions of the agent.
     Backfill,
+    /// The RAG export (`crate::work::deliverables`); run in-process.
+    #[value(name = "export_rag")]
+    ExportRag,
+    /// The next request batch for the batch embeddings API; run in-process.
+    #[value(name = "export_embeddings")]
+    ExportEmbeddings,
+    /// Store the vectors of a batch embeddings results file; run in-process.
+    #[value(name = "import_embeddings")]
+    ImportEmbeddings,
+    /// Stable train/val/test splits; run in-process.
+    Split,
+    /// The visualizations/ folder; run in-process.
+    Charts,
 }
 
 impl TaskKind {
@@ -105,6 +118,11 @@ impl TaskKind {
             TaskKind::Agent => "agent",
             TaskKind::Ingest => "ingest",
             TaskKind::Backfill => "backfill",
+            TaskKind::ExportRag => "export_rag",
+            TaskKind::ExportEmbeddings => "export_embeddings",
+            TaskKind::ImportEmbeddings => "import_embeddings",
+            TaskKind::Split => "split",
+            TaskKind::Charts => "charts",
         }
     }
 
@@ -117,6 +135,11 @@ impl TaskKind {
         match s {
             "ingest" => TaskKind::Ingest,
             "backfill" => TaskKind::Backfill,
+            "export_rag" => TaskKind::ExportRag,
+            "export_embeddings" => TaskKind::ExportEmbeddings,
+            "import_embeddings" => TaskKind::ImportEmbeddings,
+            "split" => TaskKind::Split,
+            "charts" => TaskKind::Charts,
             _ => TaskKind::Agent,
         }
     }

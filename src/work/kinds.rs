@@ -13,5 +13,10 @@ pub fn check(id: &str, kind: TaskKind, params: Option<&serde_json::Value>) -> Re
     match kind {
         TaskKind::Agent | TaskKind::Ingest => Ok(()),
         TaskKind::Backfill => backfill::check_params(id, params),
+        TaskKind::ExportRag
+        | TaskKind::ExportEmbeddings
+        | TaskKind::ImportEmbeddings
+        | TaskKind::Split
+        | TaskKind::Charts => crate::work::deliverables::check_params(id, kind, params),
     }
 }
