@@ -187,7 +187,7 @@ impl Default for NearDupsConfig {
             threshold: 0.8,
             shingle_words: 3,
             bands: 16,
-            rows: 4,
+            rows: 8,
             drop_similarity: 0.95,
         }
     }
@@ -617,7 +617,7 @@ threshold = 0.8
 shingle_words = 3
 # MinHash signature of bands × rows values; LSH compares pairs that agree on a band.
 bands = 16
-rows = 4
+rows = 8
 # A cluster whose members are all this similar to its representative (same indicator)
 # is recommended "drop"; see the README for the rule.
 drop_similarity = 0.95

@@ -66,10 +66,11 @@ fn imports_flow_one_way_between_the_subsystems() {
 
 #[test]
 fn the_work_modules_import_each_other_one_way() {
-    // assign → kinds → (deliverables, backfill) → session → (handoff, vcs) → tasks → grade
+    // assign → kinds → workbench → (deliverables, backfill) → session → (handoff, vcs) → tasks → grade
     let order = [
         "assign",
         "kinds",
+        "workbench",
         "deliverables",
         "backfill",
         "session",

@@ -6,12 +6,14 @@ mod agent;
 mod assign;
 mod backfill;
 mod charts;
+mod coverage;
 mod deliver;
 mod export;
 mod files;
 mod generate;
 mod hooks;
 mod import;
+mod import_db;
 mod ingest;
 mod init;
 mod monitor;
@@ -141,6 +143,20 @@ pub enum Command {
     /// flags, and writes quality_analysis_report.{json,md} and quality_flags.jsonl to
     /// outbox/<agent>/ (default zai) or --out.
     Quality(quality::Args),
+    /// Lexical near-duplicates: MinHash signatures of word shingles (stored, so a re-run
+    /// hashes only new pairs), LSH candidates, exact Jaccard verification, clusters;
+    /// writes duplicate_analysis_detailed.json and near_duplicate_pairs.csv. With
+    /// --cosine: semantic near-duplicates from the stored embeddings.
+    NearDups(near_dups::Args),
+    /// Import the pairs of an existing SQLite database (read-only), with the same keys,
+    /// dedup and ledger as drops; resumable (a checkpoint every ingest.checkpoint_every
+    /// rows), and a second import adds nothing.
+    ImportDb(import_db::Args),
+    /// Indicator coverage against a master list (TOML or CSV: indicator, category,
+    /// target, aliases): pairs, target, gap and status per indicator, per-category totals,
+    /// names in the data outside the plan; writes coverage_report.{json,md} and keeps the
+    /// gaps for the assigner ({gap_indicators} in a template).
+    Coverage(coverage::Args),
     /// Deliverables that leave the database: `export rag` (the RAG export) and `export
     /// embeddings` (request batches for the Gemini batch embeddings API), to
     /// outbox/<agent>/ (default zai) or --out.
@@ -153,8 +169,6 @@ pub enum Command {
     /// The visualizations/ folder: coverage heatmap, answer lengths, categories, quality,
     /// growth (SVG) and index.html with captions and the figures behind them.
     Charts(charts::Args),
-    /// Near-duplicate clusters; --cosine: semantic ones from the stored embeddings.
-    NearDups(near_dups::Args),
 }
 
 impl Cli {
@@ -191,11 +205,13 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
         Command::Quality(args) => quality::run(&root, args),
+        Command::NearDups(args) => near_dups::run(&root, args),
+        Command::ImportDb(args) => import_db::run(&root, args),
+        Command::Coverage(args) => coverage::run(&root, args),
         Command::Export(args) => export::run(&root, args),
         Command::Import(args) => import::run(&root, args),
         Command::Split(args) => split::run(&root, args),
         Command::Charts(args) => charts::run(&root, args),
-        Command::NearDups(args) => near_dups::run(&root, args),
     }
 }
 

@@ -1,15 +1,19 @@
-//! `perpetual near-dups`.
+//! `perpetual near-dups`: lexical (MinHash), or semantic with `--cosine`.
 
 use super::Exit;
 use super::deliver::{DeliverArgs, print_files};
 use super::output::{print_json, thousands};
-use crate::dataset::cosine;
 use crate::dataset::output::Progress;
+use crate::dataset::{cosine, near_dups};
 use crate::root::Root;
 use anyhow::Result;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Jaccard similarity at or above which two pairs are near-duplicates (default:
+    /// near_dups.threshold, 0.8).
+    #[arg(long, conflicts_with = "cosine")]
+    pub threshold: Option<f64>,
     /// Semantic near-duplicates instead: pairs whose stored embeddings have a cosine
     /// similarity of at least T (default: cosine.threshold, 0.95); writes
     /// duplicate_analysis_cosine.json and near_duplicate_pairs_cosine.csv.
@@ -25,18 +29,40 @@ pub struct Args {
 
 pub fn run(root: &Root, args: Args) -> Result<Exit> {
     let (config, conn) = super::open(root)?;
-    let Some(t) = args.cosine else {
-        anyhow::bail!(
-            "lexical near-duplicates (MinHash) arrive with issue 11; this build has --cosine"
-        );
-    };
     let mut out = args.deliver.outputs(root)?;
     let mut progress = Progress::shown("near-dups");
-    let summary = cosine::run(
+    if let Some(t) = args.cosine {
+        let summary = cosine::run(
+            &conn,
+            &config.cosine,
+            (!t.is_nan()).then_some(t),
+            args.model.as_deref(),
+            &mut out,
+            &mut progress,
+        )?;
+        drop(progress);
+        if args.deliver.json {
+            print_json(&summary)?;
+            return Ok(Exit::Ok);
+        }
+        println!(
+            "{} vectors of {} pairs ({} search): {} clusters holding {} pairs ({} near-duplicate pairs of {} candidates)",
+            thousands(summary.vectors),
+            thousands(summary.pairs),
+            summary.search,
+            thousands(summary.clusters),
+            thousands(summary.pairs_in_clusters),
+            thousands(summary.near_duplicate_pairs),
+            thousands(summary.candidates)
+        );
+        print_files(&summary.files);
+        println!("{:.2} s", summary.seconds);
+        return Ok(Exit::Ok);
+    }
+    let summary = near_dups::run(
         &conn,
-        &config.cosine,
-        (!t.is_nan()).then_some(t),
-        args.model.as_deref(),
+        &config.near_dups,
+        args.threshold,
         &mut out,
         &mut progress,
     )?;
@@ -46,14 +72,13 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     println!(
-        "{} vectors of {} pairs ({} search): {} clusters holding {} pairs ({} near-duplicate pairs of {} candidates)",
-        thousands(summary.vectors),
+        "{} pairs: {} clusters holding {} pairs ({} near-duplicate pairs of {} candidates; {} new signatures)",
         thousands(summary.pairs),
-        summary.search,
         thousands(summary.clusters),
         thousands(summary.pairs_in_clusters),
         thousands(summary.near_duplicate_pairs),
-        thousands(summary.candidates)
+        thousands(summary.candidates),
+        thousands(summary.signatures_made)
     );
     print_files(&summary.files);
     println!("{:.2} s", summary.seconds);

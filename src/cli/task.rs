@@ -44,9 +44,9 @@ pub enum TaskCommand {
         #[arg(long, value_name = "N")]
         total: Option<u64>,
         /// Who runs it: the agent's command (`agent`), or `perpetual run` itself:
-        /// `ingest` (the agent's inbox), `backfill` (an archive folder, --dir), or a
-        /// workbench deliverable (`export_rag`, `export_embeddings`, `import_embeddings`,
-        /// `split`, `charts`; --params).
+        /// `ingest` (the agent's inbox), `backfill` (an archive folder, --dir), or the
+        /// workbench: `quality`, `near_dups`, `coverage`, `import_db`, `export_rag`,
+        /// `export_embeddings`, `import_embeddings`, `split`, `charts` (--params).
         #[arg(long, value_enum, default_value_t = TaskKind::Agent)]
         kind: TaskKind,
         /// backfill: the archive folder (read in place).
@@ -58,8 +58,8 @@ pub enum TaskCommand {
         /// backfill: token budget of each of its sessions (default: the agent's tokens_per_session).
         #[arg(long, value_name = "N")]
         budget: Option<u64>,
-        /// The params of a workbench kind, as a JSON object, e.g. --kind split --params
-        /// '{"ratios": "80,10,10", "seed": 7}' (README, "Exports, embeddings, splits and charts").
+        /// The workbench kinds: the params as JSON, e.g. '{"plan": "examples/indicators.toml"}'
+        /// or '{"ratios": "80,10,10", "seed": 7}' (relative paths are made absolute).
         #[arg(long, value_name = "JSON")]
         params: Option<String>,
     },
@@ -156,23 +156,20 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             dir,
             sessions,
             budget,
-            params: params_json,
+            params: json_params,
         } => {
-            let given: Option<serde_json::Value> = match &params_json {
-                Some(text) => Some(
-                    serde_json::from_str(text)
-                        .with_context(|| format!("--params is not JSON: {text}"))?,
-                ),
-                None => None,
-            };
             anyhow::ensure!(
-                given.is_none()
-                    || !matches!(
-                        kind,
-                        TaskKind::Backfill | TaskKind::Agent | TaskKind::Ingest
-                    ),
-                "--params is for the workbench kinds; a backfill takes --dir, --sessions and --budget"
+                json_params.is_none() || crate::work::workbench::is_workbench(kind),
+                "--params describes a workbench task (--kind quality, near_dups, coverage, import_db, export_rag, export_embeddings, import_embeddings, split or charts)"
             );
+            let json_params = json_params
+                .map(|text| -> Result<serde_json::Value> {
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(&text).context("--params is not JSON")?;
+                    crate::work::workbench::absolute_paths(&mut v)?;
+                    Ok(v)
+                })
+                .transpose()?;
             let params = match kind {
                 TaskKind::Backfill => {
                     let dir = dir.context("a backfill task needs --dir")?;
@@ -196,7 +193,6 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 (None, Some(p)) => crate::work::backfill::task_id(p.sessions, &p.dir),
                 (None, None) => anyhow::bail!("the task needs an id"),
             };
-            let params = params.map(|p| p.to_json()).or(given);
             tasks::add(
                 &mut conn,
                 &AddTask {
@@ -208,7 +204,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     estimated_tokens,
                     total,
                     kind,
-                    params,
+                    params: params.map(|p| p.to_json()).or(json_params),
                 },
                 crate::work::kinds::check,
             )?;

@@ -22,6 +22,8 @@
 //!
 //! It imports the foundation and `store` only.
 
+pub mod coverage;
+pub mod near_dups;
 pub mod output;
 pub mod quality;
 pub mod words;

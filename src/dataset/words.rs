@@ -106,19 +106,29 @@ pub fn permutations(n: usize) -> Vec<u64> {
 }
 
 /// The MinHash signature of a shingle set: for each permutation, the smallest of the
-/// shingles' permuted hashes (upper 32 bits). Two sets agree on a value with probability
-/// equal to their Jaccard similarity. An empty set gets `u32::MAX` everywhere.
-pub fn signature(shingles: &[u64], perms: &[u64], out: &mut Vec<u32>) {
+/// shingles' permuted hashes. Two sets agree on a value with probability equal to their
+/// Jaccard similarity. An empty set gets `u64::MAX` everywhere. Stored signatures keep
+/// the low 16 bits of each value ([`compact`]: b-bit MinHash; two different minima agree
+/// by accident once in 65,536).
+pub fn signature(shingles: &[u64], perms: &[u64], out: &mut Vec<u64>) {
     out.clear();
-    out.resize(perms.len(), u32::MAX);
+    out.resize(perms.len(), u64::MAX);
     for &s in shingles {
         for (slot, &p) in out.iter_mut().zip(perms) {
-            let v = (mix64(s ^ p) >> 32) as u32;
+            let v = mix64(s ^ p);
             if v < *slot {
                 *slot = v;
             }
         }
     }
+}
+
+/// A signature as stored: the low 16 bits of each value, little-endian.
+pub fn compact(signature: &[u64]) -> Vec<u8> {
+    signature
+        .iter()
+        .flat_map(|v| (*v as u16).to_le_bytes())
+        .collect()
 }
 
 #[cfg(test)]

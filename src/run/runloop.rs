@@ -351,24 +351,19 @@ impl<'c> Loop<'c> {
                     self.run_backfill(&task)?;
                     return Ok(true);
                 }
-                (TaskKind::ExportRag, _) => {
-                    self.run_deliverable(&task)?;
-                    return Ok(true);
-                }
-                (TaskKind::ExportEmbeddings, _) => {
-                    self.run_deliverable(&task)?;
-                    return Ok(true);
-                }
-                (TaskKind::ImportEmbeddings, _) => {
-                    self.run_deliverable(&task)?;
-                    return Ok(true);
-                }
-                (TaskKind::Split, _) => {
-                    self.run_deliverable(&task)?;
-                    return Ok(true);
-                }
-                (TaskKind::Charts, _) => {
-                    self.run_deliverable(&task)?;
+                (
+                    TaskKind::Quality
+                    | TaskKind::NearDups
+                    | TaskKind::Coverage
+                    | TaskKind::ImportDb
+                    | TaskKind::ExportRag
+                    | TaskKind::ExportEmbeddings
+                    | TaskKind::ImportEmbeddings
+                    | TaskKind::Split
+                    | TaskKind::Charts,
+                    _,
+                ) => {
+                    self.run_workbench(&task)?;
                     return Ok(true);
                 }
                 (TaskKind::Agent, Some(command)) => {
@@ -397,11 +392,16 @@ impl<'c> Loop<'c> {
             // run_task continues a backfill's own active session itself.
             TaskKind::Backfill => !paused,
             TaskKind::Ingest => true,
-            TaskKind::ExportRag
+            // In a session of their own, like a backfill.
+            TaskKind::Quality
+            | TaskKind::NearDups
+            | TaskKind::Coverage
+            | TaskKind::ImportDb
+            | TaskKind::ExportRag
             | TaskKind::ExportEmbeddings
             | TaskKind::ImportEmbeddings
             | TaskKind::Split
-            | TaskKind::Charts => true,
+            | TaskKind::Charts => !paused && !busy.contains(&t.id),
         };
         let views = tasks::views(self.conn)?;
         let mine = || views.iter().filter(|v| v.task.agent == agent);
@@ -507,6 +507,15 @@ impl<'c> Loop<'c> {
         self.report.builtin_runs += 1;
         let outcome = (|| -> Result<(u64, bool)> {
             let jobs = ingest::discover_inbox(&self.root.inbox(), &[agent.to_string()])?;
+            let (databases, jobs) = crate::engine::import_db::split_databases(jobs);
+            let imported = crate::engine::import_db::import_jobs(
+                self.conn,
+                &databases,
+                self.config.ingest.checkpoint_every,
+                &mut crate::store::pairs::PairSink::new(),
+                Some(&self.stop),
+            )?
+            .len() as u64;
             let hints = Hints::load(self.conn)?;
             let mut writer = ingest::Writer::new(
                 self.conn,
@@ -525,7 +534,8 @@ impl<'c> Loop<'c> {
             )?;
             let interrupted = writer.interrupted();
             let r = writer.finish(&mut |_| {})?;
-            let files = r.files_integrated
+            let files = imported
+                + r.files_integrated
                 + r.files_rejected
                 + r.files_duplicate
                 + r.files_skipped
@@ -556,49 +566,6 @@ impl<'c> Loop<'c> {
                         c.grade.letter
                     );
                 }
-            }
-            Err(e) => {
-                let why = format!("{e:#}");
-                tracing::warn!(agent, task = task.id.as_str(), "{} failed: {why}", task.id);
-                tasks::fail(self.conn, &task.id, &why)?;
-                end.error = Some(why);
-            }
-        }
-        store_agents::finish_run(self.conn, run_id, &clock::now_rfc3339(), &end)
-    }
-
-    /// A workbench deliverable (`export_rag`, `export_embeddings`, `import_embeddings`,
-    /// `split`, `charts`): `work::deliverables::run_task` with the task's params, then
-    /// the task completes (or fails with the error).
-    fn run_deliverable(&mut self, task: &TaskRow) -> Result<()> {
-        let agent = task.agent.as_str();
-        let now = clock::now_rfc3339();
-        let run_id =
-            store_agents::insert_run(self.conn, agent, &task.id, task.kind.as_str(), None, &now)?;
-        store_tasks::mark_started(self.conn, &task.id, &now)?;
-        self.report.builtin_runs += 1;
-        let result = crate::work::deliverables::run_task(
-            self.conn,
-            &self.root,
-            &self.config,
-            agent,
-            &task.id,
-            task.kind,
-            task.params.as_ref(),
-        );
-        let mut end = RunEnd::default();
-        match result {
-            Ok(line) => {
-                end.progressed = true;
-                tasks::set_progress(self.conn, &task.id, 1, Some(1))?;
-                let c = tasks::complete(self.conn, &self.root, &self.config, &task.id)?;
-                tracing::info!(
-                    agent,
-                    task = task.id.as_str(),
-                    "{} complete, grade {}: {line}",
-                    task.id,
-                    c.grade.letter
-                );
             }
             Err(e) => {
                 let why = format!("{e:#}");
@@ -669,6 +636,58 @@ impl<'c> Loop<'c> {
                 {
                     tasks::fail(self.conn, &task.id, &why)?;
                 }
+                end.error = Some(why);
+            }
+        }
+        store_agents::finish_run(self.conn, run_id, &clock::now_rfc3339(), &end)?;
+        self.breaker(&agent)
+    }
+
+    /// A workbench task (`quality`, `near_dups`, `coverage`, `import_db`):
+    /// `workbench::run_task`, in a session of its own that completes it at the wrap.
+    fn run_workbench(&mut self, task: &TaskRow) -> Result<()> {
+        let agent = task.agent.clone();
+        let kind = task.kind.as_str();
+        let run_id = store_agents::insert_run(
+            self.conn,
+            &agent,
+            &task.id,
+            kind,
+            None,
+            &clock::now_rfc3339(),
+        )?;
+        self.report.builtin_runs += 1;
+        let result = crate::work::workbench::run_task(
+            self.conn,
+            &self.root,
+            &self.config,
+            task,
+            Some(&self.stop),
+        );
+        let mut end = RunEnd::default();
+        match result {
+            Ok(o) => {
+                if let Some(id) = &o.session {
+                    store_agents::set_run_session(self.conn, run_id, id)?;
+                    self.report.sessions_started += 1;
+                }
+                end.progressed = o.completed;
+                tracing::info!(
+                    agent = agent.as_str(),
+                    task = task.id.as_str(),
+                    "{}: {}",
+                    task.id,
+                    o.detail
+                );
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(
+                    agent = agent.as_str(),
+                    task = task.id.as_str(),
+                    "{} failed: {why}",
+                    task.id
+                );
                 end.error = Some(why);
             }
         }

@@ -425,6 +425,77 @@ pub fn cluster_members(conn: &Connection, method: &str) -> Result<Vec<ClusterMem
     Ok(rows)
 }
 
+/// One indicator of the latest coverage report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoverageGap {
+    /// The plan's name for it.
+    pub indicator: String,
+    /// Its category in the plan.
+    pub category: String,
+    /// Pairs wanted.
+    pub target: u64,
+    /// Pairs matched.
+    pub pairs: u64,
+    /// `max(0, target - pairs)`.
+    pub gap: u64,
+    /// Its place in the plan.
+    pub position: u64,
+}
+
+/// Replaces the coverage gaps with a new report's, in one transaction.
+pub fn replace_coverage_gaps(conn: &Connection, run_id: i64, gaps: &[CoverageGap]) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| -> Result<()> {
+        conn.execute("DELETE FROM coverage_gaps", [])?;
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO coverage_gaps (indicator, category, target, pairs, gap, position, run_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for g in gaps {
+            stmt.execute(params![
+                g.indicator,
+                g.category,
+                g.target as i64,
+                g.pairs as i64,
+                g.gap as i64,
+                g.position as i64,
+                run_id
+            ])?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// The latest coverage report's indicators that still have a gap, largest gap first
+/// (then plan order).
+pub fn coverage_gaps(conn: &Connection) -> Result<Vec<CoverageGap>> {
+    let mut stmt = conn.prepare(
+        "SELECT indicator, category, target, pairs, gap, position FROM coverage_gaps
+         WHERE gap > 0 ORDER BY gap DESC, position",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(CoverageGap {
+                indicator: r.get(0)?,
+                category: r.get(1)?,
+                target: r.get::<_, i64>(2)? as u64,
+                pairs: r.get::<_, i64>(3)? as u64,
+                gap: r.get::<_, i64>(4)? as u64,
+                position: r.get::<_, i64>(5)? as u64,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

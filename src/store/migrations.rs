@@ -219,7 +219,7 @@ pub const MIGRATIONS: &[&str] = &[
 
     CREATE TABLE near_dup_signatures (
         pair_id   INTEGER PRIMARY KEY REFERENCES pairs(id),
-        signature BLOB NOT NULL                 -- MinHash values, little-endian u32 each
+        signature BLOB NOT NULL                 -- MinHash values, the low 16 bits of each, little-endian
     );
 
     CREATE TABLE dataset_settings (
@@ -236,6 +236,19 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (method, pair_id)
     ) WITHOUT ROWID;
     CREATE INDEX near_dup_members_by_cluster ON near_dup_members(method, representative);
+    "#,
+    // The workbench's coverage gaps (issue 11): the latest coverage report's indicators,
+    // so the assigner can hand out the largest gaps ({gap_indicators} in a template).
+    r#"
+    CREATE TABLE coverage_gaps (
+        indicator TEXT PRIMARY KEY,             -- the plan's name
+        category  TEXT NOT NULL,
+        target    INTEGER NOT NULL,
+        pairs     INTEGER NOT NULL,             -- pairs matched to it (name or alias)
+        gap       INTEGER NOT NULL,             -- max(0, target - pairs)
+        position  INTEGER NOT NULL,             -- its place in the plan
+        run_id    INTEGER NOT NULL REFERENCES dataset_runs(id)
+    ) WITHOUT ROWID;
     "#,
     // The dataset workbench, part 2 (issue 12): embeddings batches and vectors
     // (store::embeddings), stable split assignments (store::splits).

@@ -4,7 +4,8 @@
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
 //! consistent backups (`store::backup`), and the dataset workbench's own tables
 //! (`store::dataset`; pairs read as documents in `store::documents`, embeddings batches
-//! and vectors in `store::embeddings`, split assignments in `store::splits`).
+//! and vectors in `store::embeddings`, split assignments in `store::splits`); other
+//! SQLite databases read as sources of pairs (`store::source_db`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -20,6 +21,7 @@ pub mod ledger;
 pub mod migrations;
 pub mod pairs;
 pub mod sessions;
+pub mod source_db;
 pub mod splits;
 pub mod stats;
 pub mod tasks;

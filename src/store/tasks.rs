@@ -96,6 +96,17 @@ pub enum TaskKind {
     /// Integrate an archive folder of session exports (`crate::work::backfill::run_task`); the
     /// loop runs it in-process, inside budgeted sessions of the agent.
     Backfill,
+    /// The quality report (`crate::dataset::quality`), run in-process in a session.
+    Quality,
+    /// Near-duplicate clusters (`crate::dataset::near_dups`), run in-process in a session.
+    #[value(name = "near_dups")]
+    NearDups,
+    /// Coverage against a master list (`crate::dataset::coverage`), run in-process in a
+    /// session.
+    Coverage,
+    /// Import an SQLite database (`crate::engine::import_db`), run in-process in a session.
+    #[value(name = "import_db")]
+    ImportDb,
     /// The RAG export (`crate::work::deliverables`); run in-process.
     #[value(name = "export_rag")]
     ExportRag,
@@ -118,6 +129,10 @@ impl TaskKind {
             TaskKind::Agent => "agent",
             TaskKind::Ingest => "ingest",
             TaskKind::Backfill => "backfill",
+            TaskKind::Quality => "quality",
+            TaskKind::NearDups => "near_dups",
+            TaskKind::Coverage => "coverage",
+            TaskKind::ImportDb => "import_db",
             TaskKind::ExportRag => "export_rag",
             TaskKind::ExportEmbeddings => "export_embeddings",
             TaskKind::ImportEmbeddings => "import_embeddings",
@@ -135,6 +150,10 @@ impl TaskKind {
         match s {
             "ingest" => TaskKind::Ingest,
             "backfill" => TaskKind::Backfill,
+            "quality" => TaskKind::Quality,
+            "near_dups" => TaskKind::NearDups,
+            "coverage" => TaskKind::Coverage,
+            "import_db" => TaskKind::ImportDb,
             "export_rag" => TaskKind::ExportRag,
             "export_embeddings" => TaskKind::ExportEmbeddings,
             "import_embeddings" => TaskKind::ImportEmbeddings,

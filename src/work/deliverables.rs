@@ -1,19 +1,21 @@
 //! The task kinds of the workbench's deliverables (part 2): `export_rag`,
 //! `export_embeddings`, `import_embeddings`, `split` and `charts`. `perpetual run` runs
-//! them in-process, like `ingest`; each does what its command does, with the task's
-//! params instead of flags, and writes to `outbox/<the task's agent>/` unless the params
-//! name an `out` folder.
+//! them in-process in a session of their own, like part 1's kinds (`work::workbench`
+//! starts and wraps the session, whose wrap commits `outbox/<agent>/`); each does what
+//! its command does, with the task's params instead of flags, and writes to
+//! `outbox/<the task's agent>/` unless the params name another `agent`'s outbox or an
+//! `out` folder (absolute; not committed by the wrap).
 //!
 //! Params (JSON in the database; a TOML table in a plan: `params = { format = "parquet" }`),
 //! every key optional unless said otherwise:
 //!
 //! | kind | params |
 //! | --- | --- |
-//! | `export_rag` | `format` (`jsonl`, `parquet`), `exclude` (`["flagged", "near-dups"]`), `near_dup_methods`, `part_size`, `out` |
-//! | `export_embeddings` | `batch_size`, `batches`, `out` |
+//! | `export_rag` | `format` (`jsonl`, `parquet`), `exclude` (`["flagged", "near-dups"]`), `near_dup_methods`, `part_size`, `agent`, `out` |
+//! | `export_embeddings` | `batch_size`, `batches`, `agent`, `out` |
 //! | `import_embeddings` | `file` (required: the results file), `model` |
-//! | `split` | `ratios` (`"80,10,10"`), `stratify`, `formats` (`"jsonl,csv,parquet"`), `seed`, `near_dup_methods`, `out` |
-//! | `charts` | `out` |
+//! | `split` | `ratios` (`"80,10,10"`), `stratify`, `formats` (`"jsonl,csv,parquet"`), `seed`, `near_dup_methods`, `agent`, `out` |
+//! | `charts` | `agent`, `out` |
 //!
 //! They are checked when the task is added ([`check_params`]), so a task the loop could
 //! not run is refused then, not when its turn comes.
@@ -42,6 +44,8 @@ pub struct ExportRagParams {
     pub near_dup_methods: Option<Vec<String>>,
     /// Documents per part.
     pub part_size: Option<u64>,
+    /// Another agent's outbox.
+    pub agent: Option<String>,
     /// Another output folder.
     pub out: Option<PathBuf>,
 }
@@ -54,6 +58,8 @@ pub struct ExportEmbeddingsParams {
     pub batch_size: Option<u64>,
     /// New batches to make (default 1).
     pub batches: Option<u64>,
+    /// Another agent's outbox.
+    pub agent: Option<String>,
     /// Another output folder.
     pub out: Option<PathBuf>,
 }
@@ -82,6 +88,8 @@ pub struct SplitParams {
     pub seed: Option<u64>,
     /// The near-duplicate methods whose clusters share a split.
     pub near_dup_methods: Option<Vec<String>>,
+    /// Another agent's outbox.
+    pub agent: Option<String>,
     /// Another output folder.
     pub out: Option<PathBuf>,
 }
@@ -90,8 +98,22 @@ pub struct SplitParams {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChartsParams {
+    /// Another agent's outbox.
+    pub agent: Option<String>,
     /// Another output folder.
     pub out: Option<PathBuf>,
+}
+
+/// Whether `kind` is one of this module's.
+pub fn owns(kind: TaskKind) -> bool {
+    matches!(
+        kind,
+        TaskKind::ExportRag
+            | TaskKind::ExportEmbeddings
+            | TaskKind::ImportEmbeddings
+            | TaskKind::Split
+            | TaskKind::Charts
+    )
 }
 
 fn parse<T: for<'de> Deserialize<'de> + Default>(
@@ -155,12 +177,36 @@ fn split_options(p: &SplitParams) -> Result<split::SplitOptions> {
     })
 }
 
+/// `agent` names an agent, `out` is absolute, and not both are given.
+fn check_destination(id: &str, agent: &Option<String>, out: &Option<PathBuf>) -> Result<()> {
+    if let Some(a) = agent {
+        crate::root::check_agent_name(a)?;
+    }
+    if let Some(o) = out {
+        anyhow::ensure!(
+            o.is_absolute(),
+            "task {id}: out must be an absolute path, got {}",
+            o.display()
+        );
+    }
+    anyhow::ensure!(
+        agent.is_none() || out.is_none(),
+        "task {id}: give agent or out, not both"
+    );
+    Ok(())
+}
+
 /// Checks the params of one of this module's kinds.
 pub fn check_params(id: &str, kind: TaskKind, params: Option<&serde_json::Value>) -> Result<()> {
     match kind {
-        TaskKind::ExportRag => rag_options(id, &parse(id, params)?).map(|_| ()),
+        TaskKind::ExportRag => {
+            let p: ExportRagParams = parse(id, params)?;
+            check_destination(id, &p.agent, &p.out)?;
+            rag_options(id, &p).map(|_| ())
+        }
         TaskKind::ExportEmbeddings => {
             let p: ExportEmbeddingsParams = parse(id, params)?;
+            check_destination(id, &p.agent, &p.out)?;
             anyhow::ensure!(
                 p.batch_size != Some(0),
                 "task {id}: batch_size must be at least 1"
@@ -180,8 +226,17 @@ pub fn check_params(id: &str, kind: TaskKind, params: Option<&serde_json::Value>
             );
             Ok(())
         }
-        TaskKind::Split => split_options(&parse(id, params)?).map(|_| ()),
-        TaskKind::Charts => parse::<ChartsParams>(id, params).map(|_| ()),
+        TaskKind::Split => {
+            let p: SplitParams = parse(id, params)?;
+            check_destination(id, &p.agent, &p.out)?;
+            split_options(&p)
+                .with_context(|| format!("task {id}"))
+                .map(|_| ())
+        }
+        TaskKind::Charts => {
+            let p: ChartsParams = parse(id, params)?;
+            check_destination(id, &p.agent, &p.out)
+        }
         other => anyhow::bail!("{} is not a deliverables kind", other.as_str()),
     }
 }
@@ -197,11 +252,13 @@ pub fn run_task(
     params: Option<&serde_json::Value>,
 ) -> Result<String> {
     let mut progress = Progress::hidden();
-    let outputs = |out: &Option<PathBuf>| Outputs::new(root, Some(agent), out.as_deref());
+    let outputs = |to: &Option<String>, out: &Option<PathBuf>| {
+        Outputs::new(root, Some(to.as_deref().unwrap_or(agent)), out.as_deref())
+    };
     match kind {
         TaskKind::ExportRag => {
             let p: ExportRagParams = parse(id, params)?;
-            let mut out = outputs(&p.out)?;
+            let mut out = outputs(&p.agent, &p.out)?;
             let s = export::rag(conn, &rag_options(id, &p)?, &mut out, &mut progress)?;
             Ok(format!(
                 "RAG export: {} of {} pairs in {} part(s) to {}",
@@ -213,7 +270,7 @@ pub fn run_task(
         }
         TaskKind::ExportEmbeddings => {
             let p: ExportEmbeddingsParams = parse(id, params)?;
-            let mut out = outputs(&p.out)?;
+            let mut out = outputs(&p.agent, &p.out)?;
             let opts = embeddings::ExportOptions {
                 batch_size: p.batch_size.unwrap_or(config.embeddings.batch_size),
                 batches: p.batches.unwrap_or(1),
@@ -244,7 +301,7 @@ pub fn run_task(
         }
         TaskKind::Split => {
             let p: SplitParams = parse(id, params)?;
-            let mut out = outputs(&p.out)?;
+            let mut out = outputs(&p.agent, &p.out)?;
             let s = split::run(conn, &split_options(&p)?, &mut out, &mut progress)?;
             Ok(format!(
                 "split: train {}, val {}, test {} ({} placed now, {} moved)",
@@ -253,7 +310,7 @@ pub fn run_task(
         }
         TaskKind::Charts => {
             let p: ChartsParams = parse(id, params)?;
-            let mut out = outputs(&p.out)?;
+            let mut out = outputs(&p.agent, &p.out)?;
             let s = charts::run(conn, config.goal, &mut out, &mut progress)?;
             Ok(format!(
                 "charts: {} to {}",
