@@ -30,6 +30,49 @@ fn grow(env: &Env, seed: u64, files: usize, pairs: usize, first: u64) {
     env.run(&["ingest"]).expect(0);
 }
 
+/// `perpetual generate` with planted near-duplicates (`--near-dups`), into inbox/droid/,
+/// then `ingest`.
+fn grow_with_near_dups(env: &Env, seed: u64, files: usize, pairs: usize, first: u64, ratio: &str) {
+    env.run(&[
+        "generate",
+        "--out",
+        "inbox/droid",
+        "--files",
+        &files.to_string(),
+        "--pairs",
+        &pairs.to_string(),
+        "--first-pair-id",
+        &first.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--near-dups",
+        ratio,
+    ])
+    .expect(0);
+    // Generated names repeat across seeds: integrate before the next batch lands.
+    env.run(&["ingest"]).expect(0);
+}
+
+/// Clusters of `method` as stored: representative → members.
+fn clusters(env: &Env, method: &str) -> BTreeMap<i64, Vec<i64>> {
+    let db = env.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT representative, pair_id FROM near_dup_members WHERE method = ?1
+             ORDER BY representative, pair_id",
+        )
+        .unwrap();
+    let mut out: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for r in stmt
+        .query_map([method], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .unwrap()
+    {
+        let (rep, id) = r.unwrap();
+        out.entry(rep).or_default().push(id);
+    }
+    out
+}
+
 /// Every file under `rel`, name → bytes.
 fn read_all(env: &Env, rel: &str) -> BTreeMap<String, Vec<u8>> {
     fn walk(base: &std::path::Path, dir: &std::path::Path, out: &mut BTreeMap<String, Vec<u8>>) {
@@ -82,26 +125,6 @@ fn parquet_ids(env: &Env, rel: &str) -> Vec<i64> {
         ids.extend((0..col.len()).map(|i| col.value(i)));
     }
     ids
-}
-
-/// Plants near-duplicate clusters of `method` as the near-duplicate runs store them:
-/// each cluster is a list of pair ids, the lowest the representative.
-fn plant_clusters(env: &Env, method: &str, clusters: &[Vec<i64>]) {
-    use perpetual::store::dataset::{ClusterMember, begin_run, replace_cluster_members};
-    let conn = perpetual::store::open(&env.path("perpetual.db")).unwrap();
-    let run = begin_run(&conn, "near_dups", &json!({"planted": true}), 0, 0, "t").unwrap();
-    let mut members = Vec::new();
-    for c in clusters {
-        let rep = *c.iter().min().unwrap();
-        for &id in c {
-            members.push(ClusterMember {
-                pair_id: id,
-                representative: rep,
-                similarity: if id == rep { 1.0 } else { 0.9 },
-            });
-        }
-    }
-    replace_cluster_members(&conn, method, run, &members).unwrap();
 }
 
 #[test]
@@ -203,7 +226,7 @@ fn rag_export_reads_back_as_jsonl_and_parquet_and_is_identical_twice() {
 #[test]
 fn rag_export_leaves_out_flagged_pairs_and_keeps_one_pair_per_near_duplicate_cluster() {
     let env = Env::new();
-    grow(&env, 2, 3, 100, 0);
+    grow_with_near_dups(&env, 2, 3, 100, 0, "0.05");
     let pairs = env.count("SELECT COUNT(*) FROM pairs");
     // Without runs, the filters have nothing to work with and say so.
     let run = env
@@ -224,15 +247,17 @@ fn rag_export_leaves_out_flagged_pairs_and_keeps_one_pair_per_near_duplicate_clu
     assert_eq!(run.json()["counts"]["excluded_flagged"], flagged);
     assert_eq!(run.json()["counts"]["exported"], pairs - flagged);
 
-    plant_clusters(&env, "minhash", &[vec![3, 40, 41], vec![7, 100]]);
-    plant_clusters(&env, "cosine", &[vec![100, 150]]);
+    // Near-duplicates as `near-dups` finds them among the planted ones.
+    let nd = env.run(&["near-dups", "--json"]).expect(0).json();
+    let found = clusters(&env, "minhash");
+    assert!(found.len() >= 5, "{nd}");
     let run = env
         .run(&["export", "rag", "--exclude", "near-dups", "--json"])
         .expect(0);
-    // 40, 41 (of 3), 100 and 150 (of 7, through 100): four left out.
+    let left_out = nd["pairs_in_clusters"].as_i64().unwrap() - nd["clusters"].as_i64().unwrap();
     assert_eq!(
         run.json()["counts"]["excluded_near_dups"],
-        4,
+        left_out,
         "{}",
         run.explain()
     );
@@ -240,10 +265,23 @@ fn rag_export_leaves_out_flagged_pairs_and_keeps_one_pair_per_near_duplicate_clu
         .iter()
         .map(|d| d["id"].as_i64().unwrap())
         .collect();
-    assert!(ids.contains(&3) && ids.contains(&7));
-    for gone in [40, 41, 100, 150] {
-        assert!(!ids.contains(&gone), "{gone} is a near-duplicate");
+    for (rep, members) in &found {
+        assert!(ids.contains(rep), "representative {rep} kept");
+        for m in members.iter().filter(|m| *m != rep) {
+            assert!(!ids.contains(m), "{m} is a near-duplicate of {rep}");
+        }
     }
+    // Both filters: a flagged representative gives its place to the cluster's next pair.
+    let run = env
+        .run(&["export", "rag", "--exclude", "flagged,near-dups", "--json"])
+        .expect(0);
+    let c = run.json()["counts"].clone();
+    assert_eq!(
+        c["exported"].as_i64().unwrap()
+            + c["excluded_flagged"].as_i64().unwrap()
+            + c["excluded_near_dups"].as_i64().unwrap(),
+        pairs
+    );
     let run = env
         .run(&[
             "export",
@@ -251,16 +289,24 @@ fn rag_export_leaves_out_flagged_pairs_and_keeps_one_pair_per_near_duplicate_clu
             "--exclude",
             "near-dups",
             "--near-dup-methods",
-            "minhash",
+            "cosine",
             "--json",
         ])
         .expect(0);
-    assert_eq!(run.json()["counts"]["excluded_near_dups"], 3);
+    assert_eq!(
+        run.json()["counts"]["excluded_near_dups"],
+        0,
+        "no cosine run yet"
+    );
+    assert!(
+        run.stderr()
+            .contains("no near-duplicate clusters of cosine")
+    );
     let manifest: Value = serde_json::from_slice(
         &std::fs::read(env.path("outbox/zai/rag_export/manifest.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(manifest["filters"]["near_dup_methods"], json!(["minhash"]));
+    assert_eq!(manifest["filters"]["near_dup_methods"], json!(["cosine"]));
 }
 
 /// Pair id → split, read back from `splits/<split>.jsonl`.
@@ -315,9 +361,11 @@ fn assert_ratios(env: &Env, assigned: &BTreeMap<i64, String>) {
 #[test]
 fn splits_keep_every_pair_in_place_as_the_database_grows_and_clusters_together() {
     let env = Env::new();
-    grow(&env, 3, 8, 150, 0);
+    grow_with_near_dups(&env, 3, 8, 150, 0, "0.03");
     let first = env.count("SELECT COUNT(*) FROM pairs");
-    plant_clusters(&env, "minhash", &[vec![5, 60, 700]]);
+    env.run(&["near-dups"]).expect(0);
+    let before_clusters = clusters(&env, "minhash");
+    assert!(before_clusters.len() >= 10, "{before_clusters:?}");
 
     let run = env.run(&["split", "--seed", "7", "--json"]).expect(0);
     let s = run.json();
@@ -326,8 +374,10 @@ fn splits_keep_every_pair_in_place_as_the_database_grows_and_clusters_together()
     let before = split_of(&env, "outbox/zai");
     assert_eq!(before.len() as i64, first);
     assert_ratios(&env, &before);
-    let cluster_split = &before[&5];
-    assert!(before[&60] == *cluster_split && before[&700] == *cluster_split);
+    for members in before_clusters.values() {
+        let splits: BTreeSet<&String> = members.iter().map(|m| &before[m]).collect();
+        assert_eq!(splits.len(), 1, "cluster {members:?} spans {splits:?}");
+    }
 
     // CSV and Parquet hold the same rows.
     for split in ["train", "val", "test"] {
@@ -369,12 +419,31 @@ fn splits_keep_every_pair_in_place_as_the_database_grows_and_clusters_together()
     env.run(&["split", "--seed", "7"]).expect(0);
     assert_eq!(read_all(&env, "outbox/zai/splits"), files);
 
-    // Growth: new pairs, one of them a near-duplicate of the cluster.
-    grow(&env, 4, 4, 150, 100_000);
+    // Growth: new pairs, and a near-duplicate of a clustered pair (its commas dropped).
+    let (rep, members) = before_clusters.iter().next().unwrap();
+    let (question, answer): (String, String) = env
+        .db()
+        .query_row(
+            "SELECT question, answer FROM pairs WHERE id = ?1",
+            [rep],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let variant = json!([{"question": question, "answer": format!("{} ", answer.replace(',', "")) + "Indeed."}]);
+    env.drop_file("droid", "variant.json", variant.to_string());
+    env.run(&["ingest"]).expect(0);
+    let newcomer = env.count("SELECT MAX(id) FROM pairs");
+    grow_with_near_dups(&env, 4, 4, 150, 100_000, "0.03");
     let total = env.count("SELECT COUNT(*) FROM pairs");
     assert!(total > first + 400, "{total}");
-    let newcomer = first + 10;
-    plant_clusters(&env, "minhash", &[vec![5, 60, 700, newcomer]]);
+    env.run(&["near-dups"]).expect(0);
+    let after_clusters = clusters(&env, "minhash");
+    assert!(
+        after_clusters[rep].contains(&newcomer),
+        "the variant {newcomer} joins {rep}'s cluster {members:?}: {:?}",
+        after_clusters.get(rep)
+    );
+    let cluster_split = before[rep].clone();
     let run = env.run(&["split", "--seed", "7", "--json"]).expect(0);
     let s = run.json();
     assert_eq!(s["previously_assigned"], first, "{}", run.explain());
@@ -387,9 +456,13 @@ fn splits_keep_every_pair_in_place_as_the_database_grows_and_clusters_together()
         assert_eq!(&after[id], split, "pair {id} moved");
     }
     assert_eq!(
-        &after[&newcomer], cluster_split,
+        after[&newcomer], cluster_split,
         "the newcomer joins its cluster's split"
     );
+    for members in after_clusters.values() {
+        let splits: BTreeSet<&String> = members.iter().map(|m| &after[m]).collect();
+        assert_eq!(splits.len(), 1, "cluster {members:?} spans {splits:?}");
+    }
     assert_ratios(&env, &after);
 
     // Another seed is another split; formats not asked for are removed.
