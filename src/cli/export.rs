@@ -97,8 +97,9 @@ fn rag(root: &Root, args: RagArgs) -> Result<Exit> {
     }
     let mut out = args.deliver.outputs(root)?;
     let mut progress = Progress::shown("export rag");
-    let summary = export::rag(&conn, &opts, &mut out, &mut progress)?;
+    let mut summary = export::rag(&conn, &opts, &mut out, &mut progress)?;
     drop(progress);
+    summary.peak_rss_kb = super::output::peak_rss_kb();
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }
@@ -133,8 +134,10 @@ fn embeddings(root: &Root, args: EmbeddingsArgs) -> Result<Exit> {
     };
     let mut out = args.deliver.outputs(root)?;
     let mut progress = Progress::shown("export embeddings");
-    let summary = embeddings::export(&conn, &config.embeddings, &opts, &mut out, &mut progress)?;
+    let mut summary =
+        embeddings::export(&conn, &config.embeddings, &opts, &mut out, &mut progress)?;
     drop(progress);
+    summary.peak_rss_kb = super::output::peak_rss_kb();
     if args.deliver.json {
         print_json(&summary)?;
         return Ok(Exit::Ok);

@@ -45,12 +45,13 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
 fn import_embeddings(root: &Root, args: EmbeddingsArgs) -> Result<Exit> {
     let (_config, conn) = super::open(root)?;
     let mut progress = Progress::shown("import embeddings");
-    let report =
+    let mut report =
         embeddings::import_file(&conn, &args.file, args.model.as_deref(), &mut |p| match p {
             embeddings::Progress::Size(n) => progress.stage("reading results (bytes)", n),
             embeddings::Progress::Read(n) => progress.advance(n),
         })?;
     drop(progress);
+    report.peak_rss_kb = super::output::peak_rss_kb();
     if args.json {
         print_json(&report)?;
         return Ok(Exit::Ok);

@@ -32,7 +32,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     let mut out = args.deliver.outputs(root)?;
     let mut progress = Progress::shown("near-dups");
     if let Some(t) = args.cosine {
-        let summary = cosine::run(
+        let mut summary = cosine::run(
             &conn,
             &config.cosine,
             (!t.is_nan()).then_some(t),
@@ -41,6 +41,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             &mut progress,
         )?;
         drop(progress);
+        summary.peak_rss_kb = super::output::peak_rss_kb();
         if args.deliver.json {
             print_json(&summary)?;
             return Ok(Exit::Ok);

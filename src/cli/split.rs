@@ -42,8 +42,9 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     };
     let mut out = args.deliver.outputs(root)?;
     let mut progress = Progress::shown("split");
-    let summary = split::run(&conn, &opts, &mut out, &mut progress)?;
+    let mut summary = split::run(&conn, &opts, &mut out, &mut progress)?;
     drop(progress);
+    summary.peak_rss_kb = super::output::peak_rss_kb();
     if args.deliver.json {
         print_json(&summary)?;
         return Ok(Exit::Ok);

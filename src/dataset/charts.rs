@@ -168,6 +168,9 @@ pub struct ChartsSummary {
     pub removed: Vec<String>,
     /// Wall time.
     pub seconds: f64,
+    /// The process's peak resident memory in KiB, when the command line reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kb: Option<u64>,
 }
 
 fn name_of(s: &Option<String>) -> String {
@@ -1140,6 +1143,7 @@ pub fn run(
         files,
         removed,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kb: None,
     })
 }
 

@@ -157,6 +157,9 @@ pub struct Summary {
     pub files: Vec<WrittenFile>,
     /// Wall time.
     pub seconds: f64,
+    /// The process's peak resident memory in KiB, when the command line reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kb: Option<u64>,
 }
 
 /// Unit vectors in one buffer.
@@ -502,6 +505,7 @@ pub fn run(
         run: run_id,
         files,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kb: None,
     })
 }
 

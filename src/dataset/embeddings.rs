@@ -126,6 +126,9 @@ pub struct ExportSummary {
     pub files: Vec<WrittenFile>,
     /// Wall time.
     pub seconds: f64,
+    /// The process's peak resident memory in KiB, when the command line reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kb: Option<u64>,
 }
 
 /// What to export.
@@ -233,6 +236,7 @@ pub fn export(
         run: run_id,
         files,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kb: None,
     })
 }
 

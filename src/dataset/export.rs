@@ -138,6 +138,9 @@ pub struct RagSummary {
     pub removed: Vec<String>,
     /// Wall time.
     pub seconds: f64,
+    /// The process's peak resident memory in KiB, when the command line reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kb: Option<u64>,
 }
 
 /// Writes the RAG export of the snapshot.
@@ -283,6 +286,7 @@ pub fn rag(
         files,
         removed,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kb: None,
     })
 }
 

@@ -261,6 +261,9 @@ pub struct SplitSummary {
     pub removed: Vec<String>,
     /// Wall time.
     pub seconds: f64,
+    /// The process's peak resident memory in KiB, when the command line reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kb: Option<u64>,
 }
 
 /// The hash that orders units: blake3 of the seed, the stratum and the key.
@@ -515,6 +518,7 @@ pub fn run(
         files: written,
         removed,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kb: None,
     })
 }
 

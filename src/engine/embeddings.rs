@@ -106,6 +106,9 @@ pub struct ImportReport {
     pub malformed: Problems,
     /// Wall time.
     pub seconds: f64,
+    /// The process's peak resident memory in KiB, when the command line reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kb: Option<u64>,
 }
 
 impl ImportReport {

@@ -1,0 +1,166 @@
+//! The deliverables at scale, through the real binary: time and peak memory (VmHWM, as
+//! each command reports it in `--json`) of `export rag` (JSON Lines and Parquet), `split`
+//! (JSON Lines, CSV and Parquet; a first run that places every pair, and a re-run where
+//! every pair is placed already) and `charts`, over a database of N generated pairs.
+//!
+//! ```sh
+//! cargo build --release --examples
+//! cargo run --release --example deliverables_scale -- 1000000     # pairs (default 1,000,000)
+//! ```
+//! Set SCALE_DIR to keep the database and the outputs (default: a temporary folder,
+//! removed at the end). The load average is printed before and after each command: the
+//! machine is shared. Figures and method: BENCHMARKS.md.
+
+use perpetual::generate::{self, GenConfig};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const PAIRS_PER_FILE: usize = 1_000;
+const CHUNK_FILES: usize = 100;
+
+fn main() {
+    let pairs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.replace('_', "").parse().expect("PAIRS must be a number"))
+        .unwrap_or(1_000_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::env::var_os("SCALE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let bin = binary();
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    println!("binary {}, root {}", bin.display(), root.display());
+
+    if !root.join("perpetual.db").exists() {
+        let t = Instant::now();
+        fill(&bin, &root, &base.join("chunk"), pairs);
+        println!(
+            "database of {pairs} pairs made in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+        run(&bin, &root, &["quality", "--json"]);
+    }
+
+    println!();
+    println!("| command | seconds | peak RSS | load before → after |");
+    println!("| --- | ---: | ---: | --- |");
+    for (name, args) in [
+        ("export rag (jsonl)", vec!["export", "rag", "--json"]),
+        (
+            "export rag (parquet)",
+            vec!["export", "rag", "--format", "parquet", "--json"],
+        ),
+        (
+            "export rag --exclude flagged,near-dups (jsonl)",
+            vec!["export", "rag", "--exclude", "flagged,near-dups", "--json"],
+        ),
+        (
+            "split, first run (jsonl, csv, parquet)",
+            vec!["split", "--json"],
+        ),
+        ("split, re-run (every pair placed)", vec!["split", "--json"]),
+        ("charts", vec!["charts", "--json"]),
+    ] {
+        let before = loadavg();
+        let t = Instant::now();
+        let report = run(&bin, &root, &args);
+        let seconds = t.elapsed().as_secs_f64();
+        let rss = report["peak_rss_kb"].as_u64().unwrap_or(0);
+        println!(
+            "| {name} | {seconds:.1} | {:.0} MB | {before} → {} |",
+            rss as f64 / 1024.0,
+            loadavg()
+        );
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    println!();
+    println!(
+        "database {:.0} MB; rag_export {:.0} MB (jsonl parts)",
+        size(&root.join("perpetual.db")) as f64 / 1e6,
+        dir_size(&root.join("outbox/zai/rag_export")) as f64 / 1e6
+    );
+}
+
+/// The release binary next to this example.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|p| p.parent()).unwrap();
+    let bin = dir.join("perpetual");
+    assert!(
+        bin.exists(),
+        "build it first: cargo build --release ({})",
+        bin.display()
+    );
+    bin
+}
+
+/// Generates `pairs` pairs in chunks of files and ingests each chunk in place, so disk
+/// and memory hold one chunk at a time.
+fn fill(bin: &Path, root: &Path, chunk_dir: &Path, pairs: usize) {
+    let files = pairs.div_ceil(PAIRS_PER_FILE);
+    let mut written = 0;
+    let mut chunk = 0u64;
+    while written < files {
+        let n = CHUNK_FILES.min(files - written);
+        let generated = generate::generate(&GenConfig {
+            seed: chunk,
+            files: n,
+            pairs_per_file: PAIRS_PER_FILE,
+            first_pair_id: (written * PAIRS_PER_FILE) as u64,
+            ..GenConfig::default()
+        });
+        let _ = std::fs::remove_dir_all(chunk_dir);
+        generate::write_files(chunk_dir, &generated).unwrap();
+        run(
+            bin,
+            root,
+            &[
+                "ingest",
+                chunk_dir.to_str().unwrap(),
+                "--agent",
+                "droid",
+                "--json",
+            ],
+        );
+        written += n;
+        chunk += 1;
+    }
+    let _ = std::fs::remove_dir_all(chunk_dir);
+}
+
+/// Runs `perpetual --root ROOT ARGS`, which must succeed; its `--json` report.
+fn run(bin: &Path, root: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(bin)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("run perpetual");
+    assert!(
+        out.status.success(),
+        "perpetual {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().next().unwrap_or("?").to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
