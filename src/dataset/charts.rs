@@ -740,15 +740,16 @@ fn draw_bars(
     for (i, b) in bars.iter().enumerate() {
         let y = (n - 1 - i) as i32;
         let v = value(b);
-        chart
-            .draw_series(std::iter::once(Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(y)),
-                    (v, SegmentValue::Exact(y + 1)),
-                ],
-                color.filled(),
-            )))
-            .map_err(draw_err)?;
+        let mut bar = Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(y)),
+                (v, SegmentValue::Exact(y + 1)),
+            ],
+            color.filled(),
+        );
+        // A gap between neighbouring bars.
+        bar.set_margin(3, 3, 0, 0);
+        chart.draw_series(std::iter::once(bar)).map_err(draw_err)?;
         chart
             .draw_series(std::iter::once(Text::new(
                 label(b),

@@ -343,8 +343,9 @@ pub fn run(
     let by_anchor = groups.by_anchor();
     let mut straddles = Vec::new();
     let mut new: Vec<(i64, u8)> = Vec::new();
-    // Units to place: (stratum, size, hash, anchor, members).
-    let mut units: Vec<(u32, usize, u64, i64, Vec<i64>)> = Vec::new();
+    // Units to place: (stratum, size, hash, anchor); a group's members are looked up by
+    // its anchor, a single pair is its own anchor (no allocation per pair).
+    let mut units: Vec<(u32, usize, u64, i64)> = Vec::new();
     for (&anchor, members) in &by_anchor {
         let known: Vec<(i64, u8)> = members
             .iter()
@@ -375,13 +376,12 @@ pub fn run(
                 members.len(),
                 hash_of[anchor as usize],
                 anchor,
-                members.clone(),
             )),
         }
     }
     for id in 1..size {
         if stratum_of[id] != u32::MAX && split_of[id] == UNASSIGNED && !groups.contains(id as i64) {
-            units.push((stratum_of[id], 1, hash_of[id], id as i64, vec![id as i64]));
+            units.push((stratum_of[id], 1, hash_of[id], id as i64));
         }
     }
 
@@ -396,7 +396,12 @@ pub fn run(
     units.sort_by(|a, b| {
         (a.0, std::cmp::Reverse(a.1), a.2, a.3).cmp(&(b.0, std::cmp::Reverse(b.1), b.2, b.3))
     });
-    for (stratum, weight, _, _, members) in &units {
+    for (stratum, weight, _, anchor) in &units {
+        let members: &[i64] = if *weight > 1 {
+            &by_anchor[anchor]
+        } else {
+            std::slice::from_ref(anchor)
+        };
         let c = &counts[*stratum as usize];
         let total_after = (c.iter().sum::<u64>() + *weight as u64) as f64;
         let mut best = 0usize;
