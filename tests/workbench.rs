@@ -992,3 +992,40 @@ fn workbench_task_kinds_check_their_params_when_added() {
     );
     assert_eq!(env.count("SELECT COUNT(*) FROM tasks WHERE id = 'ok'"), 0);
 }
+
+#[test]
+fn a_workbench_task_whose_session_a_dead_loop_left_active_runs_again_in_a_new_one() {
+    let env = Env::new();
+    env.drop_file("droid", "q.json", quality_drop());
+    env.run(&["ingest"]).expect(0);
+    env.run(&[
+        "task",
+        "add",
+        "quality_validation",
+        "--agent",
+        "zai",
+        "--kind",
+        "quality",
+    ])
+    .expect(0);
+    // What a loop killed in the middle of the task leaves: its session still active.
+    env.run(&["session", "start", "--agent", "zai"]).expect(0);
+    let run = env.run(&["run", "--once"]).expect(0);
+    let t = env
+        .run(&["task", "show", "quality_validation", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(t["status"], "completed", "{t:#}\n{}", run.explain());
+    assert_eq!(t["sessions"].as_array().unwrap().len(), 2);
+    assert!(
+        env.path("outbox/zai/quality_analysis_report.json")
+            .is_file()
+    );
+    let active = env.run(&["session", "status"]);
+    assert_eq!(
+        active.code(),
+        4,
+        "no session left active\n{}",
+        active.explain()
+    );
+}

@@ -60,7 +60,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         println!("{:.2} s", summary.seconds);
         return Ok(Exit::Ok);
     }
-    let summary = near_dups::run(
+    let mut summary = near_dups::run(
         &conn,
         &config.near_dups,
         args.threshold,
@@ -68,6 +68,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         &mut progress,
     )?;
     drop(progress);
+    summary.peak_rss_kb = super::output::peak_rss_kb();
     if args.deliver.json {
         print_json(&summary)?;
         return Ok(Exit::Ok);

@@ -18,8 +18,9 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     let (config, conn) = super::open(root)?;
     let mut out = args.deliver.outputs(root)?;
     let mut progress = Progress::shown("quality");
-    let summary = quality::run(&conn, &config.quality, &mut out, &mut progress)?;
+    let mut summary = quality::run(&conn, &config.quality, &mut out, &mut progress)?;
     drop(progress);
+    summary.peak_rss_kb = super::output::peak_rss_kb();
     if args.deliver.json {
         print_json(&summary)?;
         return Ok(Exit::Ok);

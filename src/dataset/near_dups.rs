@@ -192,6 +192,8 @@ pub struct Summary {
     pub files: Vec<WrittenFile>,
     /// Wall time.
     pub seconds: f64,
+    /// Peak resident memory of the process (KiB, Linux), filled in by the command.
+    pub peak_rss_kb: Option<u64>,
 }
 
 /// The shingle set of a pair: its question and answer, as one text.
@@ -331,6 +333,7 @@ pub fn run(
         run: run_id,
         files,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kb: None,
     })
 }
 
@@ -532,7 +535,7 @@ fn verify(
 }
 
 /// Pairs per verification block (see [`verify`]).
-pub const VERIFY_BLOCK: usize = 50_000;
+pub const VERIFY_BLOCK: usize = 100_000;
 
 /// The shingle sets of one block of pair ids, flat.
 struct Block {

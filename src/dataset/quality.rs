@@ -316,6 +316,10 @@ fn is_truncated(answer: &str) -> bool {
 /// â, ð...) followed by the characters its continuation bytes become. Re-encoding the
 /// run as windows-1252 gives back a valid UTF-8 sequence.
 pub fn has_mojibake(text: &str) -> bool {
+    // Every lead is in U+00C2..U+00F4, two bytes of UTF-8 starting 0xC3: most text has none.
+    if !text.as_bytes().contains(&0xC3) {
+        return false;
+    }
     let chars: Vec<char> = text.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
         let need = match c {
@@ -582,6 +586,8 @@ pub struct Summary {
     pub files: Vec<WrittenFile>,
     /// Wall time.
     pub seconds: f64,
+    /// Peak resident memory of the process (KiB, Linux), filled in by the command.
+    pub peak_rss_kb: Option<u64>,
 }
 
 struct Evaluated {
@@ -753,6 +759,7 @@ pub fn run(
         run: run_id,
         files,
         seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kb: None,
     })
 }
 

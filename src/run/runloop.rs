@@ -392,7 +392,7 @@ impl<'c> Loop<'c> {
             // run_task continues a backfill's own active session itself.
             TaskKind::Backfill => !paused,
             TaskKind::Ingest => true,
-            // In a session of their own, like a backfill.
+            // In a session of their own, like a backfill (run_task wraps one a dead loop left).
             TaskKind::Quality
             | TaskKind::NearDups
             | TaskKind::Coverage
@@ -401,7 +401,7 @@ impl<'c> Loop<'c> {
             | TaskKind::ExportEmbeddings
             | TaskKind::ImportEmbeddings
             | TaskKind::Split
-            | TaskKind::Charts => !paused && !busy.contains(&t.id),
+            | TaskKind::Charts => !paused,
         };
         let views = tasks::views(self.conn)?;
         let mine = || views.iter().filter(|v| v.task.agent == agent);

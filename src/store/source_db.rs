@@ -174,11 +174,17 @@ pub fn create_legacy(path: &Path, rows: &[LegacyRow]) -> Result<()> {
         "{} exists; generate --db writes a new database",
         path.display()
     );
+    append_legacy(path, rows)
+}
+
+/// [`create_legacy`], appending to the database when it exists (benchmarks write one in
+/// chunks).
+pub fn append_legacy(path: &Path, rows: &[LegacyRow]) -> Result<()> {
     let mut conn =
         Connection::open(path).with_context(|| format!("cannot create {}", path.display()))?;
     let tx = conn.transaction()?;
     tx.execute_batch(
-        "CREATE TABLE qa_pairs (
+        "CREATE TABLE IF NOT EXISTS qa_pairs (
             id                 INTEGER PRIMARY KEY AUTOINCREMENT,
             indicator_name     TEXT,
             indicator_category TEXT,

@@ -206,6 +206,24 @@ pub fn run_task(
     } else {
         Params::of(task)?
     };
+    // A session of this task still active was left by a loop that died mid-task: the
+    // work starts again (its outputs are rewritten whole; an import resumes at its
+    // checkpoint), in a new session.
+    for left in crate::store::sessions::active(conn, Some(&task.agent))?
+        .into_iter()
+        .filter(|s| s.task_id.as_deref() == Some(task.id.as_str()))
+    {
+        session::wrap(
+            conn,
+            root,
+            config,
+            &left.id,
+            &WrapInput {
+                next: Some(format!("{} starts again in a new session", task.id)),
+                ..WrapInput::default()
+            },
+        )?;
+    }
     let started = session::start(
         conn,
         config,
