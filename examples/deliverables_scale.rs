@@ -44,8 +44,8 @@ fn main() {
     }
 
     println!();
-    println!("| command | seconds | peak RSS | load before → after |");
-    println!("| --- | ---: | ---: | --- |");
+    println!("| command | seconds | peak RSS | written | load before → after |");
+    println!("| --- | ---: | ---: | ---: | --- |");
     for (name, args) in [
         ("export rag (jsonl)", vec!["export", "rag", "--json"]),
         (
@@ -68,19 +68,22 @@ fn main() {
         let report = run(&bin, &root, &args);
         let seconds = t.elapsed().as_secs_f64();
         let rss = report["peak_rss_kb"].as_u64().unwrap_or(0);
+        let written: u64 = report["files"]
+            .as_array()
+            .map(|f| f.iter().filter_map(|f| f["bytes"].as_u64()).sum())
+            .unwrap_or(0);
         println!(
-            "| {name} | {seconds:.1} | {:.0} MB | {before} → {} |",
+            "| {name} | {seconds:.1} | {:.0} MB | {:.0} MB | {before} → {} |",
             rss as f64 / 1024.0,
+            written as f64 / 1e6,
             loadavg()
         );
     }
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(root.join("perpetual.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     println!();
-    println!(
-        "database {:.0} MB; rag_export {:.0} MB (jsonl parts)",
-        size(&root.join("perpetual.db")) as f64 / 1e6,
-        dir_size(&root.join("outbox/zai/rag_export")) as f64 / 1e6
-    );
+    println!("database {:.0} MB", size as f64 / 1e6);
 }
 
 /// The release binary next to this example.
@@ -151,16 +154,4 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().next().unwrap_or("?").to_string())
         .unwrap_or_else(|_| "?".into())
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
