@@ -199,15 +199,28 @@ fn ranked(counts: HashMap<String, u64>) -> Vec<(String, u64)> {
 pub fn figures(conn: &Connection, goal: u64, progress: &mut Progress) -> Result<Figures> {
     let (max_id, pairs) = store::snapshot(conn)?;
     let quality_run = store::last_run(conn, "quality")?;
-    let flags: HashMap<i64, Vec<String>> = if quality_run.is_some() {
-        store::quality_flags(conn)?
-            .into_iter()
-            .filter(|f| f.pair_id <= max_id)
-            .map(|f| (f.pair_id, f.flags))
-            .collect()
-    } else {
-        HashMap::new()
-    };
+    // Flagged pairs as (id, bit set of flag names), in id order like the pairs read below,
+    // so the two are merged with a cursor: 16 bytes a flagged pair, not a map of strings.
+    let mut flag_names: Vec<String> = Vec::new();
+    let mut flags: Vec<(i64, u64)> = Vec::new();
+    if quality_run.is_some() {
+        documents::for_each_flagged(conn, max_id, &mut |pair_id, names| {
+            let mut bits = 0u64;
+            for name in names {
+                let i = match flag_names.iter().position(|n| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        flag_names.push(name);
+                        flag_names.len() - 1
+                    }
+                };
+                bits |= 1u64 << i.min(63);
+            }
+            flags.push((pair_id, bits));
+            Ok(())
+        })?;
+    }
+    let mut next_flag = 0usize;
     let mut by_cell: HashMap<(String, String), u64> = HashMap::new();
     let mut by_cell_agent: HashMap<(String, String), u64> = HashMap::new();
     let mut by_indicator: HashMap<String, u64> = HashMap::new();
@@ -233,10 +246,17 @@ pub fn figures(conn: &Connection, goal: u64, progress: &mut Progress) -> Result<
             .or_default() += 1;
         *by_indicator.entry(indicator).or_default() += 1;
         *by_agent.entry(s.agent.clone()).or_default() += 1;
-        if let Some(f) = flags.get(&s.id) {
+        while next_flag < flags.len() && flags[next_flag].0 < s.id {
+            next_flag += 1;
+        }
+        if let Some(&(id, bits)) = flags.get(next_flag)
+            && id == s.id
+        {
             *flagged_by_category.entry(category.clone()).or_default() += 1;
-            for name in f {
-                *by_flag.entry(name.clone()).or_default() += 1;
+            for (i, name) in flag_names.iter().enumerate() {
+                if bits & (1u64 << i.min(63)) != 0 {
+                    *by_flag.entry(name.clone()).or_default() += 1;
+                }
             }
         }
         *by_category.entry(category).or_default() += 1;

@@ -167,17 +167,19 @@ pub fn rag(
     )?;
     let mut warnings = Vec::new();
     let mut exclude = Vec::new();
-    let flagged: HashSet<i64> = if opts.exclude_flagged {
+    // Ascending ids, merged with the pairs (also in id order) by a cursor.
+    let flagged: Vec<i64> = if opts.exclude_flagged {
         exclude.push("flagged");
         if store::last_run(conn, "quality")?.is_none() {
             warnings.push(
                 "no quality run yet: nothing is flagged (run `perpetual quality` first)".into(),
             );
         }
-        store::flagged_pair_ids(conn)?.into_iter().collect()
+        store::flagged_pair_ids(conn)?
     } else {
-        HashSet::new()
+        Vec::new()
     };
+    let mut next_flagged = 0usize;
     let groups = if opts.exclude_near_dups {
         exclude.push("near-dups");
         let g = Groups::load(conn, &opts.near_dup_methods, max_id)?;
@@ -204,7 +206,10 @@ pub fn rag(
     progress.stage("exporting pairs", pairs);
     documents::for_each_document(conn, max_id, &mut |d| {
         progress.advance(1);
-        if flagged.contains(&d.id) {
+        while next_flagged < flagged.len() && flagged[next_flagged] < d.id {
+            next_flagged += 1;
+        }
+        if flagged.get(next_flagged) == Some(&d.id) {
             counts.excluded_flagged += 1;
             return Ok(());
         }

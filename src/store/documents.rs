@@ -186,6 +186,27 @@ pub fn for_each_shape(
     Ok(())
 }
 
+/// Streams the latest quality run's flagged pairs with `id <= max_pair_id`, in id order:
+/// the pair and its flag names (`quality_flags`, `store::dataset` owns the table; this
+/// read holds one row at a time, for a million flagged pairs).
+pub fn for_each_flagged(
+    conn: &Connection,
+    max_pair_id: i64,
+    f: &mut dyn FnMut(i64, Vec<String>) -> Result<()>,
+) -> Result<()> {
+    let mut stmt = conn
+        .prepare("SELECT pair_id, flags FROM quality_flags WHERE pair_id <= ?1 ORDER BY pair_id")?;
+    let mut rows = stmt.query([max_pair_id])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let text: String = r.get(1)?;
+        let names: Vec<String> = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("quality_flags of pair {id}: {e}"))?;
+        f(id, names)?;
+    }
+    Ok(())
+}
+
 /// The id of the pair with this key in the merged key index (`pair_keys`); keys of
 /// pairs stored since the last merge are in [`tail_key_ids`] (`store::pairs` explains
 /// the two).
