@@ -1016,7 +1016,7 @@ fn a_workbench_task_whose_session_a_dead_loop_left_active_runs_again_in_a_new_on
         .expect(0)
         .json();
     assert_eq!(t["status"], "completed", "{t:#}\n{}", run.explain());
-    assert_eq!(t["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(t["session_list"].as_array().unwrap().len(), 2);
     assert!(
         env.path("outbox/zai/quality_analysis_report.json")
             .is_file()

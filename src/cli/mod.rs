@@ -20,6 +20,8 @@ mod monitor;
 mod near_dups;
 pub mod output;
 mod quality;
+mod record;
+mod report;
 mod run;
 mod session;
 mod split;
@@ -116,7 +118,8 @@ pub enum Command {
     Files(files::Args),
     /// Write realistic generated drops (for tests, benchmarks and demos).
     Generate(generate::Args),
-    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats, import.
+    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats,
+    /// import, edit, review.
     Task(task::Args),
     /// Budgeted sessions: start, checkpoint, status, list, wrap.
     Session(session::Args),
@@ -169,6 +172,8 @@ pub enum Command {
     /// The visualizations/ folder: coverage heatmap, answer lengths, categories, quality,
     /// growth (SVG) and index.html with captions and the figures behind them.
     Charts(charts::Args),
+    /// Reports: the daily team status report and performance metrics.
+    Report(report::Args),
 }
 
 impl Cli {
@@ -188,7 +193,8 @@ impl Cli {
 pub fn run(cli: Cli) -> Result<Exit> {
     crate::clock::check_override()?;
     let root = Root::new(&cli.root)?;
-    match cli.command {
+    let steering = record::describe(&cli.command);
+    let exit = match cli.command {
         Command::Watch(args) => watch::run(&root, args),
         Command::Init => init::run(&root),
         Command::Ingest(args) => ingest::run(&root, args),
@@ -212,7 +218,12 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Import(args) => import::run(&root, args),
         Command::Split(args) => split::run(&root, args),
         Command::Charts(args) => charts::run(&root, args),
+        Command::Report(args) => report::run(&root, args),
+    }?;
+    if let Some(what) = steering {
+        record::record(&root, &what);
     }
+    Ok(exit)
 }
 
 /// Opens the root's configuration and database, creating whatever is missing.

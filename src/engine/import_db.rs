@@ -440,7 +440,7 @@ fn import_job(
             .or_else(|| stored.as_ref().map(|p| p.to_string_lossy().into_owned()));
         let t = import_table(
             conn,
-            &src,
+            inbox,
             job,
             &name,
             &source,
@@ -668,7 +668,7 @@ fn row_to_pair(
 #[allow(clippy::too_many_arguments)]
 fn import_table(
     conn: &Connection,
-    src: &Connection,
+    immutable: bool,
     job: &Job,
     name: &str,
     source: &str,
@@ -698,135 +698,178 @@ fn import_table(
         None => (None, 0, 0, 0, 0, Vec::new()),
     };
     let resumed_after = after;
+    let start = after;
     if partial.is_some() {
         tracing::info!(
             file = %ledger_name,
             "resuming after rowid {after} ({seen} rows were in)"
         );
     }
-    let chunk_rows = checkpoint_every.max(1);
-    loop {
-        if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
-            return Ok(TableReport {
-                table: table.name.clone(),
-                mapping: mapping.clone(),
-                rows: 0,
-                status: "partial",
-                resumed_after,
-                pairs_new: new,
-                pairs_duplicate: dup,
-                pairs_invalid: invalid.len() as u64,
-            });
-        }
-        let rows = source_db::rows_after(src, &table.name, &columns, after, chunk_rows)
-            .with_context(|| format!("cannot read table {} of {}", table.name, source))?;
-        let last = rows.last().map(|(rowid, _)| *rowid);
-        let converted: Vec<(i64, std::result::Result<crate::pair::Pair, String>)> = rows
-            .into_par_iter()
-            .map_init(String::new, |scratch, (rowid, values)| {
-                (rowid, row_to_pair(mapping, values, scratch))
-            })
-            .collect();
-        let now = crate::clock::now_rfc3339();
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let step = (|| -> Result<()> {
-            let file_id = match id {
-                Some(i) => i,
-                None => {
-                    let i = ledger::insert(
-                        conn,
-                        &ledger::NewFile {
-                            agent: &job.agent,
-                            name: &ledger_name,
-                            source_path: source,
-                            stored_path,
-                            content_hash: Some(hash),
-                            size,
-                            status: FileStatus::Partial,
-                            encoding: Some("SQLite"),
-                            replaced: false,
-                            layout: Some("sqlite"),
-                            session: None,
-                            pairs_seen: 0,
-                            invalid: &[],
-                            reason: None,
-                            duplicate_of: None,
-                            now: &now,
-                        },
-                    )?;
-                    id = Some(i);
-                    i
-                }
+    let mut write_chunks = |rx: &std::sync::mpsc::Receiver<Result<Chunk>>| -> Result<TableReport> {
+        loop {
+            if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                return Ok(TableReport {
+                    table: table.name.clone(),
+                    mapping: mapping.clone(),
+                    rows: 0,
+                    status: "partial",
+                    resumed_after,
+                    pairs_new: new,
+                    pairs_duplicate: dup,
+                    pairs_invalid: invalid.len() as u64,
+                });
+            }
+            let converted = match rx.recv() {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => bail!("the reader of table {} stopped", table.name),
             };
-            let mut stmts = Statements::new(conn)?;
-            let (mut run_new, mut run_dup, mut run_invalid) = (0, 0, 0);
-            for (rowid, pair) in &converted {
-                match pair {
-                    Ok(p) => {
-                        if sink.insert(conn, &mut stmts, p, &job.agent, file_id, &now)? {
-                            run_new += 1;
-                        } else {
-                            run_dup += 1;
+            let last = converted.last().map(|(rowid, _)| *rowid);
+            let now = crate::clock::now_rfc3339();
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let step = (|| -> Result<()> {
+                let file_id = match id {
+                    Some(i) => i,
+                    None => {
+                        let i = ledger::insert(
+                            conn,
+                            &ledger::NewFile {
+                                agent: &job.agent,
+                                name: &ledger_name,
+                                source_path: source,
+                                stored_path,
+                                content_hash: Some(hash),
+                                size,
+                                status: FileStatus::Partial,
+                                encoding: Some("SQLite"),
+                                replaced: false,
+                                layout: Some("sqlite"),
+                                session: None,
+                                pairs_seen: 0,
+                                invalid: &[],
+                                reason: None,
+                                duplicate_of: None,
+                                now: &now,
+                            },
+                        )?;
+                        id = Some(i);
+                        i
+                    }
+                };
+                let mut stmts = Statements::new(conn)?;
+                let (mut run_new, mut run_dup, mut run_invalid) = (0, 0, 0);
+                for (rowid, pair) in &converted {
+                    match pair {
+                        Ok(p) => {
+                            if sink.insert(conn, &mut stmts, p, &job.agent, file_id, &now)? {
+                                run_new += 1;
+                            } else {
+                                run_dup += 1;
+                            }
+                        }
+                        Err(reason) => {
+                            run_invalid += 1;
+                            invalid.push(InvalidEntry {
+                                index: *rowid as usize,
+                                reason: format!("rowid {rowid}: {reason}"),
+                            });
                         }
                     }
-                    Err(reason) => {
-                        run_invalid += 1;
-                        invalid.push(InvalidEntry {
-                            index: *rowid as usize,
-                            reason: format!("rowid {rowid}: {reason}"),
-                        });
+                }
+                let n = converted.len() as u64;
+                seen += n;
+                new += run_new;
+                dup += run_dup;
+                if let Some(l) = last {
+                    after = l;
+                }
+                if sink.merge_due() {
+                    sink.merge(conn)?;
+                }
+                ledger::record_source_progress(conn, file_id, after, seen, new, dup, &invalid)?;
+                if last.is_none() {
+                    ledger::finish(conn, file_id, after as usize, new, dup, &now)?;
+                }
+                report.pairs_seen += n;
+                report.pairs_new += run_new;
+                report.pairs_duplicate += run_dup;
+                report.pairs_invalid += run_invalid;
+                Ok(())
+            })();
+            match step {
+                Ok(()) => {
+                    if last.is_none() {
+                        commit_durably(conn)?;
+                    } else {
+                        conn.execute_batch("COMMIT").context("commit failed")?;
                     }
                 }
-            }
-            let n = converted.len() as u64;
-            seen += n;
-            new += run_new;
-            dup += run_dup;
-            if let Some(l) = last {
-                after = l;
-            }
-            if sink.merge_due() {
-                sink.merge(conn)?;
-            }
-            ledger::record_source_progress(conn, file_id, after, seen, new, dup, &invalid)?;
-            if last.is_none() {
-                ledger::finish(conn, file_id, after as usize, new, dup, &now)?;
-            }
-            report.pairs_seen += n;
-            report.pairs_new += run_new;
-            report.pairs_duplicate += run_dup;
-            report.pairs_invalid += run_invalid;
-            Ok(())
-        })();
-        match step {
-            Ok(()) => {
-                if last.is_none() {
-                    commit_durably(conn)?;
-                } else {
-                    conn.execute_batch("COMMIT").context("commit failed")?;
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    // The sink may hold keys the rolled-back transaction never stored.
+                    *sink = PairSink::new();
+                    return Err(e);
                 }
             }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                // The sink may hold keys the rolled-back transaction never stored.
-                *sink = PairSink::new();
-                return Err(e);
+            advance(converted.len() as u64);
+            if last.is_none() {
+                break;
             }
         }
-        advance(converted.len() as u64);
-        if last.is_none() {
-            break;
-        }
-    }
-    Ok(TableReport {
-        table: table.name.clone(),
-        mapping: mapping.clone(),
-        rows: 0,
-        status: "integrated",
-        resumed_after,
-        pairs_new: new,
-        pairs_duplicate: dup,
-        pairs_invalid: invalid.len() as u64,
+        Ok(TableReport {
+            table: table.name.clone(),
+            mapping: mapping.clone(),
+            rows: 0,
+            status: "integrated",
+            resumed_after,
+            pairs_new: new,
+            pairs_duplicate: dup,
+            pairs_invalid: invalid.len() as u64,
+        })
+    };
+    let chunk_rows = checkpoint_every.max(1);
+    // Reading and converting rows (a second connection to the source, on its own
+    // thread) overlaps with writing them, as the prepare stage does for files; at most
+    // two chunks wait in between.
+    type Chunk = Vec<(i64, std::result::Result<crate::pair::Pair, String>)>;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk>>(2);
+    let quit = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (quit, columns) = (&quit, &columns);
+        scope.spawn(move || {
+            let read = || -> Result<()> {
+                let src = source_db::open(&job.path, immutable)?;
+                let mut after = start;
+                while !quit.load(Ordering::Relaxed) {
+                    let rows = source_db::rows_after(&src, &table.name, columns, after, chunk_rows)
+                        .with_context(|| {
+                            format!("cannot read table {} of {}", table.name, source)
+                        })?;
+                    let done = rows.is_empty();
+                    if let Some((last, _)) = rows.last() {
+                        after = *last;
+                    }
+                    let converted: Chunk = rows
+                        .into_par_iter()
+                        .map_init(String::new, |scratch, (rowid, values)| {
+                            (rowid, row_to_pair(mapping, values, scratch))
+                        })
+                        .collect();
+                    if tx.send(Ok(converted)).is_err() || done {
+                        break;
+                    }
+                }
+                Ok(())
+            };
+            if let Err(e) = read() {
+                let _ = tx.send(Err(e));
+            }
+        });
+        let written = write_chunks(&rx);
+        // The reader may be waiting to hand over a chunk: let it go.
+        quit.store(true, Ordering::Relaxed);
+        drop(rx);
+        written
     })
 }
 

@@ -1,10 +1,12 @@
 //! The loop: `perpetual run` (`runloop`) and what it needs to keep agents working
 //! unattended: one session's command under supervision (`supervise`), the brief
 //! (`prompt`), Claude Code's transcripts (`transcript`) and hooks (`hooks`), and the
-//! operator's view of it all (`status`). It sits on top of `work` and `engine`.
+//! operator's view of it all (`status`, and `report`: the daily report and the loop's
+//! uptime). It sits on top of `work` and `engine`.
 
 pub mod hooks;
 pub mod prompt;
+pub mod report;
 pub mod runloop;
 pub mod status;
 pub mod supervise;

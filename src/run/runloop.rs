@@ -303,6 +303,7 @@ impl<'c> Loop<'c> {
 
     /// One round; true when it started or ran something.
     fn round(&mut self) -> Result<bool> {
+        crate::run::report::on_round(self.conn, &self.root, &self.config);
         assign::assign(self.conn, &self.root, &self.config)?;
         let agents: Vec<String> = tasks::all_agents(self.conn, &self.root, &self.config)?
             .into_iter()
@@ -366,14 +367,14 @@ impl<'c> Loop<'c> {
                     self.run_workbench(&task)?;
                     return Ok(true);
                 }
-                (TaskKind::Agent, Some(command)) => {
+                (TaskKind::Agent | TaskKind::Duty, Some(command)) => {
                     if self.start_session(agent, &task, command)? {
                         acted = true;
                     } else {
                         refused = true;
                     }
                 }
-                (TaskKind::Agent, None) => break,
+                (TaskKind::Agent | TaskKind::Duty, None) => break,
             }
         }
         Ok(acted)
@@ -388,7 +389,7 @@ impl<'c> Loop<'c> {
             .filter_map(|s| s.task_id)
             .collect();
         let runnable = |t: &TaskRow| match t.kind {
-            TaskKind::Agent => own && !busy.contains(&t.id),
+            TaskKind::Agent | TaskKind::Duty => own && !busy.contains(&t.id),
             // run_task continues a backfill's own active session itself.
             TaskKind::Backfill => !paused,
             TaskKind::Ingest => true,
@@ -457,7 +458,7 @@ impl<'c> Loop<'c> {
             self.conn,
             agent,
             &task.id,
-            TaskKind::Agent.as_str(),
+            task.kind.as_str(),
             Some(&s),
             &clock::now_rfc3339(),
         )?;

@@ -570,9 +570,9 @@ mod tests {
     }
 
     #[test]
-    fn tasks_accept_the_workbench_kinds_after_the_migration() {
-        // Migration 3 listed the kinds in a CHECK constraint; the workbench's migration
-        // lifts it, so a new built-in kind needs no migration of its own.
+    fn tasks_accept_the_workbench_kinds_after_the_migrations() {
+        // Migration 3 listed the kinds in a CHECK constraint; a later migration dropped
+        // it, so the workbench's kinds need no migration of their own.
         let conn = crate::store::open_in_memory().unwrap();
         conn.execute(
             "INSERT INTO tasks (id, agent, priority, position, status, created_at, kind)

@@ -5,7 +5,9 @@
 //! consistent backups (`store::backup`), and the dataset workbench's own tables
 //! (`store::dataset`; pairs read as documents in `store::documents`, embeddings batches
 //! and vectors in `store::embeddings`, split assignments in `store::splits`); other
-//! SQLite databases read as sources of pairs (`store::source_db`).
+//! SQLite databases read as sources of pairs (`store::source_db`); the tasks' history
+//! and the commands people and agents ran (`store::history`), the daily report's queries
+//! and the loop's heartbeats (`store::daily`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -14,9 +16,11 @@
 
 pub mod agents;
 pub mod backup;
+pub mod daily;
 pub mod dataset;
 pub mod documents;
 pub mod embeddings;
+pub mod history;
 pub mod ledger;
 pub mod migrations;
 pub mod pairs;
