@@ -164,9 +164,9 @@ pub fn is_results(head: &[u8]) -> bool {
     embedding || error
 }
 
-/// Reads at most `limit` bytes of the first line of a file (for [`is_results`]).
-pub fn first_line(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
+/// Reads at most `limit` bytes of the first non-blank line of an open file (for
+/// [`is_results`]), from where the descriptor stands.
+pub fn first_line(file: &std::fs::File, limit: usize) -> std::io::Result<Vec<u8>> {
     let mut reader = std::io::BufReader::new(file).take(limit as u64);
     let mut line = Vec::new();
     loop {
