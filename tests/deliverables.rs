@@ -197,9 +197,13 @@ fn rag_export_reads_back_as_jsonl_and_parquet_and_is_identical_twice() {
         ["manifest.json", "part-00000.jsonl"]
     );
 
-    // Parquet, read back with the parquet crate.
+    // Parquet, read back with the parquet crate; the same bytes twice.
     env.run(&["export", "rag", "--format", "parquet", "--out", "pq"])
         .expect(0);
+    let first = read_all(&env, "pq/rag_export");
+    env.run(&["export", "rag", "--format", "parquet", "--out", "pq"])
+        .expect(0);
+    assert_eq!(read_all(&env, "pq/rag_export"), first);
     let ids = parquet_ids(&env, "pq/rag_export/part-00000.parquet");
     assert_eq!(ids.len() as i64, pairs);
     assert_eq!(ids, (1..=pairs).collect::<Vec<_>>());
@@ -479,6 +483,48 @@ fn splits_keep_every_pair_in_place_as_the_database_grows_and_clusters_together()
     env.run(&["split", "--ratios", "80,10"]).expect(1);
 }
 
+#[test]
+fn splits_of_the_same_pairs_in_two_databases_put_every_pair_in_the_same_split() {
+    // Two databases ingest the same drops (their rows differ only in `created_at` and
+    // the paths they were read from): the same seed gives every pair the same split
+    // and the same counts per split and stratum.
+    let (a, b) = (Env::new(), Env::new());
+    for env in [&a, &b] {
+        grow(env, 13, 3, 150, 0);
+        env.run(&["split", "--seed", "42", "--formats", "jsonl"])
+            .expect(0);
+    }
+    let (in_a, in_b) = (split_of(&a, "outbox/zai"), split_of(&b, "outbox/zai"));
+    assert_eq!(in_a.len(), 450);
+    assert_eq!(in_a, in_b);
+    let strata = |env: &Env| {
+        let m: Value = serde_json::from_slice(
+            &std::fs::read(env.path("outbox/zai/splits/manifest.json")).unwrap(),
+        )
+        .unwrap();
+        m["strata"].clone()
+    };
+    assert!(
+        strata(&a).as_array().is_some_and(|s| s.len() >= 2),
+        "{}",
+        strata(&a)
+    );
+    assert_eq!(strata(&a), strata(&b));
+    // The seed is what decides: another seed, other splits.
+    b.run(&[
+        "split",
+        "--seed",
+        "43",
+        "--formats",
+        "jsonl",
+        "--out",
+        "other",
+    ])
+    .expect(0);
+    let other = split_of(&b, "other");
+    assert!(in_a.iter().filter(|(id, s)| other[id] != **s).count() > 20);
+}
+
 /// A vector in 8 dimensions: a direction from `seed`, or near `like`.
 fn vector(rng: &mut fastrand::Rng, like: Option<&[f64]>) -> Vec<f64> {
     match like {
@@ -522,6 +568,17 @@ fn embeddings_round_trip_batches_without_overlap_import_and_cosine_near_dups() {
     assert!(ids1.is_disjoint(&ids2));
     assert_eq!(ids1.iter().max().unwrap() + 1, *ids2.iter().min().unwrap());
     assert_eq!(b2["unbatched"], pairs - 100);
+    // The metadata maps each key to its pair's indicator and category.
+    let (indicator, category): (Option<String>, Option<String>) = env
+        .db()
+        .query_row(
+            "SELECT indicator, category FROM pairs WHERE id = ?1",
+            [meta2[7]["pair_id"].as_i64().unwrap()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(meta2[7]["indicator"], json!(indicator));
+    assert_eq!(meta2[7]["category"], json!(category));
 
     // The requests have the documented shape (tests/fixtures/gemini_batch_embeddings).
     let documented: Value = serde_json::from_str(
@@ -790,6 +847,74 @@ fn a_results_file_dropped_into_an_inbox_is_imported_not_rejected() {
     );
     let r = env.run(&["ingest", "--json"]).expect(0).json();
     assert_eq!(r["pairs_new"], 1);
+}
+
+#[test]
+fn a_results_file_over_the_size_limit_is_imported_and_a_link_to_one_is_skipped() {
+    let env = Env::new();
+    env.write(
+        "perpetual.toml",
+        "[embeddings]\noutput_dimensionality = 4\n",
+    );
+    grow(&env, 12, 1, 30, 0);
+    env.run(&["export", "embeddings", "--batch-size", "20"])
+        .expect(0);
+    let meta = jsonl(&env, "outbox/zai/embeddings_metadata_batch_1.jsonl");
+    let results = |scale: f64| -> String {
+        meta.iter()
+            .enumerate()
+            .map(|(i, m)| {
+                json!({"key": m["key"], "response": {"embedding": {"values": [i as f64 * scale, 1.0, 0.5, -0.25]}}})
+                    .to_string()
+                    + "\n"
+            })
+            .collect()
+    };
+    // Results are large by nature: the drop limit does not apply to them (they are
+    // streamed), while a pair drop over it is still rejected unread.
+    env.write(
+        "perpetual.toml",
+        "[embeddings]\noutput_dimensionality = 4\n[ingest]\nmax_file_bytes = 512\n",
+    );
+    let big = results(1.0);
+    assert!(big.len() > 2 * 512, "{}", big.len());
+    env.drop_file("zai", "results_big.jsonl", &big);
+    let pairs_over: String = (0..20)
+        .map(|i| format!("{{\"question\": \"What is indicator {i} for?\", \"answer\": \"It measures something about prices, number {i}.\"}}\n"))
+        .collect();
+    assert!(pairs_over.len() > 512);
+    env.drop_file("zai", "pairs_big.jsonl", &pairs_over);
+    // A link to another results file is never followed, whatever it points at.
+    let outside = env.write("elsewhere/results_2.jsonl", results(2.0));
+    std::os::unix::fs::symlink(&outside, env.path("inbox/zai/link.jsonl")).unwrap();
+
+    // Exit status 3: a file was rejected (the pair drop).
+    let run = env.run(&["ingest", "--json"]).expect(3);
+    let r = run.json();
+    assert_eq!(r["files_integrated"], 1, "{}", run.explain());
+    assert_eq!(r["files_rejected"], 1, "{}", run.explain());
+    assert_eq!(r["files_skipped"], 1, "{}", run.explain());
+    assert_eq!(env.count("SELECT COUNT(*) FROM embeddings"), 20);
+    assert!(env.path("inbox/zai/processed/results_big.jsonl").is_file());
+    assert!(env.path("inbox/zai/rejected/pairs_big.jsonl").is_file());
+    assert!(
+        env.path("inbox/zai/link.jsonl")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link is left where it is"
+    );
+    // The vectors are the dropped file's, not the linked one's.
+    let first: Vec<u8> = env
+        .db()
+        .query_row(
+            "SELECT vector FROM embeddings ORDER BY pair_id LIMIT 1 OFFSET 3",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(f32::from_le_bytes(first[..4].try_into().unwrap()), 3.0);
 }
 
 /// The text of every `<text>` element of an SVG, which must parse as XML.
