@@ -917,6 +917,73 @@ fn a_results_file_over_the_size_limit_is_imported_and_a_link_to_one_is_skipped()
     assert_eq!(f32::from_le_bytes(first[..4].try_into().unwrap()), 3.0);
 }
 
+/// Runs `perpetual ARGS` with a terminal for its stdin, stdout and stderr (`script`,
+/// util-linux, makes the pseudo-terminal): everything it wrote there.
+fn on_a_terminal(env: &Env, args: &[&str]) -> String {
+    let command = std::iter::once(env!("CARGO_BIN_EXE_perpetual"))
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("PERPETUAL_ROOT", env.root())
+        .env("COLUMNS", "200")
+        .output()
+        .expect("script (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{command}: {}\n{text}", out.status);
+    text
+}
+
+#[test]
+fn progress_shows_on_a_terminal_for_every_deliverable_command() {
+    let env = Env::new();
+    env.write(
+        "perpetual.toml",
+        "[embeddings]\noutput_dimensionality = 4\n",
+    );
+    grow(&env, 14, 2, 100, 0);
+    env.run(&["export", "embeddings", "--batch-size", "150"])
+        .expect(0);
+    let results: String = jsonl(&env, "outbox/zai/embeddings_metadata_batch_1.jsonl")
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            json!({"key": m["key"], "response": {"embedding": {"values": [1.0, i as f64, 0.0, 0.5]}}})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    let results = env.write("results.jsonl", results);
+    let results = results.to_str().unwrap();
+    // The bar is indicatif's: a prefix naming the command and its step, then done/total.
+    for (args, bar) in [
+        (vec!["export", "rag"], "export rag: exporting pairs"),
+        (vec!["export", "embeddings"], "export embeddings: batch 2"),
+        (
+            vec!["import", "embeddings", results],
+            "import embeddings: reading results (bytes)",
+        ),
+        (
+            vec!["near-dups", "--cosine", "0.95"],
+            "near-dups: comparing every pair",
+        ),
+        (vec!["split"], "split: writing splits"),
+        (vec!["charts"], "charts: reading pairs"),
+    ] {
+        let seen = on_a_terminal(&env, &args);
+        assert!(seen.contains(bar), "{args:?}: no {bar:?} in\n{seen}");
+        assert!(
+            seen.contains('\u{2591}') || seen.contains('\u{2588}'),
+            "{args:?}: no bar in\n{seen}"
+        );
+    }
+    // Without a terminal (here, a pipe), no bar is drawn.
+    let run = env.run(&["split"]).expect(0);
+    assert!(!run.stderr().contains('\u{2591}'), "{}", run.explain());
+}
+
 /// The text of every `<text>` element of an SVG, which must parse as XML.
 fn svg_texts(env: &Env, rel: &str) -> Vec<String> {
     let text = std::fs::read_to_string(env.path(rel)).unwrap();
