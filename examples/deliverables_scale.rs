@@ -1,15 +1,22 @@
 //! The deliverables at scale, through the real binary: time and peak memory (VmHWM, as
 //! each command reports it in `--json`) of `export rag` (JSON Lines and Parquet), `split`
 //! (JSON Lines, CSV and Parquet; a first run that places every pair, and a re-run where
-//! every pair is placed already) and `charts`, over a database of N generated pairs.
+//! every pair is placed already), `charts`, and the embeddings round trip: `export
+//! embeddings` (every pair, in batches of 10,000), `import embeddings` of a results file
+//! for the first EMBED_PAIRS pairs (made by `examples/fake_embeddings`, vectors of
+//! EMBED_DIM numbers), the same import again, and `near-dups --cosine 0.95` over them,
+//! over a database of N generated pairs.
 //!
 //! ```sh
-//! cargo build --release --examples
+//! cargo build --release --bins --examples
 //! cargo run --release --example deliverables_scale -- 1000000     # pairs (default 1,000,000)
+//! EMBED_PAIRS=100000 EMBED_DIM=256 cargo run --release --example deliverables_scale -- 100000
 //! ```
-//! Set SCALE_DIR to keep the database and the outputs (default: a temporary folder,
-//! removed at the end). The load average is printed before and after each command: the
-//! machine is shared. Figures and method: BENCHMARKS.md.
+//! EMBED_PAIRS defaults to min(N, 100,000), EMBED_DIM to 256. Set SCALE_DIR to keep the
+//! database and the outputs (default: a temporary folder, removed at the end); the
+//! embeddings rows run only on a root whose pairs are not batched yet. The load average
+//! is printed before and after each command: the machine is shared. Figures and method:
+//! BENCHMARKS.md.
 
 use perpetual::generate::{self, GenConfig};
 use std::path::{Path, PathBuf};
@@ -46,6 +53,24 @@ fn main() {
     println!();
     println!("| command | seconds | peak RSS | written | load before → after |");
     println!("| --- | ---: | ---: | ---: | --- |");
+    let row = |name: &str, args: &[&str]| {
+        let before = loadavg();
+        let t = Instant::now();
+        let report = run(&bin, &root, args);
+        let seconds = t.elapsed().as_secs_f64();
+        let rss = report["peak_rss_kb"].as_u64().unwrap_or(0);
+        let written: u64 = report["files"]
+            .as_array()
+            .map(|f| f.iter().filter_map(|f| f["bytes"].as_u64()).sum())
+            .unwrap_or(0);
+        println!(
+            "| {name} | {seconds:.1} | {:.0} MB | {:.0} MB | {before} → {} |",
+            rss as f64 / 1024.0,
+            written as f64 / 1e6,
+            loadavg()
+        );
+        report
+    };
     for (name, args) in [
         ("export rag (jsonl)", vec!["export", "rag", "--json"]),
         (
@@ -63,27 +88,91 @@ fn main() {
         ("split, re-run (every pair placed)", vec!["split", "--json"]),
         ("charts", vec!["charts", "--json"]),
     ] {
-        let before = loadavg();
+        row(name, &args);
+    }
+
+    // The embeddings round trip.
+    let dim: usize = env_number("EMBED_DIM").unwrap_or(256);
+    let embed_pairs: usize = env_number("EMBED_PAIRS").unwrap_or(pairs.min(100_000));
+    let outbox = root.join("outbox/zai");
+    if outbox.join("embeddings_input_batch_1.jsonl").exists() {
+        println!("(pairs batched already: the embeddings rows need a fresh SCALE_DIR)");
+    } else {
+        std::fs::write(
+            root.join("perpetual.toml"),
+            format!("[embeddings]\noutput_dimensionality = {dim}\n"),
+        )
+        .unwrap();
+        row(
+            "export embeddings (every pair, batches of 10,000)",
+            &[
+                "export",
+                "embeddings",
+                "--batch-size",
+                "10000",
+                "--batches",
+                "1000000",
+                "--json",
+            ],
+        );
+        let results = base.join("results.jsonl");
         let t = Instant::now();
-        let report = run(&bin, &root, &args);
-        let seconds = t.elapsed().as_secs_f64();
-        let rss = report["peak_rss_kb"].as_u64().unwrap_or(0);
-        let written: u64 = report["files"]
-            .as_array()
-            .map(|f| f.iter().filter_map(|f| f["bytes"].as_u64()).sum())
-            .unwrap_or(0);
+        fake_results(&outbox, embed_pairs.div_ceil(10_000), &results);
         println!(
-            "| {name} | {seconds:.1} | {:.0} MB | {:.0} MB | {before} → {} |",
-            rss as f64 / 1024.0,
-            written as f64 / 1e6,
-            loadavg()
+            "(results for {embed_pairs} pairs made by fake_embeddings in {:.0} s, {:.0} MB)",
+            t.elapsed().as_secs_f64(),
+            std::fs::metadata(&results).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
+        );
+        let results = results.to_str().unwrap();
+        let import = format!("import embeddings ({embed_pairs} vectors of {dim})");
+        row(&import, &["import", "embeddings", results, "--json"]);
+        row(
+            "import embeddings again (every vector unchanged)",
+            &["import", "embeddings", results, "--json"],
+        );
+        let report = row(
+            "near-dups --cosine 0.95",
+            &["near-dups", "--cosine", "0.95", "--json"],
+        );
+        println!(
+            "(cosine: search {}, {} clusters, {} pairs in clusters)",
+            report["search"], report["clusters"], report["pairs_in_clusters"]
         );
     }
+    println!();
     let size = std::fs::metadata(root.join("perpetual.db"))
         .map(|m| m.len())
         .unwrap_or(0);
     println!();
     println!("database {:.0} MB", size as f64 / 1e6);
+}
+
+/// A number from the environment (underscores allowed).
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.replace('_', "").parse().expect("a number"))
+}
+
+/// The results of request batches 1..=`batches`, one after the other in `to`, as
+/// `examples/fake_embeddings` answers them (built beside this example).
+fn fake_results(outbox: &Path, batches: usize, to: &Path) {
+    let exe = std::env::current_exe().unwrap();
+    let fake = exe.with_file_name("fake_embeddings");
+    assert!(
+        fake.exists(),
+        "build it first: cargo build --release --examples"
+    );
+    let file = std::fs::File::create(to).unwrap();
+    for n in 1..=batches {
+        let input = outbox.join(format!("embeddings_input_batch_{n}.jsonl"));
+        let status = Command::new(&fake)
+            .arg(&input)
+            .stdout(file.try_clone().unwrap())
+            .status()
+            .expect("run fake_embeddings");
+        assert!(status.success(), "fake_embeddings {}", input.display());
+    }
 }
 
 /// The release binary next to this example.
