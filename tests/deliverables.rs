@@ -197,6 +197,22 @@ fn rag_export_reads_back_as_jsonl_and_parquet_and_is_identical_twice() {
         ["manifest.json", "part-00000.jsonl"]
     );
 
+    // --agent names another agent's outbox; a name that is not an agent's is refused.
+    env.run(&["export", "rag", "--agent", "droid"]).expect(0);
+    assert_eq!(
+        env.files_in("outbox/droid/rag_export"),
+        ["manifest.json", "part-00000.jsonl"]
+    );
+    let bad = env
+        .run(&["export", "rag", "--agent", "../escape"])
+        .expect(1);
+    assert!(
+        bad.stderr().contains("invalid agent name \"../escape\""),
+        "{}",
+        bad.explain()
+    );
+    assert!(!env.path("../escape").exists());
+
     // Parquet, read back with the parquet crate; the same bytes twice.
     env.run(&["export", "rag", "--format", "parquet", "--out", "pq"])
         .expect(0);
