@@ -12,8 +12,10 @@
 //! cargo run --release --example deliverables_scale -- 1000000     # pairs (default 1,000,000)
 //! EMBED_PAIRS=100000 EMBED_DIM=256 cargo run --release --example deliverables_scale -- 100000
 //! ```
-//! EMBED_PAIRS defaults to min(N, 100,000), EMBED_DIM to 256. Set SCALE_DIR to keep the
-//! database and the outputs (default: a temporary folder, removed at the end); the
+//! EMBED_PAIRS defaults to min(N, 100,000), EMBED_DIM to 256; COSINE_EXACT=1 also runs
+//! the exact search over the same vectors and prints the HNSW run's recall. Set SCALE_DIR to keep the
+//! database and the outputs (default: a temporary folder, removed at the end), and
+//! SCALE_PRUNE=1 to remove each command's files once it is measured (disk); the
 //! embeddings rows run only on a root whose pairs are not batched yet. The load average
 //! is printed before and after each command: the machine is shared. Figures and method:
 //! BENCHMARKS.md.
@@ -50,6 +52,10 @@ fn main() {
         run(&bin, &root, &["quality", "--json"]);
     }
 
+    // SCALE_PRUNE: each command's files are removed once it is measured, so the disk
+    // holds one deliverable at a time (a million pairs' splits in three formats are
+    // gigabytes).
+    let prune = std::env::var_os("SCALE_PRUNE").is_some();
     println!();
     println!("| command | seconds | peak RSS | written | load before → after |");
     println!("| --- | ---: | ---: | ---: | --- |");
@@ -89,6 +95,13 @@ fn main() {
         ("charts", vec!["charts", "--json"]),
     ] {
         row(name, &args);
+        if prune && name.starts_with("export rag") {
+            let _ = std::fs::remove_dir_all(root.join("outbox/zai/rag_export"));
+        }
+    }
+    if prune {
+        let _ = std::fs::remove_dir_all(root.join("outbox/zai/splits"));
+        let _ = std::fs::remove_dir_all(root.join("outbox/zai/visualizations"));
     }
 
     // The embeddings round trip.
@@ -118,6 +131,14 @@ fn main() {
         let results = base.join("results.jsonl");
         let t = Instant::now();
         fake_results(&outbox, embed_pairs.div_ceil(10_000), &results);
+        if prune {
+            for e in std::fs::read_dir(&outbox).unwrap() {
+                let path = e.unwrap().path();
+                if path.to_string_lossy().contains("embeddings_input_batch_") {
+                    std::fs::remove_file(path).unwrap();
+                }
+            }
+        }
         println!(
             "(results for {embed_pairs} pairs made by fake_embeddings in {:.0} s, {:.0} MB)",
             t.elapsed().as_secs_f64(),
@@ -138,6 +159,33 @@ fn main() {
             "(cosine: search {}, {} clusters, {} pairs in clusters)",
             report["search"], report["clusters"], report["pairs_in_clusters"]
         );
+        if std::env::var_os("COSINE_EXACT").is_some() {
+            // Recall of the HNSW candidates: the exact search over the same vectors.
+            let csv = outbox.join("near_duplicate_pairs_cosine.csv");
+            let approximate = similar_pairs(&csv);
+            std::fs::write(
+                root.join("perpetual.toml"),
+                format!(
+                    "[embeddings]\noutput_dimensionality = {dim}\n[cosine]\nexact_max = 100000000\n"
+                ),
+            )
+            .unwrap();
+            let report = row(
+                "near-dups --cosine 0.95, exact (every pair of vectors)",
+                &["near-dups", "--cosine", "0.95", "--json"],
+            );
+            let exact = similar_pairs(&csv);
+            let found = exact.intersection(&approximate).count();
+            println!(
+                "(exact: search {}, {} clusters; pairs at 0.95 or more: {} exact, {} by HNSW, {} of them in both: recall {:.4})",
+                report["search"],
+                report["clusters"],
+                exact.len(),
+                approximate.len(),
+                found,
+                found as f64 / exact.len().max(1) as f64
+            );
+        }
     }
     println!();
     let size = std::fs::metadata(root.join("perpetual.db"))
@@ -145,6 +193,18 @@ fn main() {
         .unwrap_or(0);
     println!();
     println!("database {:.0} MB", size as f64 / 1e6);
+}
+
+/// The pairs (a, b) of a `near_duplicate_pairs_cosine.csv`.
+fn similar_pairs(csv: &Path) -> std::collections::BTreeSet<(i64, i64)> {
+    let mut reader = csv::Reader::from_path(csv).unwrap();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].parse().unwrap(), r[1].parse().unwrap())
+        })
+        .collect()
 }
 
 /// A number from the environment (underscores allowed).
