@@ -767,6 +767,20 @@ fn embeddings_round_trip_batches_without_overlap_import_and_cosine_near_dups() {
     let csv =
         std::fs::read_to_string(env.path("outbox/zai/near_duplicate_pairs_cosine.csv")).unwrap();
     assert!(csv.starts_with("a,b,similarity\n10,70,"), "{csv}");
+    // The same vectors give the same bytes.
+    let files = |env: &Env| {
+        [
+            "duplicate_analysis_cosine.json",
+            "near_duplicate_pairs_cosine.csv",
+        ]
+        .map(|f| std::fs::read(env.path(&format!("outbox/zai/{f}"))).unwrap())
+    };
+    let first = files(&env);
+    env.run(&["near-dups", "--cosine", "0.95"]).expect(0);
+    assert!(
+        files(&env) == first,
+        "a second cosine run wrote other bytes"
+    );
     // Beyond cosine.exact_max the candidates come from the HNSW index: the same clusters.
     let exact_report =
         std::fs::read_to_string(env.path("outbox/zai/duplicate_analysis_cosine.json")).unwrap();
