@@ -94,7 +94,13 @@ fn main() {
         ("split, re-run (every pair placed)", vec!["split", "--json"]),
         ("charts", vec!["charts", "--json"]),
     ] {
-        row(name, &args);
+        let report = row(name, &args);
+        if name == "export rag (jsonl)" {
+            println!(
+                "| ({} distinct pairs in the database) | | | | |",
+                report["counts"]["pairs"]
+            );
+        }
         if prune && name.starts_with("export rag") {
             let _ = std::fs::remove_dir_all(root.join("outbox/zai/rag_export"));
         }
@@ -226,6 +232,9 @@ fn fake_results(outbox: &Path, batches: usize, to: &Path) {
     let file = std::fs::File::create(to).unwrap();
     for n in 1..=batches {
         let input = outbox.join(format!("embeddings_input_batch_{n}.jsonl"));
+        if !input.exists() {
+            break;
+        }
         let status = Command::new(&fake)
             .arg(&input)
             .stdout(file.try_clone().unwrap())
@@ -261,6 +270,8 @@ fn fill(bin: &Path, root: &Path, chunk_dir: &Path, pairs: usize) {
             files: n,
             pairs_per_file: PAIRS_PER_FILE,
             first_pair_id: (written * PAIRS_PER_FILE) as u64,
+            // N pairs means N distinct pairs (the default copies a share of earlier ones).
+            duplicate_ratio: 0.0,
             ..GenConfig::default()
         });
         let _ = std::fs::remove_dir_all(chunk_dir);

@@ -77,7 +77,9 @@ pub struct CosineConfig {
     /// (`near-dups --cosine T` overrides it).
     pub threshold: f64,
     /// Up to this many vectors every pair is compared (exact); beyond, candidates come
-    /// from an HNSW index and are then verified exactly.
+    /// from an HNSW index and are then verified exactly. 50,000: the exact search (all
+    /// cores) beats the one-thread index build up to about 100,000 vectors
+    /// (BENCHMARKS.md, "The deliverables").
     pub exact_max: usize,
     /// HNSW: candidates looked at while building.
     pub ef_construction: usize,
@@ -94,7 +96,7 @@ impl Default for CosineConfig {
     fn default() -> Self {
         CosineConfig {
             threshold: 0.95,
-            exact_max: 5_000,
+            exact_max: 50_000,
             ef_construction: 100,
             ef_search: 100,
             neighbours: 10,
@@ -672,10 +674,11 @@ batch_size = 10000
 # `perpetual near-dups --cosine`: pairs whose stored vectors have a cosine similarity of
 # at least threshold are semantic near-duplicates.
 threshold = 0.95
-# Up to exact_max vectors, every pair is compared; beyond, an HNSW index proposes
-# `neighbours` candidates per vector (ef_construction / ef_search: its search breadth),
-# and each is verified exactly.
-exact_max = 5000
+# Up to exact_max vectors, every pair is compared (in parallel); beyond, an HNSW index
+# proposes `neighbours` candidates per vector (ef_construction / ef_search: its search
+# breadth), and each is verified exactly. The index is built on one thread, so exact
+# search is the faster one up to about 100,000 vectors (BENCHMARKS.md).
+exact_max = 50000
 ef_construction = 100
 ef_search = 100
 neighbours = 10
