@@ -270,8 +270,15 @@ fn fill(bin: &Path, root: &Path, chunk_dir: &Path, pairs: usize) {
             files: n,
             pairs_per_file: PAIRS_PER_FILE,
             first_pair_id: (written * PAIRS_PER_FILE) as u64,
-            // N pairs means N distinct pairs (the default copies a share of earlier ones).
+            // N pairs means N distinct pairs: no copies of earlier pairs (the default
+            // copies a share), and no single-pair files (the default cycles through
+            // them too, one file in five, which left 800,200 pairs of a "million").
             duplicate_ratio: 0.0,
+            layouts: vec![
+                generate::DropLayout::Flat,
+                generate::DropLayout::Nested,
+                generate::DropLayout::JsonLines,
+            ],
             ..GenConfig::default()
         });
         let _ = std::fs::remove_dir_all(chunk_dir);
