@@ -1537,13 +1537,16 @@ fn db_context(conn: &Connection) -> String {
 struct Replaced;
 
 fn move_file(m: &PendingMove) -> Result<()> {
+    // The folder first: creating it between the check below and the rename left a
+    // window in which a link renamed over the file was moved in its place (the link
+    // test found it under load, on the first move, which creates processed/).
+    let dir = m.to.parent().context("no destination folder")?;
+    ensure_folder(dir)?;
     if let Some(read) = m.identity
         && intake::identity_at(&m.from) != Some(read)
     {
         return Err(Replaced.into());
     }
-    let dir = m.to.parent().context("no destination folder")?;
-    ensure_folder(dir)?;
     if let Some(reason) = &m.reason {
         // The reason goes first: a file in rejected/ never lacks its explanation.
         let text = format!(
@@ -1557,7 +1560,19 @@ fn move_file(m: &PendingMove) -> Result<()> {
     }
     // rename keeps the bytes exactly; both paths are in the same inbox folder. Never
     // over something that appeared at the destination since it was chosen.
-    rename_noreplace(&m.from, &m.to)
+    rename_noreplace(&m.from, &m.to)?;
+    // The check above and the rename are two system calls: what was renamed is checked
+    // too, and an entry swapped in between goes back where it was found.
+    if let Some(read) = m.identity
+        && intake::identity_at(&m.to) != Some(read)
+    {
+        rename_noreplace(&m.to, &m.from)?;
+        if m.reason.is_some() {
+            let _ = std::fs::remove_file(reason_path(&m.to));
+        }
+        return Err(Replaced.into());
+    }
+    Ok(())
 }
 
 /// `rename`, refusing to replace an existing entry (`renameat2(RENAME_NOREPLACE)`;
