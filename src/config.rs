@@ -78,7 +78,7 @@ pub struct CosineConfig {
     pub threshold: f64,
     /// Up to this many vectors every pair is compared (exact); beyond, candidates come
     /// from an HNSW index and are then verified exactly. 50,000: the exact search (all
-    /// cores) beats the one-thread index build up to about 100,000 vectors
+    /// cores) beats the one-thread index build up to 65,000 to 100,000 vectors
     /// (BENCHMARKS.md, "The deliverables").
     pub exact_max: usize,
     /// HNSW: candidates looked at while building.
@@ -677,7 +677,7 @@ threshold = 0.95
 # Up to exact_max vectors, every pair is compared (in parallel); beyond, an HNSW index
 # proposes `neighbours` candidates per vector (ef_construction / ef_search: its search
 # breadth), and each is verified exactly. The index is built on one thread, so exact
-# search is the faster one up to about 100,000 vectors (BENCHMARKS.md).
+# search is the faster one up to 65,000 to 100,000 vectors (BENCHMARKS.md).
 exact_max = 50000
 ef_construction = 100
 ef_search = 100
