@@ -795,3 +795,35 @@ fn serve_listens_on_loopback_port_8700_by_default() {
     );
     serve.stop();
 }
+
+#[test]
+fn the_charts_the_workbench_wrote_are_linked_on_the_page_and_served_as_written() {
+    let env = Env::new();
+    root_with_data(&env);
+    // The real workbench command (issue 12), into zai's outbox as a task would.
+    env.run_at(NOW, &["charts", "--agent", "zai", "--json"])
+        .expect(0);
+    let dir = env.path("outbox/zai/visualizations");
+    let mut written: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".svg"))
+        .collect();
+    written.sort();
+    assert!(
+        written.len() >= 3,
+        "the workbench wrote its charts: {written:?}"
+    );
+    let f = Faucet::start(&env, &[]);
+    let page = f.get("/").expect(200, "text/html").body;
+    for name in &written {
+        let url = format!("/charts/zai/{name}");
+        assert!(page.contains(&url), "the page links {url}\n{page}");
+        let served = f.get(&url).expect(200, "image/svg+xml").body;
+        assert_eq!(
+            served,
+            std::fs::read_to_string(dir.join(name)).unwrap(),
+            "{url} is the file the workbench wrote"
+        );
+    }
+}
