@@ -1216,3 +1216,73 @@ after = ["splits"]
     ])
     .expect(1);
 }
+
+#[test]
+fn import_embeddings_killed_mid_way_then_run_again_stores_every_vector_exactly_once() {
+    let env = Env::new();
+    env.write(
+        "perpetual.toml",
+        "[embeddings]\noutput_dimensionality = 8\n",
+    );
+    grow(&env, 21, 40, 250, 0);
+    let pairs = env.count("SELECT COUNT(*) FROM pairs");
+    assert!(pairs >= 5_000, "{pairs}");
+    env.run(&["export", "embeddings", "--batch-size", "100000"])
+        .expect(0);
+    let meta = jsonl(&env, "outbox/zai/embeddings_metadata_batch_1.jsonl");
+    assert_eq!(meta.len() as i64, pairs);
+    let mut rng = fastrand::Rng::with_seed(5);
+    let lines: Vec<String> = meta
+        .iter()
+        .map(|m| {
+            let values: Vec<f64> = (0..8).map(|_| rng.f64() - 0.5).collect();
+            json!({"key": m["key"], "response": {"embedding": {"values": values}}}).to_string()
+        })
+        .collect();
+    env.write("results.jsonl", lines.join("\n") + "\n");
+
+    // Killed at once, after its first commit, and later: each run resumes the last.
+    let count = || {
+        env.try_count("SELECT COUNT(*) FROM embeddings")
+            .unwrap_or(0)
+    };
+    let mut cut_short = 0;
+    for wait_for_commit in [false, true, true] {
+        let before = count();
+        let mut child = env.spawn(&["import", "embeddings", "results.jsonl"]);
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        while wait_for_commit && count() == before && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child.kill9();
+        if count() < pairs {
+            cut_short += 1;
+        }
+    }
+    assert!(cut_short > 0, "at least one run was killed before the end");
+
+    let run = env
+        .run(&["import", "embeddings", "results.jsonl", "--json"])
+        .expect(0);
+    let r = run.json();
+    assert_eq!(
+        r["stored"].as_i64().unwrap() + r["unchanged"].as_i64().unwrap(),
+        pairs,
+        "{}",
+        run.explain()
+    );
+    assert_eq!(count(), pairs, "every vector once");
+    assert_eq!(
+        env.count("SELECT COUNT(DISTINCT pair_id) FROM embeddings"),
+        pairs
+    );
+    let again = env
+        .run(&["import", "embeddings", "results.jsonl", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(
+        (again["stored"].clone(), again["unchanged"].clone()),
+        (json!(0), json!(pairs)),
+        "idempotent"
+    );
+}
