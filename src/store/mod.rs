@@ -3,11 +3,11 @@
 //! stack and its templates (`store::tasks`), sessions and checkpoints
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
 //! consistent backups (`store::backup`), and the dataset workbench's own tables
-//! (`store::dataset`); other SQLite databases read as sources of pairs
-//! (`store::source_db`).
-//! consistent backups (`store::backup`), the tasks' history and the commands people and
-//! agents ran (`store::history`), the daily report's queries and the loop's heartbeats
-//! (`store::daily`).
+//! (`store::dataset`; pairs read as documents in `store::documents`, embeddings batches
+//! and vectors in `store::embeddings`, split assignments in `store::splits`); other
+//! SQLite databases read as sources of pairs (`store::source_db`); the tasks' history
+//! and the commands people and agents ran (`store::history`), the daily report's queries
+//! and the loop's heartbeats (`store::daily`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -18,12 +18,15 @@ pub mod agents;
 pub mod backup;
 pub mod daily;
 pub mod dataset;
+pub mod documents;
+pub mod embeddings;
 pub mod history;
 pub mod ledger;
 pub mod migrations;
 pub mod pairs;
 pub mod sessions;
 pub mod source_db;
+pub mod splits;
 pub mod stats;
 pub mod tasks;
 
@@ -39,6 +42,27 @@ pub fn open(path: &Path) -> Result<Connection> {
     configure(&conn).with_context(|| format!("cannot configure database {}", path.display()))?;
     migrations::migrate(&conn)
         .with_context(|| format!("cannot migrate database {}", path.display()))?;
+    Ok(conn)
+}
+
+/// A read-only connection to an existing database, for readers that must never write
+/// (the web faucet): WAL lets it read while the writer commits. Fails when the schema is
+/// not the one this build writes, so a reader never misreads an older or newer layout
+/// (open it once with [`open`] first to migrate).
+pub fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open database {} for reading", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    anyhow::ensure!(
+        version == migrations::latest(),
+        "database {} has schema version {version}, this perpetual reads version {}",
+        path.display(),
+        migrations::latest()
+    );
     Ok(conn)
 }
 
