@@ -1904,9 +1904,11 @@ mod tests {
             q.release(QUEUE_BYTES);
         });
         assert_eq!(taken.load(Ordering::SeqCst), 1, "room made: it went on");
+        q.release(1);
         // A closed queue (the writer stopped) never holds anyone.
         q.acquire(QUEUE_BYTES);
         q.close();
+        q.acquire(QUEUE_BYTES);
         q.acquire(QUEUE_BYTES);
     }
 }
