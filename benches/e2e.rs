@@ -172,6 +172,7 @@ fn bare_parse_file(bytes: &[u8], check: &mut u8) -> usize {
 /// Seconds for the bare parse of every file, and the pairs it found.
 fn bare_parse(files: &[PathBuf]) -> (f64, usize) {
     let start = Instant::now();
+    let cpu = cpu_seconds();
     let mut check = 0u8;
     let mut pairs = 0;
     for f in files {
@@ -180,7 +181,44 @@ fn bare_parse(files: &[PathBuf]) -> (f64, usize) {
     }
     let seconds = start.elapsed().as_secs_f64();
     std::hint::black_box(check);
+    last_cpu(cpu_seconds() - cpu);
     (seconds, pairs)
+}
+
+/// CPU time of this thread (user and system), in seconds: what a stage costs whatever
+/// the other processes take of the cores.
+fn cpu_seconds() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// CPU time (user and system) of the children that have exited, in seconds.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: a zeroed rusage is a valid one to fill.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid rusage to fill.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+thread_local! {
+    static LAST_CPU: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+/// Records (or, with a negative value, reads) the CPU seconds of the last bare stage.
+fn last_cpu(set: f64) -> f64 {
+    LAST_CPU.with(|c| {
+        if set >= 0.0 {
+            c.set(set);
+        }
+        c.get()
+    })
 }
 
 /// Seconds for the engine's prepare stage on one thread: read, blake3 of the bytes,
@@ -225,6 +263,7 @@ fn bare_insert(db: &Path, rows: &[(PairKey, String, String)]) -> f64 {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
     let start = Instant::now();
+    let cpu = cpu_seconds();
     let conn = rusqlite::Connection::open(db).unwrap();
     let _: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -246,12 +285,15 @@ fn bare_insert(db: &Path, rows: &[(PairKey, String, String)]) -> f64 {
     }
     conn.execute_batch("COMMIT").unwrap();
     conn.close().map_err(|(_, e)| e).unwrap();
+    last_cpu(cpu_seconds() - cpu);
     start.elapsed().as_secs_f64()
 }
 
 /// What `ingest --json` reports, and the wall time from spawn to exit.
 struct Ingested {
     wall: f64,
+    /// User and system CPU of the process, all threads.
+    cpu: f64,
     seconds: f64,
     pairs_new: u64,
     exit: i32,
@@ -259,6 +301,7 @@ struct Ingested {
 
 fn ingest_run(root: &Path, args: &[&str]) -> Ingested {
     let start = Instant::now();
+    let cpu = children_cpu_seconds();
     let out = Command::new(binary())
         .arg("--root")
         .arg(root)
@@ -270,6 +313,7 @@ fn ingest_run(root: &Path, args: &[&str]) -> Ingested {
         .output()
         .expect("cannot run perpetual ingest");
     let wall = start.elapsed().as_secs_f64();
+    let cpu = children_cpu_seconds() - cpu;
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "ingest --json printed no report ({e}): {}",
@@ -278,6 +322,7 @@ fn ingest_run(root: &Path, args: &[&str]) -> Ingested {
     });
     Ingested {
         wall,
+        cpu,
         seconds: report["seconds"].as_f64().unwrap_or(f64::NAN),
         pairs_new: report["pairs_new"].as_u64().unwrap_or(0),
         exit: out.status.code().unwrap_or(-1),
@@ -312,6 +357,7 @@ fn corpus(options: &Options, base: &Path, size: usize) {
 
     let (mut parse, mut insert, mut wall, mut seconds, mut prepare) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut parse_cpu, mut insert_cpu, mut ingest_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let db = dir.join("bare.db");
     println!("load average at start: {}", loadavg());
     println!(
@@ -321,7 +367,9 @@ fn corpus(options: &Options, base: &Path, size: usize) {
     for run in 1..=options.runs {
         let (p, found) = bare_parse(&files);
         assert_eq!(found, size, "the bare parse found every pair");
+        parse_cpu.push(last_cpu(-1.0));
         let i = bare_insert(&db, &rows);
+        insert_cpu.push(last_cpu(-1.0));
         let root = dir.join(format!("root_{run}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
@@ -333,6 +381,7 @@ fn corpus(options: &Options, base: &Path, size: usize) {
             "ingest stored every distinct pair"
         );
         let _ = std::fs::remove_dir_all(&root);
+        ingest_cpu.push(r.cpu);
         let pr = prepare_alone(&files);
         println!(
             "{run:>4}  {:>11}  {:>11}  {:>11}  {:>11}  {:>11}  {:>6.0}%  {}",
@@ -374,6 +423,18 @@ fn corpus(options: &Options, base: &Path, size: usize) {
         100.0 * p.max(i) / w,
         size as f64 / w,
         loadavg()
+    );
+    // On a machine whose cores other sessions keep busy, the kernel shares CPU time
+    // between sessions (autogroup), not threads: a two-thread pipeline then gets no more
+    // CPU than a one-thread bare stage and its wall clock follows its total CPU time.
+    // These figures do not depend on the load.
+    let (pc, ic, gc) = (median(&parse_cpu), median(&insert_cpu), median(&ingest_cpu));
+    println!(
+        "CPU {size} pairs: bare parse {}  bare insert {}  ingest {} (all threads, spawn to exit); (bare parse + bare insert) / ingest = {:.0}%",
+        ms(pc),
+        ms(ic),
+        ms(gc),
+        100.0 * (pc + ic) / gc
     );
 }
 

@@ -4,8 +4,8 @@
 //! never reading more than the limit); reading, hashing, decoding, parsing and keying
 //! run in parallel on rayon's pool ([`prepare`]); their results flow through a bounded
 //! channel to one [`Writer`] on the calling thread, which owns the SQLite connection.
-//! The bound keeps memory independent of how many files there are: at most a few
-//! prepared files wait.
+//! The bound keeps memory independent of how many files there are: at most
+//! [`QUEUE_FILES`] prepared files and [`QUEUE_BYTES`] of them wait.
 //!
 //! Exactly-once: a file's ledger row commits in the same transaction as its last pairs,
 //! and a file moves to `processed/` or `rejected/` only after that commit. After a
@@ -1670,6 +1670,48 @@ pub fn prepare_pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// How many prepared files may wait for the writer. Two per prepare thread was too few
+/// on a loaded machine: the writer emptied the queue while a woken prepare thread still
+/// waited for a core, committed early and slept, and the two stages took turns instead
+/// of overlapping (BENCHMARKS.md, "The writer's side").
+pub const QUEUE_FILES: usize = 64;
+
+/// How many bytes of prepared files may wait for the writer (one file over it still
+/// may, alone): with [`QUEUE_FILES`], what bounds the queue's memory however large the
+/// files are.
+pub const QUEUE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The bytes of prepared files waiting for the writer; a prepare thread waits for room.
+#[derive(Default)]
+struct QueueBytes {
+    state: std::sync::Mutex<(u64, bool)>,
+    room: std::sync::Condvar,
+}
+
+impl QueueBytes {
+    /// Waits until `n` more bytes fit (or the queue is empty, or closed), then takes them.
+    fn acquire(&self, n: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while !s.1 && s.0 > 0 && s.0 + n > QUEUE_BYTES {
+            s = self.room.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.0 += n;
+    }
+
+    /// Gives back `n` bytes: the writer took a file off the queue.
+    fn release(&self, n: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 = s.0.saturating_sub(n);
+        self.room.notify_all();
+    }
+
+    /// The writer stopped: nobody waits for room any more.
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.room.notify_all();
+    }
+}
+
 /// Runs the whole pipeline over `jobs`: parallel preparation, one writer, commits every
 /// `checkpoint_every` pairs and whenever the queue runs dry.
 pub fn run(
@@ -1778,8 +1820,8 @@ pub fn integrate(
     let abort = AtomicBool::new(false);
     let interrupt = writer.interrupt.clone();
     let pool = prepare_pool();
-    let bound = pool.current_num_threads() * 2;
-    let (tx, rx) = mpsc::sync_channel::<Prepared>(bound);
+    let (tx, rx) = mpsc::sync_channel::<Prepared>(QUEUE_FILES);
+    let queued = &QueueBytes::default();
     let mut held = Vec::new();
     std::thread::scope(|scope| {
         let abort = &abort;
@@ -1794,7 +1836,9 @@ pub fn integrate(
                     {
                         return;
                     }
-                    let _ = tx.send(prepare(job, hints, max_file_bytes));
+                    let prepared = prepare(job, hints, max_file_bytes);
+                    queued.acquire(prepared.size);
+                    let _ = tx.send(prepared);
                 })
             });
         });
@@ -1815,6 +1859,7 @@ pub fn integrate(
                     }
                     Err(mpsc::TryRecvError::Disconnected) => break,
                 };
+                queued.release(next.size);
                 if admit(&next) {
                     // A disk-full or I/O error names the database and the file.
                     let source = next.job.source();
@@ -1832,8 +1877,38 @@ pub fn integrate(
         // Done, failed, interrupted or out of budget: workers still preparing see the
         // flag or the closed channel and leave the remaining files alone.
         abort.store(true, Ordering::Relaxed);
+        queued.close();
         drop(rx);
         result
     })?;
     Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn the_queue_holds_a_prepare_thread_until_the_writer_makes_room() {
+        let q = QueueBytes::default();
+        q.acquire(QUEUE_BYTES); // one file at the limit fits alone
+        let taken = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                q.acquire(1);
+                taken.store(1, Ordering::SeqCst);
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(taken.load(Ordering::SeqCst), 0, "no room: it waits");
+            q.release(QUEUE_BYTES);
+        });
+        assert_eq!(taken.load(Ordering::SeqCst), 1, "room made: it went on");
+        q.release(1);
+        // A closed queue (the writer stopped) never holds anyone.
+        q.acquire(QUEUE_BYTES);
+        q.close();
+        q.acquire(QUEUE_BYTES);
+        q.acquire(QUEUE_BYTES);
+    }
 }
