@@ -1,0 +1,954 @@
+//! Issue 9, "Unattended for 24 hours": one regression test per observation, each
+//! through the real binary with the scripted agents of tests/fixtures/agents/ (see
+//! their headers). Processes are counted from /proc (`common::session_processes`), never
+//! from the database.
+
+mod common;
+
+use common::{Env, KillLeftovers, Sampler, session_processes, wait_until};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn agent(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/agents")
+        .join(format!("{name}.sh"))
+        .display()
+        .to_string()
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// A root with a fast loop (budgets looked at every 100 ms, 2 s of grace before
+/// SIGTERM, 1 s before SIGKILL) and `agents` appended to perpetual.toml. No agent is
+/// configured but those in `agents`.
+fn root_with(agents: &str) -> (Env, KillLeftovers) {
+    let env = Env::new();
+    env.write(
+        "perpetual.toml",
+        format!(
+            "[run]\npoll_ms = 100\ngrace_secs = 2\nterm_secs = 1\nidle_secs = 1\n\
+             breaker_sessions = 3\nbackoff_secs = 0\n\n{agents}\n"
+        ),
+    );
+    let guard = KillLeftovers(env.root().to_path_buf());
+    (env, guard)
+}
+
+fn sessions(env: &Env) -> Vec<Value> {
+    let mut list = env
+        .run(&["session", "list", "--json"])
+        .expect(0)
+        .json()
+        .as_array()
+        .unwrap()
+        .clone();
+    list.reverse(); // oldest first
+    list
+}
+
+fn task_json(env: &Env, id: &str) -> Value {
+    env.run(&["task", "show", id, "--json"]).expect(0).json()
+}
+
+fn add_tasks(env: &Env, agent: &str, ids: &[&str], total: u64) {
+    for id in ids {
+        env.run(&[
+            "task",
+            "add",
+            id,
+            "--agent",
+            agent,
+            "--total",
+            &total.to_string(),
+        ])
+        .expect(0);
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn agent_status(env: &Env, agent: &str) -> Value {
+    let run = env.run(&["status", "--json"]).expect(0);
+    run.json()["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent"] == agent)
+        .unwrap_or_else(|| panic!("no {agent} in status\n{}", run.explain()))
+        .clone()
+}
+
+/// Observation 1: a slot was freed when the session row said `wrapped`, not when the
+/// process exited, so an agent that wraps itself and lingers got a second process on
+/// its one slot (5 copies after 9 s), and an agent with `slots = 2` reached 4.
+#[test]
+fn an_agent_that_lingers_after_its_wrap_never_runs_more_processes_than_its_slots() {
+    let lingerer = agent("lingerer");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["env", "LINGER_SECS=2", "sh", "{lingerer}"]
+
+[agents.droid]
+command = ["env", "LINGER_SECS=2", "sh", "{lingerer}"]
+
+[agents.droid.budget]
+tokens_per_session = 0
+slots = 2
+"#
+    ));
+    add_tasks(&env, "claude_code", &["cc_1", "cc_2", "cc_3"], 1);
+    add_tasks(&env, "droid", &["dr_1", "dr_2", "dr_3", "dr_4"], 1);
+    let sampler = Sampler::start(env.root());
+    let run = env.run(&["run", "--max-sessions", "7"]);
+    let most = sampler.finish();
+    run.expect(0);
+    assert_eq!(most.get("claude_code"), Some(&1), "{most:?}");
+    assert_eq!(most.get("droid"), Some(&2), "{most:?}");
+    let s = sessions(&env);
+    assert_eq!(s.len(), 7);
+    for id in ["cc_1", "cc_2", "cc_3", "dr_1", "dr_2", "dr_3", "dr_4"] {
+        assert_eq!(task_json(&env, id)["status"], "completed", "{id}");
+    }
+    assert!(session_processes(env.root()).is_empty());
+}
+
+/// Observation 2: the loop picked up a task between the wrap's archive and grade steps,
+/// so sessions started on tasks already at 4/4. Two slots wrapping at the same moments
+/// (one ending wakes the loop while the other is between the steps) and a long history
+/// (a wide window) make it likely; no session may start on a task that is complete or
+/// completing.
+#[test]
+fn no_session_starts_on_a_task_that_is_complete_or_completing() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.droid]
+command = ["env", "ALIGN_SECS=1", "sh", "{well}"]
+
+[agents.droid.budget]
+tokens_per_session = 0
+slots = 2
+"#
+    ));
+    // History: 3,000 completed tasks.
+    let mut plan = String::new();
+    for i in 0..3000 {
+        plan.push_str(&format!(
+            "[[task]]\nid = \"old_{i}\"\nagent = \"zai\"\ntotal = 1\n"
+        ));
+    }
+    env.write("history.toml", plan);
+    env.run(&["task", "import", "history.toml"]).expect(0);
+    {
+        let db = rusqlite::Connection::open(env.path("perpetual.db")).unwrap();
+        db.execute(
+            "UPDATE tasks SET status = 'completed', done = 1, finished_at = '2026-01-01T00:00:00Z'",
+            [],
+        )
+        .unwrap();
+    }
+    add_tasks(&env, "droid", &["a", "b", "c", "d", "e", "f"], 1);
+    env.run(&["run", "--max-sessions", "6"]).expect(0);
+    let s = sessions(&env);
+    let on: Vec<&str> = s.iter().map(|x| x["task_id"].as_str().unwrap()).collect();
+    let mut sorted = on.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["a", "b", "c", "d", "e", "f"],
+        "one session per task"
+    );
+    for x in &s {
+        assert_eq!(x["done_at_start"], 0, "{x}");
+    }
+}
+
+/// Observation 3: two agents wrapping at once in a git root collided on
+/// `.git/index.lock` (118 of 436 commits failed, never retried; handoffs left staged or
+/// untracked). Three agents here wrap at the same whole seconds.
+#[test]
+fn concurrent_wraps_in_a_git_root_all_commit_and_leave_nothing_staged() {
+    let well = agent("well_behaved");
+    let mut agents = String::new();
+    for a in ["a1", "a2", "a3"] {
+        agents.push_str(&format!(
+            "[agents.{a}]\ncommand = [\"env\", \"ALIGN_SECS=1\", \"sh\", \"{well}\"]\n\n"
+        ));
+    }
+    let (env, _guard) = root_with(&agents);
+    git(env.root(), &["init", "-q"]);
+    git(env.root(), &["config", "user.email", "t@example.com"]);
+    git(env.root(), &["config", "user.name", "t"]);
+    for a in ["a1", "a2", "a3"] {
+        add_tasks(&env, a, &[&format!("{a}_x"), &format!("{a}_y")], 1);
+    }
+    env.run(&["run", "--max-sessions", "6"]).expect(0);
+    let s = sessions(&env);
+    assert_eq!(s.len(), 6);
+    for x in &s {
+        let steps = x["wrap_steps"].as_array().unwrap();
+        let commit = steps.iter().find(|st| st["step"] == "commit").unwrap();
+        assert_eq!(commit["status"], "done", "{}: {commit}", x["id"]);
+    }
+    assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
+    assert_eq!(
+        git(
+            env.root(),
+            &[
+                "status",
+                "--porcelain",
+                "--untracked-files=all",
+                "session_handoffs",
+                "task_reports"
+            ]
+        ),
+        ""
+    );
+}
+
+/// Observation 4: after a SIGKILL of the loop, the next `perpetual run` wrapped the
+/// session without looking at its process and started a second one on the same task.
+/// It must follow the live process instead (and ask it to wrap when it stops).
+#[test]
+fn a_loop_killed_with_kill_9_leaves_a_live_session_the_next_loop_adopts() {
+    let fake = fixture("fake_agent.sh");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["env", "FAKE_MODE=linger", "FAKE_PEAK=30000", "sh", "{}"]
+transcript = "{{root}}/transcripts/{{session}}.jsonl"
+"#,
+        fake.display()
+    ));
+    add_tasks(&env, "claude_code", &["t"], 2);
+    let mut first = env.spawn(&["run"]);
+    first.wait_for_log("started session_");
+    wait_until(
+        "the agent to be at work",
+        || env.try_count("SELECT COUNT(*) FROM checkpoints") == Some(1),
+        || first.explain(),
+    );
+    first.kill9();
+    let orphans = session_processes(env.root());
+    assert!(!orphans.is_empty(), "the agent outlives a SIGKILLed loop");
+
+    let sampler = Sampler::start(env.root());
+    let mut second = env.spawn(&["run"]);
+    second.wait_for_log("waiting");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM sessions"),
+        1,
+        "no second session on the task\n{}",
+        second.explain()
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM sessions WHERE status = 'active'"),
+        1,
+        "the live session is followed, not wrapped\n{}",
+        second.explain()
+    );
+    assert!(second.stderr().contains("adopt"), "{}", second.explain());
+    // Stopping asks it to wrap; it finishes its unit and wraps itself.
+    second.stop();
+    let most = sampler.finish();
+    assert_eq!(most.get("claude_code"), Some(&1), "{most:?}");
+    let s = sessions(&env);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["status"], "wrapped");
+    assert_eq!(s[0]["next_action"], "fake agent: continue after unit 1");
+    assert!(session_processes(env.root()).is_empty());
+}
+
+/// Observation 4, the hard case: an adopted agent that ignores the wrap request and
+/// SIGTERM is killed, and its session wrapped.
+#[test]
+fn an_adopted_agent_that_ignores_everything_is_killed_and_its_session_wrapped() {
+    let ignorer = agent("ignorer");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["env", "IGNORE_TERM=1", "sh", "{ignorer}"]
+"#
+    ));
+    add_tasks(&env, "claude_code", &["t"], 5);
+    let mut first = env.spawn(&["run"]);
+    wait_until(
+        "the agent to be at work",
+        || env.try_count("SELECT COUNT(*) FROM checkpoints") == Some(1),
+        || first.explain(),
+    );
+    first.kill9();
+    let mut second = env.spawn(&["run", "--max-sessions", "0"]);
+    let (status, _) = second.wait_exit(common::PATIENCE);
+    assert_eq!(status.code(), Some(0), "{}", second.explain());
+    assert!(session_processes(env.root()).is_empty());
+    let s = sessions(&env);
+    assert_eq!(s.len(), 1, "{}", second.explain());
+    assert_eq!(s[0]["status"], "wrapped");
+    let stopped: String = env
+        .db()
+        .query_row(
+            "SELECT stopped_with FROM loop_runs ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stopped, "SIGKILL", "{}", second.explain());
+}
+
+/// Observation 5: when an agent's main process exited, the rest of its process group
+/// and what it `setsid`-ed kept running, session after session.
+#[test]
+fn an_agents_children_with_and_without_setsid_die_with_its_session() {
+    let spawner = agent("spawner");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["sh", "{spawner}"]
+"#
+    ));
+    add_tasks(&env, "claude_code", &["t1", "t2"], 1);
+    let sampler = Sampler::start(env.root());
+    let run = env.run(&["run", "--max-sessions", "2"]);
+    let most = sampler.finish();
+    let run = run.expect(0);
+    assert_eq!(
+        session_processes(env.root()),
+        [],
+        "children left behind\n{}",
+        run.explain()
+    );
+    assert_eq!(most.get("claude_code"), Some(&1), "{most:?}");
+    assert_eq!(sessions(&env).len(), 2);
+    assert!(run.stderr().contains("left behind"), "{}", run.explain());
+}
+
+/// Observation 6: with a transcript folder, a new session read the previous session's
+/// newest `*.jsonl` until its own appeared, started "at 87%" and was wrapped at once.
+#[test]
+fn a_session_reads_only_its_own_transcript_in_a_transcript_folder() {
+    let writer = agent("transcript_writer");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["sh", "{writer}"]
+transcript = "{{root}}/transcripts"
+"#
+    ));
+    std::fs::create_dir_all(env.path("transcripts")).unwrap();
+    add_tasks(&env, "claude_code", &["t"], 2);
+    let run = env.run(&["run", "--max-sessions", "2"]).expect(0);
+    let s = sessions(&env);
+    assert_eq!(s.len(), 2, "{}", run.explain());
+    let second = s[1]["id"].as_str().unwrap();
+    assert!(
+        !env.path(&format!("fake/asked_{second}")).exists(),
+        "the second session was asked to wrap at once\n{}",
+        run.explain()
+    );
+    assert_eq!(s[1]["tokens_used"], 20000, "{}", run.explain());
+    assert_eq!(task_json(&env, "t")["status"], "completed");
+}
+
+/// Observation 7: the agent's PATH lacked `perpetual`; `hooks install` wrote a bare
+/// `perpetual hooks handle`, which, run from another directory, created a new root there.
+#[test]
+fn the_agent_and_the_hooks_find_perpetual_and_its_root() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"sh\", \"{well}\"]\n"
+    ));
+    add_tasks(&env, "claude_code", &["t"], 1);
+    // A PATH without perpetual: the agent's script calls plain `perpetual`.
+    let run = env
+        .run_with(
+            &["run", "--max-sessions", "1"],
+            &[("PATH", "/usr/bin:/bin")],
+        )
+        .expect(0);
+    assert_eq!(
+        task_json(&env, "t")["status"],
+        "completed",
+        "{}",
+        run.explain()
+    );
+
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_perpetual"))
+        .canonicalize()
+        .unwrap();
+    let installed = env.run(&["hooks", "install", "--json"]).expect(0).json();
+    assert_eq!(
+        installed["command"],
+        format!("{} hooks handle", bin.display()),
+        "the absolute path of the running binary"
+    );
+    let project = tempfile::tempdir().unwrap();
+    let other = env
+        .run(&[
+            "hooks",
+            "install",
+            "--project",
+            project.path().to_str().unwrap(),
+            "--json",
+        ])
+        .expect(0)
+        .json();
+    let root = env.root().canonicalize().unwrap();
+    assert_eq!(
+        other["command"],
+        format!("{} --root {} hooks handle", bin.display(), root.display())
+    );
+
+    let hook = |cwd: &Path, root_env: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_perpetual"));
+        cmd.args(["hooks", "handle"])
+            .current_dir(cwd)
+            .env_remove("PERPETUAL_ROOT")
+            .env_remove("PERPETUAL_SESSION")
+            .env_remove("PERPETUAL_AGENT")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(r) = root_env {
+            cmd.env("PERPETUAL_ROOT", r);
+        }
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&std::fs::read(fixture("hooks/session_start.json")).unwrap())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Outside any root: no answer, nothing created.
+    let elsewhere = tempfile::tempdir().unwrap();
+    assert_eq!(hook(elsewhere.path(), None), "");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    // From a folder inside the root: it walks up to perpetual.toml and answers.
+    add_tasks(&env, "claude_code", &["u"], 1);
+    env.run(&["session", "start", "--agent", "claude_code"])
+        .expect(0);
+    std::fs::create_dir_all(env.path("work/deep")).unwrap();
+    let answer = hook(&env.path("work/deep"), None);
+    assert!(answer.contains("additionalContext"), "{answer}");
+    assert!(answer.contains("Task: u"), "{answer}");
+    // PERPETUAL_ROOT wins over the working directory.
+    let answer = hook(elsewhere.path(), Some(env.root()));
+    assert!(answer.contains("Task: u"), "{answer}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+}
+
+/// Observation 8: the prompt was written to the agent's stdin while SIGPIPE had its
+/// default action; an agent that exits before reading it killed `perpetual run` (141).
+#[test]
+fn an_agent_that_exits_without_reading_its_prompt_cannot_kill_the_loop() {
+    let (env, _guard) = root_with(
+        r#"
+[agents.claude_code]
+command = ["sh", "-c", "exit 0"]
+"#,
+    );
+    // A prompt far larger than a pipe's buffer.
+    let description = "x".repeat(400_000);
+    env.write(
+        "plan.toml",
+        format!(
+            "[[task]]\nid = \"big\"\nagent = \"claude_code\"\ntotal = 9\ndescription = \"{description}\"\n"
+        ),
+    );
+    env.run(&["task", "import", "plan.toml"]).expect(0);
+    let run = env.run(&["run", "--max-sessions", "2"]);
+    assert_eq!(run.code(), 0, "{}", run.explain());
+    assert_eq!(sessions(&env).len(), 2);
+}
+
+/// Observation 9: `wall_minutes_per_session = 1` read 0% for 60 s, then 100%: the wrap
+/// level was skipped for any budget under 20 minutes.
+#[test]
+fn a_one_minute_wall_time_budget_reaches_the_wrap_level_at_51_seconds() {
+    let env = Env::new();
+    env.write(
+        "perpetual.toml",
+        "[agents.zai.budget]\ntokens_per_session = 0\nwall_minutes_per_session = 1\n",
+    );
+    env.run(&["task", "add", "t", "--agent", "zai"]).expect(0);
+    env.run_at(
+        "2026-01-01T00:00:00Z",
+        &["session", "start", "--agent", "zai"],
+    )
+    .expect(0);
+    let at = |now: &str| {
+        env.run_at(now, &["session", "status", "--agent", "zai", "--json"])
+            .expect(0)
+            .json()
+    };
+    let j = at("2026-01-01T00:00:50Z");
+    assert_eq!(j["usage"][0]["kind"], "wall_time");
+    assert_eq!(
+        (
+            j["usage"][0]["used"].as_u64(),
+            j["usage"][0]["limit"].as_u64()
+        ),
+        (Some(50), Some(60))
+    );
+    assert_eq!(j["level"], "warning", "50 s of 60 is 83.3%");
+    assert_eq!(
+        at("2026-01-01T00:00:51Z")["level"],
+        "wrap",
+        "51 s of 60 is 85%"
+    );
+}
+
+/// Observation 10: speed was graded down without an estimate ("1 session expected, 29
+/// used" → B), against the rule: speed is 1 without an estimate.
+#[test]
+fn a_task_without_an_estimate_keeps_full_speed_however_many_sessions_it_took() {
+    let env = Env::new();
+    env.run(&["task", "add", "t", "--agent", "claude_code", "--total", "3"])
+        .expect(0);
+    for n in 1..=3 {
+        env.run(&["session", "start", "--agent", "claude_code"])
+            .expect(0);
+        env.run(&[
+            "session",
+            "wrap",
+            "--agent",
+            "claude_code",
+            "--progress",
+            &format!("{n}/3"),
+        ])
+        .expect(0);
+    }
+    let t = task_json(&env, "t");
+    assert_eq!(t["status"], "completed");
+    assert_eq!(t["grade"]["speed"], 1.0, "{t}");
+    assert_eq!(t["grade"]["letter"], "A", "{t}");
+    let report = std::fs::read_to_string(env.path("task_reports/t.md")).unwrap();
+    assert!(report.contains("no estimate"), "{report}");
+}
+
+fn flat(pairs: &[(&str, &str)]) -> String {
+    let items: Vec<Value> = pairs
+        .iter()
+        .map(|(q, a)| serde_json::json!({"question": q, "answer": a}))
+        .collect();
+    Value::from(items).to_string()
+}
+
+/// Observation 11: "pairs integrated during the session" counted every agent's pairs in
+/// the session's time window (a backfill's per-session column summed to 187,898 for
+/// 26,100 stored pairs). A session counts the pairs of the files it integrated.
+#[test]
+fn a_session_counts_only_the_pairs_it_integrated() {
+    let env = Env::new();
+    env.run(&["task", "add", "t", "--agent", "claude_code", "--total", "2"])
+        .expect(0);
+    let start = env
+        .run(&["session", "start", "--agent", "claude_code", "--json"])
+        .expect(0)
+        .json();
+    let id = start["session"]["id"].as_str().unwrap().to_string();
+    // Another agent's drops, integrated while the session runs: not its pairs.
+    env.drop_file("droid", "d.json", flat(&[("Q1?", "A1."), ("Q2?", "A2.")]));
+    env.run(&["ingest"]).expect(0);
+    // The session's own ingest (PERPETUAL_SESSION names it): its pairs.
+    env.drop_file("claude_code", "c.json", flat(&[("Q3?", "A3.")]));
+    env.run_with(&["ingest"], &[("PERPETUAL_SESSION", id.as_str())])
+        .expect(0);
+    let w = env
+        .run(&["session", "wrap", "--session", &id, "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(w["pairs_integrated"], 1, "{w}");
+    let handoff =
+        std::fs::read_to_string(env.path(&format!("session_handoffs/handoff_{id}.md"))).unwrap();
+    assert!(
+        handoff.contains("| pairs integrated | 1 |") || handoff.contains("1 pair"),
+        "{handoff}"
+    );
+}
+
+/// Observation 12: the wrap request's text gave a budget reason when the loop was
+/// stopping, and "asking ... to wrap" was logged twice.
+#[test]
+fn stopping_the_loop_says_why_in_the_wrap_request_and_asks_once() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"env\", \"WORK_SECS=60\", \"sh\", \"{well}\"]\n"
+    ));
+    add_tasks(&env, "claude_code", &["t"], 3);
+    let mut run = env.spawn(&["run"]);
+    run.wait_for_log("started session_");
+    let id = sessions(&env)[0]["id"].as_str().unwrap().to_string();
+    run.stop();
+    let text = std::fs::read_to_string(env.path(&format!("fake/wrap_request_{id}.txt")))
+        .unwrap_or_else(|e| panic!("{e}\n{}", run.explain()));
+    assert!(text.contains("the loop is stopping"), "{text}");
+    let asked = run
+        .stderr()
+        .lines()
+        .filter(|l| l.contains(&format!("{id} to wrap")))
+        .count();
+    assert_eq!(asked, 1, "{}", run.explain());
+}
+
+/// Observation 13: one ingest task (and one report) per drop flooded `task list` and
+/// `task stats`; completed ingest tasks leave the lists after `run.ingest_retention_secs`
+/// and stay in `files`.
+#[test]
+fn completed_ingest_tasks_leave_the_task_lists_after_their_retention_and_stay_in_files() {
+    let env = Env::new();
+    env.write(
+        "perpetual.toml",
+        "[run]\nidle_secs = 1\ningest_retention_secs = 0\n",
+    );
+    for i in 0..3 {
+        env.drop_file(
+            "droid",
+            &format!("d{i}.json"),
+            flat(&[(&format!("Q{i}?"), "A.")]),
+        );
+        env.run(&["run", "--once", "--agent", "droid"]).expect(0);
+    }
+    env.run(&["run", "--once", "--agent", "droid"]);
+    let all = env
+        .run(&["task", "list", "--all", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(all.as_array().unwrap().len(), 0, "{all}");
+    let stats = env.run(&["task", "stats", "--json"]).expect(0).json();
+    assert_eq!(stats["tasks"], 0, "{stats}");
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM files WHERE status = 'integrated'"),
+        3
+    );
+    assert!(!env.path("task_reports").exists() || env.files_in("task_reports").is_empty());
+}
+
+/// Observation 14: a full backup at every wrap (~1 GB in 7 minutes). Backups are made at
+/// most every `wrap.backup_min_interval_secs`, and always when a task completes.
+#[test]
+fn backups_are_rate_limited_except_when_a_task_completes() {
+    let env = Env::new();
+    env.write("perpetual.toml", "[wrap]\nbackup_min_interval_secs = 600\n");
+    env.run(&["task", "add", "t", "--agent", "claude_code", "--total", "3"])
+        .expect(0);
+    let mut steps = Vec::new();
+    for n in 1..=3 {
+        env.run(&["session", "start", "--agent", "claude_code"])
+            .expect(0);
+        let w = env
+            .run(&[
+                "session",
+                "wrap",
+                "--agent",
+                "claude_code",
+                "--progress",
+                &format!("{n}/3"),
+                "--json",
+            ])
+            .expect(0)
+            .json();
+        let backup = w["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == "backup")
+            .unwrap()
+            .clone();
+        steps.push(backup);
+    }
+    assert_eq!(steps[0]["status"], "done", "{steps:?}");
+    assert_eq!(steps[1]["status"], "skipped", "{steps:?}");
+    assert!(
+        steps[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("backup_min_interval_secs"),
+        "{steps:?}"
+    );
+    assert_eq!(steps[2]["status"], "done", "the task completed: {steps:?}");
+    assert_eq!(env.files_in("backups").len(), 2);
+}
+
+/// Observation 14: `.perpetual/` prompts and logs were never pruned.
+#[test]
+fn prompts_and_logs_of_old_sessions_are_pruned() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"sh\", \"{well}\"]\n"
+    ));
+    let mut toml = std::fs::read_to_string(env.path("perpetual.toml")).unwrap();
+    toml = toml.replace("[run]\n", "[run]\nlogs_kept = 2\n");
+    env.write("perpetual.toml", toml);
+    add_tasks(&env, "claude_code", &["t"], 5);
+    env.run(&["run", "--max-sessions", "5"]).expect(0);
+    assert_eq!(sessions(&env).len(), 5);
+    assert_eq!(env.files_in(".perpetual/prompts").len(), 2);
+    assert_eq!(env.files_in(".perpetual/logs").len(), 2);
+}
+
+/// Observation 14: below the free-disk floor the loop starts no session, and `status`
+/// says so.
+#[test]
+fn below_the_free_disk_floor_no_session_starts_and_status_says_why() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"sh\", \"{well}\"]\n"
+    ));
+    let toml = std::fs::read_to_string(env.path("perpetual.toml"))
+        .unwrap()
+        .replace("[run]\n", "[run]\nmin_free_disk_mb = 1000000000\n");
+    env.write("perpetual.toml", toml);
+    add_tasks(&env, "claude_code", &["t"], 1);
+    let run = env.run(&["run", "--once"]);
+    assert_eq!(run.code(), 4, "{}", run.explain());
+    assert!(run.stderr().contains("free"), "{}", run.explain());
+    assert_eq!(sessions(&env).len(), 0);
+    let status = env.run(&["status"]).expect(0).stdout();
+    assert!(status.contains("DISK LOW"), "{status}");
+}
+
+/// Observation 15: read-only commands on a mistyped `--root` silently created it.
+#[test]
+fn read_only_commands_on_a_missing_root_fail_and_create_nothing() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("typo");
+    for args in [
+        vec!["stats"],
+        vec!["files"],
+        vec!["status"],
+        vec!["task", "list"],
+        vec!["task", "stats"],
+        vec!["session", "list"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_perpetual"))
+            .arg("--root")
+            .arg(&missing)
+            .args(&args)
+            .env_remove("PERPETUAL_ROOT")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&missing.display().to_string()) && stderr.contains("init"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} created {}", missing.display());
+    }
+    // An existing folder that is not a root is refused too, and left as it was.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_perpetual"))
+        .arg("--root")
+        .arg(empty.path())
+        .arg("stats")
+        .env_remove("PERPETUAL_ROOT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+}
+
+/// Observation 15: `agent pause typo` succeeded for an agent that does not exist.
+#[test]
+fn pausing_or_resuming_an_unknown_agent_is_an_error() {
+    let env = Env::new();
+    env.run(&["init"]).expect(0);
+    let run = env.run(&["agent", "pause", "clade_code"]).expect(1);
+    assert!(run.stderr().contains("clade_code"), "{}", run.explain());
+    env.run(&["agent", "resume", "clade_code"]).expect(1);
+    env.run(&["agent", "pause", "claude_code"]).expect(0);
+    env.run(&["agent", "resume", "claude_code"]).expect(0);
+}
+
+/// Observation 15: a missing agent command burned three sessions, backups and handoffs
+/// before the breaker stopped it. It pauses the agent at once, with the reason.
+#[test]
+fn a_missing_agent_command_pauses_the_agent_at_once_without_backup_or_handoff() {
+    let (env, _guard) = root_with(
+        r#"
+[agents.claude_code]
+command = ["claude-not-installed-here", "-p"]
+"#,
+    );
+    add_tasks(&env, "claude_code", &["t"], 1);
+    let run = env.run(&["run", "--once"]);
+    assert_eq!(run.code(), 4, "{}", run.explain());
+    let a = agent_status(&env, "claude_code");
+    let reason = a["paused"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("claude-not-installed-here") && reason.contains("not found"),
+        "{a}"
+    );
+    assert!(env.files_in("backups").is_empty());
+    assert!(env.files_in("session_handoffs").is_empty());
+    // A second run starts nothing either.
+    assert_eq!(env.run(&["run", "--once"]).code(), 4);
+    assert_eq!(env.count("SELECT COUNT(*) FROM sessions"), 0);
+}
+
+/// The breaker is a real breaker: after its cooldown a paused agent gets one trial
+/// session; a failure pauses it again with the cooldown doubled, a success closes it.
+#[test]
+fn the_breaker_half_opens_after_its_cooldown_and_doubles_it_on_a_failed_trial() {
+    let crasher = agent("crasher");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["env", "CRASH=exit", "sh", "{crasher}"]
+"#
+    ));
+    let toml = std::fs::read_to_string(env.path("perpetual.toml"))
+        .unwrap()
+        .replace(
+            "breaker_sessions = 3",
+            "breaker_sessions = 2\nbreaker_cooldown_secs = 1",
+        );
+    env.write("perpetual.toml", toml);
+    add_tasks(&env, "claude_code", &["t"], 3);
+    let mut run = env.spawn(&["run"]);
+    wait_until(
+        "the trial to fail",
+        || env.try_count("SELECT COUNT(*) FROM loop_runs WHERE ended_at IS NOT NULL") >= Some(3),
+        || run.explain(),
+    );
+    wait_until(
+        "the second pause",
+        || agent_status(&env, "claude_code")["paused"]["cooldown_secs"] == 2,
+        || run.explain(),
+    );
+    run.stop();
+    assert!(run.stderr().contains("trial"), "{}", run.explain());
+
+    // A trial that succeeds closes the breaker.
+    let well = agent("well_behaved");
+    let toml = std::fs::read_to_string(env.path("perpetual.toml"))
+        .unwrap()
+        .replace(
+            &format!("\"CRASH=exit\", \"sh\", \"{crasher}\""),
+            &format!("\"sh\", \"{well}\""),
+        );
+    env.write("perpetual.toml", toml);
+    std::thread::sleep(Duration::from_secs(3));
+    env.run(&["run", "--once"]).expect(0);
+    assert!(agent_status(&env, "claude_code")["paused"].is_null());
+}
+
+/// Crash loops back off exponentially: each failed session doubles the wait before the
+/// agent's next one.
+#[test]
+fn a_crashing_agent_backs_off_exponentially() {
+    let crasher = agent("crasher");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["env", "CRASH=segv", "sh", "{crasher}"]
+"#
+    ));
+    let toml = std::fs::read_to_string(env.path("perpetual.toml"))
+        .unwrap()
+        .replace("breaker_sessions = 3", "breaker_sessions = 10")
+        .replace("backoff_secs = 0", "backoff_secs = 1");
+    env.write("perpetual.toml", toml);
+    add_tasks(&env, "claude_code", &["t"], 3);
+    let started = Instant::now();
+    let run = env.run(&["run", "--max-sessions", "4"]).expect(0);
+    // Waits of 1, 2 and 4 seconds between the four sessions.
+    assert!(
+        started.elapsed() >= Duration::from_secs(7),
+        "{:?}\n{}",
+        started.elapsed(),
+        run.explain()
+    );
+    assert!(run.stderr().contains("backing off"), "{}", run.explain());
+}
+
+/// `[notify] command` hears about trouble: the event as one JSON object on stdin.
+#[test]
+fn the_notify_command_hears_about_a_paused_agent() {
+    let (env, _guard) = root_with(
+        r#"
+[agents.claude_code]
+command = ["claude-not-installed-here"]
+"#,
+    );
+    let log = env.path("notified.jsonl");
+    let toml = std::fs::read_to_string(env.path("perpetual.toml")).unwrap()
+        + &format!(
+            "\n[notify]\ncommand = [\"sh\", \"-c\", \"cat >> '{}'; echo >> '{}'\"]\n",
+            log.display(),
+            log.display()
+        );
+    env.write("perpetual.toml", toml);
+    add_tasks(&env, "claude_code", &["t"], 1);
+    env.run(&["run", "--once"]);
+    wait_until("the notification", || log.exists(), || env.listing());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event"], "agent_paused", "{text}");
+    assert_eq!(first["agent"], "claude_code");
+    assert!(
+        first["reason"].as_str().unwrap().contains("not found"),
+        "{text}"
+    );
+}
+
+/// `status` shows whether a loop runs (pid, since, heartbeat) and one line per live
+/// session with its pid.
+#[test]
+fn status_shows_the_running_loop_and_each_live_session_with_its_pid() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"env\", \"WORK_SECS=60\", \"sh\", \"{well}\"]\n"
+    ));
+    add_tasks(&env, "claude_code", &["t"], 3);
+    let mut run = env.spawn(&["run"]);
+    run.wait_for_log("started session_");
+    let j = env.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(j["loop"]["running"], true, "{j}");
+    assert_eq!(j["loop"]["pid"], run.pid(), "{j}");
+    let live = j["loop"]["sessions"].as_array().unwrap();
+    assert_eq!(live.len(), 1, "{j}");
+    let pid = live[0]["pid"].as_i64().unwrap();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    let text = env.run(&["status"]).expect(0).stdout();
+    assert!(
+        text.contains(&format!("pid {}", run.pid())) && text.contains(&format!("pid {pid}")),
+        "{text}"
+    );
+    run.stop();
+    let j = env.run(&["status", "--json"]).expect(0).json();
+    assert_eq!(j["loop"]["running"], false, "{j}");
+}
