@@ -7,7 +7,7 @@
 //! | tokens | `tokens_per_session` | the session's tokens, as the last checkpoint or wrap reported them |
 //! | API calls | `api_calls_per_day` | calls recorded by checkpoints of the agent's sessions during the current UTC day (resets at 00:00 UTC) |
 //! | slots | `slots` | the agent's active sessions (concurrent batch jobs, pipelines) |
-//! | wall time | `wall_minutes_per_session` | minutes since the session started |
+//! | wall time | `wall_minutes_per_session` (× 60) | seconds since the session started, so the wrap level is reached for any budget |
 //!
 //! A limit of 0 means "no limit of that kind". A session's level is the worst level
 //! over the kinds it has limits for.
@@ -168,8 +168,8 @@ pub enum Kind {
     ApiCalls,
     /// Concurrent sessions.
     Slots,
-    /// Minutes per session.
-    WallMinutes,
+    /// Wall time per session, in seconds (the limit is `wall_minutes_per_session` × 60).
+    WallTime,
 }
 
 impl Kind {
@@ -179,7 +179,7 @@ impl Kind {
             Kind::Tokens => "tokens",
             Kind::ApiCalls => "API calls today",
             Kind::Slots => "slots",
-            Kind::WallMinutes => "minutes",
+            Kind::WallTime => "wall time (s)",
         }
     }
 }

@@ -61,9 +61,11 @@ pub enum Exit {
 #[derive(Debug, Parser)]
 #[command(name = "perpetual", version, about, long_about = None, max_term_width = 100)]
 pub struct Cli {
-    /// The working directory: perpetual.toml, perpetual.db, inbox/, outbox/.
-    #[arg(long, global = true, env = "PERPETUAL_ROOT", default_value = ".")]
-    pub root: PathBuf,
+    /// The working directory: perpetual.toml, perpetual.db, inbox/, outbox/ (default:
+    /// the current directory). Only init, ingest, watch, run and the commands that add
+    /// or change something create it; the read-only ones need an existing root.
+    #[arg(long, global = true, env = "PERPETUAL_ROOT")]
+    pub root: Option<PathBuf>,
 
     /// Log lines on stderr as text or as JSON objects (one per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -144,10 +146,47 @@ impl Cli {
     }
 }
 
+impl Command {
+    /// Commands that only read: on a missing root they fail (naming it) rather than
+    /// create one where a `--root` was mistyped.
+    pub fn reads_only(&self) -> bool {
+        match self {
+            Command::Stats(_) | Command::Files(_) | Command::Status(_) => true,
+            Command::Task(t) => matches!(
+                t.command,
+                task::TaskCommand::List { .. }
+                    | task::TaskCommand::Show { .. }
+                    | task::TaskCommand::Next { .. }
+                    | task::TaskCommand::Stats { .. }
+            ),
+            Command::Session(s) => matches!(
+                s.command,
+                session::SessionCommand::Status { .. } | session::SessionCommand::List { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<Exit> {
     crate::clock::check_override()?;
-    let root = Root::new(&cli.root)?;
+    if let Command::Hooks(args) = &cli.command
+        && matches!(args.command, hooks::HooksCommand::Handle)
+    {
+        // Claude Code runs the hook wherever it works: the root is PERPETUAL_ROOT (or
+        // --root), else found by walking up; without one, no answer and nothing created.
+        return hooks::handle(cli.root.as_deref());
+    }
+    let dir = cli.root.clone().unwrap_or_else(|| PathBuf::from("."));
+    let root = if cli.command.reads_only() {
+        Root::existing(&dir)?
+    } else if matches!(cli.command, Command::Monitor(_)) {
+        // Reads perpetual.toml when there is one; creates nothing.
+        Root::at(&dir)?
+    } else {
+        Root::new(&dir)?
+    };
     match cli.command {
         Command::Watch(args) => watch::run(&root, args),
         Command::Init => init::run(&root),

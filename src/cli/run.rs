@@ -23,6 +23,13 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     if let Some(a) = &args.agent {
         crate::root::check_agent_name(a)?;
     }
+    // The loop writes prompts into agents' pipes: an agent that exits without reading
+    // its prompt must be an EPIPE for one write, not a SIGPIPE that kills the loop (the
+    // binary restores the default for the one-shot commands, for `| head`).
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let _lock = root.lock_writer("run")?;
     let (config, mut conn) = super::open(root)?;
     let once = args.once;
@@ -40,20 +47,21 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     crate::engine::watch::on_signals(move || stopper.stop())?;
     let report = looper.run()?;
     tracing::info!(
-        "run: {} session(s) started, {} built-in task run(s){}",
+        "run: {} session(s) started, {} adopted, {} built-in task run(s){}",
         report.sessions_started,
+        report.adopted,
         report.builtin_runs,
         if report.paused.is_empty() {
             String::new()
         } else {
             format!(
-                "; paused by the circuit breaker: {}",
-                report.paused.join(", ")
+                "; paused: {}",
+                report.paused.iter().cloned().collect::<Vec<_>>().join(", ")
             )
         }
     );
     Ok(
-        if once && report.sessions_started == 0 && report.builtin_runs == 0 {
+        if once && report.sessions_started == 0 && report.builtin_runs == 0 && report.adopted == 0 {
             Exit::Nothing
         } else {
             Exit::Ok

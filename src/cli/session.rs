@@ -341,7 +341,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 }
                 print_usage(&r.usage);
                 println!(
-                    "pairs     {} integrated during the session",
+                    "pairs     {} integrated by the session",
                     thousands(r.pairs_integrated)
                 );
                 if let Some(reason) = &r.needs_review {

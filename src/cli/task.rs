@@ -199,7 +199,12 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             );
         }
         TaskCommand::List { agent, all, json } => {
-            let views: Vec<TaskView> = tasks::views(&conn)?
+            let listed = if all {
+                tasks::views(&conn)?
+            } else {
+                tasks::open_views(&conn)?
+            };
+            let views: Vec<TaskView> = listed
                 .into_iter()
                 .filter(|v| agent.as_ref().is_none_or(|a| &v.task.agent == a))
                 .filter(|v| all || v.state != State::Completed)
@@ -273,7 +278,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     c.grade.score,
                     c.report.display()
                 );
-                let unblocked: Vec<String> = tasks::views(&conn)?
+                let unblocked: Vec<String> = tasks::open_views(&conn)?
                     .into_iter()
                     .filter(|v| v.state == State::Ready && v.task.depends_on.contains(&id))
                     .map(|v| v.task.id)
@@ -286,7 +291,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         TaskCommand::Fail { id, reason } => {
             tasks::fail(&conn, &id, &reason)?;
             println!("{id} failed: {}", reason.trim());
-            let blocked: Vec<String> = tasks::views(&conn)?
+            let blocked: Vec<String> = tasks::open_views(&conn)?
                 .into_iter()
                 .filter(|v| v.state == State::Blocked && v.blocked_by.as_deref() == Some(&id))
                 .map(|v| v.task.id)
@@ -521,7 +526,7 @@ fn print_stats(s: &tasks::Stats) {
 
 /// Explains why an agent has nothing ready: what its pending tasks wait for.
 pub(super) fn print_nothing_ready(conn: &rusqlite::Connection, agent: &str) -> Result<()> {
-    let waiting: Vec<TaskView> = tasks::views(conn)?
+    let waiting: Vec<TaskView> = tasks::open_views(conn)?
         .into_iter()
         .filter(|v| v.task.agent == agent && matches!(v.state, State::Waiting | State::Blocked))
         .collect();

@@ -163,7 +163,7 @@ fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>
     }
     let want = config.assign.min_ready;
     for (agent, mut list) in by_agent {
-        let mut ready = tasks::views(conn)?
+        let mut ready = tasks::open_views(conn)?
             .iter()
             .filter(|v| v.task.agent == agent && v.state == State::Ready)
             .count() as u64;

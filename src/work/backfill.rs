@@ -488,6 +488,7 @@ pub fn run_task(
         limit: wrap_at.saturating_sub(started.tokens_used),
         used: 0,
     };
+    let ledger_before = crate::store::ledger::mark(conn)?;
     let outcome = if meter.limit == 0 {
         // Already at the wrap threshold: wrap without writing.
         None
@@ -531,6 +532,8 @@ pub fn run_task(
         )?)
     };
 
+    // The files this run integrated are the session's: its pairs, counted exactly.
+    crate::store::ledger::tag_session(conn, &session_id, &ledger_before)?;
     let used = outcome.as_ref().and_then(|o| o.meter).map_or(0, |m| m.used);
     let done = plan.sessions_done();
     summary.sessions_done = done.len() as u64;

@@ -143,13 +143,14 @@ pub fn start(conn: &mut Connection, config: &Config, opts: &StartOptions) -> Res
         .into_iter()
         .filter_map(|s| s.task_id)
         .collect();
-    let views = tasks::views(&tx)?;
+    let views = tasks::open_views(&tx)?;
     let chosen = match &opts.task {
         Some(id) => {
-            let v = views
-                .iter()
-                .find(|v| &v.task.id == id)
-                .with_context(|| format!("no task {id:?}"))?;
+            let Some(v) = views.iter().find(|v| &v.task.id == id) else {
+                // Not open: completed, or not there at all.
+                tasks::get(&tx, id)?;
+                bail!("task {id} is completed");
+            };
             ensure!(
                 v.task.agent == agent,
                 "task {id} is in {}'s queue, not {agent}'s",
@@ -395,7 +396,7 @@ pub fn level(
     Ok((usage, level))
 }
 
-/// The session kinds of usage: tokens, API calls today, minutes since the start.
+/// The session kinds of usage: tokens, API calls today, seconds since the start.
 /// Slots are the agent's, not one session's: see [`start`] and [`Status::slots`].
 pub fn usages(
     s: &SessionRow,
@@ -403,8 +404,10 @@ pub fn usages(
     now: DateTime<Utc>,
     th: &Thresholds,
 ) -> Vec<Usage> {
-    let minutes = clock::parse(&s.started_at)
-        .map(|t| ((now - t).num_seconds().max(0) / 60) as u64)
+    // Seconds, not whole minutes: a one-minute budget must pass 85% at 51 s, not jump
+    // from 0% to 100%.
+    let seconds = clock::parse(&s.started_at)
+        .map(|t| (now - t).num_seconds().max(0) as u64)
         .unwrap_or(0);
     [
         Usage::new(Kind::Tokens, s.tokens_used, s.budget.tokens_per_session, th),
@@ -415,9 +418,9 @@ pub fn usages(
             th,
         ),
         Usage::new(
-            Kind::WallMinutes,
-            minutes,
-            s.budget.wall_minutes_per_session,
+            Kind::WallTime,
+            seconds,
+            s.budget.wall_minutes_per_session.saturating_mul(60),
             th,
         ),
     ]
@@ -653,6 +656,13 @@ pub fn wrap(
         default_next_action(task.as_ref(), last_note.as_deref(), &s.agent, None)
     });
     store::mark_wrapped(&tx, &s.id, level, &provisional, &now_s)?;
+    // Full progress completes and grades the task in the same transaction: nobody (the
+    // loop choosing a task, a `session start`) ever sees the session archived with its
+    // task finished but not completed.
+    let graded = match &task {
+        Some(t) if finishing => Some(tasks::complete_in(&tx, config, &t.id)),
+        _ => None,
+    };
     tx.commit()?;
     if let Some(t) = &task {
         steps.done(
@@ -665,20 +675,35 @@ pub fn wrap(
         format!("session {} wrapped at the {} level", s.id, level.as_str()),
     );
 
-    // 2. Completion and grade, when the progress is full.
+    // 2. The completion report, when the progress was full.
     let mut completed = None;
     let mut next_action = provisional;
-    if finishing && let Some(t) = &task {
-        completed = steps.outcome("grade", tasks::complete(conn, root, config, &t.id), |c| {
-            format!(
-                "{} completed, grade {} ({:.2}); report {}",
-                t.id,
-                c.grade.letter,
-                c.grade.score,
-                relative(root, &c.report)
-            )
-        });
-        if input.next.is_none() {
+    if let (Some(graded), Some(t)) = (graded, &task) {
+        match graded {
+            Ok(grade) => {
+                let report = tasks::write_report(conn, root, config, &t.id);
+                let head = format!(
+                    "{} completed, grade {} ({:.2})",
+                    t.id, grade.letter, grade.score
+                );
+                match &report {
+                    Ok(p) => steps.done("grade", format!("{head}; report {}", relative(root, p))),
+                    Err(e) => steps.push(
+                        "grade",
+                        StepStatus::Failed,
+                        format!("{head}; the report cannot be written: {e:#}"),
+                    ),
+                }
+                completed = Some(Completion {
+                    task: t.id.clone(),
+                    grade,
+                    report: report
+                        .unwrap_or_else(|_| root.reports_dir().join(format!("{}.md", t.id))),
+                });
+            }
+            Err(e) => steps.push("grade", StepStatus::Failed, format!("{e:#}")),
+        }
+        if completed.is_some() && input.next.is_none() {
             let next = tasks::next(conn, &s.agent)?.map(|v| v.task.id);
             let refreshed = store_tasks::get(conn, &t.id)?;
             next_action = default_next_action(
@@ -696,18 +721,32 @@ pub fn wrap(
     };
     let session = get(conn, &s.id)?;
 
-    // 3. Backup.
+    // 3. Backup: at most every wrap.backup_min_interval_secs, and always when the task
+    // completed (a full copy at every wrap filled disks).
     let stamp = format!("{}_{}", now.format("%Y%m%d_%H%M%S"), s.id);
     let keep = config.wrap.backups_kept;
-    let backup = steps.outcome(
-        "backup",
-        crate::store::backup::backup_into(conn, &root.backups_dir(), &stamp, keep),
-        |p| format!("{} (keeping the last {keep})", relative(root, p)),
-    );
+    let backup = match recent_backup_age(root, config.wrap.backup_min_interval_secs) {
+        Some(age) if completed.is_none() => {
+            steps.skipped(
+                "backup",
+                format!(
+                    "the last backup is {age} s old (wrap.backup_min_interval_secs = {}); \
+                     the next comes with a completed task or after the interval",
+                    config.wrap.backup_min_interval_secs
+                ),
+            );
+            None
+        }
+        _ => steps.outcome(
+            "backup",
+            crate::store::backup::backup_into(conn, &root.backups_dir(), &stamp, keep),
+            |p| format!("{} (keeping the last {keep})", relative(root, p)),
+        ),
+    };
 
     // 4. Handoff.
     let checkpoints = store::checkpoints_of(conn, &s.id)?;
-    let pairs_integrated = crate::store::pairs::count_created_between(conn, &s.started_at, &now_s)?;
+    let pairs_integrated = crate::store::ledger::pairs_of_session(conn, &s.id)?;
     let duration_seconds = (now - clock::parse(&s.started_at)?).num_seconds();
     let totals = crate::store::stats::stats(conn, config.goal, 0)?;
     let backup_rel = backup.as_ref().map(|p| relative(root, p));
@@ -759,14 +798,51 @@ pub fn wrap(
         if let Some(h) = &handoff {
             paths.insert(0, PathBuf::from(relative(root, h)));
         }
-        match crate::work::vcs::commit(root.dir(), &paths, &message) {
+        // Outputs of earlier wraps whose commit failed are retried with this one.
+        let pending = store::commit_pending(conn)?;
+        for p in pending.iter().filter(|p| p.id != s.id) {
+            if let Some(h) = &p.handoff_path {
+                paths.push(PathBuf::from(h));
+            }
+            paths.push(PathBuf::from("outbox").join(&p.agent));
+        }
+        paths.sort();
+        paths.dedup();
+        let retried: Vec<&str> = pending
+            .iter()
+            .filter(|p| p.id != s.id)
+            .map(|p| p.id.as_str())
+            .collect();
+        let sweep = [
+            PathBuf::from("session_handoffs"),
+            PathBuf::from("task_reports"),
+            PathBuf::from("outbox"),
+        ];
+        match crate::work::vcs::commit(root.dir(), &paths, &sweep, &message) {
             Ok(None) => {
+                store::clear_commit_pending(conn, &retried, None)?;
                 steps.skipped("commit", "nothing changed in the outputs".into());
                 None
             }
-            result => steps.outcome("commit", result.map(Option::unwrap_or_default), |id| {
-                id.clone()
-            }),
+            Ok(Some(id)) => {
+                store::clear_commit_pending(conn, &retried, Some(&id))?;
+                let also = if retried.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (with the outputs of {})", retried.join(", "))
+                };
+                steps.done("commit", format!("{id}{also}"));
+                Some(id)
+            }
+            Err(e) => {
+                store::set_commit_pending(conn, &s.id)?;
+                steps.push(
+                    "commit",
+                    StepStatus::Failed,
+                    format!("{e:#}; the next wrap commits these outputs"),
+                );
+                None
+            }
         }
     };
 
@@ -798,6 +874,44 @@ pub fn wrap(
     })
 }
 
+/// Archives an active session whose command never ran (it could not be started):
+/// wrapped with `reason` as its next action, and nothing else: no backup, no handoff, no
+/// commit, since nothing happened to hand off.
+pub fn abandon(conn: &mut Connection, session_id: &str, reason: &str) -> Result<()> {
+    let now = clock::now();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let s = get(&tx, session_id)?;
+    ensure!(s.is_active(), "session {} is already wrapped", s.id);
+    let usage = usages(
+        &s,
+        api_calls_today(&tx, &s.agent, now)?,
+        now,
+        &Thresholds::default(),
+    );
+    store::mark_wrapped(
+        &tx,
+        &s.id,
+        budget::worst(&usage),
+        reason,
+        &clock::format(now),
+    )?;
+    let steps = Steps(vec![Step {
+        step: "archive",
+        status: StepStatus::Done,
+        detail: format!("session {} archived without running: {reason}", s.id),
+    }]);
+    store::record_wrap_outputs(
+        &tx,
+        &s.id,
+        None,
+        None,
+        None,
+        &serde_json::to_value(&steps.0)?,
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Writes `session_handoffs/handoff_<session>_interim.md` for an active session: the
 /// handoff as it would read if the session wrapped now, without wrapping it. The
 /// Claude Code hooks write one before a compaction, so what the summary loses is on disk.
@@ -826,11 +940,7 @@ pub fn interim_handoff(
         level,
         thresholds: &config.thresholds,
         duration_seconds: (now - clock::parse(&s.started_at)?).num_seconds(),
-        pairs_integrated: crate::store::pairs::count_created_between(
-            conn,
-            &s.started_at,
-            &clock::format(now),
-        )?,
+        pairs_integrated: crate::store::ledger::pairs_of_session(conn, &s.id)?,
         totals: &totals,
         backup: None,
         grade: None,
@@ -842,6 +952,26 @@ pub fn interim_handoff(
         .join(format!("handoff_{}_interim.md", s.id));
     crate::root::write_document(&path, &text)?;
     Ok(path)
+}
+
+/// The age in seconds of the newest backup in `backups/` when it is younger than
+/// `min_interval` seconds (None: a backup is due).
+fn recent_backup_age(root: &Root, min_interval: u64) -> Option<u64> {
+    if min_interval == 0 {
+        return None;
+    }
+    let newest = crate::store::backup::list(&root.backups_dir())
+        .ok()?
+        .pop()?;
+    let age = newest
+        .metadata()
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()?
+        .as_secs();
+    (age < min_interval).then_some(age)
 }
 
 /// The wrap's steps as they run.
@@ -970,7 +1100,7 @@ pub fn commit_message(f: &CommitFacts<'_>) -> String {
             "{}: {}/{} ({:.1}%)\n",
             match u.kind {
                 Kind::ApiCalls => "API calls today",
-                Kind::WallMinutes => "Wall time (minutes)",
+                Kind::WallTime => "Wall time (seconds)",
                 Kind::Slots => "Slots",
                 Kind::Tokens => "Tokens",
             },
