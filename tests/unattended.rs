@@ -1021,3 +1021,60 @@ fn status_shows_the_running_loop_and_each_live_session_with_its_pid() {
     let j = env.run(&["status", "--json"]).expect(0).json();
     assert_eq!(j["loop"]["running"], false, "{j}");
 }
+
+/// The soak found it: an agent's own `session wrap` killed between its archive and its
+/// file steps left a wrapped session without a handoff or a commit. The loop finishes
+/// such a wrap when the session's processes are gone (here after a crash of both).
+#[test]
+fn a_wrap_cut_short_after_its_archive_is_finished_by_the_loop() {
+    let fake = fixture("fake_agent.sh");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["env", "FAKE_MODE=linger", "FAKE_PEAK=30000", "sh", "{}"]
+transcript = "{{root}}/transcripts/{{session}}.jsonl"
+"#,
+        fake.display()
+    ));
+    add_tasks(&env, "claude_code", &["t"], 2);
+    let mut first = env.spawn(&["run"]);
+    wait_until(
+        "the agent to be at work",
+        || env.try_count("SELECT COUNT(*) FROM checkpoints") == Some(1),
+        || first.explain(),
+    );
+    first.kill9();
+    for p in session_processes(env.root()) {
+        unsafe {
+            libc::kill(p.pid, libc::SIGKILL);
+        }
+    }
+    // What a `session wrap` killed right after its database step leaves.
+    {
+        let db = rusqlite::Connection::open(env.path("perpetual.db")).unwrap();
+        db.execute(
+            "UPDATE sessions SET status = 'wrapped', wrapped_at = started_at, level = 'healthy',
+                                 next_action = 'continue from 1/2'",
+            [],
+        )
+        .unwrap();
+    }
+    let run = env.run(&["run", "--max-sessions", "0"]).expect(0);
+    let s = &sessions(&env)[0];
+    let handoff = s["handoff_path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{s}\n{}", run.explain()));
+    assert!(env.path(handoff).is_file(), "{}", run.explain());
+    assert!(
+        s["wrap_steps"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish"),
+        "{s}"
+    );
+    assert!(
+        run.stderr().contains("in the middle of its own wrap"),
+        "{}",
+        run.explain()
+    );
+}

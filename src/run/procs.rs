@@ -66,6 +66,21 @@ pub fn stat(pid: i32) -> Option<Proc> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// The process table as read at most `max_age` ago: the supervisors of several
+/// sessions share one reading per poll instead of each reading `/proc` in full.
+pub fn table_cached(max_age: std::time::Duration) -> std::sync::Arc<Vec<Proc>> {
+    static CACHE: Mutex<Option<(std::time::Instant, std::sync::Arc<Vec<Proc>>)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, t)) = cache.as_ref()
+        && at.elapsed() <= max_age
+    {
+        return t.clone();
+    }
+    let t = std::sync::Arc::new(table());
+    *cache = Some((std::time::Instant::now(), t.clone()));
+    t
+}
+
 /// Every process now (those that vanish while being read are left out).
 pub fn table() -> Vec<Proc> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -160,13 +175,18 @@ pub fn leader_reaped(pid: i32) {
 /// Reaps this process's exited children that are neither registered leaders nor in its
 /// own process group: descendants of sessions it adopted as a subreaper. Returns their
 /// pids.
-pub fn reap_strays() -> Vec<i32> {
+pub fn reap_strays(table: &[Proc]) -> Vec<i32> {
     let me = std::process::id() as i32;
     let my_group = unsafe { libc::getpgrp() };
     let leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
     let mut reaped = Vec::new();
-    for p in table() {
-        if p.ppid == me && p.state == 'Z' && p.pgid != my_group && !leaders.contains(&p.pid) {
+    let stray = |p: &Proc| p.ppid == me && p.state == 'Z' && p.pgid != my_group;
+    for p in table {
+        // `table` may be a moment old: look again before reaping.
+        if stray(p)
+            && !leaders.contains(&p.pid)
+            && stat(p.pid).is_some_and(|now| now.start == p.start && stray(&now))
+        {
             let mut status = 0;
             if unsafe { libc::waitpid(p.pid, &mut status, libc::WNOHANG) } == p.pid {
                 reaped.push(p.pid);
@@ -182,7 +202,11 @@ pub struct Group {
     session: String,
     /// The process group the command leads.
     pub pgid: i32,
+    leader: (i32, u64),
+    leader_alive: bool,
     members: HashMap<i32, u64>,
+    /// Whether a process (pid, start) names the session in its environment.
+    named: HashMap<(i32, u64), bool>,
 }
 
 impl Group {
@@ -191,7 +215,10 @@ impl Group {
         Group {
             session: session.to_string(),
             pgid: leader,
+            leader: (leader, start),
+            leader_alive: true,
             members: HashMap::from([(leader, start)]),
+            named: HashMap::new(),
         }
     }
 
@@ -201,32 +228,46 @@ impl Group {
     pub fn adopted(session: &str, leader: i32, start: u64, table: &[Proc]) -> Group {
         let mut g = Group::new(session, leader, start);
         for p in table.iter().filter(|p| p.is_live()) {
-            if p.pgid != leader
-                && environ_var(p.pid, "PERPETUAL_SESSION").as_deref() == Some(session)
-            {
+            if g.names_session(p) {
                 g.members.insert(p.pid, p.start);
             }
         }
         g
     }
 
+    fn names_session(&mut self, p: &Proc) -> bool {
+        let session = &self.session;
+        *self.named.entry((p.pid, p.start)).or_insert_with(|| {
+            environ_var(p.pid, "PERPETUAL_SESSION").as_deref() == Some(session.as_str())
+        })
+    }
+
     /// The session's live processes in `table`, remembering new members. `me` is this
     /// process (the subreaper), `my_group` its process group.
+    ///
+    /// While the leader lives, its process group is the session's. Once it is gone the
+    /// group id may, after every member left, name someone else's group (pids are
+    /// reused): a process found by its group alone must then name the session in its
+    /// environment.
     pub fn scan(&mut self, table: &[Proc], me: i32, my_group: i32) -> Vec<Proc> {
         let by_pid: HashMap<i32, &Proc> = table.iter().map(|p| (p.pid, p)).collect();
+        self.leader_alive = by_pid
+            .get(&self.leader.0)
+            .is_some_and(|p| p.start == self.leader.1 && p.is_live());
         // Members that are gone, or whose pid was reused, are forgotten.
         self.members
             .retain(|pid, start| by_pid.get(pid).is_some_and(|p| p.start == *start));
+        self.named
+            .retain(|(pid, start), _| by_pid.get(pid).is_some_and(|p| p.start == *start));
         let mut set: HashSet<i32> = self.members.keys().copied().collect();
         for p in table {
             if set.contains(&p.pid) {
                 continue;
             }
-            let in_group = p.pgid == self.pgid;
+            let in_group = p.pgid == self.pgid && (self.leader_alive || self.names_session(p));
             // Adopted as a subreaper: an orphan of some session; its environment says which.
-            let adopted_here = p.ppid == me
-                && p.pgid != my_group
-                && environ_var(p.pid, "PERPETUAL_SESSION").as_deref() == Some(&self.session);
+            let adopted_here =
+                !in_group && p.ppid == me && p.pgid != my_group && self.names_session(p);
             if in_group || adopted_here {
                 set.insert(p.pid);
                 self.members.insert(p.pid, p.start);
@@ -254,10 +295,13 @@ impl Group {
             .collect()
     }
 
-    /// Sends `sig` to the process group and to each of `live` outside it.
+    /// Sends `sig` to each of `live` (checked by start time), and to the process group
+    /// while its leader lives (then the group is surely the session's).
     pub fn signal(&self, live: &[Proc], sig: i32) {
-        signal_group(self.pgid, sig);
-        for p in live.iter().filter(|p| p.pgid != self.pgid) {
+        if self.leader_alive {
+            signal_group(self.pgid, sig);
+        }
+        for p in live {
             signal(p.pid, p.start, sig);
         }
     }

@@ -225,6 +225,13 @@ impl<'c> Loop<'c> {
         Ok(self.report)
     }
 
+    /// One round, exactly as the running loop does it (assigner, built-in tasks,
+    /// sessions), without waiting afterwards; true when it started or ran something.
+    /// What `benches/idle_round.rs` measures.
+    pub fn round_once(&mut self) -> Result<bool> {
+        self.round()
+    }
+
     fn rounds(&mut self) -> Result<()> {
         loop {
             if self.stopping() {

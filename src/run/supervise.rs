@@ -558,8 +558,9 @@ impl Supervisor {
                 }
             }
             let leader_gone = t.check_leader()?;
-            procs::reap_strays();
-            let table = procs::table();
+            // One reading of /proc per poll, shared by the supervisors.
+            let table = procs::table_cached(poll / 2);
+            procs::reap_strays(&table);
             let live = t.group.scan(&table, me, my_group);
             if leader_gone && live.is_empty() {
                 break;
@@ -680,6 +681,21 @@ impl Supervisor {
         if row.is_active() && !level.must_wrap() && !stop_requested {
             return Ok(None);
         }
+        // Wrapped by the agent, which still runs: its grace starts once its wrap has
+        // finished (a signal mid-wrap would leave it half done), or at the latest a
+        // grace period after the wrap began.
+        if !row.is_active()
+            && row.wrap_steps.is_none()
+            && row
+                .wrapped_at
+                .as_deref()
+                .and_then(|w| clock::parse(w).ok())
+                .is_some_and(|w| {
+                    clock::now() - w < chrono::Duration::seconds(self.config.run.grace_secs as i64)
+                })
+        {
+            return Ok(None);
+        }
         if row.is_active() {
             let (why, text) = if stop_requested {
                 (
@@ -770,6 +786,21 @@ impl Supervisor {
                     agent = self.agent.as_str(),
                     session = s,
                     "{s} ended; cannot wrap it: {e:#}"
+                ),
+            }
+        } else if row.wrap_steps.is_none() {
+            // The agent's own wrap was cut short after the archive: finish it.
+            match session::finish_wrap(conn, &self.root, &self.config, s) {
+                Ok(_) => tracing::warn!(
+                    agent = self.agent.as_str(),
+                    session = s,
+                    "{s} ended ({}) in the middle of its own wrap; its handoff and commit are done now",
+                    how_it_ended(&end)
+                ),
+                Err(e) => tracing::warn!(
+                    agent = self.agent.as_str(),
+                    session = s,
+                    "{s} ended in the middle of its own wrap; cannot finish it: {e:#}"
                 ),
             }
         } else {

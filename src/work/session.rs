@@ -715,11 +715,118 @@ pub fn wrap(
             store::set_next_action(conn, &s.id, &next_action)?;
         }
     }
+    file_steps(
+        conn,
+        root,
+        config,
+        &s.id,
+        steps,
+        FileStepsInput {
+            now,
+            usage,
+            level,
+            completed,
+            needs_review,
+            next_action,
+        },
+    )
+}
+
+/// What the file steps of a wrap need from its database step.
+struct FileStepsInput {
+    now: DateTime<Utc>,
+    usage: Vec<Usage>,
+    level: Level,
+    completed: Option<Completion>,
+    needs_review: Option<String>,
+    next_action: String,
+}
+
+/// Completes the wrap of a session that was archived but whose file steps never ran
+/// (its `session wrap` was killed midway): the backup, the handoff and the commit,
+/// from what the database recorded. A wrap whose steps were recorded is left alone.
+pub fn finish_wrap(
+    conn: &mut Connection,
+    root: &Root,
+    config: &Config,
+    session_id: &str,
+) -> Result<Option<WrapReport>> {
+    let s = get(conn, session_id)?;
+    if s.is_active() || s.wrap_steps.is_some() {
+        return Ok(None);
+    }
+    let (usage, level) = level(conn, config, &s)?;
     let task = match &s.task_id {
         Some(t) => store_tasks::get(conn, t)?,
         None => None,
     };
-    let session = get(conn, &s.id)?;
+    let mut steps = Steps::default();
+    steps.done(
+        "archive",
+        format!(
+            "session {} was archived at {} by a wrap that did not finish; its outputs follow",
+            s.id,
+            s.wrapped_at.as_deref().unwrap_or("?")
+        ),
+    );
+    // The wrap completed the task when the task finished as the session was archived.
+    let completed = match &task {
+        Some(t)
+            if t.status == TaskStatus::Completed
+                && t.finished_at.is_some()
+                && t.finished_at >= Some(s.started_at.clone())
+                && t.grade.is_some() =>
+        {
+            let report = tasks::write_report(conn, root, config, &t.id);
+            let grade = t.grade.clone().expect("checked");
+            steps
+                .outcome("grade", report, |p| {
+                    format!("{} report {}", t.id, relative(root, p))
+                })
+                .map(|report| Completion {
+                    task: t.id.clone(),
+                    grade,
+                    report,
+                })
+        }
+        _ => None,
+    };
+    let input = FileStepsInput {
+        now: clock::now(),
+        usage,
+        level,
+        completed,
+        needs_review: task.as_ref().and_then(|t| t.needs_review.clone()),
+        next_action: s.next_action.clone().unwrap_or_default(),
+    };
+    file_steps(conn, root, config, &s.id, steps, input).map(Some)
+}
+
+/// A wrap's steps after its database step: the backup, the handoff and the commit, each
+/// reported and none stopping the others; then what they produced is recorded.
+fn file_steps(
+    conn: &mut Connection,
+    root: &Root,
+    config: &Config,
+    session_id: &str,
+    mut steps: Steps,
+    input: FileStepsInput,
+) -> Result<WrapReport> {
+    let FileStepsInput {
+        now,
+        usage,
+        level,
+        completed,
+        needs_review,
+        next_action,
+    } = input;
+    let th = &config.thresholds;
+    let s = get(conn, session_id)?;
+    let task = match &s.task_id {
+        Some(t) => store_tasks::get(conn, t)?,
+        None => None,
+    };
+    let session = s.clone();
 
     // 3. Backup: at most every wrap.backup_min_interval_secs, and always when the task
     // completed (a full copy at every wrap filled disks).
