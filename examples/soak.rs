@@ -288,6 +288,8 @@ fn reap(except: i32) {
     }
 }
 
+/// Files and bytes under `dir`; hidden files (a backup being written) count in the
+/// bytes only.
 fn dir_usage(dir: &Path) -> (u64, u64) {
     let mut files = 0;
     let mut bytes = 0;
@@ -301,7 +303,9 @@ fn dir_usage(dir: &Path) -> (u64, u64) {
             if m.is_dir() {
                 stack.push(e.path());
             } else {
-                files += 1;
+                if !e.file_name().to_string_lossy().starts_with('.') {
+                    files += 1;
+                }
                 bytes += m.len();
             }
         }
@@ -502,15 +506,29 @@ fn main() -> ExitCode {
             let gone_since = first.max(loop_up_since);
             if now.duration_since(gone_since) > threshold {
                 orphans += ps.len();
+                failures.push(format!(
+                    "orphans at {:.1} s: {session}'s command gone {:.1} s ago (a loop up for {:.1} s), left {}",
+                    started.elapsed().as_secs_f64(),
+                    now.duration_since(first).as_secs_f64(),
+                    now.duration_since(loop_up_since).as_secs_f64(),
+                    ps.iter()
+                        .map(|p| format!(
+                            "pid {} ({}, ppid {}, pgid {}, sid {}, {})",
+                            p.pid,
+                            std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                                .unwrap_or_default()
+                                .trim(),
+                            p.ppid,
+                            p.pgid,
+                            p.sid,
+                            p.state
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
         }
         orphans_max = orphans_max.max(orphans);
-        if orphans > 0 {
-            failures.push(format!(
-                "{orphans} orphan process(es) at {:.1} s",
-                started.elapsed().as_secs_f64()
-            ));
-        }
         restart_checks.retain(|t| {
             if now >= *t {
                 orphans_at_restarts.push(orphans);

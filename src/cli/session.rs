@@ -315,11 +315,13 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             let progress = progress.as_deref().map(tasks::parse_progress).transpose()?;
             let s = session::current(&conn, which.session.as_deref(), which.agent.as_deref())?;
             // A wrap half done (archived, no handoff, no commit) is worse than one that
-            // finishes a moment late: SIGTERM and SIGINT wait until it is complete (the
-            // loop's SIGKILL, term_secs later, still ends it).
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                signal_hook::flag::register(sig, stop.clone())?;
+            // finishes a moment late: SIGTERM and SIGINT are ignored until it is complete,
+            // by it and by the git it runs (an ignored signal stays ignored across exec);
+            // the loop's SIGKILL, term_secs later, still ends them.
+            #[cfg(unix)]
+            unsafe {
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
             }
             let r = session::wrap(
                 &mut conn,

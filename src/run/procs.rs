@@ -5,10 +5,11 @@
 //!   `/proc/<pid>/stat`, clock ticks since boot): a pid the kernel reused later has
 //!   another start time, so [`alive`] never mistakes a newcomer for a recorded process.
 //! - **A session's processes** ([`Group`]): the command's process group (it leads one of
-//!   its own), every descendant of a member (by parent pid), and the processes the loop
-//!   adopted as a child subreaper whose environment names the session
-//!   (`PERPETUAL_SESSION`): the ones that `setsid` away and whose parent died. A group
-//!   remembers each member it saw, so a member stays one after its parent is gone.
+//!   its own), every descendant of a member (by parent pid), and any other process whose
+//!   environment names the session (`PERPETUAL_SESSION`): the ones that `setsid` away and
+//!   whose parent died, adopted by the loop as a child subreaper (or by init, while no
+//!   loop ran). A group remembers each member it saw, so a member stays one after its
+//!   parent is gone.
 //! - **Reaping.** [`set_child_subreaper`] makes the loop the parent of orphaned
 //!   descendants; [`reap_strays`] collects the ones that exited. Leaders spawned through
 //!   [`spawn_leader`] are left to their `std::process::Child`, and the loop's own
@@ -200,6 +201,7 @@ pub fn reap_strays(table: &[Proc]) -> Vec<i32> {
 #[derive(Debug, Clone)]
 pub struct Group {
     session: String,
+    root: String,
     /// The process group the command leads.
     pub pgid: i32,
     leader: (i32, u64),
@@ -210,10 +212,12 @@ pub struct Group {
 }
 
 impl Group {
-    /// The group of the command `leader` (pid, start time) started for `session`.
-    pub fn new(session: &str, leader: i32, start: u64) -> Group {
+    /// The group of the command `leader` (pid, start time) started for `session` of the
+    /// root `root` (session ids are unique in a root only: both are checked).
+    pub fn new(session: &str, root: &str, leader: i32, start: u64) -> Group {
         Group {
             session: session.to_string(),
+            root: root.to_string(),
             pgid: leader,
             leader: (leader, start),
             leader_alive: true,
@@ -225,8 +229,8 @@ impl Group {
     /// The group of a session a previous loop started: besides the leader's process
     /// group, every live process whose environment names the session (read once here:
     /// what `setsid`-ed away while no loop was there to adopt it).
-    pub fn adopted(session: &str, leader: i32, start: u64, table: &[Proc]) -> Group {
-        let mut g = Group::new(session, leader, start);
+    pub fn adopted(session: &str, root: &str, leader: i32, start: u64, table: &[Proc]) -> Group {
+        let mut g = Group::new(session, root, leader, start);
         for p in table.iter().filter(|p| p.is_live()) {
             if g.names_session(p) {
                 g.members.insert(p.pid, p.start);
@@ -236,14 +240,16 @@ impl Group {
     }
 
     fn names_session(&mut self, p: &Proc) -> bool {
-        let session = &self.session;
+        let (session, root) = (&self.session, &self.root);
         *self.named.entry((p.pid, p.start)).or_insert_with(|| {
             environ_var(p.pid, "PERPETUAL_SESSION").as_deref() == Some(session.as_str())
+                && environ_var(p.pid, "PERPETUAL_ROOT").as_deref() == Some(root.as_str())
         })
     }
 
     /// The session's live processes in `table`, remembering new members. `me` is this
-    /// process (the subreaper), `my_group` its process group.
+    /// process (the subreaper), `my_group` its process group (its own short-lived
+    /// children, git and the notify command, are never a session's).
     ///
     /// While the leader lives, its process group is the session's. Once it is gone the
     /// group id may, after every member left, name someone else's group (pids are
@@ -265,10 +271,17 @@ impl Group {
                 continue;
             }
             let in_group = p.pgid == self.pgid && (self.leader_alive || self.names_session(p));
-            // Adopted as a subreaper: an orphan of some session; its environment says which.
-            let adopted_here =
-                !in_group && p.ppid == me && p.pgid != my_group && self.names_session(p);
-            if in_group || adopted_here {
+            // Outside the group and the tree: what left both (`setsid`, a double fork)
+            // and lost its parent, adopted by this loop as a subreaper, or by another
+            // process (or init) when the loop that started it had died. Its environment
+            // says whose it is; each process's is read once (`named` remembers).
+            let orphan = !in_group
+                && p.is_live()
+                && p.pgid != my_group
+                && p.pid != me
+                && p.ppid != 2
+                && self.names_session(p);
+            if in_group || orphan {
                 set.insert(p.pid);
                 self.members.insert(p.pid, p.start);
             }

@@ -429,7 +429,8 @@ impl Supervisor {
             } => {
                 let table = procs::table();
                 let (pid, start) = (pid.unwrap_or(0), start.unwrap_or(0));
-                let group = Group::adopted(s, pid, start, &table);
+                let root = self.root.dir().display().to_string();
+                let group = Group::adopted(s, &root, pid, start, &table);
                 let gone = pid <= 0 || !procs::alive(pid, start);
                 tracing::warn!(
                     agent = self.agent.as_str(),
@@ -518,7 +519,7 @@ impl Supervisor {
             child: Some(child),
             pid,
             start,
-            group: Group::new(s, pid, start),
+            group: Group::new(s, &self.root.dir().display().to_string(), pid, start),
             status: None,
             gone: false,
         }))
@@ -540,9 +541,10 @@ impl Supervisor {
         let mut end = RunEnd::default();
         let mut last_tokens = None;
         let mut transcript_recorded = false;
-        // A request a dead loop made still stands: the grace starts again now.
-        let mut asked: Option<Instant> =
-            (t.child.is_none() && self.root.wrap_flag(s).exists()).then(Instant::now);
+        // A request a dead loop made still stands (its file is there): it is counted as
+        // made once this loop looks, so the grace starts again then.
+        let pending_request = t.child.is_none() && self.root.wrap_flag(s).exists();
+        let mut asked: Option<Instant> = None;
         let mut termed: Option<Instant> = None;
         let mut killed = false;
         let mut remains_seen = false;
@@ -578,7 +580,7 @@ impl Supervisor {
                 if asked.is_none() {
                     // A database hiccup (busy past the timeout) must not abandon a running
                     // command: it is logged and the budget looked at again next time.
-                    match self.wrap_due(conn, stop_requested) {
+                    match self.wrap_due(conn, stop_requested, pending_request) {
                         Ok(due) => asked = due,
                         Err(e) => tracing::warn!(
                             session = s,
@@ -674,12 +676,21 @@ impl Supervisor {
 
     /// Asks for a wrap when it is due (the budget's wrap threshold, the loop stopping, or
     /// the agent already wrapped but still running); returns when it was asked.
-    fn wrap_due(&self, conn: &Connection, stop_requested: bool) -> Result<Option<Instant>> {
+    fn wrap_due(
+        &self,
+        conn: &Connection,
+        stop_requested: bool,
+        pending_request: bool,
+    ) -> Result<Option<Instant>> {
         let s = self.session.as_str();
         let row = session::get(conn, s)?;
         let (usage, level) = session::level(conn, &self.config, &row)?;
-        if row.is_active() && !level.must_wrap() && !stop_requested {
+        if row.is_active() && !level.must_wrap() && !stop_requested && !pending_request {
             return Ok(None);
+        }
+        if row.is_active() && pending_request && !stop_requested {
+            // The dead loop's request stands as it was written.
+            return Ok(Some(Instant::now()));
         }
         // Wrapped by the agent, which still runs: its grace starts once its wrap has
         // finished (a signal mid-wrap would leave it half done), or at the latest a

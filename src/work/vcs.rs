@@ -8,8 +8,9 @@
 //! commits at once fail on `index.lock`. Every commit here holds
 //! `<git dir>/perpetual-commit.lock` (an OS file lock, gone with its process) from the
 //! first `git add` to the end, and a git command that still meets someone else's
-//! `index.lock` is retried with a growing pause. A commit that fails in the end leaves
-//! nothing staged: what it staged is reset.
+//! `index.lock` is retried with a growing pause; a lock left by a killed git (older than
+//! 30 s) is removed. A commit that fails in the end leaves nothing staged: what it
+//! staged is reset.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -117,13 +118,31 @@ fn commit_staged(dir: &Path, paths: &[&PathBuf], message: &str) -> Result<Option
 }
 
 /// Runs a git command again while it fails on someone else's `index.lock`, pausing
-/// 50 ms, 100 ms, ... up to 2 s in between.
+/// 50 ms, 100 ms, ... up to 2 s in between. A lock older than [`STALE_INDEX_LOCK`] was
+/// left by a git that was killed (SIGKILL gives it no
+/// chance to remove it, and git never does later): it is removed, once, and the
+/// command tried again. Perpetual's own commits hold the commit lock meanwhile, so the
+/// stale lock is not theirs.
 fn retrying(mut f: impl FnMut() -> Result<Output>) -> Result<Output> {
     let mut pause = Duration::from_millis(50);
     let mut attempt = 1;
+    let mut cleared = false;
     loop {
         match f() {
-            Err(e) if attempt < INDEX_LOCK_ATTEMPTS && format!("{e:#}").contains("index.lock") => {
+            Err(e) if format!("{e:#}").contains("index.lock") => {
+                if !cleared && let Some(lock) = stale_index_lock(&format!("{e:#}")) {
+                    tracing::warn!(
+                        "removing {}: left by a git that was killed (older than {} s)",
+                        lock.display(),
+                        STALE_INDEX_LOCK.as_secs()
+                    );
+                    let _ = std::fs::remove_file(&lock);
+                    cleared = true;
+                    continue;
+                }
+                if attempt >= INDEX_LOCK_ATTEMPTS {
+                    return Err(e);
+                }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(2));
                 attempt += 1;
@@ -131,6 +150,18 @@ fn retrying(mut f: impl FnMut() -> Result<Output>) -> Result<Output> {
             other => return other,
         }
     }
+}
+
+/// An `index.lock` older than this is taken for one a killed git left.
+const STALE_INDEX_LOCK: Duration = Duration::from_secs(30);
+
+/// The `index.lock` git's error names, when it is older than [`STALE_INDEX_LOCK`].
+fn stale_index_lock(error: &str) -> Option<PathBuf> {
+    // "fatal: Unable to create '/repo/.git/index.lock': File exists."
+    let start = error.find("Unable to create '")? + "Unable to create '".len();
+    let path = PathBuf::from(&error[start..start + error[start..].find('\'')?]);
+    let age = path.metadata().ok()?.modified().ok()?.elapsed().ok()?;
+    (age > STALE_INDEX_LOCK).then_some(path)
 }
 
 /// `<git dir>/perpetual-commit.lock`, held while one perpetual process commits.
