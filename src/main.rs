@@ -12,9 +12,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("perpetual={}", cli.default_log_level())));
+    let writer = match cli.log_writer() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("perpetual: error: {e:#}");
+            return ExitCode::from(Exit::Error as u8);
+        }
+    };
+    let to_file = matches!(&cli.command, perpetual::cli::Command::Run(a) if a.log_dir.is_some());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(!to_file)
+        .with_writer(writer);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.with_target(false).init(),

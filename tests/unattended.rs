@@ -1131,3 +1131,42 @@ fn a_stale_index_lock_left_by_a_killed_git_does_not_block_wrap_commits() {
     assert!(!env.path(".git/index.lock").exists());
     assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
 }
+
+/// Observation 14: the loop's log was never rotated. `run --log-dir` writes one file a
+/// day and keeps the newest `--log-files`.
+#[test]
+fn the_loop_log_goes_to_daily_files_and_old_ones_are_deleted() {
+    let env = Env::new();
+    env.run(&["init"]).expect(0);
+    for day in 1..=9 {
+        let name = format!("loop-logs/run.2026-01-0{day}.log");
+        env.write(&name, "an old day\n");
+        let ok = Command::new("touch")
+            .args(["-d", &format!("2026-01-0{day}")])
+            .arg(env.path(&name))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    let run = env.run(&[
+        "run",
+        "--once",
+        "--log-dir",
+        "loop-logs",
+        "--log-files",
+        "3",
+    ]);
+    assert_eq!(run.code(), 4, "{}", run.explain());
+    assert_eq!(run.stderr(), "", "the log went to the file");
+    let files = env.files_in("loop-logs");
+    assert_eq!(files.len(), 3, "{files:?}");
+    let today = files.last().unwrap();
+    assert!(
+        today.starts_with("run.") && today.ends_with(".log"),
+        "{files:?}"
+    );
+    let text = std::fs::read_to_string(env.path(&format!("loop-logs/{today}"))).unwrap();
+    assert!(text.contains("run: 0 session(s) started"), "{text}");
+    assert!(!text.contains('\x1b'), "no terminal colours in a file");
+}

@@ -12,7 +12,7 @@ mod ingest;
 mod init;
 mod monitor;
 pub mod output;
-mod run;
+pub mod run;
 mod session;
 mod stats;
 mod status;
@@ -20,7 +20,7 @@ mod task;
 mod watch;
 
 use crate::root::Root;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -134,6 +134,32 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Where the log goes: `perpetual run --log-dir DIR` writes daily files there (the
+    /// newest `--log-files` kept), everything else writes to stderr.
+    pub fn log_writer(&self) -> Result<tracing_subscriber::fmt::writer::BoxMakeWriter> {
+        use tracing_subscriber::fmt::writer::BoxMakeWriter;
+        let Command::Run(args) = &self.command else {
+            return Ok(BoxMakeWriter::new(std::io::stderr));
+        };
+        let Some(dir) = &args.log_dir else {
+            return Ok(BoxMakeWriter::new(std::io::stderr));
+        };
+        let dir = match &self.root {
+            Some(root) if dir.is_relative() => root.join(dir),
+            _ => dir.clone(),
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let appender = tracing_appender::rolling::Builder::new()
+            .rotation(tracing_appender::rolling::Rotation::DAILY)
+            .filename_prefix("run")
+            .filename_suffix("log")
+            .max_log_files(args.log_files.max(1))
+            .build(&dir)
+            .with_context(|| format!("cannot write logs in {}", dir.display()))?;
+        Ok(BoxMakeWriter::new(appender))
+    }
+
     /// The log level when neither -v nor RUST_LOG says otherwise: long-running commands
     /// log each file; one-shot commands print a summary instead.
     pub fn default_log_level(&self) -> &'static str {

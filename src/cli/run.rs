@@ -17,6 +17,14 @@ pub struct Args {
     /// started, exit; status 4 when there was nothing to start.
     #[arg(long)]
     pub once: bool,
+    /// Write the log into DIR (relative paths: from the root) instead of stderr: one
+    /// file a day, `run.YYYY-MM-DD.log`, the newest --log-files kept. Under systemd,
+    /// leave it out: journald keeps and rotates stderr.
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<std::path::PathBuf>,
+    /// Daily log files kept in --log-dir.
+    #[arg(long, value_name = "N", default_value_t = 7, requires = "log_dir")]
+    pub log_files: usize,
 }
 
 pub fn run(root: &Root, args: Args) -> Result<Exit> {
