@@ -718,6 +718,22 @@ fn completed_ingest_tasks_leave_the_task_lists_after_their_retention_and_stay_in
         "perpetual.toml",
         "[run]\nidle_secs = 1\ningest_retention_secs = 0\n",
     );
+    // Files waiting together: one ingest task for them all, not one per file.
+    for i in 0..3 {
+        env.drop_file(
+            "droid",
+            &format!("b{i}.json"),
+            flat(&[(&format!("B{i}?"), "A.")]),
+        );
+    }
+    env.run(&["run", "--once", "--agent", "droid"]).expect(0);
+    let all = env
+        .run(&["task", "list", "--all", "--json"])
+        .expect(0)
+        .json();
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["kind"], "ingest");
+    assert_eq!(all[0]["total"], 3, "{all}");
     for i in 0..3 {
         env.drop_file(
             "droid",
@@ -736,7 +752,7 @@ fn completed_ingest_tasks_leave_the_task_lists_after_their_retention_and_stay_in
     assert_eq!(stats["tasks"], 0, "{stats}");
     assert_eq!(
         env.count("SELECT COUNT(*) FROM files WHERE status = 'integrated'"),
-        3
+        6
     );
     assert!(!env.path("task_reports").exists() || env.files_in("task_reports").is_empty());
 }
@@ -936,6 +952,14 @@ command = ["env", "CRASH=exit", "sh", "{crasher}"]
     );
     run.stop();
     assert!(run.stderr().contains("trial"), "{}", run.explain());
+    // Paused twice (the breaker, then its failed trial): named once in the summary.
+    let summary = run
+        .stderr()
+        .lines()
+        .find(|l| l.contains("run: "))
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(summary.matches("claude_code").count(), 1, "{summary}");
 
     // A trial that succeeds closes the breaker.
     let well = agent("well_behaved");
