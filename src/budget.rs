@@ -10,11 +10,19 @@
 //! | wall time | `wall_minutes_per_session` (× 60) | seconds since the session started, so the wrap level is reached for any budget |
 //!
 //! A limit of 0 means "no limit of that kind". A session's level is the worst level
-//! over the kinds it has limits for.
+//! over the kinds it has limits for; the kind that sets it is the *binding* one
+//! ([`binding`]).
+//!
+//! Thresholds may differ by kind and by agent (the seeds wrap an API quota at 85% and
+//! batch-job slots at 90%): `[thresholds]` holds the levels every kind shares and, in
+//! `[thresholds.<kind>]`, a kind's own; `[agents.<name>.thresholds]` the same for one
+//! agent. A level is looked up in that order: the agent's kind, the agent's, the kind,
+//! then the shared one ([`Thresholds::with`], [`Thresholds::of`]).
 
 use serde::{Deserialize, Serialize};
 
-/// Percentages at which the level changes (`[thresholds]` in perpetual.toml).
+/// Percentages at which the level changes (`[thresholds]` in perpetual.toml): the
+/// levels every kind shares, and each kind's own changes to them.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Thresholds {
@@ -26,6 +34,18 @@ pub struct Thresholds {
     pub hard_stop: f64,
     /// Emergency: wrap immediately, the state may be incomplete.
     pub critical: f64,
+    /// `[thresholds.tokens]`: tokens per session.
+    #[serde(skip_serializing_if = "ThresholdOverride::is_empty")]
+    pub tokens: ThresholdOverride,
+    /// `[thresholds.api_calls]`: API calls per day.
+    #[serde(skip_serializing_if = "ThresholdOverride::is_empty")]
+    pub api_calls: ThresholdOverride,
+    /// `[thresholds.slots]`: concurrent slots.
+    #[serde(skip_serializing_if = "ThresholdOverride::is_empty")]
+    pub slots: ThresholdOverride,
+    /// `[thresholds.wall_time]`: wall time per session.
+    #[serde(skip_serializing_if = "ThresholdOverride::is_empty")]
+    pub wall_time: ThresholdOverride,
 }
 
 impl Default for Thresholds {
@@ -35,13 +55,119 @@ impl Default for Thresholds {
             wrap: 85.0,
             hard_stop: 90.0,
             critical: 95.0,
+            tokens: ThresholdOverride::default(),
+            api_calls: ThresholdOverride::default(),
+            slots: ThresholdOverride::default(),
+            wall_time: ThresholdOverride::default(),
+        }
+    }
+}
+
+/// Thresholds one scope changes, each optional (`[thresholds.slots]`, `wrap = 90`): the
+/// others are inherited.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThresholdOverride {
+    /// See [`Thresholds::warning`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<f64>,
+    /// See [`Thresholds::wrap`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrap: Option<f64>,
+    /// See [`Thresholds::hard_stop`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_stop: Option<f64>,
+    /// See [`Thresholds::critical`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub critical: Option<f64>,
+}
+
+impl ThresholdOverride {
+    /// Changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == ThresholdOverride::default()
+    }
+
+    /// These values, else `under`'s.
+    pub fn or(self, under: ThresholdOverride) -> ThresholdOverride {
+        ThresholdOverride {
+            warning: self.warning.or(under.warning),
+            wrap: self.wrap.or(under.wrap),
+            hard_stop: self.hard_stop.or(under.hard_stop),
+            critical: self.critical.or(under.critical),
+        }
+    }
+}
+
+/// One agent's changes to the thresholds (`[agents.<name>.thresholds]`): the levels of
+/// every kind of its budget, and of one kind (`slots = { wrap = 90.0, ... }`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentThresholds {
+    /// See [`Thresholds::warning`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<f64>,
+    /// See [`Thresholds::wrap`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrap: Option<f64>,
+    /// See [`Thresholds::hard_stop`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_stop: Option<f64>,
+    /// See [`Thresholds::critical`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub critical: Option<f64>,
+    /// Its tokens per session.
+    #[serde(skip_serializing_if = "ThresholdOverride::is_empty")]
+    pub tokens: ThresholdOverride,
+    /// Its API calls per day.
+    #[serde(skip_serializing_if = "ThresholdOverride::is_empty")]
+    pub api_calls: ThresholdOverride,
+    /// Its slots.
+    #[serde(skip_serializing_if = "ThresholdOverride::is_empty")]
+    pub slots: ThresholdOverride,
+    /// Its wall time per session.
+    #[serde(skip_serializing_if = "ThresholdOverride::is_empty")]
+    pub wall_time: ThresholdOverride,
+}
+
+impl AgentThresholds {
+    /// Changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == AgentThresholds::default()
+    }
+
+    fn every_kind(&self) -> ThresholdOverride {
+        ThresholdOverride {
+            warning: self.warning,
+            wrap: self.wrap,
+            hard_stop: self.hard_stop,
+            critical: self.critical,
         }
     }
 }
 
 impl Thresholds {
-    /// Each threshold above 0 and strictly above the one before.
+    /// Each threshold above 0 and strictly above the one before, for every kind.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.validate_levels()?;
+        for kind in Kind::ALL {
+            let t = self.of(kind);
+            t.validate_levels().map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}; for {} the thresholds are warning {} < wrap {} < hard_stop {} < critical {} once [thresholds.{}] is applied: set every level it moves past",
+                    kind.label(),
+                    t.warning,
+                    t.wrap,
+                    t.hard_stop,
+                    t.critical,
+                    kind.config_key()
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn validate_levels(&self) -> anyhow::Result<()> {
         let t = [self.warning, self.wrap, self.hard_stop, self.critical];
         anyhow::ensure!(
             t[0] > 0.0 && t.windows(2).all(|w| w[0] < w[1]) && t.iter().all(|x| x.is_finite()),
@@ -52,6 +178,52 @@ impl Thresholds {
             t[3]
         );
         Ok(())
+    }
+
+    /// The change `[thresholds.<kind>]` makes.
+    pub fn override_of(&self, kind: Kind) -> ThresholdOverride {
+        match kind {
+            Kind::Tokens => self.tokens,
+            Kind::ApiCalls => self.api_calls,
+            Kind::Slots => self.slots,
+            Kind::WallTime => self.wall_time,
+        }
+    }
+
+    /// The levels of one kind: its own thresholds where it has them, else the shared ones.
+    /// The result has no per-kind changes left.
+    pub fn of(&self, kind: Kind) -> Thresholds {
+        let o = self.override_of(kind);
+        Thresholds {
+            warning: o.warning.unwrap_or(self.warning),
+            wrap: o.wrap.unwrap_or(self.wrap),
+            hard_stop: o.hard_stop.unwrap_or(self.hard_stop),
+            critical: o.critical.unwrap_or(self.critical),
+            ..Thresholds::default()
+        }
+    }
+
+    /// The level a percentage of one kind of budget falls in.
+    pub fn level_of(&self, kind: Kind, percent: f64) -> Level {
+        self.of(kind).level(percent)
+    }
+
+    /// These thresholds as one agent sees them: its changes (its kind's, then its own)
+    /// come before the kind's and the shared ones.
+    pub fn with(&self, agent: &AgentThresholds) -> Thresholds {
+        let all = agent.every_kind();
+        let base = |shared: f64, mine: Option<f64>| mine.unwrap_or(shared);
+        let kind = |k: Kind, mine: ThresholdOverride| mine.or(all).or(self.override_of(k));
+        Thresholds {
+            warning: base(self.warning, all.warning),
+            wrap: base(self.wrap, all.wrap),
+            hard_stop: base(self.hard_stop, all.hard_stop),
+            critical: base(self.critical, all.critical),
+            tokens: kind(Kind::Tokens, agent.tokens),
+            api_calls: kind(Kind::ApiCalls, agent.api_calls),
+            slots: kind(Kind::Slots, agent.slots),
+            wall_time: kind(Kind::WallTime, agent.wall_time),
+        }
     }
 
     /// The level a percentage of a budget falls in.
@@ -173,6 +345,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order they are shown.
+    pub const ALL: [Kind; 4] = [Kind::Tokens, Kind::ApiCalls, Kind::Slots, Kind::WallTime];
+
+    /// Its table under `[thresholds]` and `[agents.<name>.thresholds]`.
+    pub fn config_key(self) -> &'static str {
+        match self {
+            Kind::Tokens => "tokens",
+            Kind::ApiCalls => "api_calls",
+            Kind::Slots => "slots",
+            Kind::WallTime => "wall_time",
+        }
+    }
+
     /// The name shown to people.
     pub fn label(self) -> &'static str {
         match self {
@@ -211,7 +396,8 @@ impl Usage {
         )
     }
 
-    /// `used` of `limit`, or None when `limit` is 0 (no limit of that kind).
+    /// `used` of `limit`, or None when `limit` is 0 (no limit of that kind). The level
+    /// is the one the kind's thresholds give.
     pub fn new(kind: Kind, used: u64, limit: u64, thresholds: &Thresholds) -> Option<Usage> {
         (limit > 0).then(|| {
             let percent = percent(used, limit);
@@ -220,10 +406,37 @@ impl Usage {
                 used,
                 limit,
                 percent,
-                level: thresholds.level(percent),
+                level: thresholds.level_of(kind, percent),
             }
         })
     }
+
+    /// `slots 9/10, 90%: wrap`: the kind, the amount and the level in a few words, how
+    /// the binding kind is named wherever a level is shown.
+    pub fn headline(&self) -> String {
+        format!(
+            "{} {}/{}, {}%: {}",
+            self.kind.label(),
+            crate::human::thousands(self.used),
+            crate::human::thousands(self.limit),
+            short_percent(self.percent),
+            self.level.as_str()
+        )
+    }
+}
+
+/// `90`, `85.5`: a percentage without a trailing `.0`.
+pub fn short_percent(p: f64) -> String {
+    let one = format!("{p:.1}");
+    one.strip_suffix(".0").map(str::to_string).unwrap_or(one)
+}
+
+/// The kind that sets the level: the worst level, and of those the highest share of its
+/// limit (None when there are no limits).
+pub fn binding(usages: &[Usage]) -> Option<&Usage> {
+    usages
+        .iter()
+        .max_by(|a, b| a.level.cmp(&b.level).then(a.percent.total_cmp(&b.percent)))
 }
 
 /// `used / limit` in percent (0 when there is no limit).
@@ -244,9 +457,11 @@ pub fn worst(usages: &[Usage]) -> Level {
         .unwrap_or(Level::Healthy)
 }
 
-/// What `perpetual monitor` reports: one token count against one budget.
+/// What `perpetual monitor` reports: one count of one kind against one budget.
 #[derive(Debug, Clone, Serialize)]
 pub struct Monitor {
+    /// Which budget (tokens unless `--api-calls` or `--slots`).
+    pub kind: Kind,
     /// Tokens used.
     pub used: u64,
     /// The budget.
@@ -267,12 +482,20 @@ pub struct Monitor {
     pub critical_at: u64,
 }
 
-/// The seeds' token monitor: where `used` of `budget` stands.
+/// The seeds' token monitor: where `used` of `budget` stands, at the thresholds of
+/// tokens.
 pub fn monitor(used: u64, budget: u64, thresholds: &Thresholds) -> Monitor {
+    monitor_of(Kind::Tokens, used, budget, thresholds)
+}
+
+/// The monitor for any kind: where `used` of `limit` stands at that kind's thresholds.
+pub fn monitor_of(kind: Kind, used: u64, budget: u64, thresholds: &Thresholds) -> Monitor {
+    let thresholds = &thresholds.of(kind);
     let percent = percent(used, budget);
     let at = |p: f64| (budget as f64 * p / 100.0).ceil() as u64;
     let level = thresholds.level(percent);
     Monitor {
+        kind,
         used,
         budget,
         percent,
@@ -314,6 +537,44 @@ mod tests {
             ..Thresholds::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_kind_and_an_agent_change_their_own_levels() {
+        let global: Thresholds =
+            toml::from_str("[slots]\nwrap = 90\nhard_stop = 95\ncritical = 99\n").unwrap();
+        global.validate().unwrap();
+        // Slots at 90% wrap, at 85% only warn; tokens keep the shared 85%.
+        assert_eq!(global.level_of(Kind::Slots, 90.0), Level::Wrap);
+        assert_eq!(global.level_of(Kind::Slots, 85.0), Level::Warning);
+        assert_eq!(global.level_of(Kind::Tokens, 85.0), Level::Wrap);
+        let u = Usage::new(Kind::Slots, 9, 10, &global).unwrap();
+        assert_eq!(u.headline(), "slots 9/10, 90%: wrap");
+        // An agent's own level beats the kind's shared one; its kind's beats its own.
+        let agent: AgentThresholds = toml::from_str("wrap = 80\n[api_calls]\nwrap = 70\n").unwrap();
+        let t = global.with(&agent);
+        assert_eq!(t.of(Kind::Slots).wrap, 80.0);
+        assert_eq!(t.of(Kind::ApiCalls).wrap, 70.0);
+        assert_eq!(t.of(Kind::Tokens).wrap, 80.0);
+        assert_eq!(t.of(Kind::Slots).hard_stop, 95.0);
+        // A kind's level that passes the next one is refused, naming the kind.
+        let bad: Thresholds = toml::from_str("[slots]\nwrap = 90\n").unwrap();
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("[thresholds.slots]"), "{err}");
+    }
+
+    #[test]
+    fn the_binding_kind_is_the_worst_then_the_fullest() {
+        let t = Thresholds::default();
+        let u = [
+            Usage::new(Kind::Tokens, 80, 100, &t).unwrap(),
+            Usage::new(Kind::ApiCalls, 87, 100, &t).unwrap(),
+            Usage::new(Kind::WallTime, 86, 100, &t).unwrap(),
+        ];
+        assert_eq!(binding(&u).unwrap().kind, Kind::ApiCalls);
+        assert!(binding(&[]).is_none());
+        assert_eq!(short_percent(85.0), "85");
+        assert_eq!(short_percent(85.25), "85.2");
     }
 
     #[test]

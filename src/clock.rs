@@ -54,6 +54,83 @@ pub fn human_duration(seconds: i64) -> String {
     }
 }
 
+/// How often recurring work comes back (`every = "24h"` on a plan's `[[template]]` or
+/// `[[task]]`): after a period since the last time, or each day at a UTC time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Every {
+    /// A period: `24h`, `90m`, `7d`, `1h 30m` (at least a minute).
+    Period(chrono::Duration),
+    /// Each day at this UTC time: `06:00`, `daily 06:00`, `daily at 06:00`.
+    DailyAt(chrono::NaiveTime),
+}
+
+impl Every {
+    /// Parses a period (`24h`, humantime's units) or a daily UTC time (`06:00`).
+    pub fn parse(text: &str) -> Result<Every> {
+        let t = text.trim();
+        let time = t
+            .strip_prefix("daily at ")
+            .or_else(|| t.strip_prefix("daily "))
+            .unwrap_or(t)
+            .trim()
+            .trim_end_matches(" UTC")
+            .trim_end_matches('Z');
+        if time.contains(':') {
+            let at = chrono::NaiveTime::parse_from_str(time, "%H:%M").with_context(|| {
+                format!("invalid daily time {text:?}: write HH:MM (UTC), e.g. \"06:00\"")
+            })?;
+            return Ok(Every::DailyAt(at));
+        }
+        let d = humantime::parse_duration(t).with_context(|| {
+            format!("invalid period {text:?}: write e.g. \"24h\", \"90m\", \"7d\", or a daily time \"06:00\"")
+        })?;
+        anyhow::ensure!(
+            d.as_secs() >= 60,
+            "invalid period {text:?}: recurring work comes back at most once a minute"
+        );
+        let d = chrono::Duration::from_std(d).context("period too long")?;
+        Ok(Every::Period(d))
+    }
+
+    /// When work last added at `last` is due again: `last` plus the period, or the first
+    /// daily time after `last`.
+    pub fn next_after(&self, last: DateTime<Utc>) -> DateTime<Utc> {
+        match *self {
+            Every::Period(p) => last + p,
+            Every::DailyAt(at) => {
+                let same_day = last.date_naive().and_time(at).and_utc();
+                if same_day > last {
+                    same_day
+                } else {
+                    same_day + chrono::Duration::days(1)
+                }
+            }
+        }
+    }
+
+    /// Whether work last added at `last` is due at `now`. However many periods passed,
+    /// it is due once.
+    pub fn due(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        now >= self.next_after(last)
+    }
+}
+
+impl std::fmt::Display for Every {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Every::Period(p) => {
+                let m = p.num_minutes();
+                match (m % (24 * 60), m % 60) {
+                    (0, _) => write!(f, "every {}d", m / (24 * 60)),
+                    (_, 0) => write!(f, "every {}h", m / 60),
+                    _ => write!(f, "every {m}m"),
+                }
+            }
+            Every::DailyAt(t) => write!(f, "daily at {} UTC", t.format("%H:%M")),
+        }
+    }
+}
+
 fn override_now() -> Result<Option<DateTime<Utc>>> {
     match std::env::var(NOW_ENV) {
         Ok(v) if !v.trim().is_empty() => parse(v.trim())
@@ -80,6 +157,35 @@ mod tests {
             "2025-11-06T00:13:55Z"
         );
         assert!(parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn recurring_periods_and_daily_times() {
+        let t = |s| parse(s).unwrap();
+        let day = Every::parse("24h").unwrap();
+        assert_eq!(day.to_string(), "every 1d");
+        assert_eq!(Every::parse("36h").unwrap().to_string(), "every 36h");
+        assert_eq!(Every::parse("90m").unwrap().to_string(), "every 90m");
+        assert!(!day.due(t("2026-01-01T00:00:00Z"), t("2026-01-01T23:59:59Z")));
+        assert!(day.due(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z")));
+        assert!(day.due(t("2026-01-01T00:00:00Z"), t("2026-01-09T00:00:00Z")));
+        let six = Every::parse("daily at 06:00").unwrap();
+        assert_eq!(Every::parse("06:00").unwrap(), six);
+        assert_eq!(six.to_string(), "daily at 06:00 UTC");
+        // Added at 10:00: due at the next 06:00, not the same day's.
+        assert_eq!(
+            six.next_after(t("2026-01-01T10:00:00Z")),
+            t("2026-01-02T06:00:00Z")
+        );
+        assert_eq!(
+            six.next_after(t("2026-01-01T05:00:00Z")),
+            t("2026-01-01T06:00:00Z")
+        );
+        for bad in ["", "soon", "25:00", "30s", "daily"] {
+            assert!(Every::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Every::parse("1h 30m").is_ok());
+        assert!(Every::parse("7d").is_ok());
     }
 
     #[test]

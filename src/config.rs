@@ -2,7 +2,7 @@
 //! missing file or a missing section means "the documented defaults"; an unknown key is
 //! an error naming the file, because a typo that silently does nothing is worse.
 
-use crate::budget::{Budget, Thresholds};
+use crate::budget::{AgentThresholds, Budget, Thresholds};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -230,6 +230,10 @@ pub struct AgentConfig {
     /// Where the session's token usage can be read: a Claude Code transcript (JSON
     /// Lines), a path with the same placeholders; a folder means its newest `*.jsonl`.
     pub transcript: Option<String>,
+    /// This agent's thresholds, where they differ from `[thresholds]`: for every kind of
+    /// its budget, or for one (`[agents.droid.thresholds.slots]`).
+    #[serde(skip_serializing_if = "AgentThresholds::is_empty")]
+    pub thresholds: AgentThresholds,
 }
 
 impl Default for IngestConfig {
@@ -290,9 +294,23 @@ fn default_agent(name: &str) -> AgentConfig {
         ),
         _ => return AgentConfig::default(),
     };
+    // The seeds' batch-job pipeline runs at most 90% of its slots (9 of 10 jobs).
+    let thresholds = match name {
+        "droid" => AgentThresholds {
+            slots: crate::budget::ThresholdOverride {
+                warning: None,
+                wrap: Some(90.0),
+                hard_stop: Some(95.0),
+                critical: Some(100.0),
+            },
+            ..AgentThresholds::default()
+        },
+        _ => AgentThresholds::default(),
+    };
     AgentConfig {
         description: Some(description.to_string()),
         budget,
+        thresholds,
         ..AgentConfig::default()
     }
 }
@@ -368,11 +386,25 @@ impl Config {
             "monitor.context_window must be at least 1"
         );
         self.thresholds.validate()?;
+        for name in self.agents.keys() {
+            self.thresholds_of(name)
+                .validate()
+                .with_context(|| format!("[agents.{name}.thresholds]"))?;
+        }
         anyhow::ensure!(
             self.wrap.backups_kept > 0,
             "wrap.backups_kept must be at least 1"
         );
         Ok(())
+    }
+
+    /// The thresholds `agent` works under: `[thresholds]` with its
+    /// `[agents.<name>.thresholds]` applied (`budget::Thresholds::with`).
+    pub fn thresholds_of(&self, agent: &str) -> Thresholds {
+        match self.agents.get(agent) {
+            Some(a) => self.thresholds.with(&a.thresholds),
+            None => self.thresholds,
+        }
     }
 
     /// The budget of `agent`: its `[agents.<name>.budget]`, or the default budget
@@ -413,6 +445,10 @@ poll_interval_ms = 1000
 
 # Budget levels, in percent of any budget (tokens, API calls, slots, wall time).
 # `perpetual monitor` and every session checkpoint report the level reached.
+# One kind may have its own levels, [thresholds.<kind>] with kind = tokens, api_calls,
+# slots or wall_time (unset levels are the ones below), and one agent too,
+# [agents.<name>.thresholds] and [agents.<name>.thresholds.<kind>]. A level is looked up
+# in the agent's kind, the agent's, the kind's, then here. Levels must still rise.
 [thresholds]
 warning = 75.0    # look for a wrap point
 wrap = 85.0       # wrap now: finish the current unit, then `perpetual session wrap`
@@ -524,6 +560,13 @@ api_calls_per_day = 1000    # OpenRouter quota
 slots = 10                  # Gemini batch jobs at once
 wall_minutes_per_session = 0
 
+# The seeds' batch-job pipeline wraps at 90% of its slots (9 of 10 jobs running); its
+# API quota wraps at the shared 85%.
+[agents.droid.thresholds.slots]
+wrap = 90.0
+hard_stop = 95.0
+critical = 100.0
+
 [agents.zai]
 description = "Worker bee: quality analysis, formatting, exports"
 
@@ -563,6 +606,21 @@ mod tests {
         assert!(Config::parse("[agents.x]\ncommand = []\n").is_err());
         let c = Config::parse("[agents.x]\ncommand = [\"sh\", \"a.sh\"]\n").unwrap();
         assert_eq!(c.agents["x"].command.as_deref().unwrap(), ["sh", "a.sh"]);
+    }
+
+    #[test]
+    fn thresholds_per_agent_and_kind() {
+        let c = Config::default();
+        let droid = c.thresholds_of("droid");
+        assert_eq!(droid.of(crate::budget::Kind::Slots).wrap, 90.0);
+        assert_eq!(droid.of(crate::budget::Kind::ApiCalls).wrap, 85.0);
+        assert_eq!(c.thresholds_of("nobody"), Thresholds::default());
+        let err = Config::parse("[agents.zai.thresholds.api_calls]\nwrap = 92\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("[agents.zai.thresholds]"),
+            "{err:#}"
+        );
+        assert!(Config::parse("[agents.zai.thresholds]\nslot = { wrap = 90 }\n").is_err());
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod ingest;
 mod init;
 mod monitor;
 pub mod output;
+mod record;
+mod report;
 pub mod run;
 mod session;
 mod stats;
@@ -109,7 +111,8 @@ pub enum Command {
     Files(files::Args),
     /// Write realistic generated drops (for tests, benchmarks and demos).
     Generate(generate::Args),
-    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats, import.
+    /// The task stack: add, list, show, next, progress, done, fail, retry, remove, stats,
+    /// import, edit, review.
     Task(task::Args),
     /// Budgeted sessions: start, checkpoint, status, list, wrap.
     Session(session::Args),
@@ -131,6 +134,8 @@ pub enum Command {
     /// pause; the pipeline's pairs against the goal, pairs per hour, files waiting,
     /// bottlenecks; the assigner's latest actions.
     Status(status::Args),
+    /// Reports: the daily team status report and performance metrics.
+    Report(report::Args),
 }
 
 impl Cli {
@@ -213,7 +218,8 @@ pub fn run(cli: Cli) -> Result<Exit> {
     } else {
         Root::new(&dir)?
     };
-    match cli.command {
+    let steering = record::describe(&cli.command);
+    let exit = match cli.command {
         Command::Watch(args) => watch::run(&root, args),
         Command::Init => init::run(&root),
         Command::Ingest(args) => ingest::run(&root, args),
@@ -229,7 +235,12 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Agent(args) => agent::run(&root, args),
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
+        Command::Report(args) => report::run(&root, args),
+    }?;
+    if let Some(what) = steering {
+        record::record(&root, &what);
     }
+    Ok(exit)
 }
 
 /// Opens the root's configuration and database, creating whatever is missing.

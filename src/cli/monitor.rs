@@ -3,12 +3,12 @@
 
 use super::Exit;
 use super::output::{bar, print_json, thousands};
-use crate::budget::{self, DEFAULT_TOKENS_PER_SESSION, Level};
+use crate::budget::{self, DEFAULT_TOKENS_PER_SESSION, Kind, Level};
 use crate::root::Root;
 use anyhow::{Result, ensure};
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["used", "transcript"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["used", "transcript", "api_calls", "slots"])))]
 pub struct Args {
     /// Tokens used so far.
     pub used: Option<u64>,
@@ -21,8 +21,17 @@ pub struct Args {
     /// with --transcript, monitor.context_window).
     #[arg(long, value_name = "N")]
     pub budget: Option<u64>,
-    /// Take the budget from this agent's [agents.<name>.budget] in perpetual.toml.
-    #[arg(long)]
+    /// API calls made today, against the agent's api_calls_per_day (or --budget), at
+    /// the thresholds of API calls.
+    #[arg(long, value_name = "N")]
+    pub api_calls: Option<u64>,
+    /// Slots in use (batch jobs, sessions running), against the agent's slots (or
+    /// --budget), at the thresholds of slots.
+    #[arg(long, value_name = "N")]
+    pub slots: Option<u64>,
+    /// Take the budget and the thresholds from this agent's [agents.<name>] in
+    /// perpetual.toml (needed by --api-calls and --slots unless --budget is given).
+    #[arg(long, required_unless_present_any = ["budget", "used", "transcript"])]
     pub agent: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
@@ -32,6 +41,9 @@ pub struct Args {
 pub fn run(root: &Root, args: Args) -> Result<Exit> {
     // Only the configuration: the monitor never opens or creates the database.
     let config = root.config()?;
+    if args.api_calls.is_some() || args.slots.is_some() {
+        return run_kind(&config, &args);
+    }
     let budget = match (args.budget, &args.agent) {
         (Some(b), _) => b,
         (None, Some(a)) => match config.budget_of(a).tokens_per_session {
@@ -50,7 +62,11 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         }
         None => (args.used.unwrap_or(0), None),
     };
-    let m = budget::monitor(used, budget, &config.thresholds);
+    let thresholds = match &args.agent {
+        Some(a) => config.thresholds_of(a),
+        None => config.thresholds,
+    };
+    let m = budget::monitor(used, budget, &thresholds);
     if args.json {
         #[derive(serde::Serialize)]
         struct WithSource<'a> {
@@ -91,7 +107,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 ),
             }
         }
-        let t = &config.thresholds;
+        let t = &thresholds.of(Kind::Tokens);
         println!(
             "tokens      {} / {} ({:.1}%)",
             thousands(m.used),
@@ -100,6 +116,86 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         );
         println!("            {}", bar(m.percent / 100.0, 40));
         println!("level       {}", m.level.as_str());
+        println!("action      {}", m.action);
+        println!(
+            "thresholds  warning {} ({}%), wrap {} ({}%), hard stop {} ({}%), critical {} ({}%)",
+            thousands(m.warning_at),
+            t.warning,
+            thousands(m.wrap_at),
+            t.wrap,
+            thousands(m.hard_stop_at),
+            t.hard_stop,
+            thousands(m.critical_at),
+            t.critical
+        );
+    }
+    Ok(exit_of(m.level))
+}
+
+/// `monitor --api-calls N` and `monitor --slots N`: one count of that kind against the
+/// agent's limit (or `--budget`), at the agent's thresholds of that kind.
+fn run_kind(config: &crate::config::Config, args: &Args) -> Result<Exit> {
+    let (kind, used) = match (args.api_calls, args.slots) {
+        (Some(n), _) => (Kind::ApiCalls, n),
+        (None, Some(n)) => (Kind::Slots, n),
+        (None, None) => unreachable!("run_kind is called with --api-calls or --slots"),
+    };
+    let thresholds = match &args.agent {
+        Some(a) => {
+            crate::root::check_agent_name(a)?;
+            config.thresholds_of(a)
+        }
+        None => config.thresholds,
+    };
+    let limit = match (args.budget, &args.agent) {
+        (Some(b), _) => b,
+        (None, Some(a)) => {
+            let b = config.budget_of(a);
+            match kind {
+                Kind::ApiCalls => b.api_calls_per_day,
+                _ => b.slots,
+            }
+        }
+        (None, None) => unreachable!("clap requires --agent or --budget"),
+    };
+    if limit == 0 {
+        // No limit of that kind: nothing to wrap for.
+        if args.json {
+            print_json(&serde_json::json!({
+                "kind": kind,
+                "used": used,
+                "budget": 0,
+                "level": Level::Healthy,
+                "action": Level::Healthy.action(),
+                "limit": "none",
+            }))?;
+        } else {
+            println!(
+                "{:<11} {} (no limit: {} has no {} budget)",
+                kind.label(),
+                thousands(used),
+                args.agent.as_deref().unwrap_or("-"),
+                kind.config_key()
+            );
+            println!("level       healthy");
+        }
+        return Ok(Exit::Ok);
+    }
+    let m = budget::monitor_of(kind, used, limit, &thresholds);
+    if args.json {
+        print_json(&m)?;
+    } else {
+        let t = thresholds.of(kind);
+        let u = budget::Usage::new(kind, used, limit, &thresholds).expect("a limit above 0");
+        println!(
+            "{:<11} {} / {} ({:.1}%)",
+            kind.label(),
+            thousands(m.used),
+            thousands(m.budget),
+            m.percent
+        );
+        println!("            {}", bar(m.percent / 100.0, 40));
+        println!("level       {} ({})", m.level.as_str(), u.headline());
         println!("action      {}", m.action);
         println!(
             "thresholds  warning {} ({}%), wrap {} ({}%), hard stop {} ({}%), critical {} ({}%)",

@@ -210,10 +210,11 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     .unwrap_or_default()
             );
             print_usage(&r.usage);
+            let level = level_text(r.level, r.binding.as_ref());
             if r.wrap_now {
-                println!("WRAP NOW  level {}: {}", r.level.as_str(), r.action);
+                println!("WRAP NOW  level {level}: {}", r.action);
             } else {
-                println!("level     {}: {}", r.level.as_str(), r.action);
+                println!("level     {level}: {}", r.action);
             }
             Ok(Exit::Ok)
         }
@@ -269,7 +270,11 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             if let Some(u) = &st.slots {
                 println!("          {}", usage_text(u));
             }
-            println!("level     {}: {}", st.level.as_str(), st.action);
+            println!(
+                "level     {}: {}",
+                level_text(st.level, st.binding.as_ref()),
+                st.action
+            );
             Ok(Exit::Ok)
         }
         SessionCommand::List { agent, json } => {
@@ -404,10 +409,39 @@ fn print_brief(b: &Brief) {
     if let Some(u) = &b.slots {
         println!("          {}", usage_text(u));
     }
+    let mut kinds: Vec<Kind> = b.usage.iter().map(|u| u.kind).collect();
+    kinds.extend(b.slots.map(|u| u.kind));
+    let at: Vec<String> = kinds
+        .iter()
+        .map(|k| {
+            format!(
+                "{} at {}%",
+                k.label(),
+                crate::budget::short_percent(b.thresholds.of(*k).wrap)
+            )
+        })
+        .collect();
     println!(
-        "wrap      at {}% of any budget (`perpetual session checkpoint` reports the level)",
-        b.thresholds.wrap
+        "wrap      {} (`perpetual session checkpoint` reports the level)",
+        if at.is_empty() {
+            format!(
+                "at {}% of any budget",
+                crate::budget::short_percent(b.thresholds.wrap)
+            )
+        } else {
+            at.join(", ")
+        }
     );
+}
+
+/// `wrap (slots 9/10, 90%: wrap)`: the level and, past healthy, the kind that set it.
+fn level_text(level: crate::budget::Level, binding: Option<&Usage>) -> String {
+    match binding {
+        Some(u) if level > crate::budget::Level::Healthy => {
+            format!("{} ({})", level.as_str(), u.headline())
+        }
+        _ => level.as_str().to_string(),
+    }
 }
 
 fn print_usage(usage: &[Usage]) {

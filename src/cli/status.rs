@@ -137,6 +137,9 @@ fn print(f: &Faucet) {
                 usage_line(u)
             );
         }
+        if let Some(u) = &a.binding {
+            println!("  level     {}: {}", a.level.as_str(), u.headline());
+        }
         if let Some(o) = &a.over_budget {
             println!(
                 "  refused   new sessions: {} at {:.1}%{}",
@@ -155,6 +158,16 @@ fn print(f: &Faucet) {
             a.waiting,
             a.blocked
         );
+        if a.duties_ready > 0 || a.next_duty_due.is_some() {
+            println!(
+                "  duties    {} ready{}",
+                a.duties_ready,
+                a.next_duty_due
+                    .as_deref()
+                    .map(|n| format!(", next due {n}"))
+                    .unwrap_or_default()
+            );
+        }
         println!(
             "  activity  last {}{}",
             a.last_activity.as_deref().unwrap_or("never"),
@@ -216,6 +229,11 @@ fn print(f: &Faucet) {
                 b.needs_state.as_str()
             );
         }
+    }
+    println!();
+    println!("today ({} so far)", f.today.date);
+    for line in super::report::summary_lines(&f.today) {
+        println!("  {line}");
     }
     if !f.assigner.is_empty() {
         println!();

@@ -5,6 +5,7 @@ use super::output::{cell, print_json, thousands};
 use crate::human::progress_text;
 use crate::root::Root;
 use crate::store::tasks::TaskKind;
+use crate::work::history::Actor;
 use crate::work::tasks::{self, AddTask, State, TaskView};
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -56,6 +57,11 @@ pub enum TaskCommand {
         /// backfill: token budget of each of its sessions (default: the agent's tokens_per_session).
         #[arg(long, value_name = "N")]
         budget: Option<u64>,
+        /// Recurring: once it is complete and this period has passed ("24h", "90m", "7d")
+        /// or this daily UTC time has come ("06:00"), the assigner adds a fresh copy
+        /// (<id>_2, <id>_3, ...).
+        #[arg(long, value_name = "PERIOD")]
+        every: Option<String>,
     },
     /// The queue: pending, in-progress and failed tasks in the order they run.
     List {
@@ -133,6 +139,59 @@ pub enum TaskCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The templates the assigner makes tasks from: queue top-ups and recurring work
+    /// (every, the last task made, when the next is due).
+    Templates {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a task in place: priority, description, estimate, total, dependencies,
+    /// agent. All or nothing: a dependency cycle, or moving a task a session works on, is
+    /// refused and changes nothing. Every change goes into the task's history (`task show`).
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args([
+        "priority", "description", "estimated_tokens", "total", "after", "no_after", "agent"
+    ])))]
+    Edit {
+        /// Task id.
+        id: String,
+        /// New priority; 1 runs first.
+        #[arg(long, value_name = "N")]
+        priority: Option<i64>,
+        /// New description ("" clears it).
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// New token estimate (0 clears it).
+        #[arg(long, value_name = "N")]
+        estimated_tokens: Option<u64>,
+        /// New total of units (not below the units done).
+        #[arg(long, value_name = "N")]
+        total: Option<u64>,
+        /// Add dependencies: tasks that must complete first (repeat, or list several).
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        after: Vec<String>,
+        /// Remove dependencies.
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        no_after: Vec<String>,
+        /// Move the task to this agent's queue (refused while a session works on it).
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+        /// Print the changes and the task as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A task's review flag: show it, or clear it once a person has looked (--clear); the
+    /// flag's reason and the note stay in the task's history.
+    Review {
+        /// Task id.
+        id: String,
+        /// Clear the flag.
+        #[arg(long)]
+        clear: bool,
+        /// What the person found or decided (kept in the history; with --clear).
+        #[arg(long, value_name = "TEXT", requires = "clear")]
+        note: Option<String>,
+    },
 }
 
 pub fn run(root: &Root, args: Args) -> Result<Exit> {
@@ -150,7 +209,11 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             dir,
             sessions,
             budget,
+            every,
         } => {
+            if let Some(e) = &every {
+                crate::clock::Every::parse(e)?;
+            }
             let params = match kind {
                 TaskKind::Backfill => {
                     let dir = dir.context("a backfill task needs --dir")?;
@@ -189,13 +252,29 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 },
                 crate::work::kinds::check,
             )?;
+            if let Some(e) = &every {
+                tasks::recur(&mut conn, &id, e)?;
+            }
             let v = tasks::view(&conn, &id)?;
+            crate::work::history::task_event(
+                &conn,
+                &id,
+                &Actor::from_env(),
+                "add",
+                format!(
+                    "added to {}'s queue at priority {}",
+                    v.task.agent, v.task.priority
+                ),
+            )?;
             println!(
-                "added {} to {}'s queue (priority {}): {}",
+                "added {} to {}'s queue (priority {}): {}{}",
                 id,
                 v.task.agent,
                 v.task.priority,
-                state_text(&v)
+                state_text(&v),
+                every
+                    .map(|e| format!("; recurs ({e}) once complete"))
+                    .unwrap_or_default()
             );
         }
         TaskCommand::List { agent, all, json } => {
@@ -221,12 +300,14 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             let dependents = crate::store::tasks::dependents(&conn, &id)?;
             let last_checkpoint = crate::store::sessions::last_checkpoint_of_task(&conn, &id)?;
             let report = root.reports_dir().join(format!("{id}.md"));
+            let history = crate::store::history::task_events(&conn, &id)?;
             let shown = Shown {
                 task: &v,
                 dependents: &dependents,
-                sessions: &sessions,
+                session_list: &sessions,
                 last_checkpoint: last_checkpoint.as_ref(),
                 report: report.is_file().then_some(&report),
+                history: &history,
             };
             if json {
                 print_json(&shown)?;
@@ -326,6 +407,16 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 .with_context(|| format!("cannot read {}", plan.display()))?;
             let report = tasks::import(&mut conn, &text, crate::work::kinds::check)
                 .with_context(|| format!("cannot import {}", plan.display()))?;
+            let actor = Actor::from_env();
+            for id in &report.added {
+                crate::work::history::task_event(
+                    &conn,
+                    id,
+                    &actor,
+                    "add",
+                    format!("imported from {}", plan.display()),
+                )?;
+            }
             if json {
                 print_json(&report)?;
             } else {
@@ -342,6 +433,97 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 );
             }
         }
+        TaskCommand::Edit {
+            id,
+            priority,
+            description,
+            estimated_tokens,
+            total,
+            after,
+            no_after,
+            agent,
+            json,
+        } => {
+            let changes = tasks::edit(
+                &mut conn,
+                &id,
+                &tasks::Edit {
+                    priority,
+                    description,
+                    estimated_tokens,
+                    total,
+                    after,
+                    no_after,
+                    agent,
+                },
+                &Actor::from_env(),
+            )?;
+            let v = tasks::view(&conn, &id)?;
+            if json {
+                #[derive(Serialize)]
+                struct Edited<'a> {
+                    changes: &'a [tasks::Change],
+                    task: &'a TaskView,
+                }
+                print_json(&Edited {
+                    changes: &changes,
+                    task: &v,
+                })?;
+            } else if changes.is_empty() {
+                println!("{id} unchanged: it already had those values");
+            } else {
+                println!("edited {id}:");
+                for c in &changes {
+                    println!("  {}", c.text());
+                }
+                println!("{id} is {} in {}'s queue", state_text(&v), v.task.agent);
+            }
+        }
+        TaskCommand::Templates { json } => {
+            let list = tasks::templates(&conn)?;
+            if json {
+                print_json(&list)?;
+            } else if list.is_empty() {
+                println!("no templates (`[[template]]` in a plan, or `task add --every`)");
+            } else {
+                for t in &list {
+                    println!(
+                        "{}  {}  {} ({}, priority {}){}",
+                        cell(&t.template.agent, 12),
+                        cell(&t.template.pattern, 40),
+                        t.schedule,
+                        t.template.kind.as_str(),
+                        t.template.priority,
+                        match (&t.template.last_task, &t.next_due) {
+                            (Some(l), Some(n)) => format!("; last {l}, next due {n}"),
+                            (Some(l), None) => format!("; last {l}"),
+                            (None, _) => String::new(),
+                        }
+                    );
+                }
+            }
+        }
+        TaskCommand::Review { id, clear, note } => {
+            if clear {
+                let was = tasks::clear_review(&mut conn, &id, note.as_deref(), &Actor::from_env())?;
+                println!("review flag cleared on {id} (it said: {was})");
+                let t = tasks::get(&conn, &id)?;
+                if let Some(p) = crate::store::agents::pause_of(&conn, &t.agent)? {
+                    println!(
+                        "{} is still paused ({}): `perpetual agent resume {}` lets it run again",
+                        t.agent, p.reason, t.agent
+                    );
+                }
+            } else {
+                let t = tasks::get(&conn, &id)?;
+                match &t.needs_review {
+                    Some(r) => println!(
+                        "{id} needs review: {r}\n(`perpetual task review {id} --clear --note TEXT` clears it)"
+                    ),
+                    None => println!("{id} is not flagged for review"),
+                }
+            }
+        }
     }
     Ok(Exit::Ok)
 }
@@ -352,9 +534,11 @@ struct Shown<'a> {
     #[serde(flatten)]
     task: &'a TaskView,
     dependents: &'a [String],
-    sessions: &'a [crate::store::sessions::SessionRow],
+    /// The sessions themselves; the flattened task already has `sessions`, their count.
+    session_list: &'a [crate::store::sessions::SessionRow],
     last_checkpoint: Option<&'a crate::store::sessions::CheckpointRow>,
     report: Option<&'a PathBuf>,
+    history: &'a [crate::store::history::TaskEvent],
 }
 
 fn state_text(v: &TaskView) -> String {
@@ -383,6 +567,9 @@ fn print_list(views: &[TaskView]) {
         let mut notes = Vec::new();
         if t.kind.is_builtin() {
             notes.push(format!("{} (run by `perpetual run`)", t.kind.as_str()));
+        }
+        if t.kind == TaskKind::Duty {
+            notes.push("standing duty (one session)".to_string());
         }
         if let Some(why) = &v.why {
             notes.push(why.clone());
@@ -420,6 +607,9 @@ fn print_show(s: &Shown<'_>) {
     println!("task         {}", t.id);
     println!("agent        {}", t.agent);
     println!("priority     {}", t.priority);
+    if t.kind == TaskKind::Duty {
+        println!("kind         duty (a standing duty: one session completes it)");
+    }
     if t.kind.is_builtin() {
         println!(
             "kind         {} (run by `perpetual run`){}",
@@ -436,11 +626,15 @@ fn print_show(s: &Shown<'_>) {
     println!("state        {}", state_text(v));
     println!("progress     {}", progress_text(t.done, t.total));
     println!(
-        "tokens       {} used over {} session{}, {} estimated",
+        "tokens       {} used over {} session{}, {} estimated{}",
         thousands(t.tokens_used),
         t.sessions,
         if t.sessions == 1 { "" } else { "s" },
-        t.estimated_tokens.map_or("none".to_string(), thousands)
+        t.estimated_tokens.map_or("none".to_string(), thousands),
+        t.estimate_source
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default()
     );
     if !t.depends_on.is_empty() {
         println!("after        {}", t.depends_on.join(", "));
@@ -477,7 +671,7 @@ fn print_show(s: &Shown<'_>) {
     if let Some(c) = s.last_checkpoint {
         println!("checkpoint   {}", c.summary());
     }
-    for x in s.sessions {
+    for x in s.session_list {
         println!(
             "session      {} {} {}, {} tokens{}",
             x.id,
@@ -487,6 +681,12 @@ fn print_show(s: &Shown<'_>) {
             x.level
                 .map(|l| format!(", wrapped at {}", l.as_str()))
                 .unwrap_or_default()
+        );
+    }
+    for h in s.history {
+        println!(
+            "history      {}  {}  {}: {}",
+            h.at, h.actor, h.action, h.detail
         );
     }
 }

@@ -38,11 +38,11 @@ pub fn brief_of(conn: &Connection, config: &Config, session_id: &str) -> Result<
             conn,
             &s.agent,
             &config.budget_of(&s.agent),
-            &config.thresholds,
+            &config.thresholds_of(&s.agent),
         )?,
         level,
         usage,
-        thresholds: config.thresholds,
+        thresholds: config.thresholds_of(&s.agent),
         task,
         session: s,
     })
@@ -120,12 +120,31 @@ pub fn render(root: &Root, config: &Config, b: &Brief) -> String {
         p.push_str("- no limits\n");
     }
     let th = &b.thresholds;
+    let binding = budget::binding(&b.usage)
+        .filter(|u| u.level > budget::Level::Healthy)
+        .map(|u| format!(", set by {}", u.headline()))
+        .unwrap_or_default();
     p.push_str(&format!(
-        "Level now: {} ({}). Wrap at {}% of any budget; at {}% wrap immediately.\n",
+        "Level now: {}{binding} ({}).",
         b.level.as_str(),
         b.level.action(),
-        th.wrap,
-        th.hard_stop
+    ));
+    let mut kinds: Vec<budget::Kind> = b.usage.iter().map(|u| u.kind).collect();
+    kinds.extend(b.slots.map(|u| u.kind));
+    if kinds.is_empty() {
+        kinds.push(budget::Kind::Tokens);
+    }
+    let at = |f: fn(&budget::Thresholds) -> f64| {
+        kinds
+            .iter()
+            .map(|k| format!("{}% of {}", budget::short_percent(f(&th.of(*k))), k.label()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    p.push_str(&format!(
+        " Wrap at {}; wrap immediately at {}.\n",
+        at(|t| t.wrap),
+        at(|t| t.hard_stop)
     ));
 
     let flag = root.wrap_flag(&s.id);

@@ -272,7 +272,7 @@ impl<'c> Loop<'c> {
                 Some(s) => crate::store::sessions::get(self.conn, s)?,
                 None => None,
             };
-            if r.kind == TaskKind::Agent.as_str()
+            if !TaskKind::parse(&r.kind).is_builtin()
                 && let Some(row) = &session_row
             {
                 let run_id = r.id;
@@ -389,6 +389,7 @@ impl<'c> Loop<'c> {
     /// tasks and the agents, not the history.
     fn round(&mut self) -> Result<bool> {
         let cpu = thread_cpu_us();
+        crate::run::report::on_round(self.conn, &self.root, &self.config);
         self.housekeeping()?;
         for e in assign::assign(self.conn, &self.root, &self.config)? {
             if e.action == "retry_limit" {
@@ -580,7 +581,7 @@ impl<'c> Loop<'c> {
         let full: Vec<String> = tasks::open_views(self.conn)?
             .into_iter()
             .filter(|v| {
-                v.task.kind == TaskKind::Agent
+                !v.task.kind.is_builtin()
                     && v.state == State::InProgress
                     && v.task.total.is_some_and(|n| v.task.done >= n)
                     && !busy.contains(&v.task.id)
@@ -650,7 +651,7 @@ impl<'c> Loop<'c> {
                     self.run_backfill(&task)?;
                     return Ok(true);
                 }
-                (TaskKind::Agent, Some(command)) => {
+                (TaskKind::Agent | TaskKind::Duty, Some(command)) => {
                     if self.start_session(agent, &task, command, trial)? {
                         acted = true;
                         if trial {
@@ -660,7 +661,7 @@ impl<'c> Loop<'c> {
                         refused = true;
                     }
                 }
-                (TaskKind::Agent, None) => break,
+                (TaskKind::Agent | TaskKind::Duty, None) => break,
             }
         }
         Ok(acted)
@@ -683,7 +684,9 @@ impl<'c> Loop<'c> {
     fn choose(&self, agent: &str, own: bool, paused: bool) -> Result<Option<TaskRow>> {
         let busy = self.busy_tasks()?;
         let runnable = |t: &TaskRow| match t.kind {
-            TaskKind::Agent => own && !busy.contains(&t.id) && t.total.is_none_or(|n| t.done < n),
+            TaskKind::Agent | TaskKind::Duty => {
+                own && !busy.contains(&t.id) && t.total.is_none_or(|n| t.done < n)
+            }
             // run_task continues a backfill's own active session itself.
             TaskKind::Backfill => !paused,
             TaskKind::Ingest => true,
@@ -779,7 +782,7 @@ impl<'c> Loop<'c> {
             self.conn,
             agent,
             &task.id,
-            TaskKind::Agent.as_str(),
+            task.kind.as_str(),
             Some(&s),
             &clock::now_rfc3339(),
         )?;

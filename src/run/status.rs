@@ -32,6 +32,8 @@ pub struct Faucet {
     pub pipeline: Pipeline,
     /// The assigner's latest actions, newest first.
     pub assigner: Vec<AssignEntry>,
+    /// Today's figures so far (the daily report's, `crate::run::report`).
+    pub today: crate::run::report::Daily,
 }
 
 /// `perpetual run` as the process table and its heartbeat show it.
@@ -102,13 +104,20 @@ pub struct AgentStatus {
     pub budget: Vec<Usage>,
     /// The worst level of `budget`.
     pub level: Level,
+    /// The kind that sets it (`budget::binding`).
+    pub binding: Option<Usage>,
     /// When a new session would be refused now (API calls today or slots at the wrap
     /// threshold), which budget and when it frees up.
     pub over_budget: Option<OverBudget>,
-    /// Ready tasks in its queue.
+    /// Ready tasks in its queue (standing duties not counted).
     pub queue_depth: u64,
-    /// `queue_depth` ≥ `assign.min_ready`.
+    /// `queue_depth` ≥ `assign.min_ready`, or an agent on standing duty with nothing
+    /// else to do (its duties never make it "run dry").
     pub queue_healthy: bool,
+    /// Standing duties ready now.
+    pub duties_ready: u64,
+    /// Its recurring duties, when it has some: when the next one comes due.
+    pub next_duty_due: Option<String>,
     /// Pending tasks waiting for a dependency.
     pub waiting: u64,
     /// Pending tasks blocked by a failed dependency.
@@ -208,7 +217,6 @@ pub struct Bottleneck {
 /// Takes the view.
 pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet> {
     let now = clock::now();
-    let th = &config.thresholds;
     let views = tasks::open_views(conn)?;
     let by_id: HashMap<&str, &TaskView> = views.iter().map(|v| (v.task.id.as_str(), v)).collect();
     let names = tasks::all_agents(conn, root, config)?;
@@ -218,6 +226,7 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
         *files_waiting_by_agent.entry(j.agent.clone()).or_default() += 1;
     }
 
+    let templates = tasks::templates(conn)?;
     // Tasks active sessions work on (of any agent).
     let held: HashSet<String> = store_sessions::active(conn, None)?
         .into_iter()
@@ -225,6 +234,7 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
         .collect();
     let mut agents = Vec::new();
     for agent in &names {
+        let th = &config.thresholds_of(agent);
         let budget_cfg = config.budget_of(agent);
         let active = store_sessions::active(conn, Some(agent))?;
         let calls = session::api_calls_today(conn, agent, now)?;
@@ -251,8 +261,33 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
             });
         budget.extend(slots);
         let mine: Vec<&TaskView> = views.iter().filter(|v| &v.task.agent == agent).collect();
-        let count = |st: State| mine.iter().filter(|v| v.state == st).count() as u64;
+        let count = |st: State| {
+            mine.iter()
+                .filter(|v| v.state == st && v.task.kind != TaskKind::Duty)
+                .count() as u64
+        };
         let queue_depth = count(State::Ready);
+        let duties_ready = mine
+            .iter()
+            .filter(|v| v.state == State::Ready && v.task.kind == TaskKind::Duty)
+            .count() as u64;
+        let my_templates: Vec<&tasks::TemplateView> = templates
+            .iter()
+            .filter(|t| &t.template.agent == agent)
+            .collect();
+        let duty_templates: Vec<&&tasks::TemplateView> = my_templates
+            .iter()
+            .filter(|t| t.template.kind == TaskKind::Duty && t.template.every.is_some())
+            .collect();
+        let next_duty_due = duty_templates
+            .iter()
+            .filter_map(|t| t.next_due.clone())
+            .min();
+        let only_duties = !duty_templates.is_empty()
+            && my_templates.len() == duty_templates.len()
+            && mine.iter().all(|v| {
+                v.task.kind == TaskKind::Duty || matches!(v.state, State::Completed | State::Failed)
+            });
         let task = active
             .first()
             .and_then(|s| s.task_id.as_deref())
@@ -298,10 +333,13 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
                 .collect(),
             task,
             level: budget::worst(&budget),
+            binding: budget::binding(&budget).copied(),
             budget,
             over_budget,
             queue_depth,
-            queue_healthy: queue_depth >= config.assign.min_ready,
+            queue_healthy: queue_depth >= config.assign.min_ready || only_duties,
+            duties_ready,
+            next_duty_due,
             waiting: count(State::Waiting),
             blocked: count(State::Blocked),
             idle_seconds,
@@ -360,6 +398,7 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
             bottlenecks,
         },
         assigner: store_agents::assign_log(conn, 8)?,
+        today: crate::run::report::daily(conn, root, config, now.date_naive())?,
     })
 }
 

@@ -186,6 +186,89 @@ pub const MIGRATIONS: &[&str] = &[
         detail  TEXT NOT NULL
     );
     "#,
+    // The operator's controls (issue 15): every change to a task, who or what made it and
+    // when (`task_history`), and the state-changing commands run, each marked as a
+    // person's (an intervention) or not (`commands`).
+    r#"
+    CREATE TABLE task_history (
+        id      INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        at      TEXT NOT NULL,
+        actor   TEXT NOT NULL,                      -- who or what: person (alice), session <id>, assigner, ...
+        action  TEXT NOT NULL,                      -- edit, review_clear, retry, estimate, recur, ...
+        detail  TEXT NOT NULL                       -- what changed, e.g. "priority 5 → 2"
+    );
+    CREATE INDEX task_history_by_task ON task_history(task_id, id);
+
+    CREATE TABLE commands (
+        id      INTEGER PRIMARY KEY,
+        at      TEXT NOT NULL,
+        actor   TEXT NOT NULL,                      -- as in task_history
+        manual  INTEGER NOT NULL,                   -- 1: a person ran it by hand (an intervention)
+        command TEXT NOT NULL                       -- e.g. "task edit build_x"
+    );
+    CREATE INDEX commands_by_time ON commands(manual, at);
+    "#,
+    // Recurring work and standing duties (issue 15). tasks.kind loses its CHECK (the kinds
+    // are `TaskKind`'s, checked when a task is added), so a new kind needs no table
+    // rebuild: a column's own CHECK goes with it when the column is dropped.
+    r#"
+    ALTER TABLE tasks RENAME COLUMN kind TO kind_checked;
+    ALTER TABLE tasks ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'; -- agent, ingest, backfill, duty, ...
+    UPDATE tasks SET kind = kind_checked;
+    ALTER TABLE tasks DROP COLUMN kind_checked;
+    ALTER TABLE tasks ADD COLUMN template_id INTEGER
+        REFERENCES task_templates(id) ON DELETE SET NULL;  -- the template it was made from
+
+    ALTER TABLE task_templates ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'; -- its tasks' kind (agent or duty)
+    ALTER TABLE task_templates ADD COLUMN every TEXT;           -- recurring: "24h", "06:00" (daily, UTC); NULL: tops up queues
+    ALTER TABLE task_templates ADD COLUMN last_task TEXT;       -- the latest task made from it
+    ALTER TABLE task_templates ADD COLUMN last_added_at TEXT;   -- when
+    "#,
+    // The daily report (issue 15): the loop's uptime, every pause of an agent (the
+    // circuit breaker's trips among them), the reports written.
+    r#"
+    CREATE TABLE loop_heartbeats (
+        id         INTEGER PRIMARY KEY,
+        pid        INTEGER NOT NULL,
+        started_at TEXT NOT NULL,                   -- when that `perpetual run` process started
+        last_seen  TEXT NOT NULL,                   -- its latest round
+        UNIQUE (pid, started_at)
+    );
+
+    -- Filled by triggers, so whatever pauses an agent (the breaker, `agent pause`) is logged.
+    CREATE TABLE agent_pauses (
+        id     INTEGER PRIMARY KEY,
+        agent  TEXT NOT NULL,
+        at     TEXT NOT NULL,
+        reason TEXT,
+        task   TEXT
+    );
+    CREATE INDEX agent_pauses_by_time ON agent_pauses(at);
+    CREATE TRIGGER agent_paused_first AFTER INSERT ON agent_state
+        WHEN NEW.paused_at IS NOT NULL
+    BEGIN
+        INSERT INTO agent_pauses (agent, at, reason, task)
+        VALUES (NEW.agent, NEW.paused_at, NEW.pause_reason, NEW.paused_task);
+    END;
+    CREATE TRIGGER agent_paused_again AFTER UPDATE OF paused_at ON agent_state
+        WHEN NEW.paused_at IS NOT NULL AND OLD.paused_at IS NOT NEW.paused_at
+    BEGIN
+        INSERT INTO agent_pauses (agent, at, reason, task)
+        VALUES (NEW.agent, NEW.paused_at, NEW.pause_reason, NEW.paused_task);
+    END;
+
+    CREATE TABLE daily_reports (
+        date       TEXT PRIMARY KEY,                -- 2026-03-01 (UTC)
+        written_at TEXT NOT NULL,
+        complete   INTEGER NOT NULL                 -- 1: written after the day ended
+    ) WITHOUT ROWID;
+    "#,
+    // Token estimates from history (issue 15): where an estimate the assigner set came
+    // from; NULL for one a person (or a plan) gave.
+    r#"
+    ALTER TABLE tasks ADD COLUMN estimate_source TEXT;
+    "#,
     // Unattended operation (issue 9): processes named by pid and start time, the
     // breaker's half-open state and crash backoff, the loop's heartbeat, the session a
     // file was integrated in, wrap commits to retry, the open-task index.
@@ -273,6 +356,41 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, latest());
+    }
+
+    /// The migration that drops tasks.kind's CHECK keeps every task's kind, and a kind
+    /// the old CHECK did not list can then be stored. (Migration 3, shipped, is the one
+    /// that added the CHECK: later migrations may land before this one, never before it.)
+    #[test]
+    fn task_kinds_survive_the_check_removal() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch("PRAGMA user_version = 3").unwrap();
+        conn.execute_batch(
+            "INSERT INTO tasks (id, agent, priority, position, status, created_at, kind, params)
+             VALUES ('b', 'claude_code', 1, 1, 'pending', 't', 'backfill', '{}')",
+        )
+        .unwrap();
+        assert!(
+            conn.execute_batch(
+                "INSERT INTO tasks (id, agent, priority, position, status, created_at, kind)
+                 VALUES ('d', 'claude', 1, 2, 'pending', 't', 'duty')"
+            )
+            .is_err(),
+            "version 3 refuses unknown kinds"
+        );
+        migrate(&conn).unwrap();
+        let kind: String = conn
+            .query_row("SELECT kind FROM tasks WHERE id = 'b'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kind, "backfill");
+        conn.execute_batch(
+            "INSERT INTO tasks (id, agent, priority, position, status, created_at, kind)
+             VALUES ('d', 'claude', 1, 2, 'pending', 't', 'duty')",
+        )
+        .unwrap();
     }
 
     #[test]

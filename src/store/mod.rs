@@ -2,7 +2,9 @@
 //! pragmas, the ledger, the pair writer's statements, the read-back queries, the task
 //! stack and its templates (`store::tasks`), sessions and checkpoints
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
-//! consistent backups (`store::backup`).
+//! consistent backups (`store::backup`), the tasks' history and the commands people and
+//! agents ran (`store::history`), the daily report's queries and the loop's heartbeats
+//! (`store::daily`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -11,6 +13,8 @@
 
 pub mod agents;
 pub mod backup;
+pub mod daily;
+pub mod history;
 pub mod ledger;
 pub mod migrations;
 pub mod pairs;

@@ -98,6 +98,11 @@ pub enum TaskKind {
     /// Integrate an archive folder of session exports (`crate::work::backfill::run_task`); the
     /// loop runs it in-process, inside budgeted sessions of the agent.
     Backfill,
+    /// A standing duty of the agent (monitor quality, validate the schema): its command
+    /// runs it for one session, whose wrap completes it whatever its progress. Usually
+    /// recurring (`every`), so it comes back each period; it never counts toward the
+    /// agent's queue depth, so an agent on duty is never "running dry".
+    Duty,
 }
 
 impl TaskKind {
@@ -107,18 +112,21 @@ impl TaskKind {
             TaskKind::Agent => "agent",
             TaskKind::Ingest => "ingest",
             TaskKind::Backfill => "backfill",
+            TaskKind::Duty => "duty",
         }
     }
 
     /// Whether the loop runs it itself (no agent command).
     pub fn is_builtin(self) -> bool {
-        self != TaskKind::Agent
+        !matches!(self, TaskKind::Agent | TaskKind::Duty)
     }
 
-    fn parse(s: &str) -> TaskKind {
+    /// The word in the `kind` column, back (an unknown word is an agent task).
+    pub fn parse(s: &str) -> TaskKind {
         match s {
             "ingest" => TaskKind::Ingest,
             "backfill" => TaskKind::Backfill,
+            "duty" => TaskKind::Duty,
             _ => TaskKind::Agent,
         }
     }
@@ -170,6 +178,11 @@ pub struct TaskRow {
     pub started_at: Option<String>,
     /// When it completed or failed.
     pub finished_at: Option<String>,
+    /// The template it was made from (by the assigner, or a recurring task's own).
+    pub template_id: Option<i64>,
+    /// Where the estimate came from when the assigner set it from history (None: given
+    /// by whoever added or edited the task, or no estimate).
+    pub estimate_source: Option<String>,
 }
 
 /// The columns a new task needs.
@@ -379,6 +392,51 @@ pub fn set_priority(conn: &Connection, id: &str, priority: i64) -> Result<()> {
     Ok(())
 }
 
+/// Sets a task's description (None clears it).
+pub fn set_description(conn: &Connection, id: &str, description: Option<&str>) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET description = ?2 WHERE id = ?1",
+        params![id, description],
+    )?;
+    Ok(())
+}
+
+/// Sets a task's token estimate (None clears it), as given by a person: no source.
+pub fn set_estimate(conn: &Connection, id: &str, tokens: Option<u64>) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET estimated_tokens = ?2, estimate_source = NULL WHERE id = ?1",
+        params![id, tokens.map(|n| n as i64)],
+    )?;
+    Ok(())
+}
+
+/// Sets a task's token estimate with where it came from (the assigner, from history).
+pub fn set_estimate_from(conn: &Connection, id: &str, tokens: u64, source: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET estimated_tokens = ?2, estimate_source = ?3 WHERE id = ?1",
+        params![id, tokens as i64, source],
+    )?;
+    Ok(())
+}
+
+/// Moves a task to another agent's queue.
+pub fn set_agent(conn: &Connection, id: &str, agent: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET agent = ?2 WHERE id = ?1",
+        params![id, agent],
+    )?;
+    Ok(())
+}
+
+/// Removes one dependency; returns whether there was one.
+pub fn remove_dependency(conn: &Connection, task: &str, depends_on: &str) -> Result<bool> {
+    let n = conn.execute(
+        "DELETE FROM task_deps WHERE task_id = ?1 AND depends_on = ?2",
+        params![task, depends_on],
+    )?;
+    Ok(n > 0)
+}
+
 /// Clears a task's review flag.
 pub fn clear_review(conn: &Connection, id: &str) -> Result<()> {
     conn.execute("UPDATE tasks SET needs_review = NULL WHERE id = ?1", [id])?;
@@ -420,6 +478,15 @@ pub struct TemplateRow {
     pub total: Option<u64>,
     /// The number the next task gets.
     pub next_n: u64,
+    /// Its tasks' kind (agent or duty).
+    pub kind: TaskKind,
+    /// Recurring: how often a fresh task is added (`clock::Every`'s text); None for a
+    /// template that tops up queues.
+    pub every: Option<String>,
+    /// The latest task made from it.
+    pub last_task: Option<String>,
+    /// When that task was added.
+    pub last_added_at: Option<String>,
 }
 
 /// Adds a template unless the agent already has one with this pattern; returns whether
@@ -427,8 +494,9 @@ pub struct TemplateRow {
 pub fn insert_template(conn: &Connection, t: &TemplateRow) -> Result<bool> {
     let n = conn.execute(
         "INSERT OR IGNORE INTO task_templates
-             (agent, pattern, description, priority, estimated_tokens, total, next_n)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (agent, pattern, description, priority, estimated_tokens, total, next_n, kind,
+              every, last_task, last_added_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             t.agent,
             t.pattern,
@@ -436,7 +504,11 @@ pub fn insert_template(conn: &Connection, t: &TemplateRow) -> Result<bool> {
             t.priority,
             t.estimated_tokens.map(|n| n as i64),
             t.total.map(|n| n as i64),
-            t.next_n as i64
+            t.next_n as i64,
+            t.kind.as_str(),
+            t.every,
+            t.last_task,
+            t.last_added_at
         ],
     )?;
     Ok(n > 0)
@@ -445,7 +517,8 @@ pub fn insert_template(conn: &Connection, t: &TemplateRow) -> Result<bool> {
 /// Every template, by agent, in the order they were added.
 pub fn templates(conn: &Connection) -> Result<Vec<TemplateRow>> {
     let mut stmt = conn.prepare(
-        "SELECT id, agent, pattern, description, priority, estimated_tokens, total, next_n
+        "SELECT id, agent, pattern, description, priority, estimated_tokens, total, next_n,
+                kind, every, last_task, last_added_at
          FROM task_templates ORDER BY agent, id",
     )?;
     let rows = stmt
@@ -459,6 +532,10 @@ pub fn templates(conn: &Connection) -> Result<Vec<TemplateRow>> {
                 estimated_tokens: r.get::<_, Option<i64>>(5)?.map(|n| n as u64),
                 total: r.get::<_, Option<i64>>(6)?.map(|n| n as u64),
                 next_n: r.get::<_, i64>(7)? as u64,
+                kind: TaskKind::parse(&r.get::<_, String>(8)?),
+                every: r.get(9)?,
+                last_task: r.get(10)?,
+                last_added_at: r.get(11)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -474,13 +551,38 @@ pub fn set_template_next(conn: &Connection, id: i64, next_n: u64) -> Result<()> 
     Ok(())
 }
 
+/// Records the task a template just made: its number, id and time.
+pub fn set_template_added(
+    conn: &Connection,
+    id: i64,
+    next_n: u64,
+    task: &str,
+    at: &str,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE task_templates SET next_n = ?2, last_task = ?3, last_added_at = ?4 WHERE id = ?1",
+        params![id, next_n as i64, task, at],
+    )?;
+    Ok(())
+}
+
+/// Links a task to the template it was made from.
+pub fn set_template_of(conn: &Connection, task: &str, template: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE tasks SET template_id = ?2 WHERE id = ?1",
+        params![task, template],
+    )?;
+    Ok(())
+}
+
 const SELECT: &str = "SELECT t.id, t.agent, t.priority, t.position, t.description, t.status,
         t.done, t.total, t.estimated_tokens,
         (SELECT COALESCE(SUM(s.tokens_used), 0) FROM sessions s WHERE s.task_id = t.id),
         (SELECT COUNT(*) FROM sessions s WHERE s.task_id = t.id),
         t.failures, t.fail_reason, t.needs_review, t.grade_detail,
         (SELECT group_concat(d.depends_on, ',') FROM task_deps d WHERE d.task_id = t.id),
-        t.created_at, t.started_at, t.finished_at, t.kind, t.params
+        t.created_at, t.started_at, t.finished_at, t.kind, t.params, t.template_id,
+        t.estimate_source
     FROM tasks t";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
@@ -515,5 +617,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         created_at: r.get(16)?,
         started_at: r.get(17)?,
         finished_at: r.get(18)?,
+        template_id: r.get(21)?,
+        estimate_source: r.get(22)?,
     })
 }

@@ -10,6 +10,14 @@
 //!    flagged "needs review".
 //! 3. **Templates**: an agent whose plan defines `[[template]]`s keeps at least
 //!    `assign.min_ready` ready tasks: new ones are made from its templates in turn.
+//!    Standing duties never count toward those ready tasks.
+//! 4. **Recurring work**: a template (or task) with `every` gets a fresh task once its
+//!    period has passed (`clock::Every`) and the previous one is complete: one per
+//!    period, however long the loop was away.
+//! 5. **Estimates from history**: a pending task without a token estimate gets one: the
+//!    median tokens per unit of the completed tasks made from its template (else of its
+//!    agent's completed tasks of its kind) times its total (1 unit without one). The
+//!    source is kept with the estimate (`task show`).
 
 use crate::clock;
 use crate::config::Config;
@@ -29,6 +37,8 @@ pub fn assign(conn: &mut Connection, root: &Root, config: &Config) -> Result<Vec
     ingest_tasks(conn, root, &agents, &mut done)?;
     retries(conn, config, &mut done)?;
     templates(conn, config, &mut done)?;
+    recurring(conn, &mut done)?;
+    estimates(conn, &mut done)?;
     Ok(done)
 }
 
@@ -49,6 +59,15 @@ fn log(
     };
     tracing::info!(action, agent, task, "assign: {}", e.detail);
     store_agents::log_assign(conn, &e)?;
+    if store_tasks::exists(conn, task)? {
+        crate::work::history::task_event(
+            conn,
+            task,
+            &crate::work::history::Actor::assigner(),
+            action,
+            e.detail.clone(),
+        )?;
+    }
     done.push(e);
     Ok(())
 }
@@ -158,14 +177,19 @@ fn retries(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>) 
 /// Agents with templates keep `min_ready` ready tasks.
 fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>) -> Result<()> {
     let mut by_agent: BTreeMap<String, Vec<store_tasks::TemplateRow>> = BTreeMap::new();
-    for t in store_tasks::templates(conn)? {
+    for t in store_tasks::templates(conn)?
+        .into_iter()
+        .filter(|t| t.every.is_none())
+    {
         by_agent.entry(t.agent.clone()).or_default().push(t);
     }
     let want = config.assign.min_ready;
     for (agent, mut list) in by_agent {
         let mut ready = tasks::open_views(conn)?
             .iter()
-            .filter(|v| v.task.agent == agent && v.state == State::Ready)
+            .filter(|v| {
+                v.task.agent == agent && v.state == State::Ready && v.task.kind != TaskKind::Duty
+            })
             .count() as u64;
         let mut turn = 0;
         while ready < want {
@@ -189,10 +213,12 @@ fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>
                         .map(|d| d.replace("{n}", &n.to_string())),
                     estimated_tokens: tpl.estimated_tokens,
                     total: tpl.total,
+                    kind: tpl.kind,
                     ..AddTask::default()
                 },
                 crate::work::kinds::check,
             )?;
+            store_tasks::set_template_of(conn, &id, tpl.id)?;
             tpl.next_n = n + 1;
             store_tasks::set_template_next(conn, tpl.id, tpl.next_n)?;
             ready += 1;
@@ -211,4 +237,196 @@ fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>
         }
     }
     Ok(())
+}
+
+/// Recurring templates add a fresh task once the period since the last one has passed
+/// and the last one is complete (or was removed). A template never used adds its first
+/// task at once.
+fn recurring(conn: &mut Connection, done: &mut Vec<AssignEntry>) -> Result<()> {
+    let now = clock::now();
+    for tpl in store_tasks::templates(conn)? {
+        let Some(text) = &tpl.every else { continue };
+        let every = match clock::Every::parse(text) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("template {}: {e:#}; it does not recur", tpl.pattern);
+                continue;
+            }
+        };
+        if let Some(last) = tpl
+            .last_added_at
+            .as_deref()
+            .and_then(|t| clock::parse(t).ok())
+            && !every.due(last, now)
+        {
+            continue;
+        }
+        let previous = match &tpl.last_task {
+            Some(t) => store_tasks::get(conn, t)?,
+            None => None,
+        };
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.status != TaskStatus::Completed)
+        {
+            continue;
+        }
+        let mut n = tpl.next_n;
+        while store_tasks::exists(conn, &tasks::template_id(&tpl.pattern, n))? {
+            n += 1;
+        }
+        let id = tasks::template_id(&tpl.pattern, n);
+        tasks::add(
+            conn,
+            &AddTask {
+                id: id.clone(),
+                agent: tpl.agent.clone(),
+                priority: Some(tpl.priority),
+                description: tpl
+                    .description
+                    .as_ref()
+                    .map(|d| d.replace("{n}", &n.to_string())),
+                estimated_tokens: tpl.estimated_tokens,
+                total: tpl.total,
+                kind: tpl.kind,
+                ..AddTask::default()
+            },
+            crate::work::kinds::check,
+        )?;
+        store_tasks::set_template_of(conn, &id, tpl.id)?;
+        store_tasks::set_template_added(conn, tpl.id, n + 1, &id, &clock::format(now))?;
+        let why = match (&previous, &tpl.last_added_at) {
+            (Some(p), Some(at)) => format!("{} complete, its period began {at}", p.id),
+            (None, Some(at)) => format!("its period began {at}"),
+            _ => "the first".to_string(),
+        };
+        log(
+            conn,
+            done,
+            "recur",
+            &tpl.agent,
+            &id,
+            format!(
+                "added {id} from recurring template {} ({}: {why})",
+                tpl.pattern, every
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// What an estimate from history is based on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// Tokens for the task.
+    pub tokens: u64,
+    /// Median tokens per unit of the samples.
+    pub per_unit: f64,
+    /// Completed tasks it is the median of.
+    pub samples: usize,
+    /// `template droid_batch_{n}`, or `agent tasks of droid`.
+    pub basis: String,
+}
+
+impl Estimate {
+    /// How `task show` explains it.
+    pub fn source(&self, units: u64) -> String {
+        format!(
+            "history: median {} tokens per unit over {} completed {} × {} unit{}",
+            crate::human::thousands(self.per_unit.round() as u64),
+            self.samples,
+            self.basis,
+            crate::human::thousands(units),
+            if units == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// The median of tokens per unit over completed tasks that used tokens: those made from
+/// `task`'s template when there are some, else its agent's tasks of its kind.
+pub fn estimate(all: &[store_tasks::TaskRow], task: &store_tasks::TaskRow) -> Option<Estimate> {
+    let done = |t: &&store_tasks::TaskRow| {
+        t.status == TaskStatus::Completed && t.tokens_used > 0 && t.id != task.id
+    };
+    let per_unit =
+        |t: &store_tasks::TaskRow| t.tokens_used as f64 / t.total.unwrap_or(1).max(1) as f64;
+    let by_template: Vec<f64> = match task.template_id {
+        Some(tpl) => all
+            .iter()
+            .filter(done)
+            .filter(|t| t.template_id == Some(tpl))
+            .map(per_unit)
+            .collect(),
+        None => Vec::new(),
+    };
+    let (samples, basis) = if by_template.is_empty() {
+        let v: Vec<f64> = all
+            .iter()
+            .filter(done)
+            .filter(|t| t.agent == task.agent && t.kind == task.kind)
+            .map(per_unit)
+            .collect();
+        (v, format!("{} tasks of {}", task.kind.as_str(), task.agent))
+    } else {
+        (by_template, "tasks of its template".to_string())
+    };
+    let m = median(samples.clone())?;
+    Some(Estimate {
+        tokens: (m * task.total.unwrap_or(1).max(1) as f64).round() as u64,
+        per_unit: m,
+        samples: samples.len(),
+        basis,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Pending tasks without an estimate get one from history, with its source.
+fn estimates(conn: &mut Connection, done: &mut Vec<AssignEntry>) -> Result<()> {
+    let all = store_tasks::all(conn)?;
+    for t in all.iter().filter(|t| {
+        t.status == TaskStatus::Pending
+            && t.estimated_tokens.is_none()
+            && t.kind != TaskKind::Ingest
+    }) {
+        let Some(e) = estimate(&all, t) else { continue };
+        let source = e.source(t.total.unwrap_or(1));
+        store_tasks::set_estimate_from(conn, &t.id, e.tokens, &source)?;
+        log(
+            conn,
+            done,
+            "estimate",
+            &t.agent,
+            &t.id,
+            format!(
+                "{} estimated at {} tokens ({source})",
+                t.id,
+                crate::human::thousands(e.tokens)
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
 }

@@ -481,7 +481,13 @@ pub fn run_task(
     summary.session = Some(session_id.clone());
     let started = session::get(conn, &session_id)?;
     let budget = started.budget.tokens_per_session;
-    let wrap_at = (budget as f64 * config.thresholds.wrap / 100.0).floor() as u64;
+    let wrap_at = (budget as f64
+        * config
+            .thresholds_of(&started.agent)
+            .of(crate::budget::Kind::Tokens)
+            .wrap
+        / 100.0)
+        .floor() as u64;
     summary.budget = budget;
 
     let meter = Meter {

@@ -11,7 +11,7 @@ use anyhow::Result;
 /// [`crate::work::tasks::ParamsCheck`]).
 pub fn check(id: &str, kind: TaskKind, params: Option<&serde_json::Value>) -> Result<()> {
     match kind {
-        TaskKind::Agent | TaskKind::Ingest => Ok(()),
+        TaskKind::Agent | TaskKind::Ingest | TaskKind::Duty => Ok(()),
         TaskKind::Backfill => backfill::check_params(id, params),
     }
 }

@@ -115,7 +115,7 @@ pub fn start(conn: &mut Connection, config: &Config, opts: &StartOptions) -> Res
     if let Some(t) = opts.token_budget {
         budget.tokens_per_session = t;
     }
-    let th = &config.thresholds;
+    let th = &config.thresholds_of(agent);
 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let active = store::active(&tx, Some(agent))?;
@@ -304,6 +304,8 @@ pub struct CheckpointReport {
     pub action: &'static str,
     /// True at or past the wrap threshold: wrap now.
     pub wrap_now: bool,
+    /// The kind that sets the level (`budget::binding`).
+    pub binding: Option<Usage>,
 }
 
 /// Records a checkpoint of an active session.
@@ -334,7 +336,7 @@ pub fn checkpoint(
     }
     let s = get(&tx, session_id)?;
     let calls = api_calls_today(&tx, &s.agent, now)? + input.api_calls;
-    let usage = usages(&s, calls, now, &config.thresholds);
+    let usage = usages(&s, calls, now, &config.thresholds_of(&s.agent));
     let level = budget::worst(&usage);
     let id = store::insert_checkpoint(
         &tx,
@@ -364,7 +366,9 @@ pub fn checkpoint(
         .into_iter()
         .find(|c| c.id == id)
         .context("checkpoint vanished")?;
+    let binding = budget::binding(&usage).copied();
     Ok(CheckpointReport {
+        binding,
         session_id: s.id,
         number,
         checkpoint,
@@ -390,7 +394,7 @@ pub fn level(
         session,
         api_calls_today(conn, &session.agent, at)?,
         at,
-        &config.thresholds,
+        &config.thresholds_of(&session.agent),
     );
     let level = budget::worst(&usage);
     Ok((usage, level))
@@ -484,6 +488,8 @@ pub struct Status {
     pub action: &'static str,
     /// Seconds since the start (until the wrap, once wrapped).
     pub elapsed_seconds: i64,
+    /// The kind that sets the level (`budget::binding`).
+    pub binding: Option<Usage>,
 }
 
 /// The state of one session.
@@ -500,12 +506,13 @@ pub fn status(conn: &Connection, config: &Config, id: &str) -> Result<Status> {
     };
     Ok(Status {
         elapsed_seconds: (end - clock::parse(&session.started_at)?).num_seconds(),
+        binding: budget::binding(&usage).copied(),
         checkpoints: store::checkpoints_of(conn, &session.id)?,
         slots: slots_usage(
             conn,
             &session.agent,
             &config.budget_of(&session.agent),
-            &config.thresholds,
+            &config.thresholds_of(&session.agent),
         )?,
         action: level.action(),
         level,
@@ -598,12 +605,12 @@ pub fn wrap(
 ) -> Result<WrapReport> {
     let now = clock::now();
     let now_s = clock::format(now);
-    let th = &config.thresholds;
     let mut steps = Steps::default();
 
     // 1. The database: progress saved, review flag, session archived.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let s = get(&tx, session_id)?;
+    let th = &config.thresholds_of(&s.agent);
     ensure!(
         s.is_active(),
         "session {} was already wrapped at {}",
@@ -626,9 +633,12 @@ pub fn wrap(
     let s = get(&tx, session_id)?;
     let usage = usages(&s, api_calls_today(&tx, &s.agent, now)?, now, th);
     let level = budget::worst(&usage);
-    let finishing = task
-        .as_ref()
-        .is_some_and(|t| open(t) && t.total.is_some_and(|n| n > 0 && t.done >= n));
+    // A standing duty takes one session: its wrap completes it, whatever its progress.
+    let finishing = task.as_ref().is_some_and(|t| {
+        open(t)
+            && (t.kind == store_tasks::TaskKind::Duty
+                || t.total.is_some_and(|n| n > 0 && t.done >= n))
+    });
     let needs_review = match &task {
         Some(t) if open(t) && !finishing && level >= Level::HardStop => {
             let reason = format!(
@@ -901,6 +911,9 @@ fn file_steps(
         let mut paths = vec![
             PathBuf::from("task_reports"),
             PathBuf::from("outbox").join(&s.agent),
+            // The daily reports the loop wrote since the last wrap.
+            PathBuf::from("reports"),
+            PathBuf::from("performance_metrics"),
         ];
         if let Some(h) = &handoff {
             paths.insert(0, PathBuf::from(relative(root, h)));
@@ -1045,7 +1058,7 @@ pub fn interim_handoff(
         checkpoints: &checkpoints,
         usage: &usage,
         level,
-        thresholds: &config.thresholds,
+        thresholds: &config.thresholds_of(&s.agent),
         duration_seconds: (now - clock::parse(&s.started_at)?).num_seconds(),
         pairs_integrated: crate::store::ledger::pairs_of_session(conn, &s.id)?,
         totals: &totals,

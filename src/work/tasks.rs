@@ -445,7 +445,10 @@ pub fn complete_in(conn: &Connection, config: &Config, id: &str) -> Result<Grade
     }
     let now = crate::clock::now_rfc3339();
     let sessions = store_sessions::of_task(conn, id)?;
-    let g = grade::grade(grade::inputs(&v.task, &sessions, &config.thresholds));
+    let thresholds = config
+        .thresholds_of(&v.task.agent)
+        .of(crate::budget::Kind::Tokens);
+    let g = grade::grade(grade::inputs(&v.task, &sessions, &thresholds));
     store::mark_completed(conn, id, &g, &now)?;
     Ok(g)
 }
@@ -469,7 +472,7 @@ pub fn write_report(conn: &Connection, root: &Root, config: &Config, id: &str) -
         &grade::ReportContext {
             sessions: &sessions,
             checkpoints,
-            thresholds: &config.thresholds,
+            thresholds: &config.thresholds_of(&task.agent),
         },
     );
     let path = root.reports_dir().join(format!("{id}.md"));
@@ -525,6 +528,244 @@ pub fn remove(conn: &mut Connection, id: &str) -> Result<()> {
     store::delete(&tx, id)?;
     tx.commit()?;
     Ok(())
+}
+
+/// What `task edit` changes; a field left `None` (or an empty list) stays as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Edit {
+    /// New priority (1 runs first).
+    pub priority: Option<i64>,
+    /// New description; an empty text clears it.
+    pub description: Option<String>,
+    /// New token estimate; 0 clears it.
+    pub estimated_tokens: Option<u64>,
+    /// New total of units (at least 1, and not below the units done).
+    pub total: Option<u64>,
+    /// Tasks that must complete first, added to its dependencies.
+    pub after: Vec<String>,
+    /// Dependencies removed.
+    pub no_after: Vec<String>,
+    /// Another agent's queue.
+    pub agent: Option<String>,
+}
+
+/// One field `task edit` changed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    /// `priority`, `description`, `estimated_tokens`, `total`, `after` or `agent`.
+    pub field: &'static str,
+    /// What it was, as shown.
+    pub from: String,
+    /// What it is now.
+    pub to: String,
+}
+
+impl Change {
+    /// `priority 5 → 2`: how the history shows it.
+    pub fn text(&self) -> String {
+        format!("{} {} → {}", self.field, self.from, self.to)
+    }
+}
+
+/// Edits a task in one transaction: every change, or nothing when one is refused (a
+/// dependency cycle, an agent change while a session works on the task, a total below
+/// the units done). Each change is recorded in the task's history under `by`; the
+/// changes are returned (empty when every value was already so).
+pub fn edit(
+    conn: &mut Connection,
+    id: &str,
+    e: &Edit,
+    by: &crate::work::history::Actor,
+) -> Result<Vec<Change>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let t = get(&tx, id)?;
+    let only_description = e.priority.is_none()
+        && e.estimated_tokens.is_none()
+        && e.total.is_none()
+        && e.after.is_empty()
+        && e.no_after.is_empty()
+        && e.agent.is_none();
+    ensure!(
+        t.status != TaskStatus::Completed || only_description,
+        "task {id} is completed (its record is the archive): only its description can change"
+    );
+    let mut changes = Vec::new();
+    let none = || "none".to_string();
+    if let Some(p) = e.priority {
+        ensure!(p >= 1, "task {id}: priority must be 1 or more");
+        if p != t.priority {
+            store::set_priority(&tx, id, p)?;
+            changes.push(Change {
+                field: "priority",
+                from: t.priority.to_string(),
+                to: p.to_string(),
+            });
+        }
+    }
+    if let Some(d) = &e.description {
+        let d = Some(d.trim()).filter(|d| !d.is_empty());
+        if d != t.description.as_deref() {
+            store::set_description(&tx, id, d)?;
+            changes.push(Change {
+                field: "description",
+                from: t
+                    .description
+                    .as_deref()
+                    .map_or_else(none, |x| format!("{x:?}")),
+                to: d.map_or_else(none, |x| format!("{x:?}")),
+            });
+        }
+    }
+    if let Some(n) = e.estimated_tokens {
+        let n = Some(n).filter(|&n| n > 0);
+        if n != t.estimated_tokens {
+            store::set_estimate(&tx, id, n)?;
+            changes.push(Change {
+                field: "estimated_tokens",
+                from: t.estimated_tokens.map_or_else(none, |x| x.to_string()),
+                to: n.map_or_else(none, |x| x.to_string()),
+            });
+        }
+    }
+    if let Some(n) = e.total {
+        ensure!(n >= 1, "task {id}: total must be at least 1");
+        ensure!(
+            n >= t.done,
+            "task {id}: {} unit(s) are done already; the total cannot be below that",
+            t.done
+        );
+        if Some(n) != t.total {
+            store::set_progress(&tx, id, t.done, Some(n))?;
+            changes.push(Change {
+                field: "total",
+                from: t.total.map_or_else(none, |x| x.to_string()),
+                to: n.to_string(),
+            });
+        }
+    }
+    if let Some(both) = e.after.iter().find(|d| e.no_after.contains(d)) {
+        bail!("task {id}: {both} is named by both --after and --no-after");
+    }
+    let mut deps: Vec<String> = t.depends_on.clone();
+    for d in &e.no_after {
+        ensure!(
+            store::remove_dependency(&tx, id, d)?,
+            "task {id} does not depend on {d:?} (it depends on {})",
+            if t.depends_on.is_empty() {
+                "nothing".to_string()
+            } else {
+                t.depends_on.join(", ")
+            }
+        );
+        deps.retain(|x| x != d);
+    }
+    for d in &e.after {
+        ensure!(d != id, "task {id} cannot depend on itself");
+        ensure!(
+            store::exists(&tx, d)?,
+            "task {id} cannot depend on {d:?}, which does not exist; add it first"
+        );
+        if !deps.contains(d) {
+            if let Some(path) = path_between(&tx, d, id)? {
+                bail!(
+                    "refused: {id} after {d} would make a dependency cycle ({} → {d}); nothing changed",
+                    path.join(" → ")
+                );
+            }
+            store::add_dependency(&tx, id, d)?;
+            deps.push(d.clone());
+        }
+    }
+    deps.sort();
+    let mut before = t.depends_on.clone();
+    before.sort();
+    if deps != before {
+        let list = |v: &[String]| {
+            if v.is_empty() { none() } else { v.join(", ") }
+        };
+        changes.push(Change {
+            field: "after",
+            from: list(&before),
+            to: list(&deps),
+        });
+    }
+    if let Some(a) = &e.agent {
+        crate::root::check_agent_name(a)?;
+        if a != &t.agent {
+            let active: Vec<String> = store_sessions::of_task(&tx, id)?
+                .into_iter()
+                .filter(|s| s.is_active())
+                .map(|s| s.id)
+                .collect();
+            ensure!(
+                active.is_empty(),
+                "refused: session {} of {} works on task {id}; wrap it before moving the task to {a}",
+                active.join(", "),
+                t.agent
+            );
+            store::set_agent(&tx, id, a)?;
+            changes.push(Change {
+                field: "agent",
+                from: t.agent.clone(),
+                to: a.clone(),
+            });
+        }
+    }
+    for c in &changes {
+        crate::work::history::task_event(&tx, id, by, "edit", c.text())?;
+    }
+    tx.commit()?;
+    Ok(changes)
+}
+
+/// The dependency path from `from` down to `to` (`from` depends on ... on `to`), if one
+/// exists: adding "`to` after `from`" would close it into a cycle.
+fn path_between(conn: &Connection, from: &str, to: &str) -> Result<Option<Vec<String>>> {
+    let rows = store::all(conn)?;
+    let deps: HashMap<&str, &[String]> = rows
+        .iter()
+        .map(|t| (t.id.as_str(), t.depends_on.as_slice()))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut stack = vec![vec![from.to_string()]];
+    while let Some(path) = stack.pop() {
+        let last = path.last().expect("a path is never empty").clone();
+        if last == to {
+            return Ok(Some(path));
+        }
+        if !seen.insert(last.clone()) {
+            continue;
+        }
+        for d in deps.get(last.as_str()).copied().unwrap_or(&[]) {
+            let mut next = path.clone();
+            next.push(d.clone());
+            stack.push(next);
+        }
+    }
+    Ok(None)
+}
+
+/// Clears a task's review flag after a person looked; the flag's reason and `note` are
+/// kept in the task's history. Returns the reason the flag had.
+pub fn clear_review(
+    conn: &mut Connection,
+    id: &str,
+    note: Option<&str>,
+    by: &crate::work::history::Actor,
+) -> Result<String> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let t = get(&tx, id)?;
+    let reason = t
+        .needs_review
+        .with_context(|| format!("task {id} is not flagged for review"))?;
+    store::clear_review(&tx, id)?;
+    let mut detail = format!("review flag cleared (it said: {reason})");
+    if let Some(n) = note.map(str::trim).filter(|n| !n.is_empty()) {
+        detail.push_str(&format!("; note: {n}"));
+    }
+    crate::work::history::task_event(&tx, id, by, "review_clear", detail)?;
+    tx.commit()?;
+    Ok(reason)
 }
 
 /// What `task stats` reports.
@@ -639,6 +880,51 @@ pub struct PlanTemplate {
     pub total: Option<u64>,
     /// The first number (default 1).
     pub start: Option<u64>,
+    /// Its tasks' kind: `agent` (default) or `duty` (a standing duty: one session each).
+    pub kind: Option<TaskKind>,
+    /// Recurring: a fresh task every period (`"24h"`, `"90m"`, `"7d"`) or each day at a
+    /// UTC time (`"06:00"`), once the previous one is complete. A recurring template does
+    /// not top up queues.
+    pub every: Option<String>,
+}
+
+/// A template as `task templates` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateView {
+    /// The stored template.
+    #[serde(flatten)]
+    pub template: TemplateRow,
+    /// `tops up the queue to assign.min_ready`, `every 24h`, `daily at 06:00 UTC`.
+    pub schedule: String,
+    /// Recurring: when the next task is due (once the last one is complete).
+    pub next_due: Option<String>,
+}
+
+/// Every template, with its schedule and, for recurring ones, when the next is due.
+pub fn templates(conn: &Connection) -> Result<Vec<TemplateView>> {
+    Ok(store::templates(conn)?
+        .into_iter()
+        .map(|t| {
+            let every = t.every.as_deref().map(crate::clock::Every::parse);
+            let schedule = match &every {
+                None => "tops up the queue to assign.min_ready".to_string(),
+                Some(Ok(e)) => e.to_string(),
+                Some(Err(e)) => format!("invalid: {e:#}"),
+            };
+            let next_due = match (&every, &t.last_added_at) {
+                (Some(Ok(e)), Some(at)) => crate::clock::parse(at)
+                    .ok()
+                    .map(|at| crate::clock::format(e.next_after(at))),
+                (Some(Ok(_)), None) => Some("now".to_string()),
+                _ => None,
+            };
+            TemplateView {
+                template: t,
+                schedule,
+                next_due,
+            }
+        })
+        .collect())
 }
 
 /// A template's task id for number `n`.
@@ -669,6 +955,9 @@ pub struct PlanTask {
     pub kind: Option<TaskKind>,
     /// What a built-in kind needs, e.g. `params = { dir = "/archive", sessions = "101-187" }`.
     pub params: Option<toml::Value>,
+    /// Recurring: once it is complete and the period passed, the assigner adds a fresh
+    /// copy, `<id>_2`, `<id>_3`, ... (see [`PlanTemplate::every`]).
+    pub every: Option<String>,
 }
 
 /// What an import did.
@@ -697,7 +986,21 @@ pub fn import(conn: &mut Connection, text: &str, check: ParamsCheck) -> Result<I
         );
     }
     check_plan_acyclic(&plan)?;
+    for t in &plan.task {
+        if let Some(e) = &t.every {
+            check_recurring(&t.id, t.kind.unwrap_or_default(), e)
+                .with_context(|| format!("plan task {}", t.id))?;
+        }
+    }
     for t in &plan.template {
+        if let Some(e) = &t.every {
+            crate::clock::Every::parse(e).with_context(|| format!("plan template {}", t.id))?;
+        }
+        ensure!(
+            matches!(t.kind.unwrap_or_default(), TaskKind::Agent | TaskKind::Duty),
+            "plan template {}: a template makes agent or duty tasks (a built-in kind needs params)",
+            t.id
+        );
         check_task_id(&template_id(&t.id, 1)).with_context(|| format!("plan template {}", t.id))?;
         crate::root::check_agent_name(&t.agent)?;
         ensure!(
@@ -758,6 +1061,10 @@ pub fn import(conn: &mut Connection, text: &str, check: ParamsCheck) -> Result<I
                 estimated_tokens: t.estimated_tokens,
                 total: t.total,
                 next_n: t.start.unwrap_or(1),
+                kind: t.kind.unwrap_or_default(),
+                every: t.every.clone(),
+                last_task: None,
+                last_added_at: None,
             },
         )?;
         let name = format!("{}/{}", t.agent, t.id);
@@ -767,8 +1074,73 @@ pub fn import(conn: &mut Connection, text: &str, check: ParamsCheck) -> Result<I
             report.templates_kept.push(name);
         }
     }
+    for t in &plan.task {
+        if let Some(e) = &t.every {
+            let row = get(&tx, &t.id)?;
+            let name = format!("{}/{}", row.agent, recurring_pattern(&row.id));
+            if recur_raw(&tx, &row, e)? {
+                report.templates_added.push(name);
+            } else {
+                report.templates_kept.push(name);
+            }
+        }
+    }
     tx.commit()?;
     Ok(report)
+}
+
+/// The template pattern of a recurring task's fresh copies: `<id>_{n}`.
+pub fn recurring_pattern(id: &str) -> String {
+    format!("{id}_{{n}}")
+}
+
+fn check_recurring(id: &str, kind: TaskKind, every: &str) -> Result<()> {
+    crate::clock::Every::parse(every)?;
+    ensure!(
+        matches!(kind, TaskKind::Agent | TaskKind::Duty),
+        "only agent and duty tasks recur (a built-in kind's params name one piece of work)"
+    );
+    check_task_id(&template_id(&recurring_pattern(id), 2))
+}
+
+/// Makes a stored task recurring: a template `<id>_{n}` whose next copy comes once the
+/// period passed and the task is complete. Returns false when it already recurs.
+pub fn recur(conn: &mut Connection, id: &str, every: &str) -> Result<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let t = get(&tx, id)?;
+    check_recurring(id, t.kind, every)?;
+    let added = recur_raw(&tx, &t, every)?;
+    tx.commit()?;
+    Ok(added)
+}
+
+fn recur_raw(conn: &Connection, t: &TaskRow, every: &str) -> Result<bool> {
+    let pattern = recurring_pattern(&t.id);
+    let added = store::insert_template(
+        conn,
+        &TemplateRow {
+            id: 0,
+            agent: t.agent.clone(),
+            pattern: pattern.clone(),
+            description: t.description.clone(),
+            priority: t.priority,
+            estimated_tokens: t.estimated_tokens,
+            total: t.total,
+            next_n: 2,
+            kind: t.kind,
+            every: Some(every.trim().to_string()),
+            last_task: Some(t.id.clone()),
+            last_added_at: Some(t.created_at.clone()),
+        },
+    )?;
+    if added
+        && let Some(tpl) = store::templates(conn)?
+            .into_iter()
+            .find(|x| x.agent == t.agent && x.pattern == pattern)
+    {
+        store::set_template_of(conn, &t.id, tpl.id)?;
+    }
+    Ok(added)
 }
 
 /// Refuses a plan whose dependencies go round in a circle.
