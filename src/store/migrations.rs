@@ -304,6 +304,12 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN commit_pending INTEGER NOT NULL DEFAULT 0; -- its wrap commit failed: the next wrap commits its outputs
 
     CREATE INDEX tasks_by_status ON tasks(status, kind, finished_at);
+    -- The assigner's estimates read the latest completed tasks of a template, or of an
+    -- agent and kind, without scanning the history.
+    CREATE INDEX tasks_by_template ON tasks(template_id, status, finished_at);
+    CREATE INDEX tasks_by_agent_kind ON tasks(agent, kind, status, finished_at);
+    -- Every round asks for the active sessions of all agents.
+    CREATE INDEX sessions_by_status ON sessions(status);
     "#,
 ];
 

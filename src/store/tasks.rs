@@ -291,6 +291,39 @@ pub fn statuses(
     Ok(out)
 }
 
+/// The latest `limit` completed tasks made from the template `template`, newest first.
+pub fn completed_of_template(
+    conn: &Connection,
+    template: i64,
+    limit: usize,
+) -> Result<Vec<TaskRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT} WHERE t.template_id = ?1 AND t.status = 'completed'
+         ORDER BY t.finished_at DESC LIMIT ?2"
+    ))?;
+    let rows = stmt
+        .query_map(params![template, limit as i64], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The latest `limit` completed tasks of `agent` of `kind`, newest first.
+pub fn completed_of(
+    conn: &Connection,
+    agent: &str,
+    kind: TaskKind,
+    limit: usize,
+) -> Result<Vec<TaskRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT} WHERE t.agent = ?1 AND t.kind = ?2 AND t.status = 'completed'
+         ORDER BY t.finished_at DESC LIMIT ?3"
+    ))?;
+    let rows = stmt
+        .query_map(params![agent, kind.as_str(), limit as i64], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
 /// Every agent with an open (pending, in-progress or failed) task, sorted.
 pub fn agents_with_open_tasks(conn: &Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
