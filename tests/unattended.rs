@@ -1194,3 +1194,41 @@ fn the_loop_log_goes_to_daily_files_and_old_ones_are_deleted() {
     assert!(text.contains("run: 0 session(s) started"), "{text}");
     assert!(!text.contains('\x1b'), "no terminal colours in a file");
 }
+
+/// Found running the soak with a copy of the binary under another name: the agents'
+/// `perpetual` was not the loop's (not found). `.perpetual/bin/perpetual`, first on the
+/// agent's PATH, links to the running binary whatever its name.
+#[test]
+fn the_agents_perpetual_is_the_running_binary_whatever_its_name() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"sh\", \"{well}\"]\n"
+    ));
+    add_tasks(&env, "claude_code", &["t"], 1);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let renamed = elsewhere.path().join("perpetual-1.2.3");
+    std::fs::copy(env!("CARGO_BIN_EXE_perpetual"), &renamed).unwrap();
+    let out = Command::new(&renamed)
+        .args(["run", "--max-sessions", "1"])
+        .env("PERPETUAL_ROOT", env.root())
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("PERPETUAL_SESSION")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        task_json(&env, "t")["status"],
+        "completed",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_link(env.path(".perpetual/bin/perpetual")).unwrap(),
+        renamed
+    );
+}

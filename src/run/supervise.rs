@@ -90,18 +90,31 @@ pub struct Ended {
 /// Called on the supervisor's thread once the session has ended and is recorded.
 pub type OnEnd = Box<dyn FnOnce(Ended) + Send>;
 
-/// The `PATH` of an agent's command: the running binary's folder first, so the
-/// `perpetual` the prompt names is this one, then the loop's own `PATH`.
-pub fn command_path() -> String {
-    let inherited = std::env::var("PATH").unwrap_or_default();
-    match std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        Some(dir) if inherited.is_empty() => dir.display().to_string(),
-        Some(dir) => format!("{}:{inherited}", dir.display()),
-        None => inherited,
+/// The `PATH` of an agent's command: the running binary first, so the `perpetual` the
+/// prompt names is the loop's own: `.perpetual/bin/perpetual`, a link to it (whatever
+/// the binary is called), then its folder, then the loop's own `PATH`.
+pub fn command_path(root: &Root) -> String {
+    let mut dirs: Vec<String> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        let bin = root.state_dir().join("bin");
+        let link = bin.join("perpetual");
+        let linked = std::fs::read_link(&link).is_ok_and(|t| t == exe) || {
+            let _ = std::fs::create_dir_all(&bin);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&exe, &link).is_ok()
+        };
+        if linked {
+            dirs.push(bin.display().to_string());
+        }
+        if let Some(dir) = exe.parent() {
+            dirs.push(dir.display().to_string());
+        }
     }
+    let inherited = std::env::var("PATH").unwrap_or_default();
+    if !inherited.is_empty() {
+        dirs.push(inherited);
+    }
+    dirs.join(":")
 }
 
 /// Checks that an agent's program can be started from `root` with [`command_path`]:
@@ -123,17 +136,15 @@ pub fn check_program(root: &Root, program: &str) -> Result<(), String> {
             Err(format!("`{program}` is not an executable file"))
         };
     }
-    if command_path()
+    let path = command_path(root);
+    if path
         .split(':')
         .filter(|d| !d.is_empty())
         .any(|d| executable(&Path::new(d).join(&program)))
     {
         Ok(())
     } else {
-        Err(format!(
-            "`{program}` was not found on the PATH ({})",
-            command_path()
-        ))
+        Err(format!("`{program}` was not found on the PATH ({path})"))
     }
 }
 
@@ -181,7 +192,7 @@ pub fn start(launch: Launch, on_end: OnEnd) -> Result<Sender<()>> {
             "PERPETUAL_PROMPT_FILE".to_string(),
             prompt_file.display().to_string(),
         ),
-        ("PATH".to_string(), command_path()),
+        ("PATH".to_string(), command_path(&root)),
     ];
     if let Ok(exe) = std::env::current_exe() {
         env.push(("PERPETUAL_BIN".to_string(), exe.display().to_string()));
@@ -917,9 +928,18 @@ mod tests {
     }
 
     #[test]
-    fn the_command_path_starts_with_this_program_s_folder() {
+    fn the_command_path_starts_with_a_link_to_this_program_whatever_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path()).unwrap();
+        let path = command_path(&root);
+        let first = path.split(':').next().unwrap();
+        let link = Path::new(first).join("perpetual");
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            std::env::current_exe().unwrap(),
+            "{path}"
+        );
         let exe = std::env::current_exe().unwrap();
-        let dir = exe.parent().unwrap().display().to_string();
-        assert!(command_path().starts_with(&dir), "{}", command_path());
+        assert!(path.contains(&exe.parent().unwrap().display().to_string()));
     }
 }
