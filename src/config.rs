@@ -35,6 +35,100 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// Who hears about trouble while the loop runs unattended.
     pub notify: NotifyConfig,
+    /// The quality report's thresholds (`perpetual quality`).
+    pub quality: QualityConfig,
+    /// Near-duplicate detection (`perpetual near-dups`).
+    pub near_dups: NearDupsConfig,
+}
+
+/// Thresholds of the quality report (`crate::dataset::quality`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QualityConfig {
+    /// `short_answer`: answers with fewer characters than this (after trimming).
+    pub min_answer_chars: usize,
+    /// `answer_repeats_question`: the answer starts with the whole question, or the
+    /// Jaccard similarity of their word sets is at least this.
+    pub repeat_similarity: f64,
+    /// `boilerplate`: phrases (matched case-insensitively, whitespace collapsed) that mark
+    /// a refusal or an "as an AI" answer.
+    pub boilerplate: Vec<String>,
+    /// `no_sources`: the pair's fields (`pairs.extra`) that name sources; a pair with
+    /// none of them non-empty and no URL in its answer is flagged.
+    pub source_fields: Vec<String>,
+    /// Flags computed but not counted: a pair with only these is not flagged.
+    pub ignore: Vec<String>,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        QualityConfig {
+            min_answer_chars: 40,
+            repeat_similarity: 0.8,
+            boilerplate: [
+                "as an ai",
+                "as a language model",
+                "as an assistant",
+                "i cannot help with",
+                "i can't help with",
+                "i cannot provide",
+                "i can't provide",
+                "i am unable to",
+                "i'm unable to",
+                "i'm sorry, but",
+                "i am sorry, but",
+                "i do not have access to real-time",
+                "i don't have access to real-time",
+                "as of my last knowledge update",
+                "my knowledge cutoff",
+                "i'm not able to provide",
+            ]
+            .map(String::from)
+            .to_vec(),
+            source_fields: [
+                "sources",
+                "source",
+                "references",
+                "citations",
+                "urls",
+                "url",
+                "links",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ignore: Vec::new(),
+        }
+    }
+}
+
+/// Settings of near-duplicate detection (`crate::dataset::near_dups`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NearDupsConfig {
+    /// Pairs whose exact Jaccard similarity is at least this are near-duplicates
+    /// (`near-dups --threshold` overrides it).
+    pub threshold: f64,
+    /// Words per shingle.
+    pub shingle_words: usize,
+    /// LSH bands; with `rows`, the signature has bands × rows MinHash values.
+    pub bands: usize,
+    /// MinHash values per band.
+    pub rows: usize,
+    /// A cluster whose members are all at least this similar to its representative, on
+    /// the same indicator, is recommended `drop` (keep the representative only).
+    pub drop_similarity: f64,
+}
+
+impl Default for NearDupsConfig {
+    fn default() -> Self {
+        NearDupsConfig {
+            threshold: 0.8,
+            shingle_words: 3,
+            bands: 16,
+            rows: 8,
+            drop_similarity: 0.95,
+        }
+    }
 }
 
 /// `[notify]`: a command the loop runs on events that need a person (an agent paused, a
@@ -261,6 +355,8 @@ impl Default for Config {
             assign: AssignConfig::default(),
             monitor: MonitorConfig::default(),
             notify: NotifyConfig::default(),
+            quality: QualityConfig::default(),
+            near_dups: NearDupsConfig::default(),
         }
     }
 }
@@ -395,6 +491,28 @@ impl Config {
             self.wrap.backups_kept > 0,
             "wrap.backups_kept must be at least 1"
         );
+        let q = &self.quality;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&q.repeat_similarity),
+            "quality.repeat_similarity must be between 0 and 1"
+        );
+        let n = &self.near_dups;
+        anyhow::ensure!(
+            n.threshold > 0.0 && n.threshold <= 1.0,
+            "near_dups.threshold must be above 0 and at most 1"
+        );
+        anyhow::ensure!(
+            (1..=16).contains(&n.shingle_words),
+            "near_dups.shingle_words must be between 1 and 16"
+        );
+        anyhow::ensure!(
+            n.bands >= 1 && n.rows >= 1 && n.bands * n.rows <= 1024,
+            "near_dups.bands and near_dups.rows must be at least 1, with bands × rows at most 1024"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&n.drop_similarity),
+            "near_dups.drop_similarity must be between 0 and 1"
+        );
         Ok(())
     }
 
@@ -519,6 +637,40 @@ context_window = 200000
 quiet_hours = 6
 # Seconds the command may run before it is killed.
 timeout_secs = 30
+
+[quality]
+# `perpetual quality`: the flags' thresholds (README, "The dataset workbench").
+# short_answer: answers shorter than this many characters (trimmed).
+min_answer_chars = 40
+# answer_repeats_question: the answer starts with the whole question, or their word
+# sets are at least this similar (Jaccard).
+repeat_similarity = 0.8
+# boilerplate: refusals and "as an AI" phrases, matched case-insensitively.
+boilerplate = [
+    "as an ai", "as a language model", "as an assistant", "i cannot help with",
+    "i can't help with", "i cannot provide", "i can't provide", "i am unable to",
+    "i'm unable to", "i'm sorry, but", "i am sorry, but",
+    "i do not have access to real-time", "i don't have access to real-time",
+    "as of my last knowledge update", "my knowledge cutoff", "i'm not able to provide",
+]
+# no_sources: the pair's own fields that name sources; a pair with none of them and no
+# URL in its answer is flagged.
+source_fields = ["sources", "source", "references", "citations", "urls", "url", "links"]
+# Flags still counted in the report but that do not make a pair "flagged" (left out
+# of exports), e.g. ignore = ["no_sources"].
+ignore = []
+
+[near_dups]
+# `perpetual near-dups`: pairs whose exact Jaccard similarity (word shingles of the
+# normalised, lower-cased question and answer) is at least threshold are clustered.
+threshold = 0.8
+shingle_words = 3
+# MinHash signature of bands × rows values; LSH compares pairs that agree on a band.
+bands = 16
+rows = 8
+# A cluster whose members are all this similar to its representative (same indicator)
+# is recommended "drop"; see the README for the rule.
+drop_similarity = 0.95
 
 # One table per agent. Each gets inbox/<name>/ (drops) and outbox/<name>/ (deliverables).
 # A folder created under inbox/ is an agent too, even when it is not listed here; it

@@ -1322,6 +1322,192 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// How a planted near-duplicate differs from its original ([`plant_near_duplicates`]):
+/// the edits that should not make two pairs different pairs for a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variation {
+    /// One word of the answer replaced by another.
+    WordChanged,
+    /// Commas removed and the final full stop turned into an exclamation mark.
+    Punctuation,
+    /// The question lower-cased, the answer's first words upper-cased.
+    Casing,
+    /// Two sentences of the answer swapped (or, with one sentence, two clauses of the
+    /// question).
+    ClauseReordered,
+}
+
+impl Variation {
+    /// Every variation, in the order [`plant_near_duplicates`] cycles through them.
+    pub const ALL: [Variation; 4] = [
+        Variation::WordChanged,
+        Variation::Punctuation,
+        Variation::Casing,
+        Variation::ClauseReordered,
+    ];
+
+    /// A short snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variation::WordChanged => "word_changed",
+            Variation::Punctuation => "punctuation",
+            Variation::Casing => "casing",
+            Variation::ClauseReordered => "clause_reordered",
+        }
+    }
+}
+
+/// A pair as text with its indicator and category: what near-duplicates are planted
+/// from, and what [`text_pairs_drop`] writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextPair {
+    /// The question.
+    pub question: String,
+    /// The answer.
+    pub answer: String,
+    /// The indicator, when it has one.
+    pub indicator: Option<String>,
+    /// The category, when it has one.
+    pub category: Option<String>,
+}
+
+/// A planted near-duplicate of `pairs[original]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planted {
+    /// Index of the original in the slice given to [`plant_near_duplicates`].
+    pub original: usize,
+    /// The variant (same indicator and category).
+    pub variant: TextPair,
+    /// How it differs.
+    pub variation: Variation,
+}
+
+/// Plants a near-duplicate for `ratio` of `pairs` (chosen with `seed`, in index order),
+/// cycling through the variations. Every variant differs from its original, so it is a
+/// distinct pair (its key differs) that says the same thing.
+pub fn plant_near_duplicates(pairs: &[TextPair], ratio: f64, seed: u64) -> Vec<Planted> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x6e65_6172_5f64_7570);
+    let wanted = ((ratio.clamp(0.0, 1.0) * pairs.len() as f64).round() as usize).min(pairs.len());
+    let mut chosen: Vec<usize> = (0..pairs.len()).collect();
+    rng.shuffle(&mut chosen);
+    chosen.truncate(wanted);
+    chosen.sort_unstable();
+    chosen
+        .into_iter()
+        .enumerate()
+        .map(|(i, original)| {
+            let variation = Variation::ALL[i % Variation::ALL.len()];
+            Planted {
+                original,
+                variant: vary(&pairs[original], variation, &mut rng),
+                variation,
+            }
+        })
+        .collect()
+}
+
+/// Words that replace one of the answer's words in [`Variation::WordChanged`].
+const REPLACEMENTS: [&str; 6] = [
+    "often",
+    "typically",
+    "mostly",
+    "broadly",
+    "largely",
+    "plainly",
+];
+
+/// `pair` edited by `variation`; the result always differs from `pair`.
+pub fn vary(pair: &TextPair, variation: Variation, rng: &mut fastrand::Rng) -> TextPair {
+    let mut out = pair.clone();
+    match variation {
+        Variation::WordChanged => {
+            let mut words: Vec<String> = pair.answer.split(' ').map(String::from).collect();
+            let candidates: Vec<usize> = (2..words.len().saturating_sub(2))
+                .filter(|&i| words[i].len() >= 4 && words[i].chars().all(char::is_alphabetic))
+                .collect();
+            if candidates.is_empty() {
+                out.answer.push_str(" Indeed.");
+            } else {
+                let i = candidates[rng.usize(..candidates.len())];
+                let new = loop {
+                    let w = REPLACEMENTS[rng.usize(..REPLACEMENTS.len())];
+                    if w != words[i] {
+                        break w;
+                    }
+                };
+                words[i] = new.to_string();
+                out.answer = words.join(" ");
+            }
+        }
+        Variation::Punctuation => {
+            out.answer = pair.answer.replace(',', "");
+            match out.answer.strip_suffix('.') {
+                Some(stem) => out.answer = format!("{stem}!"),
+                None => out.answer.push('!'),
+            }
+        }
+        Variation::Casing => {
+            out.question = pair.question.to_lowercase();
+            let mut words = pair.answer.splitn(4, ' ');
+            let head: Vec<String> = words.by_ref().take(3).map(str::to_uppercase).collect();
+            out.answer = head.join(" ");
+            if let Some(rest) = words.next() {
+                out.answer.push(' ');
+                out.answer.push_str(rest);
+            }
+            if out.question == pair.question && out.answer == pair.answer {
+                out.answer.push('.');
+            }
+        }
+        Variation::ClauseReordered => {
+            let sentences: Vec<&str> = pair.answer.split_inclusive(". ").collect();
+            if sentences.len() >= 3 {
+                let i = 1 + rng.usize(..sentences.len() - 2);
+                let mut s: Vec<String> =
+                    sentences.iter().map(|x| x.trim_end().to_string()).collect();
+                s.swap(i, i - 1);
+                out.answer = s.join(" ");
+            } else if let Some((a, b)) = pair.question.split_once(", ") {
+                let b = b.trim_end_matches('?');
+                out.question = format!("{b}, {}?", a.trim_end_matches('?'));
+            } else {
+                out.answer = format!("In short: {}", pair.answer);
+            }
+        }
+    }
+    out
+}
+
+/// A flat JSON drop of `pairs` named `name`.
+pub fn text_pairs_drop(name: &str, pairs: &[TextPair]) -> GeneratedFile {
+    let items: Vec<Value> = pairs
+        .iter()
+        .map(|p| {
+            let mut o = Map::new();
+            o.insert("question".into(), p.question.clone().into());
+            o.insert("answer".into(), p.answer.clone().into());
+            if let Some(i) = &p.indicator {
+                o.insert("indicator".into(), i.clone().into());
+            }
+            if let Some(c) = &p.category {
+                o.insert("category".into(), c.clone().into());
+            }
+            Value::Object(o)
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&Value::Array(items)).expect("serialisable");
+    GeneratedFile {
+        name: name.to_string(),
+        bytes: text.into_bytes(),
+        pairs: pairs.len(),
+        distinct_keys: pairs
+            .iter()
+            .map(|p| format!("{}\n{}", p.question, p.answer))
+            .collect(),
+        bad: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

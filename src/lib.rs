@@ -2,12 +2,13 @@
 //! agents that drop files into `inbox/<agent>/`. See ARCHITECTURE.md for the data flow
 //! and the invariants; each module's doc says what it owns.
 //!
-//! Subsystems, imports flowing one way (`cli` → `run` → `work` → `engine` → `store` →
+//! Subsystems, imports flowing one way (`cli` → `run` → `work` → `engine` / `dataset` → `store` →
 //! the foundation):
 //! - the foundation: `clock`, `config`, `root`, `budget` (the budget vocabulary),
 //!   `pair` (the pair and its key), `human` (numbers as people read them);
 //! - `store`: every SQL statement;
 //! - `engine`: drop to database;
+//! - `dataset`: the workbench (quality, near-duplicates, coverage);
 //! - `work`: tasks, sessions, budgets at work, grading, handoffs, backfill;
 //! - `run`: the perpetual loop, supervision, hooks, status;
 //! - `generate`: synthetic drops for tests, benches and demos;
@@ -17,6 +18,7 @@ pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dataset;
 pub mod engine;
 pub mod generate;
 pub mod human;

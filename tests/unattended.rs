@@ -1205,15 +1205,28 @@ fn the_agents_perpetual_is_the_running_binary_whatever_its_name() {
         "[agents.claude_code]\ncommand = [\"sh\", \"{well}\"]\n"
     ));
     add_tasks(&env, "claude_code", &["t"], 1);
-    let elsewhere = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let renamed = elsewhere.path().join("perpetual-1.2.3");
-    std::fs::copy(env!("CARGO_BIN_EXE_perpetual"), &renamed).unwrap();
-    let out = Command::new(&renamed)
-        .args(["run", "--max-sessions", "1"])
-        .env("PERPETUAL_ROOT", env.root())
-        .env("PATH", "/usr/bin:/bin")
-        .env_remove("PERPETUAL_SESSION")
-        .output()
+    // A hard link: a copy would be open for writing a moment, and a test forking on
+    // another thread meanwhile would make its exec fail with "text file busy".
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_perpetual"), &renamed).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_perpetual"), &renamed).unwrap();
+    }
+    let run = || {
+        Command::new(&renamed)
+            .args(["run", "--max-sessions", "1"])
+            .env("PERPETUAL_ROOT", env.root())
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("PERPETUAL_SESSION")
+            .output()
+    };
+    let out = run()
+        .or_else(|e| {
+            // A copy still held open for writing by a forked test process.
+            assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}");
+            std::thread::sleep(Duration::from_millis(500));
+            run()
+        })
         .unwrap();
     assert_eq!(
         out.status.code(),

@@ -2,8 +2,9 @@
 
 use super::Exit;
 use super::output::thousands;
-use crate::generate::{self, DropEncoding, DropLayout, GenConfig};
+use crate::generate::{self, DropEncoding, DropLayout, GenConfig, TextPair};
 use crate::root::Root;
+use crate::store::source_db::LegacyRow;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -42,6 +43,17 @@ pub struct Args {
     /// Random seed: the same seed writes the same bytes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also plant near-duplicates of this fraction of the pairs (a word changed,
+    /// punctuation, casing, a clause reordered), as one more drop, near_duplicates.json
+    /// (with --db: as more rows).
+    #[arg(long, default_value_t = 0.0)]
+    pub near_dups: f64,
+    /// Write the pairs into a new SQLite database FILE instead of drops, in the layout of
+    /// the seeds' production database (table qa_pairs: indicator_name,
+    /// indicator_category, question, answer, sources, ...); --bad adds that many rows
+    /// with an empty answer.
+    #[arg(long, value_name = "FILE", conflicts_with = "out")]
+    pub db: Option<PathBuf>,
 }
 
 /// A layout, as named on the command line.
@@ -103,17 +115,87 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         session_start: args.sessions_from,
         first_pair_id: args.first_pair_id,
     };
-    let files = generate::generate(&cfg);
+    let mut files = generate::generate(&cfg);
+    let planted = if args.near_dups > 0.0 || args.db.is_some() {
+        let good: Vec<TextPair> = files
+            .iter()
+            .filter(|f| f.bad.is_none())
+            .flat_map(|f| text_pairs(&f.bytes))
+            .collect();
+        let planted = generate::plant_near_duplicates(&good, args.near_dups, args.seed);
+        Some((good, planted))
+    } else {
+        None
+    };
+    if let Some(db) = &args.db {
+        let (good, planted) = planted.expect("made for --db");
+        let row = |p: &TextPair, sources: Option<String>| LegacyRow {
+            question: p.question.clone(),
+            answer: p.answer.clone(),
+            indicator: p.indicator.clone(),
+            category: p.category.clone(),
+            sources,
+        };
+        let mut rows: Vec<LegacyRow> = good
+            .iter()
+            .enumerate()
+            .map(|(i, p)| row(p, Some(format!("[\"source {}\"]", i % 7))))
+            .collect();
+        rows.extend(planted.iter().map(|p| row(&p.variant, None)));
+        for i in 0..args.bad {
+            rows.push(LegacyRow {
+                question: format!("Unanswered question {i}?"),
+                answer: String::new(),
+                indicator: None,
+                category: None,
+                sources: None,
+            });
+        }
+        crate::store::source_db::create_legacy(db, &rows)?;
+        println!(
+            "wrote {} rows ({} planted near-duplicates, {} with an empty answer) to {}",
+            thousands(rows.len() as u64),
+            thousands(planted.len() as u64),
+            args.bad,
+            db.display()
+        );
+        return Ok(Exit::Ok);
+    }
+    if let Some((_, planted)) = &planted {
+        let variants: Vec<TextPair> = planted.iter().map(|p| p.variant.clone()).collect();
+        files.push(generate::text_pairs_drop("near_duplicates.json", &variants));
+    }
     // write_files uses the documented writer convention (temporary name, then rename),
     // so a running watcher never sees half a file.
     generate::write_files(&dir, &files)
         .with_context(|| format!("cannot write to {}", dir.display()))?;
     let pairs: usize = files.iter().map(|f| f.pairs).sum();
     println!(
-        "wrote {} file(s) ({} pairs) to {}",
+        "wrote {} file(s) ({} pairs{}) to {}",
         files.len(),
         thousands(pairs as u64),
+        planted
+            .map(|(_, p)| format!(", {} planted near-duplicates", thousands(p.len() as u64)))
+            .unwrap_or_default(),
         dir.display()
     );
     Ok(Exit::Ok)
+}
+
+/// The pairs of a generated drop, with their indicator and category, read back the way
+/// the engine reads them.
+fn text_pairs(bytes: &[u8]) -> Vec<TextPair> {
+    match crate::engine::ingest::parse_bytes(bytes) {
+        crate::engine::ingest::Outcome::Parsed(f) => f
+            .pairs
+            .into_iter()
+            .map(|p| TextPair {
+                question: p.question,
+                answer: p.answer,
+                indicator: p.indicator,
+                category: p.category,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }

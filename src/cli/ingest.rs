@@ -39,6 +39,16 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     } else {
         ingest::discover_paths(&args.paths, args.agent.as_deref())?
     };
+    let started = std::time::Instant::now();
+    // SQLite databases (recognised by their header) are imported row by row.
+    let (databases, jobs) = crate::engine::import_db::split_databases(jobs);
+    let imported = crate::engine::import_db::import_jobs(
+        &conn,
+        &databases,
+        config.ingest.checkpoint_every,
+        &mut crate::store::pairs::PairSink::new(),
+        None,
+    )?;
     let mut report = ingest::run(
         &conn,
         jobs,
@@ -50,6 +60,13 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     )?;
     if let Some(s) = &session {
         crate::store::ledger::tag_session(&conn, &s.id, &ledger_before)?;
+    }
+    for r in &imported {
+        crate::engine::import_db::add_to(&mut report, r);
+    }
+    if !imported.is_empty() {
+        report.seconds = started.elapsed().as_secs_f64();
+        report.pairs_per_second = report.pairs_seen as f64 / report.seconds.max(1e-9);
     }
     report.peak_rss_kb = super::output::peak_rss_kb();
     if args.json {

@@ -5,13 +5,18 @@
 mod agent;
 mod assign;
 mod backfill;
+mod coverage;
+mod deliver;
 mod files;
 mod generate;
 mod hooks;
+mod import_db;
 mod ingest;
 mod init;
 mod monitor;
+mod near_dups;
 pub mod output;
+mod quality;
 mod record;
 mod report;
 pub mod run;
@@ -134,6 +139,24 @@ pub enum Command {
     /// pause; the pipeline's pairs against the goal, pairs per hour, files waiting,
     /// bottlenecks; the assigner's latest actions.
     Status(status::Args),
+    /// The quality report: flags each pair (empty, short or truncated answers, missing
+    /// question marks, boilerplate, mojibake, missing indicator or sources...), stores the
+    /// flags, and writes quality_analysis_report.{json,md} and quality_flags.jsonl to
+    /// outbox/<agent>/ (default zai) or --out.
+    Quality(quality::Args),
+    /// Lexical near-duplicates: MinHash signatures of word shingles (stored, so a re-run
+    /// hashes only new pairs), LSH candidates, exact Jaccard verification, clusters;
+    /// writes duplicate_analysis_detailed.json and near_duplicate_pairs.csv.
+    NearDups(near_dups::Args),
+    /// Import the pairs of an existing SQLite database (read-only), with the same keys,
+    /// dedup and ledger as drops; resumable (a checkpoint every ingest.checkpoint_every
+    /// rows), and a second import adds nothing.
+    ImportDb(import_db::Args),
+    /// Indicator coverage against a master list (TOML or CSV: indicator, category,
+    /// target, aliases): pairs, target, gap and status per indicator, per-category totals,
+    /// names in the data outside the plan; writes coverage_report.{json,md} and keeps the
+    /// gaps for the assigner ({gap_indicators} in a template).
+    Coverage(coverage::Args),
     /// Reports: the daily team status report and performance metrics.
     Report(report::Args),
 }
@@ -235,6 +258,10 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Agent(args) => agent::run(&root, args),
         Command::Run(args) => run::run(&root, args),
         Command::Status(args) => status::run(&root, args),
+        Command::Quality(args) => quality::run(&root, args),
+        Command::NearDups(args) => near_dups::run(&root, args),
+        Command::ImportDb(args) => import_db::run(&root, args),
+        Command::Coverage(args) => coverage::run(&root, args),
         Command::Report(args) => report::run(&root, args),
     }?;
     if let Some(what) = steering {

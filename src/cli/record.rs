@@ -42,6 +42,7 @@ pub fn describe(command: &Command) -> Option<String> {
             _ => return None,
         },
         Command::Backfill(a) => format!("backfill {} --agent {}", a.dir.display(), a.agent),
+        Command::ImportDb(a) => format!("import-db {} --agent {}", a.path.display(), a.agent),
         _ => return None,
     })
 }

@@ -44,6 +44,13 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         }
     );
     println!("invalid     {} pairs", thousands(stats.pairs_invalid));
+    match stats.flagged {
+        Some(n) => println!(
+            "flagged     {} pairs (the latest `perpetual quality`)",
+            thousands(n)
+        ),
+        None => println!("flagged     - (no quality report yet: `perpetual quality`)"),
+    }
     section("by agent", &stats.by_agent);
     section("by category", &stats.by_category);
     section("top indicators", &stats.top_indicators);

@@ -45,7 +45,8 @@ pub enum TaskCommand {
         #[arg(long, value_name = "N")]
         total: Option<u64>,
         /// Who runs it: the agent's command (`agent`), or `perpetual run` itself:
-        /// `ingest` (the agent's inbox) or `backfill` (an archive folder, --dir).
+        /// `ingest` (the agent's inbox), `backfill` (an archive folder, --dir), or the
+        /// workbench: `quality`, `near_dups`, `coverage`, `import_db` (--params).
         #[arg(long, value_enum, default_value_t = TaskKind::Agent)]
         kind: TaskKind,
         /// backfill: the archive folder (read in place).
@@ -57,6 +58,10 @@ pub enum TaskCommand {
         /// backfill: token budget of each of its sessions (default: the agent's tokens_per_session).
         #[arg(long, value_name = "N")]
         budget: Option<u64>,
+        /// quality, near_dups, coverage, import_db: the params as JSON, e.g.
+        /// '{"plan": "examples/indicators.toml"}' (relative paths are made absolute).
+        #[arg(long, value_name = "JSON")]
+        params: Option<String>,
         /// Recurring: once it is complete and this period has passed ("24h", "90m", "7d")
         /// or this daily UTC time has come ("06:00"), the assigner adds a fresh copy
         /// (<id>_2, <id>_3, ...).
@@ -209,11 +214,24 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             dir,
             sessions,
             budget,
+            params: json_params,
             every,
         } => {
             if let Some(e) = &every {
                 crate::clock::Every::parse(e)?;
             }
+            anyhow::ensure!(
+                json_params.is_none() || crate::work::workbench::is_workbench(kind),
+                "--params describes a workbench task (--kind quality, near_dups, coverage or import_db)"
+            );
+            let json_params = json_params
+                .map(|text| -> Result<serde_json::Value> {
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(&text).context("--params is not JSON")?;
+                    crate::work::workbench::absolute_paths(&mut v)?;
+                    Ok(v)
+                })
+                .transpose()?;
             let params = match kind {
                 TaskKind::Backfill => {
                     let dir = dir.context("a backfill task needs --dir")?;
@@ -248,7 +266,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     estimated_tokens,
                     total,
                     kind,
-                    params: params.map(|p| p.to_json()),
+                    params: params.map(|p| p.to_json()).or(json_params),
                 },
                 crate::work::kinds::check,
             )?;

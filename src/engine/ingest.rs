@@ -493,7 +493,7 @@ pub struct Writer<'c> {
 pub const MOVE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Flushes the WAL to disk, making every committed transaction durable.
-fn sync_wal(conn: &Connection) -> Result<()> {
+pub fn sync_wal(conn: &Connection) -> Result<()> {
     let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
         return Ok(()); // in memory
     };

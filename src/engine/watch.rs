@@ -417,7 +417,37 @@ impl<'c> Watch<'c> {
         let mut admit = |p: &Prepared| admit(p, quiet.get(&p.job.path) == Some(&true), settle);
         // The key tail lives across batches: reloading it for every drop would cost
         // milliseconds per drop once it is large. A failed batch drops it (see below).
-        let sink = self.sink.take().unwrap_or_default();
+        let mut sink = self.sink.take().unwrap_or_default();
+        // SQLite databases (recognised by their header) are imported row by row, with the
+        // same key tail, before the batch's files.
+        let (databases, jobs) = crate::engine::import_db::split_databases(jobs);
+        if !databases.is_empty() {
+            match crate::engine::import_db::import_jobs(
+                self.conn,
+                &databases,
+                self.opts.writer.checkpoint_every,
+                &mut sink,
+                Some(&self.stopper.flag),
+            ) {
+                Ok(reports) => {
+                    for r in &reports {
+                        crate::engine::import_db::add_to(&mut self.totals, r);
+                    }
+                }
+                Err(e) => {
+                    // As for a failed batch: the databases stay in the inbox, tried again
+                    // after the backoff; the tail may hold keys never stored.
+                    self.backoff =
+                        (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                    tracing::error!("{e:#}; tried again in {} s", self.backoff.as_secs());
+                    let now = Instant::now();
+                    for (path, agent) in agent_of {
+                        self.tracker.hold(&path, &agent, now + self.backoff);
+                    }
+                    return;
+                }
+            }
+        }
         let mut writer = ingest::Writer::with_sink(self.conn, self.opts.writer, sink);
         writer.interrupt_on(self.stopper.flag.clone());
         let result = ingest::integrate(

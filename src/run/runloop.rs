@@ -651,6 +651,16 @@ impl<'c> Loop<'c> {
                     self.run_backfill(&task)?;
                     return Ok(true);
                 }
+                (
+                    TaskKind::Quality
+                    | TaskKind::NearDups
+                    | TaskKind::Coverage
+                    | TaskKind::ImportDb,
+                    _,
+                ) => {
+                    self.run_workbench(&task)?;
+                    return Ok(true);
+                }
                 (TaskKind::Agent | TaskKind::Duty, Some(command)) => {
                     if self.start_session(agent, &task, command, trial)? {
                         acted = true;
@@ -690,6 +700,10 @@ impl<'c> Loop<'c> {
             // run_task continues a backfill's own active session itself.
             TaskKind::Backfill => !paused,
             TaskKind::Ingest => true,
+            // In a session of their own, like a backfill (run_task wraps one a dead loop left).
+            TaskKind::Quality | TaskKind::NearDups | TaskKind::Coverage | TaskKind::ImportDb => {
+                !paused
+            }
         };
         let views = tasks::open_views(self.conn)?;
         let mine = || views.iter().filter(|v| v.task.agent == agent);
@@ -842,6 +856,15 @@ impl<'c> Loop<'c> {
         self.report.builtin_runs += 1;
         let outcome = (|| -> Result<(u64, bool)> {
             let jobs = ingest::discover_inbox(&self.root.inbox(), &[agent.to_string()])?;
+            let (databases, jobs) = crate::engine::import_db::split_databases(jobs);
+            let imported = crate::engine::import_db::import_jobs(
+                self.conn,
+                &databases,
+                self.config.ingest.checkpoint_every,
+                &mut crate::store::pairs::PairSink::new(),
+                Some(&self.stop),
+            )?
+            .len() as u64;
             let hints = Hints::load(self.conn)?;
             let mut writer = ingest::Writer::new(
                 self.conn,
@@ -860,7 +883,8 @@ impl<'c> Loop<'c> {
             )?;
             let interrupted = writer.interrupted();
             let r = writer.finish(&mut |_| {})?;
-            let files = r.files_integrated
+            let files = imported
+                + r.files_integrated
                 + r.files_rejected
                 + r.files_duplicate
                 + r.files_skipped
@@ -965,6 +989,58 @@ impl<'c> Loop<'c> {
                 {
                     tasks::fail(self.conn, &task.id, &why)?;
                 }
+                end.error = Some(why);
+            }
+        }
+        store_agents::finish_run(self.conn, run_id, &clock::now_rfc3339(), &end)?;
+        self.breaker(&agent)
+    }
+
+    /// A workbench task (`quality`, `near_dups`, `coverage`, `import_db`):
+    /// `workbench::run_task`, in a session of its own that completes it at the wrap.
+    fn run_workbench(&mut self, task: &TaskRow) -> Result<()> {
+        let agent = task.agent.clone();
+        let kind = task.kind.as_str();
+        let run_id = store_agents::insert_run(
+            self.conn,
+            &agent,
+            &task.id,
+            kind,
+            None,
+            &clock::now_rfc3339(),
+        )?;
+        self.report.builtin_runs += 1;
+        let result = crate::work::workbench::run_task(
+            self.conn,
+            &self.root,
+            &self.config,
+            task,
+            Some(&self.stop),
+        );
+        let mut end = RunEnd::default();
+        match result {
+            Ok(o) => {
+                if let Some(id) = &o.session {
+                    store_agents::set_run_session(self.conn, run_id, id)?;
+                    self.report.sessions_started += 1;
+                }
+                end.progressed = o.completed;
+                tracing::info!(
+                    agent = agent.as_str(),
+                    task = task.id.as_str(),
+                    "{}: {}",
+                    task.id,
+                    o.detail
+                );
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(
+                    agent = agent.as_str(),
+                    task = task.id.as_str(),
+                    "{} failed: {why}",
+                    task.id
+                );
                 end.error = Some(why);
             }
         }

@@ -186,6 +186,39 @@ pub fn checkpoint(conn: &Connection, id: i64, resume_at: usize, new: u64, dup: u
     Ok(())
 }
 
+/// Records a checkpoint of a source read row by row (a table of an imported database):
+/// the last source rowid read (`resume_at`), rows read, pairs new and duplicate, and the
+/// invalid rows so far, in the transaction of the pairs they cover.
+pub fn record_source_progress(
+    conn: &Connection,
+    id: i64,
+    last_rowid: i64,
+    seen: u64,
+    new: u64,
+    dup: u64,
+    invalid: &[InvalidEntry],
+) -> Result<()> {
+    let invalid_json = if invalid.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(invalid)?)
+    };
+    conn.prepare_cached(
+        "UPDATE files SET resume_at = ?2, pairs_seen = ?3, pairs_new = ?4, pairs_duplicate = ?5,
+                          pairs_invalid = ?6, invalid = ?7 WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        last_rowid,
+        seen as i64,
+        new as i64,
+        dup as i64,
+        invalid.len() as i64,
+        invalid_json
+    ])?;
+    Ok(())
+}
+
 /// Marks a file integrated with its final counts.
 pub fn finish(
     conn: &Connection,

@@ -269,6 +269,60 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN estimate_source TEXT;
     "#,
+    // The dataset workbench (issue 11): its run manifest, quality flags, MinHash
+    // signatures and near-duplicate cluster membership (store::dataset).
+    r#"
+    CREATE TABLE dataset_runs (
+        id          INTEGER PRIMARY KEY,
+        command     TEXT NOT NULL,              -- quality, near_dups, coverage
+        params      TEXT NOT NULL,              -- JSON: thresholds, method, plan ...
+        max_pair_id INTEGER NOT NULL,           -- the snapshot: pairs with id <= this
+        pairs       INTEGER NOT NULL,           -- pairs in the snapshot
+        started_at  TEXT NOT NULL,
+        finished_at TEXT,                       -- NULL while running (or when it died)
+        outputs     TEXT                        -- JSON: [{path, bytes, blake3}]
+    );
+
+    CREATE TABLE quality_flags (
+        pair_id INTEGER PRIMARY KEY REFERENCES pairs(id),   -- only flagged pairs have a row
+        flags   TEXT NOT NULL,                  -- JSON array of flag names, in dataset::quality::Flag order
+        score   REAL NOT NULL,                  -- 0..1: 1 minus the flags' weights, at least 0
+        run_id  INTEGER NOT NULL REFERENCES dataset_runs(id)
+    );
+
+    CREATE TABLE near_dup_signatures (
+        pair_id   INTEGER PRIMARY KEY REFERENCES pairs(id),
+        signature BLOB NOT NULL                 -- MinHash values, the low 16 bits of each, little-endian
+    );
+
+    CREATE TABLE dataset_settings (
+        name  TEXT PRIMARY KEY,                 -- e.g. minhash_params: what the stored signatures were made with
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE near_dup_members (
+        method         TEXT NOT NULL,           -- minhash (lexical); cosine (embeddings)
+        pair_id        INTEGER NOT NULL REFERENCES pairs(id),
+        representative INTEGER NOT NULL REFERENCES pairs(id), -- names the cluster: its lowest pair id
+        similarity     REAL NOT NULL,           -- to the representative; 1 for the representative itself
+        run_id         INTEGER NOT NULL REFERENCES dataset_runs(id),
+        PRIMARY KEY (method, pair_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX near_dup_members_by_cluster ON near_dup_members(method, representative);
+    "#,
+    // The workbench's coverage gaps (issue 11): the latest coverage report's indicators,
+    // so the assigner can hand out the largest gaps ({gap_indicators} in a template).
+    r#"
+    CREATE TABLE coverage_gaps (
+        indicator TEXT PRIMARY KEY,             -- the plan's name
+        category  TEXT NOT NULL,
+        target    INTEGER NOT NULL,
+        pairs     INTEGER NOT NULL,             -- pairs matched to it (name or alias)
+        gap       INTEGER NOT NULL,             -- max(0, target - pairs)
+        position  INTEGER NOT NULL,             -- its place in the plan
+        run_id    INTEGER NOT NULL REFERENCES dataset_runs(id)
+    ) WITHOUT ROWID;
+    "#,
     // Unattended operation (issue 9): processes named by pid and start time, the
     // breaker's half-open state and crash backoff, the loop's heartbeat, the session a
     // file was integrated in, wrap commits to retry, the open-task index.

@@ -2,6 +2,9 @@
 //! pragmas, the ledger, the pair writer's statements, the read-back queries, the task
 //! stack and its templates (`store::tasks`), sessions and checkpoints
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
+//! consistent backups (`store::backup`), and the dataset workbench's own tables
+//! (`store::dataset`); other SQLite databases read as sources of pairs
+//! (`store::source_db`).
 //! consistent backups (`store::backup`), the tasks' history and the commands people and
 //! agents ran (`store::history`), the daily report's queries and the loop's heartbeats
 //! (`store::daily`).
@@ -14,11 +17,13 @@
 pub mod agents;
 pub mod backup;
 pub mod daily;
+pub mod dataset;
 pub mod history;
 pub mod ledger;
 pub mod migrations;
 pub mod pairs;
 pub mod sessions;
+pub mod source_db;
 pub mod stats;
 pub mod tasks;
 

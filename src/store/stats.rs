@@ -38,6 +38,9 @@ pub struct Stats {
     pub by_category: Vec<Count>,
     /// The most common indicators.
     pub top_indicators: Vec<Count>,
+    /// Pairs the latest quality report flagged (`perpetual quality`); `None` before the
+    /// first one.
+    pub flagged: Option<u64>,
 }
 
 /// Gathers the statistics. `top` bounds the indicator list.
@@ -80,6 +83,10 @@ pub fn stats(conn: &Connection, goal: u64, top: usize) -> Result<Stats> {
         by_agent: group(conn, "agent", usize::MAX)?,
         by_category: group(conn, "category", usize::MAX)?,
         top_indicators: group(conn, "indicator", top)?,
+        flagged: match super::dataset::last_run(conn, "quality")? {
+            Some(_) => Some(super::dataset::flagged_count(conn)?),
+            None => None,
+        },
     })
 }
 

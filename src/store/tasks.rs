@@ -98,6 +98,17 @@ pub enum TaskKind {
     /// Integrate an archive folder of session exports (`crate::work::backfill::run_task`); the
     /// loop runs it in-process, inside budgeted sessions of the agent.
     Backfill,
+    /// The quality report (`crate::dataset::quality`), run in-process in a session.
+    Quality,
+    /// Near-duplicate clusters (`crate::dataset::near_dups`), run in-process in a session.
+    #[value(name = "near_dups")]
+    NearDups,
+    /// Coverage against a master list (`crate::dataset::coverage`), run in-process in a
+    /// session.
+    Coverage,
+    /// Import an SQLite database (`crate::engine::import_db`), run in-process in a session.
+    #[value(name = "import_db")]
+    ImportDb,
     /// A standing duty of the agent (monitor quality, validate the schema): its command
     /// runs it for one session, whose wrap completes it whatever its progress. Usually
     /// recurring (`every`), so it comes back each period; it never counts toward the
@@ -112,6 +123,10 @@ impl TaskKind {
             TaskKind::Agent => "agent",
             TaskKind::Ingest => "ingest",
             TaskKind::Backfill => "backfill",
+            TaskKind::Quality => "quality",
+            TaskKind::NearDups => "near_dups",
+            TaskKind::Coverage => "coverage",
+            TaskKind::ImportDb => "import_db",
             TaskKind::Duty => "duty",
         }
     }
@@ -126,6 +141,10 @@ impl TaskKind {
         match s {
             "ingest" => TaskKind::Ingest,
             "backfill" => TaskKind::Backfill,
+            "quality" => TaskKind::Quality,
+            "near_dups" => TaskKind::NearDups,
+            "coverage" => TaskKind::Coverage,
+            "import_db" => TaskKind::ImportDb,
             "duty" => TaskKind::Duty,
             _ => TaskKind::Agent,
         }

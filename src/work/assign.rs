@@ -9,7 +9,8 @@
 //!    failed at most `assign.retry_limit` times; past that they stay failed and are
 //!    flagged "needs review".
 //! 3. **Templates**: an agent whose plan defines `[[template]]`s keeps at least
-//!    `assign.min_ready` ready tasks: new ones are made from its templates in turn.
+//!    `assign.min_ready` ready tasks: new ones are made from its templates in turn
+//!    (`{gap_indicators}` takes the largest coverage gaps: `crate::work::gaps`).
 //!    Standing duties never count toward those ready tasks.
 //! 4. **Recurring work**: a template (or task) with `every` gets a fresh task once its
 //!    period has passed (`clock::Every`) and the previous one is complete: one per
@@ -192,7 +193,10 @@ fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>
             })
             .count() as u64;
         let mut turn = 0;
-        while ready < want {
+        // Templates that could not make a task in a row ({gap_indicators} with no gap
+        // free): once it is all of them, the agent waits for the next round.
+        let mut idle = 0;
+        while ready < want && idle < list.len() {
             let len = list.len();
             let tpl = &mut list[turn % len];
             turn += 1;
@@ -200,19 +204,34 @@ fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>
             while store_tasks::exists(conn, &tasks::template_id(&tpl.pattern, n))? {
                 n += 1;
             }
-            let id = tasks::template_id(&tpl.pattern, n);
+            let Some(made) = crate::work::gaps::fill(
+                conn,
+                tasks::template_id(&tpl.pattern, n),
+                tpl.description
+                    .as_ref()
+                    .map(|d| d.replace("{n}", &n.to_string())),
+            )?
+            else {
+                tracing::debug!(
+                    agent = agent.as_str(),
+                    "template {} needs a coverage gap no task has claimed (perpetual coverage --plan ...)",
+                    tpl.pattern
+                );
+                idle += 1;
+                continue;
+            };
+            idle = 0;
+            let id = made.id;
             tasks::add(
                 conn,
                 &AddTask {
                     id: id.clone(),
                     agent: agent.clone(),
                     priority: Some(tpl.priority),
-                    description: tpl
-                        .description
-                        .as_ref()
-                        .map(|d| d.replace("{n}", &n.to_string())),
+                    description: made.description,
                     estimated_tokens: tpl.estimated_tokens,
                     total: tpl.total,
+                    params: made.params,
                     kind: tpl.kind,
                     ..AddTask::default()
                 },

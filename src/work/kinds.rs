@@ -13,5 +13,8 @@ pub fn check(id: &str, kind: TaskKind, params: Option<&serde_json::Value>) -> Re
     match kind {
         TaskKind::Agent | TaskKind::Ingest | TaskKind::Duty => Ok(()),
         TaskKind::Backfill => backfill::check_params(id, params),
+        TaskKind::Quality | TaskKind::NearDups | TaskKind::Coverage | TaskKind::ImportDb => {
+            crate::work::workbench::check_params(id, kind, params)
+        }
     }
 }

@@ -1001,7 +1001,9 @@ pub fn import(conn: &mut Connection, text: &str, check: ParamsCheck) -> Result<I
             "plan template {}: a template makes agent or duty tasks (a built-in kind needs params)",
             t.id
         );
-        check_task_id(&template_id(&t.id, 1)).with_context(|| format!("plan template {}", t.id))?;
+        // `{gap_indicators}` becomes indicator slugs (work::gaps), which ids allow.
+        check_task_id(&template_id(&t.id, 1).replace("{gap_indicators}", "gaps"))
+            .with_context(|| format!("plan template {}", t.id))?;
         crate::root::check_agent_name(&t.agent)?;
         ensure!(
             t.id.contains("{n}"),
