@@ -162,7 +162,7 @@ fn bench_backfill(c: &mut Criterion) {
                     first: 101,
                     last: 101 + FILES as i64 - 1,
                 });
-                let mut plan = backfill::plan(&conn, &fx.drops, range, "bench").unwrap();
+                let mut plan = backfill::plan(&conn, &fx.drops, range, "bench", u64::MAX).unwrap();
                 let outcome = backfill::run(
                     &conn,
                     &mut plan,

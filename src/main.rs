@@ -1,5 +1,6 @@
 use clap::Parser;
-use perpetual::cli::{self, Cli, Exit, LogFormat};
+use perpetual::cli::{self, Cli, Exit, LogFormat, UsageError};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
@@ -20,9 +21,14 @@ fn main() -> ExitCode {
         }
     };
     let to_file = matches!(&cli.command, perpetual::cli::Command::Run(a) if a.log_dir.is_some());
+    // Colours only for a person at a terminal, and never when NO_COLOR is set
+    // (https://no-color.org: present and not empty), nor in the loop's log files.
+    let colour = !to_file
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(!to_file)
+        .with_ansi(colour)
         .with_writer(writer);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
@@ -31,6 +37,10 @@ fn main() -> ExitCode {
     let exit = match cli::run(cli) {
         Ok(exit) => exit,
         Err(e) if is_broken_pipe(&e) => Exit::Ok,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("perpetual: error: {e:#}");
+            Exit::Usage
+        }
         Err(e) => {
             eprintln!("perpetual: error: {e:#}");
             Exit::Error

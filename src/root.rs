@@ -134,9 +134,14 @@ impl Root {
     }
 
     /// Creates the folders the configuration names (inbox and outbox of every agent).
+    /// Something else already in an agent folder's place (a file, a link, even a
+    /// dangling one) is left alone: the engine reports it, and no command fails for it.
     pub fn ensure_layout(&self, config: &Config) -> Result<()> {
         for agent in config.agents.keys() {
             for dir in [self.inbox_of(agent), self.outbox_of(agent)] {
+                if dir.symlink_metadata().is_ok() {
+                    continue;
+                }
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
@@ -245,14 +250,7 @@ impl WriterLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let holder = if holder.is_empty() {
-                    "another process".to_string()
-                } else {
-                    holder.to_string()
-                };
+                let holder = holder_of(&mut file);
                 bail!(
                     "{} is already being written by {holder}; only one writer per root (stats, files and status still work)",
                     path.parent().unwrap_or(path).display()
@@ -262,22 +260,97 @@ impl WriterLock {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()));
             }
         }
-        file.set_len(0)?;
-        file.rewind()?;
-        writeln!(
-            file,
-            "pid {} (`perpetual {command}`, since {})",
+        // Written over the old description, then cut to length: the file is never
+        // empty while a loser of a start-up race reads it.
+        let text = format!(
+            "pid {} (`perpetual {command}`, since {})\n",
             std::process::id(),
             crate::clock::now_rfc3339()
-        )?;
-        file.flush()?;
+        );
+        let described = file
+            .rewind()
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.set_len(text.len() as u64))
+            .and_then(|()| file.flush());
+        described.with_context(|| format!("cannot write the lock file {}", path.display()))?;
         Ok(WriterLock { _file: file })
     }
+}
+
+/// Who holds the lock on `file`: the description the holder wrote. In a start-up race
+/// the holder may not have written it yet, so it is read again for a moment; failing
+/// that, the kernel's table of locks (`/proc/locks`) names the holder's pid and its
+/// command line.
+fn holder_of(file: &mut File) -> String {
+    for _ in 0..20 {
+        let mut text = String::new();
+        if file.rewind().is_ok() && file.read_to_string(&mut text).is_ok() {
+            let text = text.trim();
+            if !text.is_empty() {
+                return text.to_string();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    lock_holder_pid(file)
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    b.split(|&c| c == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            if cmdline.is_empty() {
+                format!("pid {pid}")
+            } else {
+                format!("pid {pid} (`{cmdline}`)")
+            }
+        })
+        .unwrap_or_else(|| "another process (it has not said which yet)".to_string())
+}
+
+/// The pid that holds a lock on `file`, from `/proc/locks` (Linux), found by the
+/// file's device and inode.
+fn lock_holder_pid(file: &File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let (dev, ino) = (meta.dev(), meta.ino());
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let at = fields.iter().position(|f| f.matches(':').count() == 2)?;
+        let mut id = fields[at].split(':');
+        let maj = u32::from_str_radix(id.next()?, 16).ok()?;
+        let min = u32::from_str_radix(id.next()?, 16).ok()?;
+        let inode: u64 = id.next()?.parse().ok()?;
+        (maj == major && min == minor && inode == ino)
+            .then(|| fields.get(at.checked_sub(1)?)?.parse().ok())
+            .flatten()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_taken_but_not_yet_described_is_named_by_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path()).unwrap();
+        // The winner of a start-up race, between its lock and its description.
+        let held = File::create(root.lock_path()).unwrap();
+        held.try_lock().unwrap();
+        let err = root.lock_writer("ingest").unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+    }
 
     #[test]
     fn second_lock_names_the_holder() {

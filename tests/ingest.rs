@@ -319,7 +319,10 @@ fn bad_files_are_rejected_byte_for_byte_with_a_reason() {
     for kind in BadKind::ALL {
         let (name, bytes) = generate::bad_file(kind);
         env.drop_file("droid", &name, &bytes);
-        dropped.push((name, bytes));
+        // Salvaged, not rejected: its good lines integrate (tests/hostile_suite.rs).
+        if kind != BadKind::JsonlBrokenLine {
+            dropped.push((name, bytes));
+        }
     }
     // Over the size limit, and an unsupported-looking name that is still JSON-checked.
     let big = format!(
@@ -338,7 +341,13 @@ fn bad_files_are_rejected_byte_for_byte_with_a_reason() {
         "{}",
         run.explain()
     );
-    assert_eq!(j["files_integrated"], 0, "{}", run.explain());
+    assert_eq!(j["files_integrated"], 1, "{}", run.explain());
+    assert_eq!(
+        j["pairs_new"],
+        BadKind::JsonlBrokenLine.recoverable_keys().len(),
+        "{}",
+        run.explain()
+    );
     for (name, bytes) in &dropped {
         let kept = env.path(&format!("inbox/droid/rejected/{name}"));
         assert_eq!(
@@ -507,7 +516,7 @@ fn paths_are_read_in_place_and_never_moved() {
         .expect(0)
         .json();
     assert_eq!(again["pairs_new"], 0);
-    assert_eq!(again["files_skipped"], 4);
+    assert_eq!(again["files_already_done"], 4);
     let ledger_rows = env.count("SELECT COUNT(*) FROM files");
     assert_eq!(ledger_rows, 4, "a re-run adds no ledger rows");
 }

@@ -205,7 +205,8 @@ fn progress_done_and_the_report() {
     .expect(0);
     let run = env.run(&["task", "progress", "t", "10/40"]).expect(0);
     assert!(run.stdout().contains("10/40 (25.0%)"), "{}", run.explain());
-    env.run(&["task", "progress", "t", "41/40"]).expect(1);
+    // A progress that is not DONE/TOTAL with DONE <= TOTAL is bad usage (issue 10).
+    env.run(&["task", "progress", "t", "41/40"]).expect(2);
     env.run(&["task", "progress", "t", "12"]).expect(0);
     let j = env.run(&["task", "show", "t", "--json"]).expect(0).json();
     assert_eq!(

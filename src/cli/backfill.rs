@@ -125,6 +125,22 @@ impl Progress {
 }
 
 fn print_summary(s: &Summary) {
+    if s.nothing_to_backfill {
+        println!(
+            "nothing to backfill: no file{} with a session number{}",
+            s.range
+                .map_or(String::new(), |r| format!(" of sessions {r}")),
+            if s.files_outside + s.files_unnumbered > 0 {
+                format!(
+                    " ({} file(s) outside the range, {} without a session number, left alone)",
+                    s.files_outside, s.files_unnumbered
+                )
+            } else {
+                String::new()
+            }
+        );
+        return;
+    }
     println!(
         "task {}: {}/{} sessions done{}",
         s.task,

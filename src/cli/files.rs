@@ -11,7 +11,11 @@ pub struct Args {
     /// Only rejected files.
     #[arg(long)]
     pub rejected: bool,
-    /// Print a JSON array of ledger rows (with each invalid pair's index and reason).
+    /// Only skipped entries (not regular files, not drops, unreadable; left in place).
+    #[arg(long)]
+    pub skipped: bool,
+    /// Print a JSON array of ledger rows (with each invalid pair's index and reason, and
+    /// what was salvaged).
     #[arg(long)]
     pub json: bool,
 }
@@ -22,6 +26,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         &conn,
         ListFilter {
             rejected_only: args.rejected,
+            skipped_only: args.skipped,
         },
     )?;
     if args.json {
@@ -41,6 +46,19 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         "inval"
     );
     for r in rows {
+        // What was salvaged says as much about an integrated file as a reason does.
+        let salvaged = r
+            .salvage
+            .clone()
+            .and_then(|v| serde_json::from_value::<crate::engine::layout::Salvage>(v).ok())
+            .and_then(|s| s.describe())
+            .map(|s| format!("salvaged: {s}"));
+        let note = match (r.reason.as_deref(), salvaged) {
+            (Some(reason), Some(s)) => format!("{reason}; {s}"),
+            (Some(reason), None) => reason.to_string(),
+            (None, Some(s)) => s,
+            (None, None) => String::new(),
+        };
         println!(
             "{:>5}  {}  {}  {}  {}  {}  {:>6} {:>6} {:>6}  {}",
             r.id,
@@ -52,7 +70,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             r.pairs_new,
             r.pairs_duplicate,
             r.pairs_invalid,
-            r.reason.as_deref().unwrap_or("")
+            note
         );
     }
     Ok(Exit::Ok)

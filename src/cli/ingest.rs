@@ -6,6 +6,7 @@ use crate::engine::ingest::{self, WriterOptions};
 use crate::root::Root;
 use anyhow::Result;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,6 +19,11 @@ pub struct Args {
     /// Print one JSON object with the totals instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Read every file now, even one that changed within watch.settle_ms (by default
+    /// such a file is looked at again after the settle period, and left for the next
+    /// run if a writer is still at work on it).
+    #[arg(long)]
+    pub now: bool,
 }
 
 pub fn run(root: &Root, args: Args) -> Result<Exit> {
@@ -35,7 +41,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         .filter(|s| s.is_active());
     let ledger_before = crate::store::ledger::mark(&conn)?;
     let jobs = if args.paths.is_empty() {
-        ingest::discover_inbox(&root.inbox(), &root.agents(&config)?)?
+        ingest::survey_inbox(&root.inbox(), &root.agents(&config)?)?
     } else {
         ingest::discover_paths(&args.paths, args.agent.as_deref())?
     };
@@ -49,13 +55,15 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         &mut crate::store::pairs::PairSink::new(),
         None,
     )?;
-    let mut report = ingest::run(
+    let settle = (!args.now).then(|| Duration::from_millis(config.watch.settle_ms));
+    let mut report = ingest::run_settled(
         &conn,
         jobs,
         config.ingest.max_file_bytes,
         WriterOptions {
             checkpoint_every: config.ingest.checkpoint_every,
         },
+        settle,
         &mut |_| {},
     )?;
     if let Some(s) = &session {
@@ -72,17 +80,28 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     if args.json {
         print_json(&report)?;
     } else {
+        let mut extra = String::new();
+        for (n, what) in [
+            (
+                report.files_skipped,
+                "skipped (not drops; see `files --skipped`)",
+            ),
+            (
+                report.files_waiting,
+                "still being written (left for the next run)",
+            ),
+            (report.files_unreadable, "unreadable"),
+        ] {
+            if n > 0 {
+                extra.push_str(&format!(", {} {what}", thousands(n)));
+            }
+        }
         println!(
-            "files: {} integrated, {} rejected, {} duplicate, {} already done{}",
+            "files: {} integrated, {} rejected, {} duplicate, {} already done{extra}",
             thousands(report.files_integrated),
             thousands(report.files_rejected),
             thousands(report.files_duplicate),
-            thousands(report.files_skipped),
-            if report.files_unreadable > 0 {
-                format!(", {} unreadable", report.files_unreadable)
-            } else {
-                String::new()
-            }
+            thousands(report.files_already_done),
         );
         println!(
             "pairs: {} seen, {} new, {} duplicate, {} invalid",

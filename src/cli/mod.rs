@@ -63,6 +63,40 @@ pub enum Exit {
     Wrapped = 75,
 }
 
+/// A mistake in how a command was called that clap's own checks cannot see (an
+/// argument that depends on another one): printed like any error, exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// DONE/TOTAL (or DONE alone) as a command-line value: clap refuses a bad one with a
+/// usage error (exit 2) before anything runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressArg {
+    /// Units done.
+    pub done: u64,
+    /// Units in all, when given.
+    pub total: Option<u64>,
+}
+
+impl std::fmt::Display for ProgressArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.total {
+            Some(total) => write!(f, "{}/{total}", self.done),
+            None => write!(f, "{}", self.done),
+        }
+    }
+}
+
+impl std::str::FromStr for ProgressArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ProgressArg, String> {
+        crate::work::tasks::parse_progress(s)
+            .map(|(done, total)| ProgressArg { done, total })
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
 /// perpetual: keeps a deduplicated database of question/answer pairs growing, fed by
 /// AI agents that drop JSON files into inbox/<agent>/.
 #[derive(Debug, Parser)]

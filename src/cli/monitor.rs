@@ -17,8 +17,9 @@ pub struct Args {
     /// assistant reply, against monitor.context_window (default 200,000).
     #[arg(long, value_name = "PATH", conflicts_with = "used")]
     pub transcript: Option<std::path::PathBuf>,
-    /// The budget (default: the agent's tokens_per_session with --agent, else 200,000;
-    /// with --transcript, monitor.context_window).
+    /// The budget; 0 = no limit (default: the agent's tokens_per_session with
+    /// --agent, where 0 is no limit too, else 200,000; with --transcript,
+    /// monitor.context_window).
     #[arg(long, value_name = "N")]
     pub budget: Option<u64>,
     /// API calls made today, against the agent's api_calls_per_day (or --budget), at
@@ -46,14 +47,10 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     }
     let budget = match (args.budget, &args.agent) {
         (Some(b), _) => b,
-        (None, Some(a)) => match config.budget_of(a).tokens_per_session {
-            0 => DEFAULT_TOKENS_PER_SESSION,
-            n => n,
-        },
+        (None, Some(a)) => config.budget_of(a).tokens_per_session,
         (None, None) if args.transcript.is_some() => config.monitor.context_window,
         (None, None) => DEFAULT_TOKENS_PER_SESSION,
     };
-    ensure!(budget > 0, "the budget must be at least 1 token");
     let (used, reply) = match &args.transcript {
         Some(path) => {
             ensure!(path.is_file(), "no transcript at {}", path.display());
@@ -106,6 +103,13 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     path.display()
                 ),
             }
+        }
+        if m.budget == 0 {
+            // 0 is no limit, as everywhere a budget is configured.
+            println!("tokens      {} (no limit)", thousands(m.used));
+            println!("level       {}", m.level.as_str());
+            println!("action      {}", m.action);
+            return Ok(exit_of(m.level));
         }
         let t = &thresholds.of(Kind::Tokens);
         println!(

@@ -56,7 +56,7 @@ pub enum SessionCommand {
         which: Which,
         /// Task progress, DONE/TOTAL (or DONE).
         #[arg(long)]
-        progress: Option<String>,
+        progress: Option<super::ProgressArg>,
         /// Tokens the session has used so far.
         #[arg(long, value_name = "N")]
         tokens: Option<u64>,
@@ -97,7 +97,7 @@ pub enum SessionCommand {
         tokens: Option<u64>,
         /// The task's final progress, DONE/TOTAL; full progress completes the task.
         #[arg(long)]
-        progress: Option<String>,
+        progress: Option<super::ProgressArg>,
         /// What the next session should do first.
         #[arg(long, value_name = "TEXT")]
         next: Option<String>,
@@ -178,7 +178,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             note,
             json,
         } => {
-            let progress = progress.as_deref().map(tasks::parse_progress).transpose()?;
+            let progress = progress.map(|p| (p.done, p.total));
             let s = session::current(&conn, which.session.as_deref(), which.agent.as_deref())?;
             let r = session::checkpoint(
                 &mut conn,
@@ -317,7 +317,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             next,
             json,
         } => {
-            let progress = progress.as_deref().map(tasks::parse_progress).transpose()?;
+            let progress = progress.map(|p| (p.done, p.total));
             let s = session::current(&conn, which.session.as_deref(), which.agent.as_deref())?;
             // A wrap half done (archived, no handoff, no commit) is worse than one that
             // finishes a moment late: SIGTERM and SIGINT are ignored until it is complete,

@@ -29,19 +29,24 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         thousands(stats.goal),
         stats.goal_percent
     );
+    let mut extra = String::new();
+    if stats.files_partial > 0 {
+        extra.push_str(&format!(
+            ", {} partial (resumed by the next ingest)",
+            thousands(stats.files_partial)
+        ));
+    }
+    if stats.files_skipped > 0 {
+        extra.push_str(&format!(
+            ", {} skipped (not drops: `files --skipped`)",
+            thousands(stats.files_skipped)
+        ));
+    }
     println!(
-        "files       {} integrated, {} rejected, {} duplicate{}",
+        "files       {} integrated, {} rejected, {} duplicate{extra}",
         thousands(stats.files_integrated),
         thousands(stats.files_rejected),
         thousands(stats.files_duplicate),
-        if stats.files_partial > 0 {
-            format!(
-                ", {} partial (resumed by the next ingest)",
-                stats.files_partial
-            )
-        } else {
-            String::new()
-        }
     );
     println!("invalid     {} pairs", thousands(stats.pairs_invalid));
     match stats.flagged {

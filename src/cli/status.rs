@@ -7,6 +7,7 @@ use crate::human::progress_text;
 use crate::root::Root;
 use crate::run::status::{Faucet, faucet};
 use anyhow::Result;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,7 +17,8 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// Redraw every 2 seconds until Ctrl-C.
+    /// Redraw every 2 seconds until Ctrl-C (in place on a terminal; otherwise each
+    /// view is printed after the last, under a line with its time).
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
 }
@@ -35,10 +37,16 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
+    let terminal = std::io::stdout().is_terminal();
     while !stop.load(Ordering::SeqCst) {
         let view = faucet(&conn, root, &config)?;
-        print!("\x1b[2J\x1b[H");
+        if terminal {
+            print!("\x1b[2J\x1b[H");
+        } else {
+            println!("--- {}", crate::clock::now_rfc3339());
+        }
         print(&view);
+        std::io::stdout().flush()?;
         for _ in 0..20 {
             if stop.load(Ordering::SeqCst) {
                 break;

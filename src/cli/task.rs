@@ -102,7 +102,7 @@ pub enum TaskCommand {
         /// Task id.
         id: String,
         /// e.g. 10/40.
-        progress: String,
+        progress: super::ProgressArg,
     },
     /// Mark a task completed: grade it and write task_reports/<task>.md.
     Done {
@@ -234,7 +234,9 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 .transpose()?;
             let params = match kind {
                 TaskKind::Backfill => {
-                    let dir = dir.context("a backfill task needs --dir")?;
+                    let dir = dir.ok_or_else(|| {
+                        super::UsageError("a backfill task needs --dir".to_string())
+                    })?;
                     anyhow::ensure!(dir.is_dir(), "{} is not a folder", dir.display());
                     Some(crate::work::backfill::Params {
                         dir: dir.canonicalize()?,
@@ -243,17 +245,26 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     })
                 }
                 _ => {
-                    anyhow::ensure!(
-                        dir.is_none() && sessions.is_none() && budget.is_none(),
-                        "--dir, --sessions and --budget describe a backfill task (--kind backfill)"
-                    );
+                    if dir.is_some() || sessions.is_some() || budget.is_some() {
+                        return Err(super::UsageError(
+                            "--dir, --sessions and --budget describe a backfill task (--kind backfill)"
+                                .to_string(),
+                        )
+                        .into());
+                    }
                     None
                 }
             };
             let id = match (id, &params) {
                 (Some(id), _) => id,
                 (None, Some(p)) => crate::work::backfill::task_id(p.sessions, &p.dir),
-                (None, None) => anyhow::bail!("the task needs an id"),
+                (None, None) => {
+                    return Err(super::UsageError(
+                        "the task needs an id: `perpetual task add ID --agent A` (only a backfill's id follows from its range)"
+                            .to_string(),
+                    )
+                    .into());
+                }
             };
             tasks::add(
                 &mut conn,
@@ -362,8 +373,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             }
         }
         TaskCommand::Progress { id, progress } => {
-            let (done, total) = tasks::parse_progress(&progress)?;
-            let t = tasks::set_progress(&conn, &id, done, total)?;
+            let t = tasks::set_progress(&conn, &id, progress.done, progress.total)?;
             println!("{id}: {}", progress_text(t.done, t.total));
         }
         TaskCommand::Done { id, json } => {

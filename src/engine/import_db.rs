@@ -22,8 +22,11 @@
 //!   one that cannot be read, or has no table to import, goes to `rejected/` with its
 //!   reason.
 
-use crate::engine::ingest::{Job, Placement, reason_path, sync_wal};
+use crate::engine::ingest::{
+    Job, Placement, ensure_folder, reason_path, rename_noreplace, sync_wal,
+};
 use crate::engine::layout::RawPair;
+use crate::engine::names;
 use crate::root::{PROCESSED, REJECTED};
 use crate::store::ledger::{self, FileStatus, InvalidEntry};
 use crate::store::pairs::{PairSink, Statements};
@@ -225,8 +228,9 @@ pub struct ImportReport {
 /// Splits inbox jobs into SQLite databases (by their header, whatever their name) and
 /// the rest.
 pub fn split_databases(jobs: Vec<Job>) -> (Vec<Job>, Vec<Job>) {
+    // Looked at as every drop is (engine::intake): never through a link, never blocking.
     jobs.into_iter()
-        .partition(|j| source_db::is_sqlite_file(&j.path))
+        .partition(|j| j.skip.is_none() && crate::engine::intake::is_database(&j.path))
 }
 
 /// Imports the database at `path`, read in place (`import-db PATH`). An unreadable
@@ -246,6 +250,7 @@ pub fn import_path(
         agent: opts.agent.clone(),
         path,
         placement: Placement::InPlace,
+        skip: None,
     };
     import_job(conn, &job, opts, sink, interrupt, progress)
 }
@@ -289,7 +294,8 @@ pub fn add_to(total: &mut crate::engine::ingest::IngestReport, r: &ImportReport)
                 reason: reason.clone(),
             });
         }
-        None if r.tables.iter().all(|t| t.status == "already") => total.files_skipped += 1,
+        // Every table imported before: the same bytes again, as a duplicate file.
+        None if r.tables.iter().all(|t| t.status == "already") => total.files_duplicate += 1,
         None if !r.interrupted => total.files_integrated += 1,
         None => {}
     }
@@ -328,29 +334,37 @@ fn table_hash(db: &[u8; 32], table: &str, mapping: &Mapping) -> [u8; 32] {
 }
 
 fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
-    let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    use crate::engine::intake::{self, Opened};
+    let shown = || names::render_path(path);
+    let f = match intake::open(path) {
+        Opened::File(f) => f,
+        Opened::Refused(why) => anyhow::bail!("{}: {why}", shown()),
+        Opened::Gone => anyhow::bail!("{} is gone", shown()),
+        Opened::Failed(e) => return Err(e).with_context(|| format!("cannot read {}", shown())),
+    };
     let mut h = blake3::Hasher::new();
-    h.update_reader(f)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let size = std::fs::metadata(path)?.len();
-    Ok((*h.finalize().as_bytes(), size))
+    // Streamed: a database is hashed whole, in bounded memory.
+    h.update_reader(&f.file)
+        .with_context(|| format!("cannot read {}", shown()))?;
+    Ok((*h.finalize().as_bytes(), f.size))
 }
 
-/// Where an inbox file goes: `<folder>/<name>`, or `<stem>.<n>.<ext>` when taken.
+/// Where an inbox file goes: `<folder>/<name>`, or `<stem>.<n><ext>` when taken, within
+/// the filesystem's name limit (as for files: `names::numbered`).
 fn destination(path: &Path, folder: &str) -> Option<PathBuf> {
-    let dir = path.parent()?.join(folder);
-    let name = path.file_name()?.to_string_lossy().into_owned();
-    let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name.as_str(), ""),
+    let agent_dir = path.parent()?;
+    let dir = agent_dir.join(folder);
+    let name = path.file_name()?;
+    let reserve = if folder == REJECTED {
+        ".reason".len()
+    } else {
+        0
     };
-    let mut candidate = dir.join(&name);
-    let mut n = 1;
-    while candidate.exists() || (folder == REJECTED && reason_path(&candidate).exists()) {
-        candidate = dir.join(format!("{stem}.{n}{ext}"));
-        n += 1;
-    }
-    Some(candidate)
+    let max = names::name_max(agent_dir).saturating_sub(reserve).max(16);
+    let taken = |p: &Path| p.symlink_metadata().is_ok();
+    (0..)
+        .map(|n| dir.join(names::numbered(name, n, max)))
+        .find(|c| !(taken(c) || (folder == REJECTED && taken(&reason_path(c)))))
 }
 
 fn import_job(
@@ -362,7 +376,7 @@ fn import_job(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ImportReport> {
     let started = Instant::now();
-    let source = job.path.to_string_lossy().into_owned();
+    let source = job.source();
     let name = job.name();
     let mut report = ImportReport {
         database: source.clone(),
@@ -384,7 +398,7 @@ fn import_job(
         Err(e) if inbox => {
             let reason = format!("{e:#}");
             let kept = reject(conn, job, &db_hash, size, &reason)?;
-            report.moved_to = Some(kept.to_string_lossy().into_owned());
+            report.moved_to = Some(names::render_path(&kept));
             report.rejected = Some(reason);
             report.seconds = started.elapsed().as_secs_f64();
             return Ok(report);
@@ -437,7 +451,7 @@ fn import_job(
         }
         let stored_path = stored_recorded
             .clone()
-            .or_else(|| stored.as_ref().map(|p| p.to_string_lossy().into_owned()));
+            .or_else(|| stored.as_deref().map(names::render_path));
         let t = import_table(
             conn,
             inbox,
@@ -475,17 +489,22 @@ fn import_job(
     };
     if inbox && !report.interrupted {
         let to = stored_recorded
-            .map(PathBuf::from)
+            .map(|s| names::parse_path(&s))
             .or(stored)
             .context("no place to move the database to")?;
         // The commits are durable before the file leaves the inbox (as for files).
         sync_wal(conn)?;
         if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir)?;
+            ensure_folder(dir)?;
         }
-        std::fs::rename(&job.path, &to)
-            .with_context(|| format!("cannot move {} to {}", job.path.display(), to.display()))?;
-        report.moved_to = Some(to.to_string_lossy().into_owned());
+        rename_noreplace(&job.path, &to).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                names::render_path(&job.path),
+                names::render_path(&to)
+            )
+        })?;
+        report.moved_to = Some(names::render_path(&to));
     }
     Ok(report)
 }
@@ -556,7 +575,8 @@ fn reject(
 ) -> Result<PathBuf> {
     let to = destination(&job.path, REJECTED).context("no place to reject the database to")?;
     let now = crate::clock::now_rfc3339();
-    let source = job.path.to_string_lossy().into_owned();
+    let source = job.source();
+    let stored = names::render_path(&to);
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let inserted = ledger::insert(
         conn,
@@ -564,7 +584,7 @@ fn reject(
             agent: &job.agent,
             name: &job.name(),
             source_path: &source,
-            stored_path: to.to_str(),
+            stored_path: Some(&stored),
             content_hash: Some(hash),
             size,
             status: FileStatus::Rejected,
@@ -576,6 +596,7 @@ fn reject(
             invalid: &[],
             reason: Some(reason),
             duplicate_of: None,
+            salvage: None,
             now: &now,
         },
     );
@@ -587,14 +608,14 @@ fn reject(
         }
     }
     if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)?;
+        ensure_folder(dir)?;
     }
     let text = format!(
         "file: {}\nrejected: {now}\nreason: {reason}\n",
-        job.path.display()
+        names::render_path(&job.path)
     );
     std::fs::write(reason_path(&to), text)?;
-    std::fs::rename(&job.path, &to)?;
+    rename_noreplace(&job.path, &to)?;
     Ok(to)
 }
 
@@ -749,6 +770,7 @@ fn import_table(
                                 invalid: &[],
                                 reason: None,
                                 duplicate_of: None,
+                                salvage: None,
                                 now: &now,
                             },
                         )?;

@@ -1,17 +1,25 @@
-//! The ingestion pipeline: discover → read → hash → decode → parse → key → write → move.
+//! The ingestion pipeline: discover → open → read → hash → decode → parse → key → write → move.
 //!
-//! Reading, hashing, decoding, parsing and keying run in parallel on rayon's pool
-//! ([`prepare`]); their results flow through a bounded channel to one [`Writer`] on the
-//! calling thread, which owns the SQLite connection. The bound keeps memory
-//! independent of how many files there are: at most a few prepared files wait.
+//! Opening and reading run in [`intake`] (never following a link, never blocking,
+//! never reading more than the limit); reading, hashing, decoding, parsing and keying
+//! run in parallel on rayon's pool ([`prepare`]); their results flow through a bounded
+//! channel to one [`Writer`] on the calling thread, which owns the SQLite connection.
+//! The bound keeps memory independent of how many files there are: at most a few
+//! prepared files wait.
 //!
 //! Exactly-once: a file's ledger row commits in the same transaction as its last pairs,
 //! and a file moves to `processed/` or `rejected/` only after that commit. After a
 //! crash, the ledger tells what each file in the inbox is: unknown (integrate it),
 //! partial (resume after its last checkpoint), or finished (complete the move).
+//!
+//! Every entry of an inbox is accounted for: what is not a drop (a link, a FIFO, a
+//! folder, a file with another extension, a file in `inbox/` itself) gets a ledger row
+//! `skipped` with its reason, once, and is left where it is.
 
 use crate::engine::decode;
+use crate::engine::intake::{self, Opened};
 use crate::engine::layout;
+use crate::engine::names;
 use crate::pair::Pair;
 use crate::root::{PROCESSED, REJECTED};
 use crate::store::{self, ledger, ledger::FileStatus, ledger::InvalidEntry};
@@ -20,14 +28,18 @@ use rayon::prelude::*;
 use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// File extensions the engine reads.
-pub const EXTENSIONS: [&str; 3] = ["json", "jsonl", "ndjson"];
+/// File extensions the engine reads (matched in any case).
+pub const EXTENSIONS: [&str; 3] = names::EXTENSIONS;
+
+/// The agent the ledger names for entries of `inbox/` itself (not in an agent folder).
+pub const INBOX_AGENT: &str = "(inbox)";
 
 /// Where a file sits, which decides whether it is moved afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,126 +59,303 @@ pub struct Job {
     pub path: PathBuf,
     /// Whether it moves afterwards.
     pub placement: Placement,
+    /// Decided from its name or place alone: not a drop, never read (the reason).
+    pub skip: Option<String>,
 }
 
 impl Job {
-    /// The file's name.
+    /// A drop in an inbox.
+    pub fn inbox(agent: &str, path: PathBuf) -> Job {
+        Job {
+            agent: agent.to_string(),
+            path,
+            placement: Placement::Inbox,
+            skip: None,
+        }
+    }
+
+    /// The file's name, rendered losslessly ([`names::render`]).
     pub fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        self.path.file_name().map(names::render).unwrap_or_default()
+    }
+
+    /// Its path as the ledger's `source_path` holds it ([`names::render_path`]).
+    pub fn source(&self) -> String {
+        names::render_path(&self.path)
     }
 }
 
 /// Whether a name in an inbox is a drop to read. Dotfiles and the temporary names of
 /// writers still at work (`*.tmp`, `*.part`, `*.partial`, `*~`) are not.
 pub fn is_drop_name(name: &str) -> bool {
-    !(name.starts_with('.')
-        || name.ends_with('~')
-        || [".tmp", ".part", ".partial"]
-            .iter()
-            .any(|suffix| name.to_ascii_lowercase().ends_with(suffix)))
+    !names::is_ignored(OsStr::new(name))
 }
 
 /// Whether the name has one of the accepted extensions.
 pub fn has_accepted_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+    names::has_accepted_extension(path)
 }
 
-/// Every drop waiting in `inbox/<agent>/` for the given agents, oldest name first.
-pub fn discover_inbox(inbox: &Path, agents: &[String]) -> Result<Vec<Job>> {
+/// What the engine makes of `path`, an entry of `inbox/` or of `inbox/<agent>/`:
+/// `None` when it is none of its business (writers' temporary names and dotfiles, the
+/// `processed/` and `rejected/` folders, agent folders themselves, anything deeper);
+/// otherwise a job, with [`Job::skip`] set when its name or place already says it is
+/// not a drop. Whether a drop is a regular file is decided when it is opened.
+pub fn inbox_entry(inbox: &Path, path: &Path) -> Option<Job> {
+    let name = path.file_name()?;
+    if names::is_ignored(name) {
+        return None;
+    }
+    let parent = path.parent()?;
+    if parent == inbox {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        let reason = if meta.is_dir() {
+            if name
+                .to_str()
+                .is_some_and(|n| crate::root::check_agent_name(n).is_ok())
+            {
+                return None;
+            }
+            "a folder whose name is not an agent name (letters, digits, `_`, `-`, `.`): never read"
+                .to_string()
+        } else if meta.is_file() {
+            "a file in inbox/ itself: drops belong in inbox/<agent>/; never read".to_string()
+        } else {
+            intake::describe(&meta, path)?
+        };
+        return Some(Job {
+            agent: INBOX_AGENT.to_string(),
+            path: path.to_path_buf(),
+            placement: Placement::Inbox,
+            skip: Some(reason),
+        });
+    }
+    if parent.parent() != Some(inbox) {
+        return None;
+    }
+    let agent = parent.file_name()?.to_str()?;
+    crate::root::check_agent_name(agent).ok()?;
+    if name == PROCESSED || name == REJECTED {
+        // A folder in its place, or something in the way that the mover sets aside.
+        return None;
+    }
+    let mut job = Job::inbox(agent, path.to_path_buf());
+    // A database is a drop whatever its name (engine::import_db).
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+        && !has_accepted_extension(path)
+        && !intake::is_database(path)
+    {
+        job.skip = Some(names::not_a_drop_reason(path));
+    }
+    Some(job)
+}
+
+/// Every entry of the inbox the engine accounts for: the entries of `inbox/` itself
+/// that are not agent folders, and every entry of `inbox/<agent>/` for the given
+/// agents (see [`inbox_entry`]), sorted by path within each folder. An agent folder
+/// that is a symbolic link is never listed (it is an entry of `inbox/`).
+pub fn survey_inbox(inbox: &Path, agents: &[String]) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
-    for agent in agents {
-        let dir = inbox.join(agent);
-        let entries = match std::fs::read_dir(&dir) {
+    let list = |dir: &Path, jobs: &mut Vec<Job>| -> Result<()> {
+        let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot list {}", names::render_path(dir)));
+            }
         };
         let mut found = Vec::new();
         for entry in entries {
-            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-            // processed/ and rejected/ are folders, so this also keeps them out.
-            if !entry.file_type()?.is_file() {
-                continue;
-            }
-            let name = entry.file_name();
-            if name.to_str().is_some_and(is_drop_name) {
-                found.push(entry.path());
+            let entry =
+                entry.with_context(|| format!("cannot list {}", names::render_path(dir)))?;
+            if let Some(job) = inbox_entry(inbox, &entry.path()) {
+                found.push(job);
             }
         }
-        found.sort();
-        jobs.extend(found.into_iter().map(|path| Job {
-            agent: agent.clone(),
-            path,
-            placement: Placement::Inbox,
-        }));
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        jobs.extend(found);
+        Ok(())
+    };
+    list(inbox, &mut jobs)?;
+    for agent in agents {
+        let dir = inbox.join(agent);
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            list(&dir, &mut jobs)?;
+        }
     }
     Ok(jobs)
 }
 
+/// Every drop waiting in `inbox/<agent>/` for the given agents, oldest name first:
+/// regular files with an accepted extension that this process may read (what the
+/// assigner and `status` count as waiting: an unreadable file would otherwise ask for
+/// an ingest task at every round). [`survey_inbox`] has everything else too.
+pub fn discover_inbox(inbox: &Path, agents: &[String]) -> Result<Vec<Job>> {
+    Ok(survey_inbox(inbox, agents)?
+        .into_iter()
+        .filter(|j| {
+            j.skip.is_none()
+                && std::fs::symlink_metadata(&j.path).is_ok_and(|m| m.is_file())
+                && readable(&j.path)
+        })
+        .collect())
+}
+
+/// Whether this process may open `path` for reading (`access(R_OK)`).
+fn readable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        // SAFETY: a valid NUL-terminated path; access only reads it.
+        .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), libc::R_OK) } == 0)
+}
+
 /// Files named on the command line, read in place. Folders are walked recursively
-/// (hidden entries skipped, only accepted extensions); a file named explicitly is read
-/// whatever its extension. The agent is `agent`, else the file's parent folder name.
+/// (hidden entries skipped, links never followed, only accepted extensions: other
+/// files are counted in one log line and left alone). A file named explicitly with
+/// another extension, a link or a special file gets a `skipped` ledger row instead of
+/// being read. A folder named explicitly may be a link to a folder. The agent is
+/// `agent`, else the file's parent folder name.
 pub fn discover_paths(paths: &[PathBuf], agent: Option<&str>) -> Result<Vec<Job>> {
-    let mut files = Vec::new();
+    let mut files: Vec<(PathBuf, Option<String>)> = Vec::new();
+    let mut others = 0usize;
     for path in paths {
+        let shown = names::render_path(path);
         let meta =
-            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let path = path
-            .canonicalize()
-            .with_context(|| format!("cannot resolve {}", path.display()))?;
-        if meta.is_dir() {
-            walk(&path, &mut files)?;
-        } else {
-            files.push(path);
+            std::fs::symlink_metadata(path).with_context(|| format!("cannot read {shown}"))?;
+        let followed_dir =
+            meta.file_type().is_symlink() && std::fs::metadata(path).is_ok_and(|m| m.is_dir());
+        if meta.is_dir() || followed_dir {
+            let dir = path
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {shown}"))?;
+            walk(&dir, &mut files, &mut others)?;
+            continue;
         }
+        // Resolve the folder, never the file itself: a link stays a link.
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path
+            .file_name()
+            .with_context(|| format!("{shown} names no file"))?;
+        let path = parent
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", names::render_path(&parent)))?
+            .join(name);
+        let skip =
+            if meta.is_file() && !has_accepted_extension(&path) && !intake::is_database(&path) {
+                Some(names::not_a_drop_reason(&path))
+            } else {
+                None
+            };
+        files.push((path, skip));
+    }
+    if others > 0 {
+        tracing::info!(
+            "{others} file(s) in the folders given are not drops (not .json, .jsonl or .ndjson): left alone"
+        );
     }
     let mut seen = HashSet::new();
-    files.retain(|p| seen.insert(p.clone()));
+    files.retain(|(p, _)| seen.insert(p.clone()));
     files
         .into_iter()
-        .map(|path| {
+        .map(|(path, skip)| {
             let agent = match agent {
                 Some(a) => a.to_string(),
                 None => path
                     .parent()
                     .and_then(|p| p.file_name())
-                    .map(|n| n.to_string_lossy().into_owned())
+                    .map(names::render)
                     .unwrap_or_else(|| "unknown".to_string()),
             };
             Ok(Job {
                 agent,
                 path,
                 placement: Placement::InPlace,
+                skip,
             })
         })
         .collect()
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, Option<String>)>, others: &mut usize) -> Result<()> {
+    let shown = || names::render_path(dir);
     let mut entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
+        .with_context(|| format!("cannot list {}", shown()))?
         .collect::<std::io::Result<Vec<_>>>()
-        .with_context(|| format!("cannot list {}", dir.display()))?;
+        .with_context(|| format!("cannot list {}", shown()))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !is_drop_name(name) {
+        if names::is_ignored(&entry.file_name()) {
             continue;
         }
+        // file_type() does not follow links.
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            walk(&entry.path(), out)?;
-        } else if kind.is_file() && has_accepted_extension(&entry.path()) {
-            out.push(entry.path());
+            walk(&entry.path(), out, others)?;
+        } else if kind.is_file() {
+            if has_accepted_extension(&entry.path()) {
+                out.push((entry.path(), None));
+            } else {
+                *others += 1;
+            }
+        } else {
+            // A link, a FIFO, a device: opening decides and the ledger says why.
+            out.push((entry.path(), None));
         }
     }
     Ok(())
+}
+
+/// Leaves out of `jobs` the drops that are still being written: a file whose
+/// modification time is within `settle` of now is looked at again once `settle` has
+/// passed (one wait for them all); if its size or modification time moved meanwhile,
+/// it is left for the next run. Returns (jobs to integrate, files left waiting).
+/// What the watcher does with events, `ingest` does with this one look.
+pub fn wait_for_stillness(jobs: Vec<Job>, settle: Duration) -> (Vec<Job>, Vec<Job>) {
+    let fresh: Vec<(usize, Stat)> = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.skip.is_none())
+        .filter_map(|(i, j)| stat(&j.path).map(|s| (i, s)))
+        .filter(|(_, s)| !still_for(s.1, settle))
+        .collect();
+    if fresh.is_empty() {
+        return (jobs, Vec::new());
+    }
+    std::thread::sleep(settle);
+    let moving: HashSet<usize> = fresh
+        .into_iter()
+        .filter(|(i, s)| stat(&jobs[*i].path).is_some_and(|now| now != *s))
+        .map(|(i, _)| i)
+        .collect();
+    let (mut ready, mut waiting) = (Vec::new(), Vec::new());
+    for (i, job) in jobs.into_iter().enumerate() {
+        if moving.contains(&i) {
+            waiting.push(job);
+        } else {
+            ready.push(job);
+        }
+    }
+    (ready, waiting)
+}
+
+/// What decides whether a file changed: size and modification time.
+pub type Stat = (u64, Option<SystemTime>);
+
+/// The size and modification time of a regular file, not following links; `None`
+/// when it is gone or not a regular file.
+pub fn stat(path: &Path) -> Option<Stat> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.is_file().then(|| (m.len(), m.modified().ok()))
+}
+
+/// Whether a modification time is at least `settle` in the past.
+pub fn still_for(modified: Option<SystemTime>, settle: Duration) -> bool {
+    modified
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age >= settle)
 }
 
 /// What the parallel stage made of a file.
@@ -174,14 +363,17 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 pub struct Prepared {
     /// The file.
     pub job: Job,
-    /// Size in bytes.
+    /// Size in bytes (from `fstat` of the descriptor read).
     pub size: u64,
-    /// Modification time just before the bytes were read: with `size`, what the caller
-    /// compares to tell whether the file changed since (`watch` does, for writers
-    /// still at work).
+    /// Modification time when the file was opened: with `size`, what the caller
+    /// compares to tell whether the file changed since (`watch` and `ingest` do, for
+    /// writers still at work).
     pub modified: Option<SystemTime>,
-    /// blake3 of the bytes (`None` only when the file could not be read).
+    /// blake3 of the bytes; `None` when they were not read (over the limit, skipped,
+    /// unreadable).
     pub hash: Option<[u8; 32]>,
+    /// Which file was opened (device, inode): its move checks the name still means it.
+    pub identity: Option<intake::Identity>,
     /// The result.
     pub outcome: Outcome,
     /// When preparation began, for the per-file log line.
@@ -193,8 +385,9 @@ pub struct Prepared {
 pub enum Outcome {
     /// Decoded and parsed; at least one valid pair.
     Parsed(ParsedFile),
-    /// The ledger already finished with these bytes, so they were not parsed.
-    Known,
+    /// The ledger already finished with these bytes, so they were not parsed (they are
+    /// kept, in case the writer finds the hint stale).
+    Known(Vec<u8>),
     /// Cannot be integrated, with the reason.
     Rejected {
         /// Human-readable reason naming the problem and where.
@@ -202,7 +395,14 @@ pub enum Outcome {
         /// Decoder label, if decoding happened.
         encoding: Option<String>,
     },
-    /// The file vanished or could not be read; it is left where it is.
+    /// Not a drop, never read: not a regular file, not readable, or not a drop by its
+    /// name or place. Left where it is; the ledger says why.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// The file vanished or could not be read (an error that may pass); it is left
+    /// where it is.
     Unreadable(String),
 }
 
@@ -211,8 +411,10 @@ pub enum Outcome {
 pub struct ParsedFile {
     /// Decoder label (`UTF-8`, `windows-1252`, ...).
     pub encoding: String,
-    /// Undecodable bytes were replaced.
+    /// Undecodable bytes (or lone surrogates) were replaced by U+FFFD.
     pub replaced: bool,
+    /// What was repaired so that it could integrate.
+    pub salvage: layout::Salvage,
     /// Recognised layout.
     pub layout: layout::Layout,
     /// Session number from the content.
@@ -242,66 +444,77 @@ impl Hints {
     }
 }
 
-/// The parallel stage for one file: read, hash, decode, parse, key. Never fails: every
+/// The parallel stage for one file: open (never following, never blocking), read at
+/// most `max_file_bytes + 1` bytes, hash, decode, parse, key. Never fails: every
 /// problem becomes an [`Outcome`].
 pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
     let started = Instant::now();
-    let unreadable = |job: Job, size: u64, e: std::io::Error| Prepared {
-        outcome: Outcome::Unreadable(format!("cannot read {}: {e}", job.path.display())),
+    let done = |job: Job, size: u64, modified, hash, outcome| Prepared {
         job,
         size,
-        modified: None,
-        hash: None,
+        modified,
+        identity: None,
+        hash,
+        outcome,
         started,
     };
-    let (size, modified) = match std::fs::metadata(&job.path) {
-        Ok(m) => (m.len(), m.modified().ok()),
-        Err(e) => return unreadable(job, 0, e),
+    if let Some(reason) = job.skip.clone() {
+        return done(job, 0, None, None, Outcome::Skipped { reason });
+    }
+    let mut open = match intake::open(&job.path) {
+        Opened::File(f) => f,
+        Opened::Refused(reason) => return done(job, 0, None, None, Outcome::Skipped { reason }),
+        Opened::Gone => {
+            let msg = format!(
+                "{} is gone (moved or deleted since it was listed)",
+                names::render_path(&job.path)
+            );
+            return done(job, 0, None, None, Outcome::Unreadable(msg));
+        }
+        Opened::Failed(e) => {
+            let msg = format!("cannot read {}: {e}", names::render_path(&job.path));
+            return done(job, 0, None, None, Outcome::Unreadable(msg));
+        }
+    };
+    let (size, modified) = (open.size, open.modified);
+    let identity = Some(open.identity);
+    let done = |job, size, modified, hash, outcome| Prepared {
+        identity,
+        ..done(job, size, modified, hash, outcome)
+    };
+    let over_limit = |size: u64| Outcome::Rejected {
+        reason: intake::over_limit_reason(size, max_file_bytes),
+        encoding: None,
     };
     if size > max_file_bytes {
-        // Hashed anyway (streaming, bounded memory) so the ledger recognises it again.
-        let hash = std::fs::File::open(&job.path).and_then(|f| {
-            let mut hasher = blake3::Hasher::new();
-            hasher.update_reader(f)?;
-            Ok(*hasher.finalize().as_bytes())
-        });
-        let hash = match hash {
-            Ok(h) => h,
-            Err(e) => return unreadable(job, size, e),
-        };
-        return Prepared {
-            outcome: Outcome::Rejected {
+        // Rejected unread: no byte is read, so there is no hash either.
+        return done(job, size, modified, None, over_limit(size));
+    }
+    let bytes = match intake::read_bounded(&mut open.file, size, max_file_bytes) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            // It grew past the limit after fstat: a writer is at work, or an attacker.
+            let outcome = Outcome::Rejected {
                 reason: format!(
-                    "file is {size} bytes, over the limit of {max_file_bytes} bytes (ingest.max_file_bytes)"
+                    "file grew past the limit of {max_file_bytes} bytes (ingest.max_file_bytes) while it was read; rejected"
                 ),
                 encoding: None,
-            },
-            job,
-            size,
-            modified,
-            hash: Some(hash),
-            started,
-        };
-    }
-    let bytes = match std::fs::read(&job.path) {
-        Ok(b) => b,
-        Err(e) => return unreadable(job, size, e),
+            };
+            return done(job, size, modified, None, outcome);
+        }
+        Err(e) => {
+            let msg = format!("cannot read {}: {e}", names::render_path(&job.path));
+            return done(job, size, modified, None, Outcome::Unreadable(msg));
+        }
     };
     let size = bytes.len() as u64;
     let hash = *blake3::hash(&bytes).as_bytes();
     let outcome = if hints.finished.contains(&hash) {
-        Outcome::Known
+        Outcome::Known(bytes)
     } else {
         parse_bytes(&bytes)
     };
-    Prepared {
-        job,
-        size,
-        modified,
-        hash: Some(hash),
-        outcome,
-        started,
-    }
+    done(job, size, modified, Some(hash), outcome)
 }
 
 /// Decodes and parses the bytes of one file.
@@ -340,7 +553,8 @@ pub fn parse_bytes(bytes: &[u8]) -> Outcome {
         .collect();
     Outcome::Parsed(ParsedFile {
         encoding,
-        replaced: decoded.replaced,
+        replaced: decoded.replaced || parsed.salvage.surrogates_replaced > 0,
+        salvage: parsed.salvage,
         layout: parsed.layout,
         session: parsed.session,
         pairs,
@@ -372,9 +586,16 @@ pub struct IngestReport {
     pub files_rejected: u64,
     /// Files whose bytes had been integrated before (nothing added).
     pub files_duplicate: u64,
-    /// Files the ledger had already finished at the same path (moves completed, re-reads skipped).
+    /// Files the ledger had already finished at the same path (moves completed, re-reads
+    /// not repeated).
+    pub files_already_done: u64,
+    /// Entries not read (not regular files, not drops, unreadable): ledger status
+    /// `skipped`, left where they are. Counted at every run; logged and recorded once.
     pub files_skipped: u64,
-    /// Files that vanished or could not be read; left in place.
+    /// Files still being written (changed within `watch.settle_ms`, or while being read),
+    /// left for the next run.
+    pub files_waiting: u64,
+    /// Files that vanished or could not be read (an error that may pass); left in place.
     pub files_unreadable: u64,
     /// Pairs read (valid and invalid).
     pub pairs_seen: u64,
@@ -459,7 +680,11 @@ pub struct WriterOptions {
 }
 
 struct PendingMove {
+    /// The ledger row that records the destination.
+    id: Option<i64>,
     from: PathBuf,
+    /// The file read from `from`: moved only if `from` still names it.
+    identity: Option<intake::Identity>,
     to: PathBuf,
     reason: Option<String>,
 }
@@ -486,6 +711,8 @@ pub struct Writer<'c> {
     stopped: bool,
     interrupt: Option<Arc<AtomicBool>>,
     sink: store::pairs::PairSink,
+    /// The identity of the file being written (for its move).
+    identity: Option<intake::Identity>,
 }
 
 /// How long finished files may wait in the inbox for their move during a burst: moving
@@ -535,6 +762,7 @@ impl<'c> Writer<'c> {
             stopped: false,
             interrupt: None,
             sink,
+            identity: None,
         }
     }
 
@@ -597,7 +825,9 @@ impl<'c> Writer<'c> {
     fn commit_inner(&mut self, on_file: &mut dyn FnMut(&FileEvent), force: bool) -> Result<()> {
         if self.in_txn && self.sink.merge_due() {
             // In the transaction of the batch that made it due.
-            self.sink.merge(self.conn)?;
+            self.sink
+                .merge(self.conn)
+                .context("merging the key tail failed")?;
         }
         if self.in_txn {
             self.conn.execute_batch("COMMIT").context("commit failed")?;
@@ -619,15 +849,32 @@ impl<'c> Writer<'c> {
         // power cut until the WAL reaches the disk. A file leaves the inbox only after
         // that, so a power cut can never leave a file in processed/ whose pairs are gone.
         sync_wal(self.conn)?;
-        for m in self.moves.drain(..) {
+        for m in std::mem::take(&mut self.moves) {
             self.claimed.remove(&m.to);
             if let Err(e) = move_file(&m) {
-                // The ledger is right; the next run finishes the move.
-                tracing::error!(
-                    "cannot move {} to {}: {e:#}",
-                    m.from.display(),
-                    m.to.display()
-                );
+                // The ledger never records a path that does not exist: the file stays
+                // where it is and the ledger says so (the next scan tries a fresh
+                // destination), or, when something else took its name after it was read,
+                // the bytes read are gone from the inbox and nothing is kept.
+                let replaced = e.downcast_ref::<Replaced>().is_some();
+                if replaced {
+                    tracing::warn!(
+                        "{}: {e}; not moved (what is there now is looked at on its own)",
+                        names::render_path(&m.from)
+                    );
+                } else {
+                    tracing::error!(
+                        "cannot move {} to {}: {e:#}; it stays in the inbox",
+                        names::render_path(&m.from),
+                        names::render_path(&m.to)
+                    );
+                }
+                if let Some(id) = m.id {
+                    let here = (!replaced).then(|| names::render_path(&m.from));
+                    if let Err(e) = ledger::set_stored_path(self.conn, id, here.as_deref()) {
+                        tracing::error!("{}: {e:#}", db_context(self.conn));
+                    }
+                }
             }
         }
         self.last_move = Instant::now();
@@ -646,56 +893,48 @@ impl<'c> Writer<'c> {
             hash,
             outcome,
             started,
+            identity,
             ..
         } = prepared;
-        let Some(hash) = hash else {
-            if let Outcome::Unreadable(msg) = outcome {
-                tracing::warn!("{msg}");
+        self.identity = identity;
+        let outcome = match outcome {
+            Outcome::Unreadable(msg) => {
+                tracing::warn!("{msg}; left where it is");
+                self.report.files_unreadable += 1;
+                return Ok(());
             }
-            self.report.files_unreadable += 1;
-            return Ok(());
+            Outcome::Skipped { reason } => {
+                self.begin()?;
+                return self.skip(&job, reason, started);
+            }
+            other => other,
         };
         self.begin()?;
-        let source = job.path.to_string_lossy().into_owned();
+        let Some(hash) = hash else {
+            // Over the limit: rejected unread, so no hash knows it again.
+            let Outcome::Rejected { reason, .. } = outcome else {
+                unreachable!("only rejections come without a hash")
+            };
+            let rows = ledger::unhashed_rejections(self.conn, &job.source(), size)?;
+            if let Some(row) = rows.first()
+                && self.finished_here(&job, row, started)?
+            {
+                return Ok(());
+            }
+            return self.reject(&job, size, None, reason, None, started);
+        };
+        let source = job.source();
         let rows = ledger::by_hash(self.conn, &hash)?;
         let name = job.name();
 
         // Same bytes, same path, already finished: a re-read (in place) or a move that a
-        // crash interrupted (inbox). Either way nothing is added.
+        // crash or an error interrupted (inbox). Either way nothing is added.
         if let Some(row) = rows
             .iter()
             .find(|r| r.status != FileStatus::Partial && r.source_path == source)
+            && self.finished_here(&job, row, started)?
         {
-            let unfinished_move = row
-                .stored_path
-                .as_deref()
-                .is_some_and(|p| !Path::new(p).exists());
-            if job.placement == Placement::InPlace || unfinished_move {
-                if let Some(to) = row.stored_path.as_deref().filter(|_| unfinished_move) {
-                    self.moves.push(PendingMove {
-                        from: job.path.clone(),
-                        to: PathBuf::from(to),
-                        reason: row
-                            .reason
-                            .clone()
-                            .filter(|_| row.status == FileStatus::Rejected),
-                    });
-                }
-                self.report.files_skipped += 1;
-                self.events.push(PendingEvent {
-                    event: event(
-                        &job,
-                        None,
-                        0,
-                        0,
-                        0,
-                        Some("already in the ledger".into()),
-                        row.session,
-                    ),
-                    started,
-                });
-                return Ok(());
-            }
+            return Ok(());
         }
 
         if let Some(first) = rows
@@ -708,13 +947,14 @@ impl<'c> Writer<'c> {
                 first.name
             );
             let stored = self.destination(&job, PROCESSED);
-            ledger::insert(
+            let stored_text = stored.as_deref().map(names::render_path);
+            let id = ledger::insert(
                 self.conn,
                 &ledger::NewFile {
                     agent: &job.agent,
                     name: &name,
                     source_path: &source,
-                    stored_path: stored.as_deref().and_then(|p| p.to_str()),
+                    stored_path: stored_text.as_deref(),
                     content_hash: Some(&hash),
                     size,
                     status: FileStatus::Duplicate,
@@ -726,10 +966,11 @@ impl<'c> Writer<'c> {
                     invalid: &[],
                     reason: Some(&note),
                     duplicate_of: Some(original),
+                    salvage: None,
                     now: &self.now,
                 },
             )?;
-            self.schedule_move(&job, stored, None);
+            self.schedule_move(&job, id, stored, None);
             self.report.files_duplicate += 1;
             self.events.push(PendingEvent {
                 event: event(
@@ -748,7 +989,7 @@ impl<'c> Writer<'c> {
 
         let outcome = match outcome {
             // Known bytes whose only ledger rows are rejections (or stale hints): decide again.
-            Outcome::Known => match rows.iter().find(|r| r.status == FileStatus::Rejected) {
+            Outcome::Known(bytes) => match rows.iter().find(|r| r.status == FileStatus::Rejected) {
                 Some(r) => Outcome::Rejected {
                     reason: format!(
                         "same bytes as rejected file {} (file #{}): {}",
@@ -758,12 +999,7 @@ impl<'c> Writer<'c> {
                     ),
                     encoding: r.encoding.clone(),
                 },
-                None => match std::fs::read(&job.path) {
-                    Ok(bytes) => parse_bytes(&bytes),
-                    Err(e) => {
-                        Outcome::Unreadable(format!("cannot read {}: {e}", job.path.display()))
-                    }
-                },
+                None => parse_bytes(&bytes),
             },
             other => other,
         };
@@ -776,57 +1012,151 @@ impl<'c> Writer<'c> {
                 )
             }
             Outcome::Rejected { reason, encoding } => {
-                let stored = self.destination(&job, REJECTED);
-                let id = ledger::insert(
-                    self.conn,
-                    &ledger::NewFile {
-                        agent: &job.agent,
-                        name: &name,
-                        source_path: &source,
-                        stored_path: stored.as_deref().and_then(|p| p.to_str()),
-                        content_hash: Some(&hash),
-                        size,
-                        status: FileStatus::Rejected,
-                        encoding: encoding.as_deref(),
-                        replaced: false,
-                        layout: None,
-                        session: None,
-                        pairs_seen: 0,
-                        invalid: &[],
-                        reason: Some(&reason),
-                        duplicate_of: None,
-                        now: &self.now,
-                    },
-                )?;
-                let _ = id;
-                self.report.files_rejected += 1;
-                self.report.rejected.push(RejectedFile {
-                    path: source.clone(),
-                    kept_at: stored.as_ref().map(|p| p.to_string_lossy().into_owned()),
-                    reason: reason.clone(),
-                });
-                self.schedule_move(&job, stored, Some(reason.clone()));
-                self.events.push(PendingEvent {
-                    event: event(
-                        &job,
-                        Some(FileStatus::Rejected),
-                        0,
-                        0,
-                        0,
-                        Some(reason),
-                        None,
-                    ),
-                    started,
-                });
-                Ok(())
+                self.reject(&job, size, Some(&hash), reason, encoding, started)
             }
-            Outcome::Unreadable(msg) => {
-                tracing::warn!("{msg}");
-                self.report.files_unreadable += 1;
-                Ok(())
+            Outcome::Known(_) | Outcome::Skipped { .. } | Outcome::Unreadable(_) => {
+                unreachable!("resolved above")
             }
-            Outcome::Known => unreachable!("resolved above"),
         }
+    }
+
+    /// Records an entry that is not read (see [`Outcome::Skipped`]), once: an entry the
+    /// ledger already skipped for the same reason is counted but neither recorded nor
+    /// logged again, so a reconcile scan every 30 s says nothing new.
+    fn skip(&mut self, job: &Job, reason: String, started: Instant) -> Result<()> {
+        let source = job.source();
+        self.report.files_skipped += 1;
+        if ledger::skipped_before(self.conn, &source, &reason)? {
+            tracing::debug!(file = %source, "skipped before: {reason}");
+            return Ok(());
+        }
+        let size = std::fs::symlink_metadata(&job.path).map_or(0, |m| m.len());
+        ledger::insert(
+            self.conn,
+            &ledger::NewFile {
+                agent: &job.agent,
+                name: &job.name(),
+                source_path: &source,
+                stored_path: None,
+                content_hash: None,
+                size,
+                status: FileStatus::Skipped,
+                encoding: None,
+                replaced: false,
+                layout: None,
+                session: None,
+                pairs_seen: 0,
+                invalid: &[],
+                reason: Some(&reason),
+                duplicate_of: None,
+                salvage: None,
+                now: &self.now,
+            },
+        )?;
+        self.events.push(PendingEvent {
+            event: event(job, Some(FileStatus::Skipped), 0, 0, 0, Some(reason), None),
+            started,
+        });
+        Ok(())
+    }
+
+    /// Records a rejection and schedules the move to `rejected/` (inbox files).
+    fn reject(
+        &mut self,
+        job: &Job,
+        size: u64,
+        hash: Option<&[u8; 32]>,
+        reason: String,
+        encoding: Option<String>,
+        started: Instant,
+    ) -> Result<()> {
+        let source = job.source();
+        let stored = self.destination(job, REJECTED);
+        let stored_text = stored.as_deref().map(names::render_path);
+        let id = ledger::insert(
+            self.conn,
+            &ledger::NewFile {
+                agent: &job.agent,
+                name: &job.name(),
+                source_path: &source,
+                stored_path: stored_text.as_deref(),
+                content_hash: hash,
+                size,
+                status: FileStatus::Rejected,
+                encoding: encoding.as_deref(),
+                replaced: false,
+                layout: None,
+                session: None,
+                pairs_seen: 0,
+                invalid: &[],
+                reason: Some(&reason),
+                duplicate_of: None,
+                salvage: None,
+                now: &self.now,
+            },
+        )?;
+        self.report.files_rejected += 1;
+        self.report.rejected.push(RejectedFile {
+            path: source,
+            kept_at: stored_text,
+            reason: reason.clone(),
+        });
+        self.schedule_move(job, id, stored, Some(reason.clone()));
+        self.events.push(PendingEvent {
+            event: event(job, Some(FileStatus::Rejected), 0, 0, 0, Some(reason), None),
+            started,
+        });
+        Ok(())
+    }
+
+    /// A finished ledger row for the same bytes at the same path: a re-read of a file
+    /// read in place (nothing to do), or an inbox file whose move a crash interrupted
+    /// (to the recorded path) or that could not be moved (the row records where it is:
+    /// to a fresh destination, recorded). Returns whether it took care of the file.
+    fn finished_here(
+        &mut self,
+        job: &Job,
+        row: &ledger::FileRow,
+        started: Instant,
+    ) -> Result<bool> {
+        let recorded = row.stored_path.as_deref().map(names::parse_path);
+        let stuck = recorded.as_deref() == Some(job.path.as_path());
+        let unfinished = stuck
+            || recorded
+                .as_deref()
+                .is_some_and(|p| p.symlink_metadata().is_err());
+        if job.placement == Placement::InPlace || unfinished {
+            if job.placement == Placement::Inbox {
+                let (folder, reason) = match row.status {
+                    FileStatus::Rejected => (REJECTED, row.reason.clone()),
+                    _ => (PROCESSED, None),
+                };
+                let to = if stuck {
+                    let fresh = self.destination(job, folder);
+                    let text = fresh.as_deref().map(names::render_path);
+                    ledger::set_stored_path(self.conn, row.id, text.as_deref())?;
+                    fresh
+                } else {
+                    recorded
+                };
+                self.schedule_move(job, row.id, to, reason);
+            }
+            self.report.files_already_done += 1;
+            self.events.push(PendingEvent {
+                event: event(
+                    job,
+                    None,
+                    0,
+                    0,
+                    0,
+                    Some("already in the ledger".into()),
+                    row.session,
+                ),
+                started,
+            });
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -843,6 +1173,8 @@ impl<'c> Writer<'c> {
     ) -> Result<()> {
         let name = job.name();
         let stored = self.destination(job, PROCESSED);
+        let stored_text = stored.as_deref().map(names::render_path);
+        let salvage = parsed.salvage.to_json();
         let (id, mut next, mut new, mut dup) = match partial {
             Some(row) => (
                 row.id,
@@ -857,7 +1189,7 @@ impl<'c> Writer<'c> {
                         agent: &job.agent,
                         name: &name,
                         source_path: source,
-                        stored_path: stored.as_deref().and_then(|p| p.to_str()),
+                        stored_path: stored_text.as_deref(),
                         content_hash: Some(hash),
                         size,
                         status: FileStatus::Partial,
@@ -869,6 +1201,7 @@ impl<'c> Writer<'c> {
                         invalid: &parsed.invalid,
                         reason: None,
                         duplicate_of: None,
+                        salvage: salvage.as_deref(),
                         now: &self.now,
                     },
                 )?;
@@ -919,19 +1252,30 @@ impl<'c> Writer<'c> {
             }
         }
         ledger::finish(self.conn, id, next, new, dup, &self.now)?;
+        if partial.is_some() {
+            // Resumed: the destination chosen now is where it goes.
+            ledger::set_stored_path(self.conn, id, stored_text.as_deref())?;
+        }
         let (run_new, run_dup) = (new - run_new_before, dup - run_dup_before);
         self.report.files_integrated += 1;
         self.report.pairs_new += run_new;
         self.report.pairs_duplicate += run_dup;
         self.report.pairs_seen += run_new + run_dup;
-        self.schedule_move(job, stored, None);
+        self.schedule_move(job, id, stored, None);
+        let mut notes = Vec::new();
+        if parsed.replaced {
+            notes.push(format!("decoded as {} with replacements", parsed.encoding));
+        }
+        if let Some(s) = parsed.salvage.describe() {
+            notes.push(format!("salvaged: {s}"));
+        }
         let mut finished = event(
             job,
             Some(FileStatus::Integrated),
             new,
             dup,
             parsed.invalid.len() as u64,
-            (parsed.replaced).then(|| format!("decoded as {} with replacements", parsed.encoding)),
+            (!notes.is_empty()).then(|| notes.join("; ")),
             parsed.session,
         );
         finished.tokens = self.meter.map_or(0, |m| m.used) - metered_before;
@@ -945,35 +1289,44 @@ impl<'c> Writer<'c> {
         Ok(())
     }
 
-    /// Where an inbox file will be moved: `<folder>/<name>`, or `<stem>.<n>.<ext>` when
-    /// that name is taken (two drops may share a name). `None` for files read in place.
+    /// Where an inbox file will be moved: `<folder>/<name>`, or `<stem>.<n><ext>` when
+    /// that name is taken (two drops may share a name), shortened to fit the
+    /// filesystem's limit with room for `.reason` in `rejected/` ([`names::numbered`]).
+    /// `None` for files read in place.
     fn destination(&mut self, job: &Job, folder: &str) -> Option<PathBuf> {
         if job.placement != Placement::Inbox {
             return None;
         }
-        let dir = job.path.parent()?.join(folder);
-        let name = job.name();
-        let (stem, ext) = match name.rfind('.') {
-            Some(i) if i > 0 => (&name[..i], &name[i..]),
-            _ => (name.as_str(), ""),
+        let agent_dir = job.path.parent()?;
+        let dir = agent_dir.join(folder);
+        let name = job.path.file_name()?;
+        let reserve = if folder == REJECTED {
+            REASON_SUFFIX.len()
+        } else {
+            0
         };
-        let mut candidate = dir.join(&name);
-        let mut n = 1;
-        while candidate.exists()
-            || self.claimed.contains(&candidate)
-            || (folder == REJECTED && reason_path(&candidate).exists())
-        {
-            candidate = dir.join(format!("{stem}.{n}{ext}"));
+        let max = names::name_max(agent_dir).saturating_sub(reserve).max(16);
+        let taken = |p: &Path| p.symlink_metadata().is_ok();
+        let mut n = 0;
+        loop {
+            let candidate = dir.join(names::numbered(name, n, max));
+            if !(taken(&candidate)
+                || self.claimed.contains(&candidate)
+                || (folder == REJECTED && taken(&reason_path(&candidate))))
+            {
+                self.claimed.insert(candidate.clone());
+                return Some(candidate);
+            }
             n += 1;
         }
-        self.claimed.insert(candidate.clone());
-        Some(candidate)
     }
 
-    fn schedule_move(&mut self, job: &Job, to: Option<PathBuf>, reason: Option<String>) {
+    fn schedule_move(&mut self, job: &Job, id: i64, to: Option<PathBuf>, reason: Option<String>) {
         if let Some(to) = to {
             self.moves.push(PendingMove {
+                id: Some(id),
                 from: job.path.clone(),
+                identity: self.identity,
                 to,
                 reason,
             });
@@ -994,7 +1347,7 @@ impl<'c> Writer<'c> {
 
     /// Commits what is pending and returns the run's totals.
     pub fn finish(mut self, on_file: &mut dyn FnMut(&FileEvent)) -> Result<IngestReport> {
-        self.flush(on_file)?;
+        self.flush(on_file).with_context(|| db_context(self.conn))?;
         let mut report = std::mem::take(&mut self.report);
         report.seconds = self.run_started.elapsed().as_secs_f64();
         report.pairs_per_second = if report.seconds > 0.0 {
@@ -1040,43 +1393,149 @@ fn event(
 }
 
 fn log_event(e: &FileEvent) {
-    let status = e.status.map_or("skipped", |s| s.as_str());
+    let status = e.status.map_or("already done", |s| s.as_str());
+    // A number in JSON logs, one decimal in text.
+    let ms = (e.millis * 10.0).round() / 10.0;
     match e.status {
         Some(FileStatus::Rejected) => tracing::warn!(
-            agent = %e.agent, file = %e.name, status, ms = format_args!("{:.1}", e.millis),
+            agent = %e.agent, file = %e.name, status, ms,
             "rejected: {}", e.note.as_deref().unwrap_or("")
+        ),
+        Some(FileStatus::Skipped) => tracing::warn!(
+            agent = %e.agent, file = %e.name, status,
+            "skipped: {}", e.note.as_deref().unwrap_or("")
         ),
         _ => tracing::info!(
             agent = %e.agent, file = %e.name, status, new = e.new, duplicate = e.duplicate,
-            invalid = e.invalid, ms = format_args!("{:.1}", e.millis),
+            invalid = e.invalid, ms,
             "{}", e.note.as_deref().unwrap_or(status)
         ),
     }
 }
 
+/// What a rejected file's explanation adds to its name.
+pub const REASON_SUFFIX: &str = ".reason";
+
 /// `<file>.reason` beside a rejected file.
 pub fn reason_path(rejected: &Path) -> PathBuf {
     let mut name = rejected.file_name().unwrap_or_default().to_os_string();
-    name.push(".reason");
+    name.push(REASON_SUFFIX);
     rejected.with_file_name(name)
 }
 
-fn move_file(m: &PendingMove) -> Result<()> {
-    if let Some(dir) = m.to.parent() {
-        std::fs::create_dir_all(dir)?;
+/// "database /path/perpetual.db", for errors: a disk-full or I/O error names the file.
+fn db_context(conn: &Connection) -> String {
+    match conn.path().filter(|p| !p.is_empty()) {
+        Some(p) => format!("database {p}"),
+        None => "database (in memory)".to_string(),
     }
+}
+
+/// The file read is no longer at its name (a link or another file was renamed over it
+/// after the read): it is not moved.
+#[derive(Debug, thiserror::Error)]
+#[error("replaced by another entry after it was read")]
+struct Replaced;
+
+fn move_file(m: &PendingMove) -> Result<()> {
+    if let Some(read) = m.identity
+        && intake::identity_at(&m.from) != Some(read)
+    {
+        return Err(Replaced.into());
+    }
+    let dir = m.to.parent().context("no destination folder")?;
+    ensure_folder(dir)?;
     if let Some(reason) = &m.reason {
         // The reason goes first: a file in rejected/ never lacks its explanation.
         let text = format!(
             "file: {}\nrejected: {}\nreason: {reason}\n",
-            m.from.display(),
+            names::render_path(&m.from),
             crate::clock::now_rfc3339()
         );
-        std::fs::write(reason_path(&m.to), text)?;
+        let at = reason_path(&m.to);
+        std::fs::write(&at, text)
+            .with_context(|| format!("cannot write {}", names::render_path(&at)))?;
     }
-    // rename keeps the bytes exactly; both paths are in the same inbox folder.
-    std::fs::rename(&m.from, &m.to)?;
-    Ok(())
+    // rename keeps the bytes exactly; both paths are in the same inbox folder. Never
+    // over something that appeared at the destination since it was chosen.
+    rename_noreplace(&m.from, &m.to)
+}
+
+/// `rename`, refusing to replace an existing entry (`renameat2(RENAME_NOREPLACE)`;
+/// a plain rename after a check where the filesystem does not support it).
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let (Ok(f), Ok(t)) = (c(from), c(to)) else {
+        anyhow::bail!("a path holds a NUL byte");
+    };
+    // SAFETY: two valid NUL-terminated paths, relative to the current directory only
+    // if relative (ours are absolute).
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS) => {
+            anyhow::ensure!(
+                to.symlink_metadata().is_err(),
+                "{} appeared at the destination",
+                names::render_path(to)
+            );
+            std::fs::rename(from, to)?;
+            Ok(())
+        }
+        _ => Err(e.into()),
+    }
+}
+
+/// Makes `dir` (an agent's `processed/` or `rejected/`) a real folder. Anything else in
+/// its place (a file, a link, a FIFO) is renamed aside, `<folder>.in-the-way[.N]`, with
+/// a log line: moves never go through a link, and nothing is deleted.
+pub(crate) fn ensure_folder(dir: &Path) -> Result<()> {
+    match dir.symlink_metadata() {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => {
+            let name = dir.file_name().map(names::render).unwrap_or_default();
+            let mut n = 0;
+            let aside = loop {
+                let suffix = if n == 0 {
+                    String::new()
+                } else {
+                    format!(".{n}")
+                };
+                let candidate = dir.with_file_name(format!("{name}.in-the-way{suffix}"));
+                if candidate.symlink_metadata().is_err() {
+                    break candidate;
+                }
+                n += 1;
+            };
+            rename_noreplace(dir, &aside)?;
+            tracing::warn!(
+                "{} was in the way of the {name}/ folder (not a folder): moved aside to {}",
+                names::render_path(dir),
+                names::render_path(&aside)
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot look at {}", names::render_path(dir)));
+        }
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", names::render_path(dir))),
+    }
 }
 
 /// The thread pool of the parallel stage, shared by every run in the process: one
@@ -1104,6 +1563,54 @@ pub fn run(
     on_file: &mut dyn FnMut(&FileEvent),
 ) -> Result<IngestReport> {
     run_metered(conn, jobs, max_file_bytes, opts, None, on_file).map(|(report, _)| report)
+}
+
+/// [`run`] for files that writers may still be at work on (what `perpetual ingest`
+/// runs over the inbox): with `settle`, a file that changed within `settle` is looked
+/// at again once it has passed and left for the next run if it moved meanwhile
+/// ([`wait_for_stillness`]), and a file that changed while it was read is not written
+/// either; both are counted in [`IngestReport::files_waiting`]. Without `settle`
+/// (`--now`), everything is read as it is.
+pub fn run_settled(
+    conn: &Connection,
+    jobs: Vec<Job>,
+    max_file_bytes: u64,
+    opts: WriterOptions,
+    settle: Option<Duration>,
+    on_file: &mut dyn FnMut(&FileEvent),
+) -> Result<IngestReport> {
+    let (jobs, waiting) = match settle {
+        Some(settle) => wait_for_stillness(jobs, settle),
+        None => (jobs, Vec::new()),
+    };
+    let hints = Hints::load(conn)?;
+    let mut writer = Writer::new(conn, opts);
+    let held = integrate(
+        &mut writer,
+        jobs,
+        &hints,
+        max_file_bytes,
+        &mut |p| settle.is_none() || unchanged_since_read(p),
+        on_file,
+    )?;
+    let mut report = writer.finish(on_file)?;
+    for job in waiting.iter().chain(held.iter().map(|p| &p.job)) {
+        tracing::info!(
+            agent = %job.agent, file = %job.name(),
+            "still being written: left for the next run"
+        );
+    }
+    report.files_waiting = (waiting.len() + held.len()) as u64;
+    Ok(report)
+}
+
+/// Whether a prepared file is as it was when it was opened (size and modification
+/// time): if not, a writer is at work and what was read may be half of it.
+pub fn unchanged_since_read(p: &Prepared) -> bool {
+    match p.outcome {
+        Outcome::Skipped { .. } | Outcome::Unreadable(_) => true,
+        _ => stat(&p.job.path) == Some((p.size, p.modified)),
+    }
 }
 
 /// [`run`] under a budget: commits and stops as soon as `meter` runs out and
@@ -1181,7 +1688,9 @@ pub fn integrate(
                     Err(mpsc::TryRecvError::Empty) => {
                         // Nothing ready: make what we have queryable instead of waiting
                         // for a full batch.
-                        writer.commit(on_file)?;
+                        writer
+                            .commit(on_file)
+                            .with_context(|| db_context(writer.conn))?;
                         match rx.recv() {
                             Ok(p) => p,
                             Err(_) => break,
@@ -1190,12 +1699,18 @@ pub fn integrate(
                     Err(mpsc::TryRecvError::Disconnected) => break,
                 };
                 if admit(&next) {
-                    writer.write(next, on_file)?;
+                    // A disk-full or I/O error names the database and the file.
+                    let source = next.job.source();
+                    writer.write(next, on_file).with_context(|| {
+                        format!("{}: cannot record {source}", db_context(writer.conn))
+                    })?;
                 } else {
                     held.push(next);
                 }
             }
-            writer.commit(on_file)
+            writer
+                .commit(on_file)
+                .with_context(|| db_context(writer.conn))
         })();
         // Done, failed, interrupted or out of budget: workers still preparing see the
         // flag or the closed channel and leave the remaining files alone.

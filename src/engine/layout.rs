@@ -126,6 +126,95 @@ pub struct ParsedDrop {
     /// "Shared" means every valid pair that has a `session` gives the same number; pairs without one
     /// are ignored, and a disagreement or an unreadable value gives `None`.
     pub session: Option<i64>,
+    /// What was repaired so that the file could be read (see [`Salvage`]).
+    pub salvage: Salvage,
+}
+
+/// What [`parse`] repaired instead of refusing a file for it. Each repair is counted,
+/// and the ledger keeps the counts with the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Salvage {
+    /// JSON Lines lines that are not JSON: each is an invalid pair (with its line
+    /// number), and the other lines integrate.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lines_unparsed: usize,
+    /// Lone surrogate escapes (`"\ud800"`, as Python's `json.dumps` writes them)
+    /// replaced by U+FFFD.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub surrogates_replaced: usize,
+    /// `NaN`, `Infinity`, `-Infinity` and numbers out of range (`1e400`), kept as
+    /// their source text (a string) where they stand.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub numbers_kept_as_text: usize,
+    /// NUL and C0 control characters other than tab and newline removed from a
+    /// question, answer, indicator or category.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub controls_removed: usize,
+    /// Noncharacters U+FDD0 replaced by U+FFFD in a file that needed repairs (the
+    /// repair uses U+FDD0 to mark numbers kept as text).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub noncharacters_replaced: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Salvage {
+    /// Whether nothing was repaired.
+    pub fn is_empty(&self) -> bool {
+        *self == Salvage::default()
+    }
+
+    /// The counts as a JSON object for the ledger; `None` when nothing was repaired.
+    pub fn to_json(&self) -> Option<String> {
+        (!self.is_empty()).then(|| serde_json::to_string(self).expect("counts serialise"))
+    }
+
+    /// One phrase for a log line or a listing, e.g. `1 line not JSON, 2 lone surrogates
+    /// replaced`; `None` when nothing was repaired.
+    pub fn describe(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut add = |n: usize, one: &str, many: &str| {
+            if n > 0 {
+                parts.push(format!("{n} {}", if n == 1 { one } else { many }));
+            }
+        };
+        add(
+            self.lines_unparsed,
+            "line not JSON (an invalid pair)",
+            "lines not JSON (invalid pairs)",
+        );
+        add(
+            self.surrogates_replaced,
+            "lone surrogate replaced by U+FFFD",
+            "lone surrogates replaced by U+FFFD",
+        );
+        add(
+            self.numbers_kept_as_text,
+            "non-finite number kept as text",
+            "non-finite numbers kept as text",
+        );
+        add(
+            self.controls_removed,
+            "control character removed",
+            "control characters removed",
+        );
+        add(
+            self.noncharacters_replaced,
+            "U+FDD0 replaced",
+            "U+FDD0 replaced",
+        );
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    fn add(&mut self, other: &Salvage) {
+        self.lines_unparsed += other.lines_unparsed;
+        self.surrogates_replaced += other.surrogates_replaced;
+        self.numbers_kept_as_text += other.numbers_kept_as_text;
+        self.controls_removed += other.controls_removed;
+        self.noncharacters_replaced += other.noncharacters_replaced;
+    }
 }
 
 impl ParsedDrop {
@@ -172,16 +261,6 @@ pub enum LayoutError {
         column: usize,
         /// The nesting limit.
         limit: usize,
-    },
-    /// One line of a JSON Lines file is not a JSON value.
-    #[error("JSON Lines: line {line}, column {column}: {message}")]
-    JsonLines {
-        /// 1-based line number in the file.
-        line: usize,
-        /// 1-based column within that line.
-        column: usize,
-        /// What is wrong with the line.
-        message: String,
     },
     /// Valid JSON, but not one of the five layouts.
     #[error(
@@ -267,6 +346,14 @@ fn no_valid_text(invalid: &[InvalidPair]) -> String {
 /// `extra` under its own key and does not compete, so a later alias may supply
 /// the field.
 ///
+/// Salvage, not refusal ([`Salvage`] counts each repair): a JSON Lines line (other
+/// than the first) that is not JSON is an invalid pair, `not JSON at column C: ...
+/// (line N)`; a lone surrogate escape becomes U+FFFD; `NaN`, `Infinity`,
+/// `-Infinity` and numbers beyond f64's range are kept as strings of their source
+/// text (a question or answer made of one is still invalid: it is a number); NUL and
+/// C0 control characters other than tab and newline are removed from questions,
+/// answers, indicators and categories (an answer left blank is invalid).
+///
 /// # Errors
 /// Every [`LayoutError`] variant; see its messages. A file with at least one
 /// valid pair is `Ok` even if other pairs are invalid. Line and column numbers
@@ -282,8 +369,20 @@ pub fn parse(text: &str) -> Result<ParsedDrop, LayoutError> {
     let mut out = Collector::default();
     let layout = match serde_json::from_str::<Value>(text) {
         Ok(value) => document(value, &mut out)?,
-        Err(e) if bare_message(&e) == "trailing characters" => json_lines(text, e, &mut out)?,
-        Err(e) => return Err(document_error(text, e)),
+        Err(e) if is_trailing(&e) => json_lines(text, e, &mut out)?,
+        Err(e) => match repair(text) {
+            // Lone surrogates or non-finite numbers: salvage them and read it again.
+            Some(fixed) => match serde_json::from_str::<Value>(&fixed.text) {
+                Ok(value) => {
+                    out.salvage.add(&fixed.salvage);
+                    out.repaired(|out| document(value, out))?
+                }
+                // JSON Lines, one of whose lines needed a repair: line by line.
+                Err(e) if is_trailing(&e) => json_lines(text, e, &mut out)?,
+                Err(e) => return Err(document_error_in(text, &fixed, e)),
+            },
+            None => return Err(document_error(text, e)),
+        },
     };
     if out.pairs.is_empty() {
         return Err(LayoutError::NoValidPair {
@@ -300,7 +399,12 @@ pub fn parse(text: &str) -> Result<ParsedDrop, LayoutError> {
         pairs: out.pairs,
         invalid: out.invalid,
         session,
+        salvage: out.salvage,
     })
+}
+
+fn is_trailing(e: &serde_json::Error) -> bool {
+    bare_message(e) == "trailing characters"
 }
 
 /// The characters JSON treats as whitespace; wider Unicode spaces are content.
@@ -390,28 +494,44 @@ fn json_lines(
             continue;
         }
         let number = i + 1;
-        let value = match serde_json::from_str::<Value>(line) {
-            Ok(v) => v,
-            Err(_) if first => return Err(document_error(text, whole)),
-            Err(e) => {
-                let (_, column) = position(line, &e);
-                return Err(LayoutError::JsonLines {
-                    line: number,
-                    column,
-                    message: line_message(&e),
-                });
-            }
+        let (value, fixed) = match serde_json::from_str::<Value>(line) {
+            Ok(v) => (v, None),
+            Err(e) => match repair(line).map(|f| (serde_json::from_str::<Value>(&f.text), f)) {
+                Some((Ok(v), f)) => (v, Some(f)),
+                _ if first => return Err(document_error(text, whole)),
+                Some((Err(e), f)) => {
+                    out.unparsed_line(number, line_column_in(line, &f, &e), line_message(&e));
+                    continue;
+                }
+                None => {
+                    let (_, column) = position(line, &e);
+                    out.unparsed_line(number, column, line_message(&e));
+                    continue;
+                }
+            },
         };
         first = false;
-        if is_nested(&value) {
-            any_object = true;
-            let Value::Object(map) = value else {
-                unreachable!("is_nested holds only for objects")
-            };
-            nested(map, Origin::Line(number), out)?;
+        let repaired = fixed.is_some();
+        if let Some(f) = fixed {
+            out.salvage.add(&f.salvage);
+        }
+        let take = |out: &mut Collector| -> Result<(), LayoutError> {
+            if is_nested(&value) {
+                any_object = true;
+                let Value::Object(map) = value else {
+                    unreachable!("is_nested holds only for objects")
+                };
+                nested(map, Origin::Line(number), out)
+            } else {
+                any_object |= is_pair_object(&value);
+                out.element(value, &Place::Line(number));
+                Ok(())
+            }
+        };
+        if repaired {
+            out.repaired(take)?;
         } else {
-            any_object |= is_pair_object(&value);
-            out.element(value, &Place::Line(number));
+            take(out)?;
         }
     }
     if !any_object {
@@ -440,6 +560,59 @@ fn document_error(text: &str, e: serde_json::Error) -> LayoutError {
             message,
         }
     }
+}
+
+/// [`document_error`] for an error in a repaired text, located in the original.
+fn document_error_in(text: &str, fixed: &Repaired, e: serde_json::Error) -> LayoutError {
+    let mut err = document_error(&fixed.text, e);
+    if let LayoutError::Malformed { line, column, .. } | LayoutError::TooDeep { line, column, .. } =
+        &mut err
+    {
+        let (l, c) = map_back(text, fixed, *line, *column);
+        (*line, *column) = (l, c);
+    }
+    if let LayoutError::Truncated { line, column } = &mut err {
+        // The end of the text: the same in both, but columns count characters.
+        let content = text.trim_end_matches(JSON_WHITESPACE);
+        *line = content.bytes().filter(|&b| b == b'\n').count() + 1;
+        let start = content.rfind('\n').map_or(0, |i| i + 1);
+        *column = content[start..].chars().count();
+    }
+    err
+}
+
+/// The character column, in `line`, of an error found in its repaired form.
+fn line_column_in(line: &str, fixed: &Repaired, e: &serde_json::Error) -> usize {
+    let (_, column) = position(&fixed.text, e);
+    map_back(line, fixed, 1, column).1
+}
+
+/// A (line, character column) in a repaired text, as a (line, character column) in
+/// the original: repairs never add a line, only characters within one.
+fn map_back(original: &str, fixed: &Repaired, line: usize, column: usize) -> (usize, usize) {
+    let start = fixed
+        .text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum::<usize>();
+    let line_text = fixed.text[start..].split('\n').next().unwrap_or("");
+    let byte_in_line: usize = line_text
+        .chars()
+        .take(column.saturating_sub(1))
+        .map(char::len_utf8)
+        .sum();
+    let at = fixed
+        .original_offset(start + byte_in_line)
+        .min(original.len());
+    let at = (0..=at)
+        .rev()
+        .find(|&i| original.is_char_boundary(i))
+        .unwrap_or(0);
+    let before = &original[..at];
+    let l = before.matches('\n').count() + 1;
+    let c = before.rsplit('\n').next().map_or(0, |s| s.chars().count()) + 1;
+    (l, c)
 }
 
 fn line_message(e: &serde_json::Error) -> String {
@@ -546,12 +719,12 @@ fn nested(
             });
         }
     };
-    let inherited = Inherited::from_top(map);
+    let inherited = Inherited::from_top(map, out);
     out.pairs.reserve(items.len());
     for (k, item) in items.into_iter().enumerate() {
         let place = Place::in_qa_pairs(origin, k);
         match item {
-            Value::Object(m) => match pair(m) {
+            Value::Object(m) => match pair(m, out) {
                 Ok((mut p, keys)) => {
                     inherited.apply(&mut p, keys);
                     out.pairs.push(p);
@@ -569,18 +742,59 @@ struct Collector {
     pairs: Vec<RawPair>,
     invalid: Vec<InvalidPair>,
     top_session: Option<i64>,
+    salvage: Salvage,
+    /// The value being taken was repaired: strings that start with [`MARK`] are
+    /// numbers kept as text.
+    marked: bool,
 }
 
 impl Collector {
     /// Takes one value in a pair position (never a nested object).
     fn element(&mut self, value: Value, place: &Place) {
         match value {
-            Value::Object(map) => match pair(map) {
+            Value::Object(map) => match pair(map, self) {
                 Ok((p, _)) => self.pairs.push(p),
                 Err(reason) => self.reject(reason, place),
             },
             other => self.reject(format!("expected an object, found {}", kind(&other)), place),
         }
+    }
+
+    /// Runs `take` over a repaired value: its marked strings are read as numbers where
+    /// a question or answer must be a string, and become plain text everywhere else.
+    fn repaired<T>(
+        &mut self,
+        take: impl FnOnce(&mut Collector) -> Result<T, LayoutError>,
+    ) -> Result<T, LayoutError> {
+        let before = self.pairs.len();
+        self.marked = true;
+        let result = take(self);
+        self.marked = false;
+        for p in &mut self.pairs[before..] {
+            for label in [&mut p.indicator, &mut p.category].into_iter().flatten() {
+                unmark_str(label);
+            }
+            for v in p.extra.values_mut() {
+                unmark(v);
+            }
+        }
+        result
+    }
+
+    /// A JSON Lines line that is not JSON: an invalid pair, the file goes on.
+    fn unparsed_line(&mut self, line: usize, column: usize, message: String) {
+        self.salvage.lines_unparsed += 1;
+        self.reject(
+            format!("not JSON at column {column}: {message}"),
+            &Place::Line(line),
+        );
+    }
+
+    /// Removes NUL and C0 control characters other than tab and newline from text that
+    /// will be stored, counting them.
+    fn clean(&mut self, s: &mut String) {
+        let removed = strip_controls(s);
+        self.salvage.controls_removed += removed;
     }
 
     fn reject(&mut self, mut reason: String, place: &Place) {
@@ -709,7 +923,7 @@ fn split(mut map: Map<String, Value>) -> Fields {
 
 /// Validates one object in a pair position; on success also returns which
 /// recognised keys it had.
-fn pair(map: Map<String, Value>) -> Result<(RawPair, KeySet), String> {
+fn pair(map: Map<String, Value>, out: &mut Collector) -> Result<(RawPair, KeySet), String> {
     let Fields {
         slots: [question, answer, category, indicator],
         extra,
@@ -718,13 +932,13 @@ fn pair(map: Map<String, Value>) -> Result<(RawPair, KeySet), String> {
     if keys & PAIR_KEYS == 0 {
         return Err("no question or answer field".to_owned());
     }
-    match (text("question", question), text("answer", answer)) {
+    match (text("question", question, out), text("answer", answer, out)) {
         (Ok(question), Ok(answer)) => Ok((
             RawPair {
                 question,
                 answer,
-                indicator: indicator.map(label),
-                category: category.map(label),
+                indicator: indicator.map(|l| label(l, out)),
+                category: category.map(|l| label(l, out)),
                 extra,
             },
             keys,
@@ -734,21 +948,200 @@ fn pair(map: Map<String, Value>) -> Result<(RawPair, KeySet), String> {
     }
 }
 
-fn text(name: &str, slot: Option<(usize, Value)>) -> Result<String, String> {
+fn text(name: &str, slot: Option<(usize, Value)>, out: &mut Collector) -> Result<String, String> {
     match slot {
         None => Err(format!("{name} is missing")),
-        Some((_, Value::String(s))) if s.trim().is_empty() => Err(format!("{name} is empty")),
-        Some((_, Value::String(s))) => Ok(s),
+        Some((_, Value::String(s))) if out.marked && s.starts_with(MARK) => Err(format!(
+            "{name} is a number ({}), expected a string",
+            &s[MARK.len_utf8()..]
+        )),
+        Some((_, Value::String(mut s))) => {
+            out.clean(&mut s);
+            if s.trim().is_empty() {
+                Err(format!("{name} is empty"))
+            } else {
+                Ok(s)
+            }
+        }
         Some((_, other)) => Err(format!("{name} is {}, expected a string", kind(&other))),
     }
 }
 
 /// A label slot holds only strings and numbers (see [`split`]).
-fn label((_, value): (usize, Value)) -> String {
-    match value {
+fn label((_, value): (usize, Value), out: &mut Collector) -> String {
+    let mut s = match value {
         Value::String(s) => s,
         other => other.to_string(),
+    };
+    out.clean(&mut s);
+    s
+}
+
+/// Removes NUL and C0 controls other than tab and newline; returns how many.
+fn strip_controls(s: &mut String) -> usize {
+    let unwanted = |c: char| c < ' ' && c != '\t' && c != '\n';
+    if !s.bytes().any(|b| b < b' ' && b != b'\t' && b != b'\n') {
+        return 0;
     }
+    let before = s.chars().count();
+    s.retain(|c| !unwanted(c));
+    before - s.chars().count()
+}
+
+/// Marks a number that the repair turned into a string, so that a question or answer
+/// made of it stays invalid. A noncharacter, reserved by Unicode for internal use; the
+/// repair replaces any that the file itself holds (see [`repair`]).
+const MARK: char = '\u{FDD0}';
+
+fn unmark_str(s: &mut String) {
+    if s.starts_with(MARK) {
+        s.drain(..MARK.len_utf8());
+    }
+}
+
+fn unmark(v: &mut Value) {
+    match v {
+        Value::String(s) => unmark_str(s),
+        Value::Array(items) => items.iter_mut().for_each(unmark),
+        Value::Object(map) => map.values_mut().for_each(unmark),
+        _ => {}
+    }
+}
+
+/// A text the repair changed, and where it inserted bytes.
+struct Repaired {
+    text: String,
+    salvage: Salvage,
+    /// (offset in `text` just after an insertion, bytes inserted so far): maps an
+    /// offset in `text` back to the original.
+    inserted: Vec<(usize, usize)>,
+}
+
+impl Repaired {
+    fn original_offset(&self, at: usize) -> usize {
+        let before = self.inserted.partition_point(|&(end, _)| end <= at);
+        let shift = if before == 0 {
+            0
+        } else {
+            self.inserted[before - 1].1
+        };
+        at.saturating_sub(shift)
+    }
+}
+
+/// Salvages what serde_json refuses but a writer meant: lone surrogate escapes become
+/// `\ufffd` (same length, so positions hold), and `NaN`, `Infinity`, `-Infinity` and
+/// numbers beyond f64's range outside strings become strings of their source text,
+/// marked with [`MARK`]. `None` when there was nothing to repair.
+fn repair(text: &str) -> Option<Repaired> {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut salvage = Salvage::default();
+    let mut inserted = Vec::new();
+    let mut shift = 0;
+    let mut i = 0;
+    let mut last = 0; // bytes before `last` are copied already
+    let mut in_string = false;
+    let word_end = |j: usize| j >= b.len() || !(b[j].is_ascii_alphanumeric() || b[j] == b'_');
+    while i < b.len() {
+        if in_string {
+            match b[i] {
+                b'"' => {
+                    in_string = false;
+                    i += 1;
+                }
+                b'\\' if b.get(i + 1) == Some(&b'u') => {
+                    let code = |at: usize| {
+                        b.get(at..at + 4)
+                            .and_then(|h| std::str::from_utf8(h).ok())
+                            .and_then(|h| u16::from_str_radix(h, 16).ok())
+                    };
+                    match code(i + 2) {
+                        Some(0xD800..=0xDBFF)
+                            if b.get(i + 6) == Some(&b'\\')
+                                && b.get(i + 7) == Some(&b'u')
+                                && matches!(code(i + 8), Some(0xDC00..=0xDFFF)) =>
+                        {
+                            i += 12;
+                        }
+                        Some(c @ (0xD800..=0xDFFF | 0xFDD0)) => {
+                            out.push_str(&text[last..i]);
+                            out.push_str("\\ufffd");
+                            if c == 0xFDD0 {
+                                salvage.noncharacters_replaced += 1;
+                            } else {
+                                salvage.surrogates_replaced += 1;
+                            }
+                            i += 6;
+                            last = i;
+                        }
+                        _ => i += 2,
+                    }
+                }
+                b'\\' => i += 2,
+                // U+FDD0 written as is: EF B7 90.
+                0xEF if b.get(i + 1..i + 3) == Some(&[0xB7, 0x90]) => {
+                    out.push_str(&text[last..i]);
+                    out.push('\u{FFFD}');
+                    salvage.noncharacters_replaced += 1;
+                    i += 3;
+                    last = i;
+                }
+                _ => i += 1,
+            }
+            continue;
+        }
+        let token_end = match b[i] {
+            b'"' => {
+                in_string = true;
+                i += 1;
+                continue;
+            }
+            b'N' if b[i..].starts_with(b"NaN") && word_end(i + 3) => Some(i + 3),
+            b'I' if b[i..].starts_with(b"Infinity") && word_end(i + 8) => Some(i + 8),
+            b'-' if b[i + 1..].starts_with(b"Infinity") && word_end(i + 9) => Some(i + 9),
+            b'-' | b'0'..=b'9' => {
+                let mut j = i + 1;
+                while j < b.len() && matches!(b[j], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    j += 1;
+                }
+                if text[i..j].parse::<f64>().is_ok_and(|v| v.is_infinite()) {
+                    Some(j)
+                } else {
+                    i = j;
+                    continue;
+                }
+            }
+            _ => None,
+        };
+        match token_end {
+            Some(end) => {
+                out.push_str(&text[last..i]);
+                out.push('"');
+                out.push(MARK);
+                shift += 1 + MARK.len_utf8();
+                inserted.push((out.len(), shift));
+                out.push_str(&text[i..end]);
+                out.push('"');
+                shift += 1;
+                inserted.push((out.len(), shift));
+                salvage.numbers_kept_as_text += 1;
+                i = end;
+                last = i;
+            }
+            None => i += 1,
+        }
+    }
+    if salvage.is_empty() {
+        return None;
+    }
+    out.push_str(&text[last..]);
+    Some(Repaired {
+        text: out,
+        salvage,
+        inserted,
+    })
 }
 
 /// A nested object's top-level fields, ready to be given to each of its pairs.
@@ -760,15 +1153,15 @@ struct Inherited {
 }
 
 impl Inherited {
-    fn from_top(map: Map<String, Value>) -> Inherited {
+    fn from_top(map: Map<String, Value>, out: &mut Collector) -> Inherited {
         let Fields {
             slots: [question, answer, category, indicator],
             extra,
             ..
         } = split(map);
         let mut inherited = Inherited {
-            category: category.map(label),
-            indicator: indicator.map(label),
+            category: category.map(|l| label(l, out)),
+            indicator: indicator.map(|l| label(l, out)),
             extra: extra
                 .into_iter()
                 .map(|(k, v)| {
@@ -1359,36 +1752,6 @@ mod tests {
             "`qa_pairs` on line 2 is null, expected an array",
         ),
         (
-            "json lines, malformed line",
-            "{\"q\":\"a\",\"a\":\"b\"}\n{\"q\":\"c\",\"a\":\"d\"}\n\n\n{\"q\": oops}\n",
-            "JSON Lines: line 5, column 7: expected value",
-        ),
-        (
-            "json lines, column counts characters",
-            "{\"q\":\"a\",\"a\":\"b\"}\n{\"q\":\"ü\",\"a\" \"d\"}\n",
-            "JSON Lines: line 2, column 14: expected `:`",
-        ),
-        (
-            "json lines, line ends inside a value",
-            "{\"q\":\"a\",\"a\":\"b\"}\r\n{\"q\":\"c\"",
-            "JSON Lines: line 2, column 8: the line ends inside a value (EOF while parsing an object)",
-        ),
-        (
-            "json lines, two values on one line",
-            "{\"q\":\"a\",\"a\":\"b\"}\n{\"q\":\"c\",\"a\":\"d\"} {\"q\":\"e\",\"a\":\"f\"}\n",
-            "JSON Lines: line 2, column 19: trailing characters",
-        ),
-        (
-            "json lines, line nested too deeply",
-            concat!(
-                "{\"q\":\"a\",\"a\":\"b\"}\n",
-                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
-                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
-                "[[[[[[[[[[]]]\n"
-            ),
-            "JSON Lines: line 2, column 128: nested too deeply (limit 127 levels)",
-        ),
-        (
             "concatenated pretty-printed objects are not json lines",
             "{\n\"q\":\"a\",\"a\":\"b\"\n}\n{\"q\":\"c\",\"a\":\"d\"}\n",
             "malformed JSON at line 4, column 1: trailing characters",
@@ -1415,6 +1778,74 @@ mod tests {
         ),
         ("byte-order mark alone", "\u{feff}", "empty file"),
     ];
+
+    /// A JSON Lines line that is not JSON used to reject the whole file; now it is an
+    /// invalid pair with its line and column, and the other lines integrate.
+    const JSONL_SALVAGED: &[(&str, &str, usize, usize, &str)] = &[
+        (
+            "json lines, malformed line",
+            "{\"q\":\"a\",\"a\":\"b\"}\n{\"q\":\"c\",\"a\":\"d\"}\n\n\n{\"q\": oops}\n",
+            2,
+            2,
+            "not JSON at column 7: expected value (line 5)",
+        ),
+        (
+            "json lines, column counts characters",
+            "{\"q\":\"a\",\"a\":\"b\"}\n{\"q\":\"ü\",\"a\" \"d\"}\n",
+            1,
+            1,
+            "not JSON at column 14: expected `:` (line 2)",
+        ),
+        (
+            "json lines, line ends inside a value",
+            "{\"q\":\"a\",\"a\":\"b\"}\r\n{\"q\":\"c\"",
+            1,
+            1,
+            "not JSON at column 8: the line ends inside a value (EOF while parsing an object) (line 2)",
+        ),
+        (
+            "json lines, two values on one line",
+            "{\"q\":\"a\",\"a\":\"b\"}\n{\"q\":\"c\",\"a\":\"d\"} {\"q\":\"e\",\"a\":\"f\"}\n",
+            1,
+            1,
+            "not JSON at column 19: trailing characters (line 2)",
+        ),
+        (
+            "json lines, line nested too deeply",
+            concat!(
+                "{\"q\":\"a\",\"a\":\"b\"}\n",
+                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+                "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+                "[[[[[[[[[[]]]\n"
+            ),
+            1,
+            1,
+            "not JSON at column 128: nested too deeply (limit 127 levels) (line 2)",
+        ),
+        (
+            "json lines, a broken line between good ones",
+            "{\"q\":\"a\",\"a\":\"b\"}\n{\"q\": \"x\", \"a\": \n{\"q\":\"c\",\"a\":\"d\"}\n",
+            2,
+            1,
+            "not JSON at column 15: the line ends inside a value (EOF while parsing a value) (line 2)",
+        ),
+    ];
+
+    #[test]
+    fn json_lines_lines_that_are_not_json_become_invalid_pairs() {
+        for (name, text, pairs, index, reason) in JSONL_SALVAGED {
+            let drop = parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(drop.layout, Layout::JsonLines, "{name}");
+            assert_eq!(drop.pairs.len(), *pairs, "{name}");
+            let invalid: Vec<_> = drop
+                .invalid
+                .iter()
+                .map(|p| (p.index, p.reason.as_str()))
+                .collect();
+            assert_eq!(invalid, [(*index, *reason)], "{name}");
+            assert_eq!(drop.salvage.lines_unparsed, 1, "{name}");
+        }
+    }
 
     #[test]
     fn rejected_files() {
@@ -1671,5 +2102,92 @@ mod peek_tests {
                 assert_eq!(parsed.session, want, "{name}: parse and peek agree");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod salvage_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_lone_surrogate_becomes_a_replacement_character() {
+        for text in [
+            r#"[{"q": "a\ud800b", "a": "x"}, {"q": "lone low \udc00", "a": "y"}]"#,
+            "{\"q\": \"a\\ud800b\", \"a\": \"x\"}\n{\"q\": \"lone low \\udc00\", \"a\": \"y\"}\n",
+        ] {
+            let drop = parse(text).unwrap();
+            assert_eq!(drop.pairs[0].question, "a\u{FFFD}b");
+            assert_eq!(drop.pairs[1].question, "lone low \u{FFFD}");
+            assert_eq!(drop.salvage.surrogates_replaced, 2);
+        }
+        // A proper pair is left alone.
+        let drop = parse(r#"[{"q": "\ud83d\ude00", "a": "x"}]"#).unwrap();
+        assert_eq!(drop.pairs[0].question, "😀");
+        assert!(drop.salvage.is_empty());
+    }
+
+    #[test]
+    fn non_finite_numbers_are_kept_as_their_source_text() {
+        let text = r#"[{"q": "Q", "a": "A", "score": NaN, "hi": Infinity, "lo": -Infinity,
+                       "big": 1e400, "list": [1, NaN], "ok": 1.5, "s": "NaN in a string"},
+                      {"q": NaN, "a": "A2"},
+                      {"q": "Q3", "a": "A3", "indicator": 1e999}]"#;
+        let drop = parse(text).unwrap();
+        assert_eq!(drop.pairs.len(), 2);
+        let extra = &drop.pairs[0].extra;
+        assert_eq!(extra["score"], json!("NaN"));
+        assert_eq!(extra["hi"], json!("Infinity"));
+        assert_eq!(extra["lo"], json!("-Infinity"));
+        assert_eq!(extra["big"], json!("1e400"));
+        assert_eq!(extra["list"], json!([1, "NaN"]));
+        assert_eq!(extra["ok"], json!(1.5));
+        assert_eq!(extra["s"], json!("NaN in a string"));
+        assert_eq!(drop.pairs[1].indicator.as_deref(), Some("1e999"));
+        assert_eq!(drop.invalid.len(), 1);
+        assert_eq!(
+            drop.invalid[0].reason,
+            "question is a number (NaN), expected a string"
+        );
+        assert_eq!(drop.salvage.numbers_kept_as_text, 7);
+    }
+
+    #[test]
+    fn a_literal_fdd0_in_a_repaired_file_cannot_pass_for_a_number() {
+        let text = "[{\"q\": \"\u{FDD0}NaN\", \"a\": \"x\", \"n\": NaN}]";
+        let drop = parse(text).unwrap();
+        assert_eq!(drop.pairs[0].question, "\u{FFFD}NaN");
+        assert_eq!(drop.salvage.noncharacters_replaced, 1);
+        // Without a repair the file is read as written.
+        let drop = parse("[{\"q\": \"\u{FDD0}x\", \"a\": \"x\"}]").unwrap();
+        assert_eq!(drop.pairs[0].question, "\u{FDD0}x");
+    }
+
+    #[test]
+    fn control_characters_are_removed_and_counted() {
+        let drop = parse(
+            r#"[{"q": "a\u0000b\u001b[2Jc", "a": "tab\tand\nnewline stay\r", "category": "x\u0007"},
+               {"q": "\u0000\u0001", "a": "only controls"}]"#,
+        )
+        .unwrap();
+        assert_eq!(drop.pairs[0].question, "ab[2Jc");
+        assert_eq!(drop.pairs[0].answer, "tab\tand\nnewline stay");
+        assert_eq!(drop.pairs[0].category.as_deref(), Some("x"));
+        assert_eq!(drop.invalid[0].reason, "question is empty");
+        assert_eq!(drop.salvage.controls_removed, 6);
+    }
+
+    #[test]
+    fn an_error_after_a_repair_is_located_in_the_original_text() {
+        let err = parse("[{\"q\": NaN, \"a\": \"x\"} {\"q\": 1}]").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "malformed JSON at line 1, column 23: expected `,` or `]`"
+        );
+        let err = parse("[{\"q\": NaN, \"a\": \"x\"").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "truncated JSON: the file ends inside a value at line 1, column 20"
+        );
     }
 }

@@ -15,9 +15,7 @@
 //! reconcile scan runs every `reconcile` as the backstop.
 
 use crate::config::Config;
-use crate::engine::ingest::{
-    self, FileEvent, Hints, IngestReport, Job, Outcome, Placement, Prepared,
-};
+use crate::engine::ingest::{self, FileEvent, Hints, IngestReport, Job, Outcome, Prepared};
 use crate::root::{self, Root};
 use anyhow::{Context, Result};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
@@ -321,21 +319,26 @@ impl<'c> Watch<'c> {
             } else if parent.parent() == Some(self.inbox.as_path())
                 && let Some(agent) = file_name(parent)
                 && self.followed.contains(agent)
-                && file_name(path).is_some_and(ingest::is_drop_name)
+                && let Some(job) = ingest::inbox_entry(&self.inbox, path)
             {
-                let agent = agent.to_string();
-                self.tracker.arrive(path, &agent, arrival, Instant::now());
+                self.tracker
+                    .arrive(path, &job.agent, arrival, Instant::now());
             }
         }
     }
 
-    /// Something happened to `inbox/<name>`: an agent folder appeared or went away.
+    /// Something happened to `inbox/<name>`: an agent folder appeared or went away, or
+    /// something that is not an agent folder appeared (reported, never followed).
     fn on_inbox_entry(&mut self, path: &Path) {
+        if let Some(job) = ingest::inbox_entry(&self.inbox, path) {
+            self.tracker
+                .arrive(path, &job.agent, Arrival::Complete, Instant::now());
+        }
         let Some(name) = file_name(path) else { return };
         if root::check_agent_name(name).is_err() {
             return;
         }
-        if path.is_dir() {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
             if !self.followed.contains(name) {
                 let name = name.to_string();
                 tracing::info!(agent = %name, "new agent folder");
@@ -363,9 +366,10 @@ impl<'c> Watch<'c> {
         }
     }
 
-    /// Lists the folders of `agents` and tracks every drop found.
+    /// Lists the folders of `agents` (and `inbox/` itself) and tracks every entry found:
+    /// drops, and what the ledger must say is not one.
     fn scan(&mut self, agents: &[String]) {
-        match ingest::discover_inbox(&self.inbox, agents) {
+        match ingest::survey_inbox(&self.inbox, agents) {
             Ok(jobs) => {
                 let now = Instant::now();
                 for job in jobs {
@@ -383,7 +387,7 @@ impl<'c> Watch<'c> {
             .root
             .agents(&self.config)?
             .into_iter()
-            .filter(|a| self.inbox.join(a).is_dir())
+            .filter(|a| std::fs::symlink_metadata(self.inbox.join(a)).is_ok_and(|m| m.is_dir()))
             .collect();
         self.followed.retain(|a| agents.contains(a));
         for agent in &agents {
@@ -400,13 +404,10 @@ impl<'c> Watch<'c> {
     fn integrate(&mut self, ready: Vec<Ready>, on_file: &mut dyn FnMut(&FileEvent)) {
         let quiet: HashMap<PathBuf, bool> =
             ready.iter().map(|r| (r.path.clone(), r.quiet)).collect();
+        // What the entry is now (its name and place decide some skips).
         let jobs: Vec<Job> = ready
             .into_iter()
-            .map(|r| Job {
-                agent: r.agent,
-                path: r.path,
-                placement: Placement::Inbox,
-            })
+            .filter_map(|r| ingest::inbox_entry(&self.inbox, &r.path))
             .collect();
         let agent_of: HashMap<PathBuf, String> = jobs
             .iter()
@@ -491,15 +492,21 @@ impl<'c> Watch<'c> {
 /// (a writer is still at work: read it again later), nor when it fails to parse and has
 /// not been still for `settle` (it may be a slow writer's unfinished file).
 fn admit(p: &Prepared, quiet: bool, settle: Duration) -> bool {
-    if matches!(p.outcome, Outcome::Unreadable(_)) {
-        // The writer logs it; the next reconcile scan tries again.
+    if matches!(p.outcome, Outcome::Unreadable(_) | Outcome::Skipped { .. }) {
+        // The writer logs it (a skip only once); the next reconcile scan tries again.
         return true;
     }
-    if stat(&p.job.path) != Some((p.size, p.modified)) {
+    if ingest::stat(&p.job.path) != Some((p.size, p.modified)) {
         tracing::debug!(file = %p.job.path.display(), "changed while being read; reading it again later");
         return false;
     }
-    if matches!(p.outcome, Outcome::Rejected { .. }) && !quiet && !still_for(p.modified, settle) {
+    let unsure = match &p.outcome {
+        Outcome::Rejected { .. } => true,
+        // A JSON Lines file whose last line is cut off may be a writer still at work.
+        Outcome::Parsed(f) => f.salvage.lines_unparsed > 0,
+        _ => false,
+    };
+    if unsure && !quiet && !still_for(p.modified, settle) {
         tracing::debug!(file = %p.job.path.display(), "does not parse yet; waiting for the writer to finish");
         return false;
     }
@@ -510,7 +517,9 @@ fn add(total: &mut IngestReport, r: IngestReport) {
     total.files_integrated += r.files_integrated;
     total.files_rejected += r.files_rejected;
     total.files_duplicate += r.files_duplicate;
+    total.files_already_done += r.files_already_done;
     total.files_skipped += r.files_skipped;
+    total.files_waiting += r.files_waiting;
     total.files_unreadable += r.files_unreadable;
     total.pairs_seen += r.pairs_seen;
     total.pairs_new += r.pairs_new;
@@ -554,19 +563,15 @@ fn file_name(path: &Path) -> Option<&str> {
 /// What decides whether a file changed: size and modification time.
 type Stat = (u64, Option<SystemTime>);
 
-/// The size and modification time of a regular file (not following symlinks, as
-/// `discover_inbox` does not); `None` when it is gone or not a regular file.
+/// The size and modification time of an entry, not following links: a link, a FIFO
+/// or a folder is tracked like a file, and the engine reports it when it is opened.
+/// `None` when it is gone.
 fn stat(path: &Path) -> Option<Stat> {
     let m = std::fs::symlink_metadata(path).ok()?;
-    m.is_file().then(|| (m.len(), m.modified().ok()))
+    Some((m.len(), m.modified().ok()))
 }
 
-/// Whether a modification time is at least `settle` in the past.
-fn still_for(modified: Option<SystemTime>, settle: Duration) -> bool {
-    modified
-        .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .is_some_and(|age| age >= settle)
-}
+use ingest::still_for;
 
 /// How a file came to the watcher's attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -887,6 +887,7 @@ impl<'c> Loop<'c> {
                 + r.files_integrated
                 + r.files_rejected
                 + r.files_duplicate
+                + r.files_already_done
                 + r.files_skipped
                 + r.files_unreadable;
             Ok((files, interrupted))

@@ -22,6 +22,9 @@ pub enum FileStatus {
     Duplicate,
     /// Could not be integrated; kept byte for byte in `rejected/` with its reason.
     Rejected,
+    /// Not read: not a regular file (symlink, FIFO, socket, device, folder), not a drop
+    /// (extension, place), or unreadable. Left where it is, with the reason.
+    Skipped,
 }
 
 impl FileStatus {
@@ -32,6 +35,7 @@ impl FileStatus {
             FileStatus::Integrated => "integrated",
             FileStatus::Duplicate => "duplicate",
             FileStatus::Rejected => "rejected",
+            FileStatus::Skipped => "skipped",
         }
     }
 
@@ -40,6 +44,7 @@ impl FileStatus {
             "integrated" => FileStatus::Integrated,
             "duplicate" => FileStatus::Duplicate,
             "rejected" => FileStatus::Rejected,
+            "skipped" => FileStatus::Skipped,
             _ => FileStatus::Partial,
         }
     }
@@ -92,6 +97,9 @@ pub struct FileRow {
     pub started_at: String,
     /// When it reached its final status.
     pub finished_at: Option<String>,
+    /// What was repaired so that it could integrate (lines that did not parse, lone
+    /// surrogates, non-finite numbers, control characters), as a JSON object.
+    pub salvage: Option<serde_json::Value>,
 }
 
 /// One invalid pair, as kept in the ledger.
@@ -136,6 +144,8 @@ pub struct NewFile<'a> {
     pub reason: Option<&'a str>,
     /// Earlier file with the same bytes.
     pub duplicate_of: Option<i64>,
+    /// What was salvaged, as a JSON object (`None`: nothing).
+    pub salvage: Option<&'a str>,
     /// Timestamp.
     pub now: &'a str,
 }
@@ -151,8 +161,8 @@ pub fn insert(conn: &Connection, f: &NewFile<'_>) -> Result<i64> {
     conn.prepare_cached(
         "INSERT INTO files (agent, name, source_path, stored_path, content_hash, size, status,
                             encoding, replaced, layout, session, pairs_seen, pairs_invalid, invalid,
-                            reason, duplicate_of, started_at, finished_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                            reason, duplicate_of, started_at, finished_at, salvage)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     )?
     .execute(params![
         f.agent,
@@ -173,6 +183,7 @@ pub fn insert(conn: &Connection, f: &NewFile<'_>) -> Result<i64> {
         f.duplicate_of,
         f.now,
         finished,
+        f.salvage,
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -236,6 +247,54 @@ pub fn finish(
     Ok(())
 }
 
+/// Whether the ledger already says that the entry at `source_path` was skipped for
+/// `reason`: then it is neither recorded nor reported again.
+pub fn skipped_before(conn: &Connection, source_path: &str, reason: &str) -> Result<bool> {
+    let found = conn
+        .prepare_cached(
+            "SELECT 1 FROM files WHERE source_path = ?1 AND status = 'skipped' AND reason = ?2
+             LIMIT 1",
+        )?
+        .exists(params![source_path, reason])?;
+    Ok(found)
+}
+
+/// Where a finished file really is, when a move did not happen as recorded: the
+/// ledger never keeps a stored path that does not exist.
+pub fn set_stored_path(conn: &Connection, id: i64, stored_path: Option<&str>) -> Result<()> {
+    conn.prepare_cached("UPDATE files SET stored_path = ?2 WHERE id = ?1")?
+        .execute(params![id, stored_path])?;
+    Ok(())
+}
+
+/// Finished rows whose recorded stored path is `path` (the move of a file that a
+/// crash or an error interrupted).
+pub fn by_stored_path(conn: &Connection, path: &str) -> Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM files WHERE stored_path = ?1")?;
+    let ids = stmt
+        .query_map([path], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
+/// Rejections of files too large to be read (no content hash), read from
+/// `source_path` with this size, newest first: what recognises such a file again.
+pub fn unhashed_rejections(
+    conn: &Connection,
+    source_path: &str,
+    size: u64,
+) -> Result<Vec<FileRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM files
+         WHERE source_path = ?1 AND size = ?2 AND content_hash IS NULL AND status = 'rejected'
+         ORDER BY id DESC"
+    ))?;
+    let rows = stmt
+        .query_map(params![source_path, size as i64], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
 /// The ledger's knowledge of some bytes: every row with this content hash.
 pub fn by_hash(conn: &Connection, hash: &[u8; 32]) -> Result<Vec<FileRow>> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -288,19 +347,50 @@ pub fn finished_by_path(conn: &Connection) -> Result<FinishedByPath> {
     Ok(map)
 }
 
+/// What the ledger finished without reading the bytes.
+#[derive(Debug, Default)]
+pub struct Unread {
+    /// (source path, reason) of each `skipped` row.
+    pub skipped: std::collections::HashSet<(String, String)>,
+    /// (source path, size) of each rejection of a file over the limit.
+    pub over_limit: std::collections::HashSet<(String, i64)>,
+}
+
+/// [`Unread`]: a backfill's plan uses it to know those entries are done.
+pub fn unread_by_path(conn: &Connection) -> Result<Unread> {
+    let mut unread = Unread::default();
+    let mut stmt = conn.prepare(
+        "SELECT status, source_path, COALESCE(reason, ''), size FROM files
+         WHERE status = 'skipped' OR (status = 'rejected' AND content_hash IS NULL)",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let status: String = r.get(0)?;
+        if status == "skipped" {
+            unread.skipped.insert((r.get(1)?, r.get(2)?));
+        } else {
+            unread.over_limit.insert((r.get(1)?, r.get(3)?));
+        }
+    }
+    Ok(unread)
+}
+
 /// Which rows `list` returns.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ListFilter {
     /// Only rejected files.
     pub rejected_only: bool,
+    /// Only skipped entries.
+    pub skipped_only: bool,
 }
 
 /// The ledger, oldest first.
 pub fn list(conn: &Connection, filter: ListFilter) -> Result<Vec<FileRow>> {
-    let filter_sql = if filter.rejected_only {
-        "WHERE status = 'rejected'"
-    } else {
-        ""
+    let filter_sql = match (filter.rejected_only, filter.skipped_only) {
+        (true, true) => "WHERE status IN ('rejected', 'skipped')",
+        (true, false) => "WHERE status = 'rejected'",
+        (false, true) => "WHERE status = 'skipped'",
+        (false, false) => "",
     };
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM files {filter_sql} ORDER BY id"
@@ -314,7 +404,7 @@ pub fn list(conn: &Connection, filter: ListFilter) -> Result<Vec<FileRow>> {
 const COLUMNS: &str =
     "id, agent, name, source_path, stored_path, content_hash, size, status, encoding,
     replaced, layout, session, pairs_seen, pairs_new, pairs_duplicate, pairs_invalid, resume_at,
-    invalid, reason, duplicate_of, started_at, finished_at";
+    invalid, reason, duplicate_of, started_at, finished_at, salvage";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
     let hash: Option<Vec<u8>> = r.get(5)?;
@@ -345,6 +435,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
         duplicate_of: r.get(19)?,
         started_at: r.get(20)?,
         finished_at: r.get(21)?,
+        salvage: r
+            .get::<_, Option<String>>(22)?
+            .and_then(|s| serde_json::from_str(&s).ok()),
     })
 }
 

@@ -323,6 +323,53 @@ pub const MIGRATIONS: &[&str] = &[
         run_id    INTEGER NOT NULL REFERENCES dataset_runs(id)
     ) WITHOUT ROWID;
     "#,
+    // Every entry accounted for (issue 10): the ledger records every inbox entry and what
+    // was salvaged. A new
+    // status, 'skipped' (not a regular file, not a drop, or unreadable: left where it
+    // is, with the reason), needs the CHECK constraint changed, which SQLite does only
+    // by rebuilding the table (https://sqlite.org/lang_altertable.html#otheralter);
+    // `migrate` turns foreign keys off around it and checks them before the commit.
+    // `salvage`: JSON object of what was repaired so the file could integrate (lines
+    // that did not parse, lone surrogates, non-finite numbers, control characters).
+    r#"
+    CREATE TABLE files_new (
+        id              INTEGER PRIMARY KEY,
+        agent           TEXT NOT NULL,
+        name            TEXT NOT NULL,            -- file name as dropped (lossless rendering: engine::names)
+        source_path     TEXT NOT NULL,            -- absolute path it was read from (same rendering)
+        stored_path     TEXT,                     -- where it was moved (processed/ or rejected/), NULL when read in place or skipped
+        content_hash    BLOB,                     -- blake3 of the bytes; NULL when never read (over the size limit, skipped)
+        size            INTEGER NOT NULL,
+        status          TEXT NOT NULL CHECK (status IN ('partial', 'integrated', 'duplicate', 'rejected', 'skipped')),
+        encoding        TEXT,
+        replaced        INTEGER NOT NULL DEFAULT 0, -- some bytes were undecodable (or lone surrogates) and replaced
+        layout          TEXT,
+        session         INTEGER,
+        pairs_seen      INTEGER NOT NULL DEFAULT 0,
+        pairs_new       INTEGER NOT NULL DEFAULT 0,
+        pairs_duplicate INTEGER NOT NULL DEFAULT 0,
+        pairs_invalid   INTEGER NOT NULL DEFAULT 0,
+        resume_at       INTEGER NOT NULL DEFAULT 0,
+        invalid         TEXT,
+        reason          TEXT,                     -- why rejected or skipped, or what it duplicates
+        duplicate_of    INTEGER REFERENCES files(id),
+        started_at      TEXT NOT NULL,
+        finished_at     TEXT,
+        salvage         TEXT                      -- JSON object: what was repaired to integrate it (engine::layout::Salvage)
+    );
+    INSERT INTO files_new (id, agent, name, source_path, stored_path, content_hash, size, status,
+                           encoding, replaced, layout, session, pairs_seen, pairs_new, pairs_duplicate,
+                           pairs_invalid, resume_at, invalid, reason, duplicate_of, started_at, finished_at)
+        SELECT id, agent, name, source_path, stored_path, content_hash, size, status,
+               encoding, replaced, layout, session, pairs_seen, pairs_new, pairs_duplicate,
+               pairs_invalid, resume_at, invalid, reason, duplicate_of, started_at, finished_at
+        FROM files;
+    DROP TABLE files;
+    ALTER TABLE files_new RENAME TO files;
+    CREATE INDEX files_by_hash ON files(content_hash);
+    CREATE INDEX files_by_status ON files(status);
+    CREATE INDEX files_by_source ON files(source_path);
+    "#,
     // Unattended operation (issue 9): processes named by pid and start time, the
     // breaker's half-open state and crash backoff, the loop's heartbeat, the session a
     // file was integrated in, wrap commits to retry, the open-task index.
@@ -373,6 +420,11 @@ pub fn latest() -> i64 {
 }
 
 /// Runs every migration the database has not seen.
+///
+/// Foreign keys are off while migrations run (SQLite's procedure for rebuilding a
+/// table other tables refer to: the pragma is a no-op inside a transaction, so it is
+/// set around them), and each migration's transaction commits only when
+/// `PRAGMA foreign_key_check` finds nothing.
 pub fn migrate(conn: &Connection) -> Result<()> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     anyhow::ensure!(
@@ -380,6 +432,19 @@ pub fn migrate(conn: &Connection) -> Result<()> {
         "database schema version {current} is newer than this perpetual understands ({}); upgrade perpetual",
         latest()
     );
+    if current == latest() {
+        return Ok(());
+    }
+    let enforced: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+    let result = run_from(conn, current);
+    if enforced {
+        conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    }
+    result
+}
+
+fn run_from(conn: &Connection, current: i64) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i + 1;
         // IMMEDIATE: two processes opening a fresh root must not both migrate.
@@ -391,7 +456,9 @@ pub fn migrate(conn: &Connection) -> Result<()> {
         }
         let applied = conn
             .execute_batch(sql)
-            .and_then(|()| conn.execute_batch(&format!("PRAGMA user_version = {version}")));
+            .map_err(anyhow::Error::from)
+            .and_then(|()| foreign_keys_hold(conn))
+            .and_then(|()| Ok(conn.execute_batch(&format!("PRAGMA user_version = {version}"))?));
         match applied {
             Ok(()) => conn.execute_batch("COMMIT")?,
             Err(e) => {
@@ -399,6 +466,22 @@ pub fn migrate(conn: &Connection) -> Result<()> {
                 return Err(e).with_context(|| format!("migration {version} failed"));
             }
         }
+    }
+    Ok(())
+}
+
+/// Fails when a row refers to a row that does not exist (what a rebuild could break).
+fn foreign_keys_hold(conn: &Connection) -> Result<()> {
+    let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
+    let mut rows = stmt.query([])?;
+    if let Some(r) = rows.next()? {
+        let table: String = r.get(0)?;
+        let rowid: Option<i64> = r.get(1)?;
+        let parent: String = r.get(2)?;
+        anyhow::bail!(
+            "foreign key broken: {table} row {} refers to a missing {parent} row",
+            rowid.map_or("?".to_string(), |r| r.to_string())
+        );
     }
     Ok(())
 }
@@ -451,6 +534,48 @@ mod tests {
              VALUES ('d', 'claude', 1, 2, 'pending', 't', 'duty')",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn the_ledger_rebuild_keeps_every_row_and_every_reference() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        for (i, sql) in MIGRATIONS.iter().enumerate().take(3) {
+            conn.execute_batch(sql).unwrap();
+            conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO files (id, agent, name, source_path, size, status, started_at)
+                 VALUES (1, 'droid', 'a.json', '/i/a.json', 10, 'integrated', 't');
+             INSERT INTO files (id, agent, name, source_path, size, status, started_at, duplicate_of)
+                 VALUES (2, 'droid', 'b.json', '/i/b.json', 10, 'duplicate', 't', 1);
+             INSERT INTO pairs (key, question, answer, agent, file_id, created_at)
+                 VALUES (x'00', 'q', 'a', 'droid', 1, 't');",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM files", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2);
+        let fk: bool = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(fk, "foreign keys are enforced again");
+        conn.execute(
+            "INSERT INTO files (agent, name, source_path, size, status, started_at)
+             VALUES ('droid', 'p', '/i/p', 0, 'skipped', 't')",
+            [],
+        )
+        .unwrap();
+        // pairs still points at files, and the reference is enforced.
+        let bad = conn.execute(
+            "INSERT INTO pairs (key, question, answer, agent, file_id, created_at)
+             VALUES (x'01', 'q', 'a', 'droid', 99, 't')",
+            [],
+        );
+        assert!(bad.is_err(), "a pair of a missing file is refused");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Stats {
     pub files_duplicate: u64,
     /// Files interrupted mid-way (resumed by the next ingest).
     pub files_partial: u64,
+    /// Inbox entries not read (not regular files, not drops, unreadable), left in place.
+    pub files_skipped: u64,
     /// Pairs that failed validation, over all files.
     pub pairs_invalid: u64,
     /// Pairs by the agent that first delivered them.
@@ -46,7 +48,7 @@ pub struct Stats {
 /// Gathers the statistics. `top` bounds the indicator list.
 pub fn stats(conn: &Connection, goal: u64, top: usize) -> Result<Stats> {
     let pairs = super::pairs::count(conn)?;
-    let mut files = [0u64; 4];
+    let mut files = [0u64; 5];
     {
         let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM files GROUP BY status")?;
         let mut rows = stmt.query([])?;
@@ -57,6 +59,7 @@ pub fn stats(conn: &Connection, goal: u64, top: usize) -> Result<Stats> {
                 "integrated" => 0,
                 "rejected" => 1,
                 "duplicate" => 2,
+                "skipped" => 4,
                 _ => 3,
             };
             files[slot] += n;
@@ -79,6 +82,7 @@ pub fn stats(conn: &Connection, goal: u64, top: usize) -> Result<Stats> {
         files_rejected: files[1],
         files_duplicate: files[2],
         files_partial: files[3],
+        files_skipped: files[4],
         pairs_invalid: pairs_invalid as u64,
         by_agent: group(conn, "agent", usize::MAX)?,
         by_category: group(conn, "category", usize::MAX)?,

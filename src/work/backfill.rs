@@ -133,20 +133,24 @@ impl Plan {
     }
 }
 
-/// Finds the archive's files, their sessions, and what the ledger already has.
+/// Finds the archive's files, their sessions, and what the ledger already has. Each
+/// file is opened and read as the engine reads a drop ([`crate::engine::intake`]:
+/// never a link, never more than `max_file_bytes + 1` bytes).
 pub fn plan(
     conn: &Connection,
     dir: &Path,
     range: Option<SessionRange>,
     agent: &str,
+    max_file_bytes: u64,
 ) -> Result<Plan> {
     let jobs = ingest::discover_paths(&[dir.to_path_buf()], Some(agent))?;
     let finished = ledger::finished_by_path(conn)?;
+    let unread = ledger::unread_by_path(conn)?;
     let pool = ingest::prepare_pool();
     let sessions: Vec<(Job, Option<i64>, bool)> = pool.install(|| {
         jobs.into_par_iter()
             .map(|job| {
-                let (session, done) = classify(&job, &finished);
+                let (session, done) = classify(&job, &finished, &unread, max_file_bytes);
                 (job, session, done)
             })
             .collect()
@@ -176,14 +180,40 @@ pub fn plan(
 }
 
 /// A file's session and whether the ledger finished it, reading as little as possible.
-fn classify(job: &Job, finished: &ledger::FinishedByPath) -> (Option<i64>, bool) {
+fn classify(
+    job: &Job,
+    finished: &ledger::FinishedByPath,
+    unread: &ledger::Unread,
+    max_file_bytes: u64,
+) -> (Option<i64>, bool) {
+    use crate::engine::intake;
     let by_name = session_from_name(&job.name());
-    let Ok(bytes) = std::fs::read(&job.path) else {
-        // Unreadable now: the ingest will say why.
+    let source = job.source();
+    // Entries that are never read are done once the ledger says why, for that reason
+    // (a link replaced by a file is a new entry).
+    if let Some(reason) = &job.skip {
+        return (by_name, unread.skipped.contains(&(source, reason.clone())));
+    }
+    let bytes = match intake::open(&job.path) {
+        intake::Opened::Refused(reason) => {
+            return (by_name, unread.skipped.contains(&(source, reason)));
+        }
+        intake::Opened::File(f) if f.size > max_file_bytes => {
+            return (
+                by_name,
+                unread.over_limit.contains(&(source, f.size as i64)),
+            );
+        }
+        intake::Opened::File(mut f) => intake::read_bounded(&mut f.file, f.size, max_file_bytes)
+            .ok()
+            .flatten(),
+        _ => None,
+    };
+    let Some(bytes) = bytes else {
+        // Not a regular file, over the limit or unreadable: the ingest says why.
         return (by_name, false);
     };
-    let source = job.path.to_string_lossy();
-    if let Some(rows) = finished.get(source.as_ref()) {
+    if let Some(rows) = finished.get(&source) {
         let hash = *blake3::hash(&bytes).as_bytes();
         if let Some((_, session)) = rows.iter().find(|(h, _)| *h == hash) {
             return (session.or(by_name), true);
@@ -304,6 +334,8 @@ pub struct Summary {
     pub wrap_steps: Vec<crate::work::session::Step>,
     /// Peak resident memory of the process (KiB, Linux), filled in by the command.
     pub peak_rss_kb: Option<u64>,
+    /// No file of the range was found: nothing was started (no task, no session).
+    pub nothing_to_backfill: bool,
 }
 
 /// The task a backfill runs as: `backfill_sessions_101_187`, or `backfill_<folder>`
@@ -349,7 +381,13 @@ pub fn run_task(
     use crate::work::session::{self, CheckpointInput, StartOptions, StartOutcome, WrapInput};
 
     let id = task_id(opts.range, &opts.dir);
-    let mut plan = plan(conn, &opts.dir, opts.range, &opts.agent)?;
+    let mut plan = plan(
+        conn,
+        &opts.dir,
+        opts.range,
+        &opts.agent,
+        config.ingest.max_file_bytes,
+    )?;
     let total = plan.sessions().len() as u64;
     let mut summary = Summary {
         task: id.clone(),
@@ -377,7 +415,14 @@ pub fn run_task(
         handoff: None,
         wrap_steps: Vec::new(),
         peak_rss_kb: None,
+        nothing_to_backfill: false,
     };
+    if total == 0 {
+        // No file in the range (or no numbered file at all): nothing to do, so no
+        // task and no session either.
+        summary.nothing_to_backfill = true;
+        return Ok(summary);
+    }
 
     match crate::store::tasks::get(conn, &id)? {
         None => {
@@ -490,8 +535,13 @@ pub fn run_task(
         .floor() as u64;
     summary.budget = budget;
 
+    // A budget of 0 is no limit, as everywhere: the meter only counts.
     let meter = Meter {
-        limit: wrap_at.saturating_sub(started.tokens_used),
+        limit: if budget == 0 {
+            u64::MAX
+        } else {
+            wrap_at.saturating_sub(started.tokens_used)
+        },
         used: 0,
     };
     let ledger_before = crate::store::ledger::mark(conn)?;

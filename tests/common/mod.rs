@@ -84,7 +84,20 @@ impl Env {
 
     /// A `perpetual` command with this root, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_perpetual"));
+        self.wrapped_command(&[], args)
+    }
+
+    /// `perpetual ARGS` started through `wrapper` (a program and its arguments, e.g.
+    /// `setpriv ...`; none for the binary itself), with this root, not yet run.
+    pub fn wrapped_command(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_perpetual"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_perpetual")),
+        };
         cmd.args(args)
             .env("PERPETUAL_ROOT", self.dir.path())
             .env_remove("RUST_LOG")
@@ -98,6 +111,17 @@ impl Env {
     /// Runs `perpetual ARGS` to completion.
     pub fn run(&self, args: &[&str]) -> Run {
         self.run_with(args, &[])
+    }
+
+    /// Runs a prepared command to completion (`args` are for failure messages).
+    pub fn run_command(&self, mut cmd: Command, args: &[&str]) -> Run {
+        let output = cmd.output().expect("run perpetual");
+        Run {
+            env: Vec::new(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            output,
+            listing: self.listing(),
+        }
     }
 
     /// Runs `perpetual ARGS` with extra environment variables (e.g. `PERPETUAL_NOW`).
@@ -178,8 +202,12 @@ impl Env {
     /// Starts `perpetual ARGS` in the background (a watcher); its stderr is collected as
     /// it comes. The process is killed when the handle is dropped.
     pub fn spawn(&self, args: &[&str]) -> Running {
-        let mut child = self
-            .command(args)
+        self.spawn_command(self.command(args), args)
+    }
+
+    /// [`Env::spawn`] of a prepared command (`args` are for failure messages).
+    pub fn spawn_command(&self, mut cmd: Command, args: &[&str]) -> Running {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -338,10 +366,15 @@ fn list(base: &Path, dir: &Path, out: &mut Vec<String>) {
     };
     for e in entries.flatten() {
         let p = e.path();
-        let rel = p.strip_prefix(base).unwrap().display().to_string();
-        if p.is_dir() {
+        let rel = format!("{:?}", p.strip_prefix(base).unwrap());
+        // Never following links: a hostile test's link may point anywhere.
+        let kind = e.file_type().ok();
+        if kind.is_some_and(|k| k.is_dir()) {
             out.push(format!("{rel}/"));
             list(base, &p, out);
+        } else if kind.is_some_and(|k| k.is_symlink()) {
+            let target = std::fs::read_link(&p).unwrap_or_default();
+            out.push(format!("{rel} -> {target:?}"));
         } else {
             let size = e.metadata().map(|m| m.len()).unwrap_or(0);
             out.push(format!("{rel} ({size} bytes)"));
@@ -485,5 +518,57 @@ impl Sampler {
     pub fn finish(mut self) -> std::collections::BTreeMap<String, usize> {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Env {
+    /// Runs `perpetual ARGS` but gives up after `timeout`: the process is killed and the
+    /// test fails with everything it printed so far (a hang is a failure, not a wait).
+    pub fn run_within(&self, timeout: Duration, args: &[&str]) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn perpetual");
+        let start = Instant::now();
+        let killed = loop {
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            if start.elapsed() > timeout {
+                let _ = child.kill();
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let output = child.wait_with_output().expect("wait for perpetual");
+        let run = Run {
+            env: Vec::new(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            output,
+            listing: self.listing(),
+        };
+        assert!(
+            !killed,
+            "still running after {timeout:?}, killed\n{}",
+            run.explain()
+        );
+        run
+    }
+
+    /// The ledger as `perpetual files --json` shows it.
+    pub fn ledger(&self) -> Vec<serde_json::Value> {
+        let run = self.run(&["files", "--json"]).expect(0);
+        run.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// The ledger rows whose name is `name`.
+    pub fn ledger_of(&self, name: &str) -> Vec<serde_json::Value> {
+        self.ledger()
+            .into_iter()
+            .filter(|r| r["name"] == name)
+            .collect()
     }
 }
