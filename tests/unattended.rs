@@ -1245,3 +1245,266 @@ fn the_agents_perpetual_is_the_running_binary_whatever_its_name() {
         renamed
     );
 }
+
+/// Appends a `[notify]` command to perpetual.toml that appends each event to a file
+/// (one JSON object a line); returns the file.
+fn notify_to_file(env: &Env) -> PathBuf {
+    let log = env.path("notified.jsonl");
+    let toml = std::fs::read_to_string(env.path("perpetual.toml")).unwrap()
+        + &format!(
+            "\n[notify]\ncommand = [\"sh\", \"-c\", \"cat >> '{}'; echo >> '{}'\"]\n",
+            log.display(),
+            log.display()
+        );
+    env.write("perpetual.toml", toml);
+    log
+}
+
+/// The events the notify command received, in order.
+fn notified(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Observation 3, the retry: a wrap commit that failed (here git's own pre-commit hook
+/// refuses it) left its handoff staged and was never tried again. Nothing stays staged,
+/// and the next wrap commits the outputs of the failed one with its own.
+#[test]
+fn a_failed_wrap_commit_leaves_nothing_staged_and_the_next_wrap_commits_its_outputs() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"sh\", \"{well}\"]\n"
+    ));
+    git(env.root(), &["init", "-q"]);
+    git(env.root(), &["config", "user.email", "t@example.com"]);
+    git(env.root(), &["config", "user.name", "t"]);
+    let refuse = env.path("refuse-commits");
+    env.write(
+        ".git/hooks/pre-commit",
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then echo 'refused by the hook' >&2; exit 1; fi\n",
+            refuse.display()
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        env.path(".git/hooks/pre-commit"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let log = notify_to_file(&env);
+    add_tasks(&env, "claude_code", &["t1", "t2"], 1);
+
+    std::fs::write(&refuse, "").unwrap();
+    env.run(&["run", "--max-sessions", "1"]);
+    let s = sessions(&env);
+    assert_eq!(s.len(), 1);
+    let commit = s[0]["wrap_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["step"] == "commit")
+        .unwrap()
+        .clone();
+    assert_eq!(commit["status"], "failed", "{commit}");
+    assert!(
+        commit["detail"].as_str().unwrap().contains("next wrap"),
+        "{commit}"
+    );
+    assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
+    let first_handoff = s[0]["handoff_path"].as_str().unwrap().to_string();
+    wait_until(
+        "the operator to hear of the failed step",
+        || {
+            notified(&log)
+                .iter()
+                .any(|e| e["event"] == "wrap_step_failed")
+        },
+        || env.listing(),
+    );
+    let event = notified(&log)
+        .into_iter()
+        .find(|e| e["event"] == "wrap_step_failed")
+        .unwrap();
+    assert_eq!(event["session"], s[0]["id"], "{event}");
+    assert!(
+        event["reason"].as_str().unwrap().contains("commit"),
+        "{event}"
+    );
+
+    std::fs::remove_file(&refuse).unwrap();
+    env.run(&["run", "--max-sessions", "1"]).expect(0);
+    let s = sessions(&env);
+    assert_eq!(s.len(), 2);
+    let commit = s[1]["wrap_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["step"] == "commit")
+        .unwrap()
+        .clone();
+    assert_eq!(commit["status"], "done", "{commit}");
+    assert!(
+        commit["detail"]
+            .as_str()
+            .unwrap()
+            .contains(s[0]["id"].as_str().unwrap()),
+        "names the session whose outputs it commits too: {commit}"
+    );
+    let tracked = git(env.root(), &["ls-files", "session_handoffs"]);
+    assert!(tracked.contains(&first_handoff), "{tracked}");
+    assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
+    assert_eq!(
+        git(
+            env.root(),
+            &[
+                "status",
+                "--porcelain",
+                "--untracked-files=all",
+                "session_handoffs",
+                "task_reports"
+            ]
+        ),
+        ""
+    );
+}
+
+/// Observation 4, the other way a loop dies: a second SIGTERM makes `perpetual run` exit
+/// at once (status 1), leaving its agent running. The next loop follows that process
+/// instead of starting a second session on its task.
+#[test]
+fn a_loop_stopped_with_two_sigterms_leaves_a_live_session_the_next_loop_adopts() {
+    let ignorer = agent("ignorer");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"env\", \"IGNORE_TERM=1\", \"sh\", \"{ignorer}\"]\n"
+    ));
+    let log = notify_to_file(&env);
+    add_tasks(&env, "claude_code", &["t"], 5);
+    let mut first = env.spawn(&["run"]);
+    wait_until(
+        "the agent to be at work",
+        || env.try_count("SELECT COUNT(*) FROM checkpoints") == Some(1),
+        || first.explain(),
+    );
+    first.signal(libc::SIGTERM);
+    // Two signals before the loop has seen the first are one signal (POSIX does not
+    // queue them): wait until it has.
+    first.wait_for_log("signal again to exit at once");
+    first.signal(libc::SIGTERM);
+    let (status, _) = first.wait_exit(common::PATIENCE);
+    assert_eq!(status.code(), Some(1), "{}", first.explain());
+    let left = session_processes(env.root());
+    assert!(!left.is_empty(), "the agent outlives the loop");
+
+    let sampler = Sampler::start(env.root());
+    let mut second = env.spawn(&["run"]);
+    second.wait_for_log("adopt");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM sessions"),
+        1,
+        "no second session on the task\n{}",
+        second.explain()
+    );
+    // It ignores every request: the second loop's stop ends it with SIGKILL.
+    second.stop();
+    let most = sampler.finish();
+    assert_eq!(most.get("claude_code"), Some(&1), "{most:?}");
+    assert!(session_processes(env.root()).is_empty());
+    let s = sessions(&env);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["status"], "wrapped");
+    // The operator hears that it had to be SIGKILLed.
+    let killed: Vec<Value> = notified(&log)
+        .into_iter()
+        .filter(|e| e["event"] == "session_killed")
+        .collect();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    assert_eq!(killed[0]["session"], s[0]["id"]);
+}
+
+/// Observation 15, the other half: a command that exists but cannot be executed is
+/// reported as such, pauses the agent at once, and costs no backup or handoff.
+#[test]
+fn an_agent_command_that_is_not_executable_pauses_the_agent_at_once() {
+    let (env, _guard) = root_with(
+        r#"
+[agents.claude_code]
+command = ["./agent.sh"]
+"#,
+    );
+    env.write("agent.sh", "#!/bin/sh\nexit 0\n");
+    add_tasks(&env, "claude_code", &["t"], 1);
+    let run = env.run(&["run", "--once"]);
+    assert_eq!(run.code(), 4, "{}", run.explain());
+    let a = agent_status(&env, "claude_code");
+    let reason = a["paused"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("./agent.sh") && reason.contains("not an executable"),
+        "{a}"
+    );
+    assert_eq!(env.count("SELECT COUNT(*) FROM sessions"), 0);
+    assert!(env.files_in("backups").is_empty());
+    assert!(env.files_in("session_handoffs").is_empty());
+}
+
+/// Operators hear about trouble, and a notify command that fails is logged, never
+/// fatal: here the disk is "low" (a floor no disk reaches) and the command exits 3.
+#[test]
+fn a_failing_notify_command_is_logged_and_the_loop_goes_on() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"sh\", \"{well}\"]\n"
+    ));
+    let log = env.path("notified.jsonl");
+    let toml = std::fs::read_to_string(env.path("perpetual.toml"))
+        .unwrap()
+        .replace("[run]\n", "[run]\nmin_free_disk_mb = 1000000000\n")
+        + &format!(
+            "\n[notify]\ncommand = [\"sh\", \"-c\", \"cat >> '{}'; echo >> '{}'; exit 3\"]\n",
+            log.display(),
+            log.display()
+        );
+    env.write("perpetual.toml", toml);
+    add_tasks(&env, "claude_code", &["t"], 1);
+    let run = env.run(&["run", "--once"]);
+    assert_eq!(run.code(), 4, "{}", run.explain());
+    assert!(
+        run.stderr().contains("the notify command") && run.stderr().contains("failed"),
+        "{}",
+        run.explain()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event"], "disk_low", "{text}");
+    assert!(first["reason"].as_str().unwrap().contains("free"), "{text}");
+}
+
+/// The systemd unit in examples/ gives the loop longer to stop than it can take with
+/// the default settings: grace_secs for the wrap, then term_secs to SIGKILL.
+#[test]
+fn the_systemd_unit_waits_longer_than_the_loop_takes_to_stop() {
+    let unit = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/perpetual.service"),
+    )
+    .unwrap();
+    let timeout: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec in the unit")
+        .trim()
+        .parse()
+        .unwrap();
+    let run = perpetual::config::Config::default().run;
+    assert!(
+        timeout > run.grace_secs + run.term_secs,
+        "TimeoutStopSec={timeout} but grace_secs + term_secs = {}",
+        run.grace_secs + run.term_secs
+    );
+    assert!(unit.contains("KillMode=mixed"), "SIGTERM to the loop alone");
+    assert!(unit.contains("Restart=always"));
+}
