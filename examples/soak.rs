@@ -288,6 +288,38 @@ fn reap(except: i32) {
     }
 }
 
+/// Every live process below this one in the process tree, found by parent pid alone
+/// (no environment, no database). The harness is a child subreaper, so whatever any
+/// loop started and left behind stays below it: after the final stop this must be
+/// empty.
+fn descendants() -> Vec<P> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let all: Vec<P> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat)
+        .collect();
+    let mut below: HashSet<i32> = HashSet::from([me]);
+    // Parents before children is not guaranteed by pid order: repeat until stable.
+    loop {
+        let before = below.len();
+        for p in &all {
+            if below.contains(&p.ppid) {
+                below.insert(p.pid);
+            }
+        }
+        if below.len() == before {
+            break;
+        }
+    }
+    all.into_iter()
+        .filter(|p| p.pid != me && below.contains(&p.pid) && p.state != 'Z' && p.state != 'X')
+        .collect()
+}
+
 /// Files and bytes under `dir`; hidden files (a backup being written) count in the
 /// bytes only.
 fn dir_usage(dir: &Path) -> (u64, u64) {
@@ -402,6 +434,9 @@ fn main() -> ExitCode {
         Instant::now() + Duration::from_secs(fastrand::u64(a.kill_min..=a.kill_max));
     let mut restart_checks: Vec<Instant> = Vec::new();
     let mut most: BTreeMap<String, usize> = BTreeMap::new();
+    // The most live processes (not sessions) one agent had at once, and one session.
+    let mut most_procs: BTreeMap<String, usize> = BTreeMap::new();
+    let mut most_in_session = 0usize;
     let mut leader_seen: HashMap<String, Instant> = HashMap::new();
     let mut orphans_max = 0usize;
     let mut orphans_at_restarts: Vec<usize> = Vec::new();
@@ -481,6 +516,16 @@ fn main() -> ExitCode {
                 .or_default()
                 .push(&sp.p);
         }
+        let mut procs_by_agent: HashMap<&str, usize> = HashMap::new();
+        for sp in &procs {
+            *procs_by_agent.entry(sp.agent.as_str()).or_default() += 1;
+        }
+        for (agent, n) in procs_by_agent {
+            let m = most_procs.entry(agent.to_string()).or_default();
+            *m = (*m).max(n);
+        }
+        most_in_session =
+            most_in_session.max(sessions_seen.values().map(Vec::len).max().unwrap_or(0));
         for (agent, sessions) in &by_agent {
             let m = most.entry(agent.to_string()).or_default();
             *m = (*m).max(sessions.len());
@@ -587,7 +632,35 @@ fn main() -> ExitCode {
     };
     let stop_secs = stop_started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
+    reap(-1);
     let left = sampler.sample();
+    // The same by descent alone: nothing any loop started is still below the harness.
+    let left_below = descendants();
+    if !left_below.is_empty() {
+        failures.push(format!(
+            "{} process(es) below the harness after the final stop: {}",
+            left_below.len(),
+            left_below
+                .iter()
+                .map(|p| format!(
+                    "pid {} ({}, ppid {}, pgid {}, sid {})",
+                    p.pid,
+                    std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                        .unwrap_or_default()
+                        .trim(),
+                    p.ppid,
+                    p.pgid,
+                    p.sid
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for p in &left_below {
+            unsafe {
+                libc::kill(p.pid, libc::SIGKILL);
+            }
+        }
+    }
     match final_status {
         Some(st) if st.success() => {}
         other => failures.push(format!("the final stop: {other:?} after {stop_secs:.1} s")),
@@ -730,18 +803,21 @@ fn main() -> ExitCode {
     );
     for (agent, n) in &most {
         println!(
-            "  most live sessions, {agent:<7}          {n} (slots {})",
-            slots.get(agent.as_str()).copied().unwrap_or(1).max(1)
+            "  most live sessions, {agent:<7}          {n} (slots {}; most processes at once {})",
+            slots.get(agent.as_str()).copied().unwrap_or(1).max(1),
+            most_procs.get(agent).copied().unwrap_or(0)
         );
     }
+    println!("  most processes of one session at once {most_in_session}");
     println!("  orphans: most at any time            {orphans_max}");
     println!(
         "  orphans after the restarts            {o_restarts} (over {} checks)",
         orphans_at_restarts.len()
     );
     println!(
-        "  orphans after the final stop          {} (stop took {stop_secs:.1} s)",
-        left.len()
+        "  orphans after the final stop          {} by environment, {} by descent (stop took {stop_secs:.1} s)",
+        left.len(),
+        left_below.len()
     );
     println!("  processes the loop ended as remains   {remains}; sessions SIGKILLed {killed}");
     println!("  sessions without a handoff            {no_handoff}");

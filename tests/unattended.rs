@@ -1508,3 +1508,105 @@ fn the_systemd_unit_waits_longer_than_the_loop_takes_to_stop() {
     assert!(unit.contains("KillMode=mixed"), "SIGTERM to the loop alone");
     assert!(unit.contains("Restart=always"));
 }
+
+/// Observation 5, the hardest child: one that `setsid`s away and clears its
+/// environment, started just before its agent exits (before any look of the loop's at
+/// the process table could see it as the agent's child). It is found by descent (the
+/// loop is its subreaper) and ends with the session.
+#[test]
+fn a_child_that_setsids_and_clears_its_environment_dies_with_its_session() {
+    let (env, _guard) = root_with(
+        r#"
+[agents.claude_code]
+command = ["sh", "-c", "setsid env -i sleep 300 & echo $! > \"$PERPETUAL_ROOT/child.pid\"; exit 0"]
+"#,
+    );
+    add_tasks(&env, "claude_code", &["t"], 1);
+    let run = env.run(&["run", "--max-sessions", "1"]);
+    let pid: i32 = std::fs::read_to_string(env.path("child.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .is_some_and(|s| !s.contains(") Z"))
+    };
+    let was_alive = alive();
+    if was_alive {
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    assert!(
+        !was_alive,
+        "the child {pid} outlived its session\n{}",
+        run.explain()
+    );
+    assert!(
+        run.stderr().contains("process(es) behind"),
+        "{}",
+        run.explain()
+    );
+}
+
+/// The same child while another agent's session runs: nothing says which of the two
+/// it belongs to, so both count it and neither kills it while the other may still own
+/// it; it ends once the other session has ended, before the loop stops.
+#[test]
+fn a_stray_that_another_running_session_may_own_is_not_killed_until_that_session_ends() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.long]
+command = ["env", "WORK_SECS=5", "sh", "{well}"]
+
+[agents.stray]
+command = ["sh", "-c", "sleep 1; setsid env -i sleep 300 & echo $! > \"$PERPETUAL_ROOT/child.pid\"; exit 0"]
+"#
+    ));
+    add_tasks(&env, "long", &["l"], 1);
+    add_tasks(&env, "stray", &["s"], 1);
+    let mut run = env.spawn(&["run", "--max-sessions", "2"]);
+    let pid_file = env.path("child.pid");
+    wait_until("the stray", || pid_file.exists(), || run.explain());
+    std::thread::sleep(Duration::from_millis(300));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .is_some_and(|s| !s.contains(") Z"))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let long_running =
+        env.count("SELECT COUNT(*) FROM sessions WHERE agent = 'long' AND status = 'active'") == 1;
+    let alive_while_long_runs = alive();
+    let (status, _) = run.wait_exit(common::PATIENCE);
+    let alive_at_the_end = alive();
+    if alive_at_the_end {
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    assert_eq!(status.code(), Some(0), "{}", run.explain());
+    assert!(
+        long_running,
+        "the test needs the long session still running\n{}",
+        run.explain()
+    );
+    assert!(
+        alive_while_long_runs,
+        "killed while another session may own it\n{}",
+        run.explain()
+    );
+    assert!(
+        !alive_at_the_end,
+        "the stray {pid} outlived both sessions\n{}",
+        run.explain()
+    );
+}

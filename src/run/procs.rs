@@ -10,6 +10,14 @@
 //!   whose parent died, adopted by the loop as a child subreaper (or by init, while no
 //!   loop ran). A group remembers each member it saw, so a member stays one after its
 //!   parent is gone.
+//! - **Strays** ([`Strays`]): a process adopted by the loop as a subreaper that no
+//!   group can place (it left the group and the tree, and its parent died before a look
+//!   saw it as a descendant; its environment names no session, e.g. `setsid env -i`).
+//!   The kernel keeps no trace of where it came from, so at first sight it is given to
+//!   every session that was running then and whose command started before it. Each
+//!   of them counts it while its own command runs; a session whose command is gone
+//!   leaves it to the others, and only the last one signals it, so a session never
+//!   kills what may be another's, and nothing adopted outlives every possible owner.
 //! - **Reaping.** [`set_child_subreaper`] makes the loop the parent of orphaned
 //!   descendants; [`reap_strays`] collects the ones that exited. Leaders spawned through
 //!   [`spawn_leader`] are left to their `std::process::Child`, and the loop's own
@@ -197,8 +205,24 @@ pub fn reap_strays(table: &[Proc]) -> Vec<i32> {
     reaped
 }
 
+/// The sessions being followed and the strays they share: see the module documentation.
+#[derive(Debug, Default)]
+struct Strays {
+    /// Session (by root and id) → its command's start time.
+    live: HashMap<(String, String), u64>,
+    /// A stray (pid, start) → the sessions it may belong to.
+    owners: HashMap<(i32, u64), BTreeSet<(String, String)>>,
+}
+
+static STRAYS: Mutex<Option<Strays>> = Mutex::new(None);
+
+fn with_strays<T>(f: impl FnOnce(&mut Strays) -> T) -> T {
+    let mut guard = STRAYS.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(Strays::default))
+}
+
 /// The processes of one session: see the module documentation.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Group {
     session: String,
     root: String,
@@ -209,12 +233,34 @@ pub struct Group {
     members: HashMap<i32, u64>,
     /// Whether a process (pid, start) names the session in its environment.
     named: HashMap<(i32, u64), bool>,
+    /// Strays found at the last scan that other running sessions may own too: counted,
+    /// never signalled by this group.
+    shared: HashSet<i32>,
+}
+
+impl Drop for Group {
+    /// The session is no longer followed: its strays belong to the others that may own
+    /// them (or to no one, once it was the last).
+    fn drop(&mut self) {
+        let key = (self.root.clone(), self.session.clone());
+        with_strays(|st| {
+            st.live.remove(&key);
+            for owners in st.owners.values_mut() {
+                owners.remove(&key);
+            }
+            st.owners.retain(|_, o| !o.is_empty());
+        });
+    }
 }
 
 impl Group {
     /// The group of the command `leader` (pid, start time) started for `session` of the
     /// root `root` (session ids are unique in a root only: both are checked).
     pub fn new(session: &str, root: &str, leader: i32, start: u64) -> Group {
+        with_strays(|st| {
+            st.live
+                .insert((root.to_string(), session.to_string()), start);
+        });
         Group {
             session: session.to_string(),
             root: root.to_string(),
@@ -223,7 +269,68 @@ impl Group {
             leader_alive: true,
             members: HashMap::from([(leader, start)]),
             named: HashMap::new(),
+            shared: HashSet::new(),
         }
+    }
+
+    /// The strays in `table` this session may own (see [`Strays`]), recording the ones
+    /// seen for the first time; those other sessions may own too go in `self.shared`.
+    fn strays(&mut self, table: &[Proc], me: i32, my_group: i32, set: &HashSet<i32>) -> Vec<Proc> {
+        let leaders = LEADERS.lock().unwrap_or_else(|e| e.into_inner());
+        let candidates: Vec<&Proc> = table
+            .iter()
+            .filter(|p| {
+                p.ppid == me
+                    && p.is_live()
+                    && p.pgid != my_group
+                    && !set.contains(&p.pid)
+                    && !leaders.contains(&p.pid)
+            })
+            .collect();
+        drop(leaders);
+        self.shared.clear();
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let key = (self.root.clone(), self.session.clone());
+        let mut mine = Vec::new();
+        with_strays(|st| {
+            let live: Vec<_> = st.live.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            st.owners
+                .retain(|(pid, start), _| table.iter().any(|p| p.pid == *pid && p.start == *start));
+            for p in candidates {
+                // One that names a session is that session's group's to find.
+                if environ_var(p.pid, "PERPETUAL_SESSION").is_some() {
+                    continue;
+                }
+                let owners = st.owners.entry((p.pid, p.start)).or_insert_with(|| {
+                    let started_before: BTreeSet<_> = live
+                        .iter()
+                        .filter(|(_, leader_start)| *leader_start <= p.start)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    if started_before.is_empty() {
+                        live.iter().map(|(k, _)| k.clone()).collect()
+                    } else {
+                        started_before
+                    }
+                });
+                if owners.contains(&key) {
+                    if owners.len() > 1 && !self.leader_alive {
+                        // This session's command is gone: what it may have left goes to
+                        // the others still running, the last of which ends it (two
+                        // sessions waiting for each other to end would wait forever).
+                        owners.remove(&key);
+                        continue;
+                    }
+                    if owners.len() > 1 {
+                        self.shared.insert(p.pid);
+                    }
+                    mine.push(*p);
+                }
+            }
+        });
+        mine
     }
 
     /// The group of a session a previous loop started: besides the leader's process
@@ -286,6 +393,11 @@ impl Group {
                 self.members.insert(p.pid, p.start);
             }
         }
+        // Adopted by this loop with nothing to say whose they are: strays. Not remembered
+        // as members (ownership is decided again at each look, as other sessions end).
+        for p in self.strays(table, me, my_group, &set) {
+            set.insert(p.pid);
+        }
         // Descendants of members, however deep (children are listed after parents only
         // by chance, so iterate to a fixed point).
         loop {
@@ -293,7 +405,12 @@ impl Group {
             for p in table {
                 if !set.contains(&p.pid) && set.contains(&p.ppid) {
                     set.insert(p.pid);
-                    self.members.insert(p.pid, p.start);
+                    // A shared stray's descendants are shared too.
+                    if self.shared.contains(&p.ppid) {
+                        self.shared.insert(p.pid);
+                    } else {
+                        self.members.insert(p.pid, p.start);
+                    }
                     grew = true;
                 }
             }
@@ -314,7 +431,7 @@ impl Group {
         if self.leader_alive {
             signal_group(self.pgid, sig);
         }
-        for p in live {
+        for p in live.iter().filter(|p| !self.shared.contains(&p.pid)) {
             signal(p.pid, p.start, sig);
         }
     }
