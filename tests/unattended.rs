@@ -1610,3 +1610,48 @@ command = ["sh", "-c", "sleep 1; setsid env -i sleep 300 & echo $! > \"$PERPETUA
         run.explain()
     );
 }
+
+/// What the loop's own commands leave behind is no session's: a notify command that
+/// hands its work to a `setsid` child (a mailer, say) is not cut short when a session
+/// ends, although the loop, a subreaper, adopts that child.
+#[test]
+fn a_notify_commands_detached_child_is_not_taken_for_a_sessions_stray() {
+    let well = agent("well_behaved");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.missing]
+command = ["not-installed-here"]
+
+[agents.well]
+command = ["env", "WORK_SECS=2", "sh", "{well}"]
+"#
+    ));
+    let pid_file = env.path("notify_child.pid");
+    let toml = std::fs::read_to_string(env.path("perpetual.toml")).unwrap()
+        + &format!(
+            "\n[notify]\ncommand = [\"sh\", \"-c\", \"cat > /dev/null; setsid sleep 60 & echo $! > '{}'\"]\n",
+            pid_file.display()
+        );
+    env.write("perpetual.toml", toml);
+    add_tasks(&env, "missing", &["m"], 1);
+    add_tasks(&env, "well", &["w"], 1);
+    let run = env.run(&["run", "--max-sessions", "1"]);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|_| panic!("no notification\n{}", run.explain()))
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .is_some_and(|s| !s.contains(") Z"));
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    assert_eq!(run.code(), 0, "{}", run.explain());
+    assert_eq!(task_json(&env, "w")["status"], "completed");
+    assert!(
+        alive,
+        "the notify command's child was killed\n{}",
+        run.explain()
+    );
+}

@@ -111,6 +111,7 @@ fn run(argv: &[String], event: &Event, timeout: Duration) -> anyhow::Result<()> 
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .env("PERPETUAL_EVENT", event.event)
+        .env(crate::run::procs::LOOP_CHILD, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

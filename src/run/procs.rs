@@ -205,6 +205,10 @@ pub fn reap_strays(table: &[Proc]) -> Vec<i32> {
     reaped
 }
 
+/// In the environment of the commands the loop starts for itself (git, the notify
+/// command): what they leave behind, adopted by the loop, is not a session's stray.
+pub const LOOP_CHILD: &str = "PERPETUAL_LOOP_CHILD";
+
 /// The sessions being followed and the strays they share: see the module documentation.
 #[derive(Debug, Default)]
 struct Strays {
@@ -299,8 +303,11 @@ impl Group {
             st.owners
                 .retain(|(pid, start), _| table.iter().any(|p| p.pid == *pid && p.start == *start));
             for p in candidates {
-                // One that names a session is that session's group's to find.
-                if environ_var(p.pid, "PERPETUAL_SESSION").is_some() {
+                // One that names a session is that session's group's to find; one the
+                // loop's own commands left is no session's.
+                if environ_var(p.pid, "PERPETUAL_SESSION").is_some()
+                    || environ_var(p.pid, LOOP_CHILD).is_some()
+                {
                     continue;
                 }
                 let owners = st.owners.entry((p.pid, p.start)).or_insert_with(|| {

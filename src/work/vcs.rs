@@ -100,8 +100,7 @@ fn commit_staged(dir: &Path, paths: &[&PathBuf], message: &str) -> Result<Option
     // Names from `diff --name-only` are relative to the top of the work tree.
     let top = repository(dir).context("not inside a git repository")?;
     retrying(|| {
-        let mut cmd = Command::new("git");
-        cmd.arg("-C").arg(&top);
+        let mut cmd = git(&top);
         for (key, fallback) in [("user.name", FALLBACK_NAME), ("user.email", FALLBACK_EMAIL)] {
             if !has_config(&top, key) {
                 cmd.arg("-c").arg(format!("{key}={fallback}"));
@@ -207,9 +206,13 @@ fn has_config(dir: &Path, key: &str) -> bool {
         .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
 }
 
+/// Marks a command `perpetual run` starts for itself (`run::procs::LOOP_CHILD`): what
+/// it leaves behind (git's auto gc detaches with `setsid`) is not a session's stray.
+const LOOP_CHILD: &str = "PERPETUAL_LOOP_CHILD";
+
 fn git(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
-    cmd.arg("-C").arg(dir);
+    cmd.arg("-C").arg(dir).env(LOOP_CHILD, "1");
     cmd
 }
 
