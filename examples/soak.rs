@@ -22,7 +22,10 @@
 //! - the most sessions with a live process per agent ever seen (≤ its slots);
 //! - orphans: processes of a session whose command exited more than `term_secs` + 3 s
 //!   earlier while a loop was running, at any time and at each restart (0), and any
-//!   process of the root left after the final stop (0);
+//!   process of the root left after the final stop (0), found by its environment and,
+//!   needing none, by descent from the harness (a subreaper itself, so nothing any loop
+//!   started can leave its tree);
+//! - the most processes (not only sessions) per agent and per session at once;
 //! - sessions without a handoff (0), wrap commits failed and files left staged (0),
 //!   sessions started on complete tasks (0), sessions still active after the stop (0);
 //! - disk used by `backups/` and `.perpetual/` (bounded by their configured counts);
