@@ -392,6 +392,46 @@ transcript = "{{root}}/transcripts"
     assert_eq!(task_json(&env, "t")["status"], "completed");
 }
 
+/// Observation 6, the other way: with `{uuid}` in the transcript's name, two sessions
+/// of one agent at once each read their own file. The first writes 87.5% of the context
+/// and wraps; the second, started beside it, must not be asked to wrap for it.
+#[test]
+fn two_sessions_of_one_agent_read_only_their_own_uuid_transcripts() {
+    let writer = agent("transcript_writer");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["sh", "{writer}"]
+transcript = "{{root}}/transcripts/{{uuid}}.jsonl"
+
+[agents.claude_code.budget]
+slots = 2
+"#
+    ));
+    add_tasks(&env, "claude_code", &["first"], 1);
+    add_tasks(&env, "claude_code", &["later"], 2);
+    env.run(&["task", "progress", "later", "1/2"]).expect(0);
+    let run = env.run(&["run", "--max-sessions", "2"]).expect(0);
+    let s = sessions(&env);
+    assert_eq!(s.len(), 2, "{}", run.explain());
+    let by_task = |t: &str| s.iter().find(|x| x["task_id"] == t).unwrap().clone();
+    let (first, later) = (by_task("first"), by_task("later"));
+    // They ran at once.
+    assert!(
+        first["wrapped_at"].as_str().unwrap() >= later["started_at"].as_str().unwrap(),
+        "{first}\n{later}"
+    );
+    assert_eq!(first["tokens_used"], 175000, "{}", run.explain());
+    assert_eq!(later["tokens_used"], 20000, "{}", run.explain());
+    let id = later["id"].as_str().unwrap();
+    assert!(
+        !env.path(&format!("fake/asked_{id}")).exists(),
+        "asked to wrap for the other session's transcript\n{}",
+        run.explain()
+    );
+    assert_eq!(env.files_in("transcripts").len(), 2, "{}", env.listing());
+}
+
 /// Observation 7: the agent's PATH lacked `perpetual`; `hooks install` wrote a bare
 /// `perpetual hooks handle`, which, run from another directory, created a new root there.
 #[test]
