@@ -1695,3 +1695,30 @@ command = ["env", "WORK_SECS=2", "sh", "{well}"]
         run.explain()
     );
 }
+
+/// Operators hear about trouble: a session stopped past the hard stop with its task
+/// unfinished flags the task for review, and the notify command hears it.
+#[test]
+fn the_notify_command_hears_about_a_task_that_needs_review() {
+    let ignorer = agent("ignorer");
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"env\", \"PEAK=190000\", \"sh\", \"{ignorer}\"]\n"
+    ));
+    let log = notify_to_file(&env);
+    add_tasks(&env, "claude_code", &["t"], 5);
+    let run = env.run(&["run", "--max-sessions", "1"]).expect(0);
+    let flagged = task_json(&env, "t");
+    assert!(
+        flagged["needs_review"].is_string(),
+        "{flagged}\n{}",
+        run.explain()
+    );
+    let events = notified(&log);
+    let review: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "task_needs_review")
+        .collect();
+    assert_eq!(review.len(), 1, "{events:?}\n{}", run.explain());
+    assert_eq!(review[0]["task"], "t");
+    assert_eq!(review[0]["agent"], "claude_code");
+}
