@@ -1722,3 +1722,36 @@ fn the_notify_command_hears_about_a_task_that_needs_review() {
     assert_eq!(review[0]["task"], "t");
     assert_eq!(review[0]["agent"], "claude_code");
 }
+
+/// Operators hear about trouble: no new pair for `notify.quiet_hours` is an event
+/// (once, until pairs come again).
+#[test]
+fn the_notify_command_hears_when_no_pair_came_for_the_quiet_hours() {
+    let (env, _guard) = root_with("");
+    let log = notify_to_file(&env);
+    let toml = std::fs::read_to_string(env.path("perpetual.toml"))
+        .unwrap()
+        .replace("[notify]\n", "[notify]\nquiet_hours = 6\n");
+    env.write("perpetual.toml", toml);
+    env.drop_file("droid", "a.json", flat(&[("Q?", "A.")]));
+    env.run_at("2026-03-01T00:00:00Z", &["ingest"]).expect(0);
+    env.run_at("2026-03-01T05:59:00Z", &["run", "--once"]);
+    assert!(
+        notified(&log).iter().all(|e| e["event"] != "quiet"),
+        "{:?}",
+        notified(&log)
+    );
+    let run = env.run_at("2026-03-01T06:01:00Z", &["run", "--once"]);
+    let quiet: Vec<Value> = notified(&log)
+        .into_iter()
+        .filter(|e| e["event"] == "quiet")
+        .collect();
+    assert_eq!(quiet.len(), 1, "{quiet:?}\n{}", run.explain());
+    assert!(
+        quiet[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2026-03-01T00:00:00"),
+        "{quiet:?}"
+    );
+}
