@@ -229,7 +229,11 @@ struct SessionProc {
 
 struct Sampler {
     root: String,
-    env_cache: HashMap<(i32, u64), Env3>,
+    /// A process's environment by (pid, start), with when it was first read. Between
+    /// its fork and its exec a session's command still has the loop's environment (no
+    /// session in it): an environment naming no session is read again for a process's
+    /// first two seconds, and only then taken as final.
+    env_cache: HashMap<(i32, u64), (Env3, Instant)>,
 }
 
 impl Sampler {
@@ -249,11 +253,14 @@ impl Sampler {
                 continue;
             }
             seen.insert((pid, p.start));
-            let env = self
+            let entry = self
                 .env_cache
                 .entry((pid, p.start))
-                .or_insert_with(|| environ(pid))
-                .clone();
+                .or_insert_with(|| (environ(pid), Instant::now()));
+            if entry.0.is_none() && entry.1.elapsed() < Duration::from_secs(2) {
+                entry.0 = environ(pid);
+            }
+            let env = entry.0.clone();
             if let Some((r, agent, session)) = env
                 && r == self.root
             {
