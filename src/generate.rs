@@ -127,6 +127,10 @@ pub struct GenConfig {
     /// Number of the first fresh pair. Fresh pairs are numbered from here, so sets
     /// generated with disjoint ranges hold disjoint pairs (scale runs use this).
     pub first_pair_id: u64,
+    /// Length of each fresh answer in characters, drawn evenly from this range (both
+    /// ends included), like the seeds' answers (800 to 2,000). `None`: 200 to 800, the
+    /// generator's first shape, which tests rely on byte for byte.
+    pub answer_chars: Option<(usize, usize)>,
 }
 
 impl Default for GenConfig {
@@ -141,6 +145,7 @@ impl Default for GenConfig {
             bad_files: 0,
             session_start: None,
             first_pair_id: 0,
+            answer_chars: None,
         }
     }
 }
@@ -170,6 +175,7 @@ pub fn generate(cfg: &GenConfig) -> Vec<GeneratedFile> {
     let mut generator = Generator {
         rng: fastrand::Rng::with_seed(cfg.seed),
         next_id: cfg.first_pair_id,
+        answer_chars: cfg.answer_chars,
         pool: Vec::new(),
         pool_cp1252: Vec::new(),
     };
@@ -835,6 +841,8 @@ struct Generator {
     rng: fastrand::Rng,
     /// Counter behind each fresh pair's unique timestamp.
     next_id: u64,
+    /// [`GenConfig::answer_chars`].
+    answer_chars: Option<(usize, usize)>,
     /// Pairs of earlier files.
     pool: Vec<Written>,
     /// Indices into `pool` of pairs windows-1252 can represent.
@@ -1095,14 +1103,59 @@ impl Generator {
         }
         rng.shuffle(&mut sentences);
         let mut answer = format!("{} {}.", ind.intro, ind.what);
-        let target = 200 + rng.usize(..500);
-        for sentence in sentences {
-            if answer.len() >= target {
-                break;
+        match self.answer_chars {
+            None => {
+                let target = 200 + rng.usize(..500);
+                for sentence in sentences {
+                    if answer.len() >= target {
+                        break;
+                    }
+                    if answer.len() + 1 + sentence.len() <= 800 {
+                        answer.push(' ');
+                        answer.push_str(&sentence);
+                    }
+                }
             }
-            if answer.len() + 1 + sentence.len() <= 800 {
-                answer.push(' ');
-                answer.push_str(&sentence);
+            Some((low, high)) => {
+                let high = high.max(low);
+                let target = rng.usize(low..=high);
+                let chars = |s: &str| s.chars().count();
+                let mut length = chars(&answer);
+                let mut sentences = sentences.into_iter();
+                // The pair's own sentences first, then asides on other indicators, until
+                // the target is reached without passing `high`.
+                let mut misses = 0;
+                while length < target && misses < 8 {
+                    let sentence = match sentences.next() {
+                        Some(s) => s,
+                        None => aside(rng, subject, ticker, tf),
+                    };
+                    let n = chars(&sentence);
+                    if length + 1 + n <= high {
+                        answer.push(' ');
+                        answer.push_str(&sentence);
+                        length += 1 + n;
+                    } else {
+                        misses += 1;
+                    }
+                }
+                // Too short still (a narrow range): pad with a closing clause.
+                while length < low {
+                    answer.push_str(" Always size the position to the stop.");
+                    length += 38;
+                }
+                if length > high {
+                    let cut: usize = answer
+                        .char_indices()
+                        .nth(high)
+                        .map_or(answer.len(), |(i, _)| i);
+                    answer.truncate(cut);
+                    answer = answer.trim_end().to_string();
+                    // The trim may leave a narrow range one character short.
+                    while answer.chars().count() < low {
+                        answer.push('.');
+                    }
+                }
             }
         }
         if !fancy {
@@ -1265,6 +1318,51 @@ fn ascii_escaped(json: &str) -> String {
         }
     }
     out
+}
+
+/// A sentence on another indicator, for answers longer than a pair's own sentences
+/// make (see [`GenConfig::answer_chars`]).
+fn aside(rng: &mut fastrand::Rng, subject: &str, ticker: &str, tf: &str) -> String {
+    let o = &INDICATORS[rng.usize(..INDICATORS.len())];
+    match rng.usize(..5) {
+        0 => format!("For comparison, {} {}.", lower_first(o.intro), o.what),
+        1 => format!(
+            "{} {}, which is why it is rarely used alone next to {subject}.",
+            upper_first(o.subject),
+            o.pitfall
+        ),
+        2 => format!(
+            "Traders who follow {} on the {tf} {ticker} chart watch for {}.",
+            o.subject, o.bullish
+        ),
+        3 => format!(
+            "The warning sign from {} is {}, and it deserves attention even when {subject} looks calm.",
+            o.subject, o.bearish
+        ),
+        _ => format!(
+            "A {} near {:.prec$}{} is worth writing down in a trading journal beside the {subject} reading, with the time and the {tf} close.",
+            o.label,
+            o.low + rng.f64() * (o.high - o.low),
+            o.unit,
+            prec = o.decimals
+        ),
+    }
+}
+
+/// "The RSI" mid-sentence is "the RSI"; names keep their capitals.
+fn lower_first(s: &str) -> String {
+    match s.strip_prefix("The ") {
+        Some(rest) => format!("the {rest}"),
+        None => s.to_string(),
+    }
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
 }
 
 /// The typography of templates reduced to ASCII, for the majority of pairs that an
@@ -1556,6 +1654,40 @@ mod tests {
             pairs_in(&value, &mut pairs);
         }
         pairs
+    }
+
+    #[test]
+    fn answers_are_as_long_as_asked() {
+        for (low, high) in [(800, 2000), (1000, 1000), (5, 40)] {
+            let files = generate(&GenConfig {
+                seed: 3,
+                files: 20,
+                pairs_per_file: 10,
+                layouts: DropLayout::ALL.to_vec(),
+                encodings: DropEncoding::ALL.to_vec(),
+                answer_chars: Some((low, high)),
+                ..GenConfig::default()
+            });
+            let mut lengths = Vec::new();
+            for f in &files {
+                for (_, answer) in parse(f) {
+                    lengths.push(answer.chars().count());
+                }
+            }
+            assert!(lengths.len() > 100, "{} answers", lengths.len());
+            for n in &lengths {
+                assert!(
+                    (low..=high).contains(n),
+                    "{n} characters, asked {low}-{high}"
+                );
+            }
+            if high - low >= 500 {
+                // Spread over the range, not bunched at one end (a narrow range below
+                // the opening sentence's length is all cut to its top).
+                let mid = (low + high) / 2;
+                assert!(lengths.iter().any(|&n| n < mid) && lengths.iter().any(|&n| n > mid));
+            }
+        }
     }
 
     fn normalised(key: &str) -> String {

@@ -92,21 +92,139 @@ fn collapse_ascii(text: &str, out: &mut String) {
     }
 }
 
-/// Whether `text` is ASCII with single spaces between words and none at the ends, so
-/// that it is its own normal form. Most generated and written text is.
-fn is_normal_ascii(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    if bytes.first() == Some(&b' ') || bytes.last() == Some(&b' ') {
-        return false;
+/// What one pass over a text's bytes found ([`scan`]).
+const NON_ASCII: u8 = 1;
+/// Whitespace other than single spaces between words (a tab, a newline, two spaces in
+/// a row, a space at either end), or a control character.
+const IRREGULAR: u8 = 2;
+
+/// One pass over `bytes` that decides most texts without decoding a character: 16
+/// bytes at a time with SSE2 (every x86-64 has it), a few instructions per block. Any
+/// control character counts as irregular: the definition then decides (the parser has
+/// removed them from stored text anyway).
+#[cfg(target_arch = "x86_64")]
+fn scan(bytes: &[u8]) -> u8 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+    };
+    let Some((&last, _)) = bytes.split_last() else {
+        return 0;
+    };
+    if bytes[0] == b' ' || last == b' ' {
+        return IRREGULAR;
     }
-    let mut prev_space = false;
-    for &b in bytes {
-        if b >= 0x80 || (is_ascii_space(b) && (b != b' ' || prev_space)) {
-            return false;
+    let mut flags = 0;
+    let mut after_space = 0u32; // 1 when the byte before the block is a space
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        // SAFETY: SSE2 is part of x86-64; `block` is 16 readable bytes and loadu has no
+        // alignment requirement.
+        let (space, low, high) = unsafe {
+            let v = _mm_loadu_si128(block.as_ptr().cast::<__m128i>());
+            (
+                _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b' ' as i8))) as u32,
+                // Signed: below 0x21 are the spaces, the controls and every byte from
+                // 0x80 (negative as i8), which the sign mask tells apart.
+                _mm_movemask_epi8(_mm_cmplt_epi8(v, _mm_set1_epi8(0x21))) as u32,
+                _mm_movemask_epi8(v) as u32,
+            )
+        };
+        if high != 0 {
+            flags |= NON_ASCII;
+        }
+        let control = low & !space & !high;
+        let doubled = space & ((space << 1) | after_space);
+        if control | doubled != 0 {
+            return flags | IRREGULAR;
+        }
+        after_space = space >> 15;
+    }
+    let mut prev_space = after_space != 0;
+    for &b in blocks.remainder() {
+        if b >= 0x80 {
+            flags |= NON_ASCII;
+        } else if b < b' ' || (b == b' ' && prev_space) {
+            return flags | IRREGULAR;
         }
         prev_space = b == b' ';
     }
-    true
+    flags
+}
+
+/// [`scan`] elsewhere: branch-free over 64-byte chunks, which the compiler vectorises.
+#[cfg(not(target_arch = "x86_64"))]
+fn scan(bytes: &[u8]) -> u8 {
+    let Some((&last, _)) = bytes.split_last() else {
+        return 0;
+    };
+    if bytes[0] == b' ' || last == b' ' {
+        return IRREGULAR;
+    }
+    let mut flags = 0;
+    let (this, next) = (&bytes[..bytes.len() - 1], &bytes[1..]);
+    for (a, b) in this.chunks(64).zip(next.chunks(64)) {
+        let mut f = 0u8;
+        for (&x, &y) in a.iter().zip(b) {
+            f |= u8::from(x >= 0x80) | (u8::from((x < b' ') | ((x == b' ') & (y == b' '))) << 1);
+        }
+        flags |= f;
+        if flags & IRREGULAR != 0 {
+            return flags;
+        }
+    }
+    flags | u8::from(last >= 0x80) | (u8::from(last < b' ') << 1)
+}
+
+/// The characters of a text from U+0080 up, skipping ASCII eight bytes at a time.
+struct NonAscii<'t> {
+    text: &'t str,
+    at: usize,
+}
+
+impl Iterator for NonAscii<'_> {
+    type Item = char;
+
+    fn next(&mut self) -> Option<char> {
+        let b = self.text.as_bytes();
+        let mut i = self.at;
+        while let Some(word) = b.get(i..i + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            if word & 0x8080_8080_8080_8080 != 0 {
+                break;
+            }
+            i += 8;
+        }
+        while i < b.len() && b[i] < 0x80 {
+            i += 1;
+        }
+        // i is a character boundary: ASCII bytes end characters.
+        let c = self.text[i..].chars().next()?;
+        self.at = i + c.len_utf8();
+        Some(c)
+    }
+}
+
+/// Whether `text` is its own normal form: single spaces between words, none at the
+/// ends, no other whitespace, and (beyond ASCII) NFC by the quick check. Most written
+/// text is, and is then hashed in place, never copied.
+fn is_normal(text: &str) -> bool {
+    let flags = scan(text.as_bytes());
+    if flags & IRREGULAR != 0 {
+        return false;
+    }
+    if flags & NON_ASCII == 0 {
+        return true;
+    }
+    // Unicode whitespace beyond ASCII (U+0085, U+00A0, U+2000.. ) is irregular too.
+    let mut space = false;
+    // Characters below U+0300 are NFC-stable starters (see normalise_into).
+    let nfc = is_nfc_quick(
+        NonAscii { text, at: 0 }
+            .inspect(|c| space |= c.is_whitespace())
+            .filter(|&c| c >= '\u{300}'),
+    );
+    // A quick check that stopped early (not Yes) is the slow path anyway.
+    nfc == IsNormalized::Yes && !space
 }
 
 /// The key of a question/answer pair.
@@ -122,7 +240,7 @@ pub fn pair_key_with(question: &str, answer: &str, scratch: &mut String) -> Pair
         if i > 0 {
             hasher.update(b"\n");
         }
-        if is_normal_ascii(text) {
+        if is_normal(text) {
             // Already normal: hash in place, no copy.
             hasher.update(text.as_bytes());
         } else {
@@ -182,6 +300,11 @@ mod tests {
 
     #[test]
     fn fast_paths_agree_with_the_definition() {
+        let words = "word ".repeat(40);
+        let long_a = format!("{words}end");
+        let long_b = format!("{words} end"); // two spaces at byte 200
+        let long_c = format!("{words}\u{e9}\tend"); // a tab after a non-ASCII letter
+        let long_d = format!("{words}Cafe\u{301}");
         // The definition: NFC, split on Unicode whitespace, join with one space.
         let reference = |t: &str| {
             t.nfc()
@@ -202,9 +325,26 @@ mod tests {
             "  ",
             "Caf\u{e9} au lait",
             "Cafe\u{301}\n\nnoir",
+            // Beyond ASCII: irregular spaces the byte scan cannot see, and long texts
+            // whose trouble sits past the first chunk of the scan.
+            "na\u{ef}ve \u{2014} d\u{e9}j\u{e0} vu",
+            "\u{20ac}5\u{a0}000",
+            "x\u{85}",
+            "\u{3000}x",
+            "a\u{2028}b",
+            "\u{1F4C8} \u{2248}1.2\u{3c3}",
+            "\u{e9}\u{301}",
+            "e\u{301}\u{327}",
+            &long_a,
+            &long_b,
+            &long_c,
+            &long_d,
         ];
         for text in cases {
             assert_eq!(normalise(text), reference(text), "{text:?}");
+            if is_normal(text) {
+                assert_eq!(reference(text), text, "taken as normal: {text:?}");
+            }
             let mut hasher = blake3::Hasher::new();
             hasher.update(reference(text).as_bytes());
             hasher.update(b"\n");
@@ -214,6 +354,82 @@ mod tests {
                 *hasher.finalize().as_bytes(),
                 "{text:?}"
             );
+        }
+    }
+
+    #[test]
+    fn written_text_takes_the_fast_path() {
+        let words = "word ".repeat(40);
+        for text in [
+            "What is RSI?",
+            "na\u{ef}ve \u{2014} d\u{e9}j\u{e0} vu \u{20ac}5",
+            &format!("{words}\u{201c}quoted\u{201d}"),
+            "",
+        ] {
+            assert!(is_normal(text), "{text:?}");
+        }
+        for text in [
+            " a",
+            "a ",
+            "a  b",
+            "a\tb",
+            "a\u{a0}b",
+            "Cafe\u{301}",
+            &format!("{words}\n"),
+        ] {
+            assert!(!is_normal(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_scan_is_exact_for_ascii_at_every_place_in_a_block() {
+        let reference = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+        for len in 0..50 {
+            for at in 0..len {
+                for odd in ["  ", "\t", "\n", " \r", "\u{b}", "\u{c}"] {
+                    let mut t: String = (0..len)
+                        .map(|i| if i % 5 == 4 { ' ' } else { 'w' })
+                        .collect();
+                    t.replace_range(at..at + 1, odd);
+                    assert_eq!(is_normal(&t), reference(&t) == t, "{t:?}");
+                    assert_eq!(normalise(&t), reference(&t), "{t:?}");
+                }
+                let mut t: String = "a".repeat(len);
+                t.insert(at, '\u{e9}');
+                assert!(is_normal(&t), "{t:?}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 4000, failure_persistence: None, ..Default::default() })]
+
+        /// The byte scan and the quick check only ever skip work: a text they call
+        /// normal is its own normal form, and the key is the key of the definition,
+        /// on text made of what trips them (runs of spaces at block edges, ASCII and
+        /// Unicode whitespace, controls, letters below and above U+0300, combining
+        /// marks in and out of order, decomposed letters, astral characters).
+        #[test]
+        fn the_fast_key_is_the_key_of_the_definition(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "w", "word", " ", "  ", "\t", "\n", "\r", "\u{b}", "\u{1}", "\u{7f}",
+                "\u{e9}", "e\u{301}", "\u{301}", "\u{327}", "\u{a0}", "\u{85}", "\u{2003}",
+                "\u{3000}", "\u{2014}", "\u{201c}", "\u{fffd}", "\u{1f4c8}", "\u{212b}",
+                "\u{340}", "\u{ac00}", "\u{1100}\u{1161}", "0123456789abcdef",
+            ]), 0..40),
+            answer in ".{0,20}",
+        ) {
+            let text: String = parts.concat();
+            let reference = |t: &str| t.nfc().collect::<String>().split_whitespace().collect::<Vec<_>>().join(" ");
+            if is_normal(&text) {
+                proptest::prop_assert_eq!(reference(&text), text.clone());
+            }
+            proptest::prop_assert_eq!(normalise(&text), reference(&text));
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(reference(&text).as_bytes());
+            hasher.update(b"\n");
+            hasher.update(reference(&answer).as_bytes());
+            proptest::prop_assert_eq!(pair_key(&text, &answer), *hasher.finalize().as_bytes());
         }
     }
 

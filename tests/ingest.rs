@@ -643,3 +643,35 @@ fn kill_9_mid_ingest_then_rerun_ends_with_exactly_the_distinct_pairs() {
     assert!(env.files_in("inbox/droid").is_empty(), "{}", run.explain());
     common::assert_ledger_exact(&env, &files, want);
 }
+
+#[test]
+fn generate_answer_chars_writes_answers_of_that_length_and_refuses_a_reversed_range() {
+    let env = Env::new();
+    env.run(&[
+        "generate",
+        "--files",
+        "6",
+        "--pairs",
+        "10",
+        "--answer-chars",
+        "800-2000",
+        "--seed",
+        "5",
+    ])
+    .expect(0);
+    env.run(&["ingest"]).expect(0);
+    let shortest = env.count("SELECT MIN(length(answer)) FROM pairs");
+    let longest = env.count("SELECT MAX(length(answer)) FROM pairs");
+    assert!(
+        (800..=2000).contains(&shortest) && (800..=2000).contains(&longest),
+        "answers of {shortest} to {longest} characters"
+    );
+    let run = env
+        .run(&["generate", "--answer-chars", "2000-800"])
+        .expect(2);
+    assert!(
+        run.stderr().contains("2000 is more than 800"),
+        "{}",
+        run.explain()
+    );
+}

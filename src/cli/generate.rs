@@ -40,6 +40,10 @@ pub struct Args {
     /// Number of the first fresh pair: sets generated with disjoint ranges share no pair.
     #[arg(long, default_value_t = 0)]
     pub first_pair_id: u64,
+    /// Length of each fresh answer in characters, MIN-MAX (e.g. 800-2000, like the
+    /// seeds' answers) or one number (default: 200 to 800).
+    #[arg(long, value_name = "MIN-MAX", value_parser = parse_range)]
+    pub answer_chars: Option<(usize, usize)>,
     /// Random seed: the same seed writes the same bytes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -114,6 +118,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         bad_files: args.bad,
         session_start: args.sessions_from,
         first_pair_id: args.first_pair_id,
+        answer_chars: args.answer_chars,
     };
     let mut files = generate::generate(&cfg);
     let planted = if args.near_dups > 0.0 || args.db.is_some() {
@@ -180,6 +185,26 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         dir.display()
     );
     Ok(Exit::Ok)
+}
+
+/// `800-2000` or `1000`: a range of lengths, both ends included.
+fn parse_range(text: &str) -> Result<(usize, usize), String> {
+    let number = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{t}` is not a number of characters"))
+    };
+    let (low, high) = match text.split_once('-') {
+        Some((a, b)) => (number(a)?, number(b)?),
+        None => (number(text)?, number(text)?),
+    };
+    if low > high {
+        return Err(format!("{low} is more than {high}: write MIN-MAX"));
+    }
+    if high == 0 {
+        return Err("an answer needs at least one character".to_string());
+    }
+    Ok((low, high))
 }
 
 /// The pairs of a generated drop, with their indicator and category, read back the way

@@ -5,6 +5,8 @@
 //! The layout is recognised from the content alone, never from the file name.
 //! `schemas/` describes the same rules as JSON Schema; keep the two in step.
 
+mod fast;
+
 use crate::pair::{Pair, pair_key_with};
 use serde_json::error::Category;
 use serde_json::{Map, Value};
@@ -113,7 +115,7 @@ pub struct InvalidPair {
 }
 
 /// What a dropped file holds once its layout is recognised.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct ParsedDrop {
     /// The layout recognised from the content.
     pub layout: Layout,
@@ -358,13 +360,42 @@ fn no_valid_text(invalid: &[InvalidPair]) -> String {
 /// Every [`LayoutError`] variant; see its messages. A file with at least one
 /// valid pair is `Ok` even if other pairs are invalid. Line and column numbers
 /// in messages are 1-based and count characters.
+///
+/// A drop that needs nothing but reading goes through simd-json (`layout::fast`); any
+/// other, and every error, through serde_json ([`parse_reference`]), which gives the
+/// same result.
 pub fn parse(text: &str) -> Result<ParsedDrop, LayoutError> {
+    parse_with(text, true)
+}
+
+/// [`parse`] through serde_json alone: the reference that the simd-json fast path is
+/// tested against, and what the prepare bench compares it with.
+pub fn parse_reference(text: &str) -> Result<ParsedDrop, LayoutError> {
+    parse_with(text, false)
+}
+
+/// What the simd-json fast path alone makes of `text`: `None` when it leaves the text
+/// to serde_json (errors, invalid pairs, repairs, duplicate keys, deep nesting). For
+/// the tests and benches that check it takes realistic drops and agrees with
+/// [`parse_reference`].
+pub fn parse_fast(text: &str) -> Option<ParsedDrop> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim_matches(JSON_WHITESPACE).is_empty() {
+        return None;
+    }
+    fast::parse(text)
+}
+
+fn parse_with(text: &str, fast: bool) -> Result<ParsedDrop, LayoutError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.is_empty() {
         return Err(LayoutError::Empty);
     }
     if text.trim_matches(JSON_WHITESPACE).is_empty() {
         return Err(LayoutError::WhitespaceOnly);
+    }
+    if fast && let Some(parsed) = fast::parse(text) {
+        return Ok(parsed);
     }
     let mut out = Collector::default();
     let layout = match serde_json::from_str::<Value>(text) {
@@ -980,7 +1011,14 @@ fn label((_, value): (usize, Value), out: &mut Collector) -> String {
 /// Removes NUL and C0 controls other than tab and newline; returns how many.
 fn strip_controls(s: &mut String) -> usize {
     let unwanted = |c: char| c < ' ' && c != '\t' && c != '\n';
-    if !s.bytes().any(|b| b < b' ' && b != b'\t' && b != b'\n') {
+    // Branch-free over 64-byte chunks, so it vectorises: this runs over every stored
+    // text, and almost never finds anything.
+    let control = |b: u8| (b < b' ') & (b != b'\t') & (b != b'\n');
+    if !s
+        .as_bytes()
+        .chunks(64)
+        .any(|chunk| chunk.iter().fold(false, |any, &b| any | control(b)))
+    {
         return 0;
     }
     let before = s.chars().count();
