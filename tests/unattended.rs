@@ -1755,3 +1755,57 @@ fn the_notify_command_hears_when_no_pair_came_for_the_quiet_hours() {
         "{quiet:?}"
     );
 }
+
+/// The 70-minute soak found it: a loop SIGKILLed after committing a session's row but
+/// before recording its run left the session `active` with no run, which no later loop
+/// adopted; with one slot the agent never got another session. The debug-build
+/// failpoint `PERPETUAL_FAILPOINT=run:after_session_start` kills the loop exactly there.
+#[test]
+fn a_loop_killed_between_a_sessions_start_and_its_run_leaves_no_session_stuck_active() {
+    use std::os::unix::process::ExitStatusExt;
+    let fake = fixture("fake_agent.sh");
+    let (env, _guard) = root_with(&format!(
+        r#"
+[agents.claude_code]
+command = ["sh", "{}"]
+transcript = "{{root}}/transcripts/{{session}}.jsonl"
+
+[agents.claude_code.budget]
+slots = 1
+"#,
+        fake.display()
+    ));
+    add_tasks(&env, "claude_code", &["t"], 2);
+    let killed = env.run_with(
+        &["run"],
+        &[("PERPETUAL_FAILPOINT", "run:after_session_start")],
+    );
+    assert_eq!(
+        killed.output.status.signal(),
+        Some(libc::SIGKILL),
+        "the failpoint kills the loop\n{}",
+        killed.explain()
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM sessions WHERE status = 'active'"),
+        1,
+        "{}",
+        killed.explain()
+    );
+    assert!(
+        !env.path("fake").exists(),
+        "no agent ran\n{}",
+        killed.explain()
+    );
+
+    let run = env
+        .run_within(Duration::from_secs(60), &["run", "--max-sessions", "1"])
+        .expect(0);
+    let s = sessions(&env);
+    assert_eq!(s.len(), 2, "{}", run.explain());
+    assert_eq!(s[0]["status"], "wrapped", "{}", run.explain());
+    assert_eq!(s[1]["status"], "wrapped", "{}", run.explain());
+    assert_eq!(s[1]["task_id"], "t");
+    assert_eq!(task_json(&env, "t")["done"], 1, "{}", run.explain());
+    assert!(session_processes(env.root()).is_empty());
+}

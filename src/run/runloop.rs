@@ -791,6 +791,7 @@ impl<'c> Loop<'c> {
             StartOutcome::NothingReady { .. } => return Ok(false),
         };
         self.refusals.remove(agent);
+        failpoint("run:after_session_start");
         let s = brief.session.id.clone();
         let run_id = store_agents::insert_run(
             self.conn,
@@ -1361,4 +1362,16 @@ pub fn free_disk_mb(dir: &std::path::Path) -> Option<u64> {
         return None;
     }
     Some(st.f_bavail as u64 * st.f_frsize as u64 / (1024 * 1024))
+}
+
+/// A test hook, honoured by debug builds only (the ones `cargo test` runs): when
+/// `PERPETUAL_FAILPOINT` names `point`, the loop SIGKILLs itself there, so that a test
+/// can reproduce a crash in a window too narrow to hit with a signal from outside.
+fn failpoint(point: &str) {
+    if cfg!(debug_assertions) && std::env::var("PERPETUAL_FAILPOINT").is_ok_and(|v| v == point) {
+        // SAFETY: kill(2) on our own pid has no memory effects.
+        unsafe {
+            libc::kill(std::process::id() as libc::pid_t, libc::SIGKILL);
+        }
+    }
 }
