@@ -1807,5 +1807,10 @@ slots = 1
     assert_eq!(s[1]["status"], "wrapped", "{}", run.explain());
     assert_eq!(s[1]["task_id"], "t");
     assert_eq!(task_json(&env, "t")["done"], 1, "{}", run.explain());
+    assert!(
+        run.stderr().contains("its command never started"),
+        "{}",
+        run.explain()
+    );
     assert!(session_processes(env.root()).is_empty());
 }

@@ -123,6 +123,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     agent: agent.clone(),
                     task,
                     token_budget: budget,
+                    loop_run: false,
                 },
             )?;
             if json {

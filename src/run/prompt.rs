@@ -45,6 +45,8 @@ pub fn brief_of(conn: &Connection, config: &Config, session_id: &str) -> Result<
         thresholds: config.thresholds_of(&s.agent),
         task,
         session: s,
+        // The prompt does not name the run.
+        run_id: None,
     })
 }
 

@@ -766,6 +766,7 @@ impl<'c> Loop<'c> {
                 agent: agent.to_string(),
                 task: Some(task.id.clone()),
                 token_budget: None,
+                loop_run: true,
             },
         )?;
         let brief = match outcome {
@@ -793,14 +794,11 @@ impl<'c> Loop<'c> {
         self.refusals.remove(agent);
         failpoint("run:after_session_start");
         let s = brief.session.id.clone();
-        let run_id = store_agents::insert_run(
-            self.conn,
-            agent,
-            &task.id,
-            task.kind.as_str(),
-            Some(&s),
-            &clock::now_rfc3339(),
-        )?;
+        // Recorded with the session (`loop_run`): a loop killed from here on leaves a
+        // run without a process, which the next one adopts and wraps.
+        let run_id = brief
+            .run_id
+            .ok_or_else(|| anyhow::anyhow!("a loop's session has its run"))?;
         let done = self.tx.clone();
         let ended_agent = agent.to_string();
         let wrap = supervise::start(

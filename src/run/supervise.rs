@@ -443,16 +443,20 @@ impl Supervisor {
                 let root = self.root.dir().display().to_string();
                 let group = Group::adopted(s, &root, pid, start, &table);
                 let gone = pid <= 0 || !procs::alive(pid, start);
+                // No pid: the loop died between the session's start (which records the
+                // run) and its command's.
+                let what = if pid <= 0 {
+                    "never started".to_string()
+                } else if gone {
+                    format!("(pid {pid}) is gone")
+                } else {
+                    format!("(pid {pid}) is still running, followed to its end")
+                };
                 tracing::warn!(
                     agent = self.agent.as_str(),
                     session = s,
-                    "adopting {s} of {}: the loop that started it stopped; its command (pid {pid}) is {}",
+                    "adopting {s} of {}: the loop that started it stopped; its command {what}",
                     self.agent,
-                    if gone {
-                        "gone"
-                    } else {
-                        "still running, followed to its end"
-                    }
                 );
                 store_agents::set_run_adopted(&conn, self.run_id, &clock::now_rfc3339())?;
                 let reader = self

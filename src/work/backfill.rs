@@ -501,6 +501,7 @@ pub fn run_task(
                 agent: opts.agent.clone(),
                 task: Some(id.clone()),
                 token_budget: opts.budget,
+                loop_run: false,
             },
         )? {
             StartOutcome::Started(brief) => brief.session.id,

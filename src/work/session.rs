@@ -27,6 +27,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::human::progress_text;
 use crate::root::Root;
+use crate::store::agents as store_runs;
 use crate::store::sessions::{self as store, CheckpointRow, NewCheckpoint, SessionRow};
 use crate::store::tasks::{self as store_tasks, TaskRow, TaskStatus};
 use crate::work::handoff::{self, Handoff};
@@ -56,6 +57,12 @@ pub struct StartOptions {
     pub task: Option<String>,
     /// Overrides the agent's `tokens_per_session`.
     pub token_budget: Option<u64>,
+    /// The loop starts this session to run the agent's command: its run (in
+    /// `loop_runs`, without a process yet) is recorded in the session's own transaction,
+    /// so that a loop killed before the command starts leaves a run the next loop
+    /// adopts (and wraps), never an active session nothing follows. A person's
+    /// `session start` records none: no loop adopts what a person runs.
+    pub loop_run: bool,
 }
 
 /// What [`start`] did.
@@ -103,6 +110,9 @@ pub struct Brief {
     pub level: Level,
     /// The thresholds in force.
     pub thresholds: Thresholds,
+    /// The loop's run of the session, when [`StartOptions::loop_run`] asked for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<i64>,
 }
 
 /// Starts a session for `opts.agent`.
@@ -208,6 +218,18 @@ pub fn start(conn: &mut Connection, config: &Config, opts: &StartOptions) -> Res
         chosen.task.done,
         &now_s,
     )?;
+    let run_id = if opts.loop_run {
+        Some(store_runs::insert_run(
+            &tx,
+            agent,
+            &chosen.task.id,
+            chosen.task.kind.as_str(),
+            Some(&id),
+            &now_s,
+        )?)
+    } else {
+        None
+    };
     tx.commit()?;
 
     let session = get(conn, &id)?;
@@ -222,6 +244,7 @@ pub fn start(conn: &mut Connection, config: &Config, opts: &StartOptions) -> Res
         slots: slots_usage(conn, agent, &budget, th)?,
         thresholds: *th,
         session,
+        run_id,
     })))
 }
 
