@@ -39,6 +39,72 @@ pub struct Config {
     pub quality: QualityConfig,
     /// Near-duplicate detection (`perpetual near-dups`).
     pub near_dups: NearDupsConfig,
+    /// The embeddings round trip (`perpetual export embeddings`, `import embeddings`).
+    pub embeddings: EmbeddingsConfig,
+    /// Semantic near-duplicates from stored vectors (`perpetual near-dups --cosine`).
+    pub cosine: CosineConfig,
+}
+
+/// What the embeddings requests ask for (`crate::dataset::embeddings`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// The model the batch job runs; vectors are stored under this name (`import
+    /// embeddings --model` overrides it).
+    pub model: String,
+    /// `task_type` of each request (e.g. `RETRIEVAL_DOCUMENT`); empty: not sent.
+    pub task_type: String,
+    /// `output_dimensionality` of each request; 0: not sent (the model's default).
+    pub output_dimensionality: usize,
+    /// Pairs per request batch (`export embeddings --batch-size` overrides it).
+    pub batch_size: u64,
+}
+
+impl Default for EmbeddingsConfig {
+    fn default() -> Self {
+        EmbeddingsConfig {
+            model: "gemini-embedding-001".into(),
+            task_type: "RETRIEVAL_DOCUMENT".into(),
+            output_dimensionality: 768,
+            batch_size: 10_000,
+        }
+    }
+}
+
+/// Semantic near-duplicate detection (`crate::dataset::cosine`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CosineConfig {
+    /// Pairs whose vectors' cosine similarity is at least this are near-duplicates
+    /// (`near-dups --cosine T` overrides it).
+    pub threshold: f64,
+    /// Up to this many vectors every pair is compared (exact); beyond, candidates come
+    /// from an HNSW index and are then verified exactly. 50,000: the exact search (all
+    /// cores) beats the one-thread index build up to 65,000 to 100,000 vectors
+    /// (BENCHMARKS.md, "The deliverables").
+    pub exact_max: usize,
+    /// HNSW: candidates looked at while building.
+    pub ef_construction: usize,
+    /// HNSW: candidates looked at per search.
+    pub ef_search: usize,
+    /// HNSW: nearest neighbours taken per vector as candidates.
+    pub neighbours: usize,
+    /// A cluster whose members are all at least this similar to its representative (same
+    /// indicator) is recommended `drop`.
+    pub drop_similarity: f64,
+}
+
+impl Default for CosineConfig {
+    fn default() -> Self {
+        CosineConfig {
+            threshold: 0.95,
+            exact_max: 50_000,
+            ef_construction: 100,
+            ef_search: 100,
+            neighbours: 10,
+            drop_similarity: 0.98,
+        }
+    }
 }
 
 /// Thresholds of the quality report (`crate::dataset::quality`).
@@ -357,6 +423,8 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             quality: QualityConfig::default(),
             near_dups: NearDupsConfig::default(),
+            embeddings: EmbeddingsConfig::default(),
+            cosine: CosineConfig::default(),
         }
     }
 }
@@ -512,6 +580,28 @@ impl Config {
         anyhow::ensure!(
             (0.0..=1.0).contains(&n.drop_similarity),
             "near_dups.drop_similarity must be between 0 and 1"
+        );
+        let e = &self.embeddings;
+        anyhow::ensure!(
+            !e.model.trim().is_empty(),
+            "embeddings.model must name a model"
+        );
+        anyhow::ensure!(
+            e.batch_size >= 1,
+            "embeddings.batch_size must be at least 1"
+        );
+        let c = &self.cosine;
+        anyhow::ensure!(
+            c.threshold > 0.0 && c.threshold <= 1.0,
+            "cosine.threshold must be above 0 and at most 1"
+        );
+        anyhow::ensure!(
+            c.ef_construction >= 1 && c.ef_search >= 1 && c.neighbours >= 1,
+            "cosine.ef_construction, cosine.ef_search and cosine.neighbours must be at least 1"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&c.drop_similarity),
+            "cosine.drop_similarity must be between 0 and 1"
         );
         Ok(())
     }
@@ -671,6 +761,32 @@ rows = 8
 # A cluster whose members are all this similar to its representative (same indicator)
 # is recommended "drop"; see the README for the rule.
 drop_similarity = 0.95
+
+[embeddings]
+# `perpetual export embeddings`: request batches for the Gemini batch embeddings API
+# (README, "Exports, embeddings, splits and charts"). The model is also the name the
+# imported vectors are stored under.
+model = "gemini-embedding-001"
+# task_type and output_dimensionality of each request ("" and 0: not sent).
+task_type = "RETRIEVAL_DOCUMENT"
+output_dimensionality = 768
+batch_size = 10000
+
+[cosine]
+# `perpetual near-dups --cosine`: pairs whose stored vectors have a cosine similarity of
+# at least threshold are semantic near-duplicates.
+threshold = 0.95
+# Up to exact_max vectors, every pair is compared (in parallel); beyond, an HNSW index
+# proposes `neighbours` candidates per vector (ef_construction / ef_search: its search
+# breadth), and each is verified exactly. The index is built on one thread, so exact
+# search is the faster one up to 65,000 to 100,000 vectors (BENCHMARKS.md).
+exact_max = 50000
+ef_construction = 100
+ef_search = 100
+neighbours = 10
+# A cluster whose members are all this similar to its representative (same indicator)
+# is recommended "drop".
+drop_similarity = 0.98
 
 # One table per agent. Each gets inbox/<name>/ (drops) and outbox/<name>/ (deliverables).
 # A folder created under inbox/ is an agent too, even when it is not listed here; it

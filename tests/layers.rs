@@ -66,9 +66,19 @@ fn imports_flow_one_way_between_the_subsystems() {
 
 #[test]
 fn the_work_modules_import_each_other_one_way() {
-    // assign → kinds → backfill → session → (handoff, vcs) → tasks → grade, history
+    // assign → kinds → workbench → (deliverables, backfill) → session → (handoff, vcs) → tasks → grade, history
     let order = [
-        "assign", "kinds", "backfill", "session", "handoff", "vcs", "tasks", "grade", "history",
+        "assign",
+        "kinds",
+        "workbench",
+        "deliverables",
+        "backfill",
+        "session",
+        "handoff",
+        "vcs",
+        "tasks",
+        "grade",
+        "history",
     ];
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/work");
     for (i, m) in order.iter().enumerate() {

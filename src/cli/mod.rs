@@ -5,11 +5,14 @@
 mod agent;
 mod assign;
 mod backfill;
+mod charts;
 mod coverage;
 mod deliver;
+mod export;
 mod files;
 mod generate;
 mod hooks;
+mod import;
 mod import_db;
 mod ingest;
 mod init;
@@ -21,6 +24,7 @@ mod record;
 mod report;
 pub mod run;
 mod session;
+mod split;
 mod stats;
 mod status;
 mod task;
@@ -180,7 +184,8 @@ pub enum Command {
     Quality(quality::Args),
     /// Lexical near-duplicates: MinHash signatures of word shingles (stored, so a re-run
     /// hashes only new pairs), LSH candidates, exact Jaccard verification, clusters;
-    /// writes duplicate_analysis_detailed.json and near_duplicate_pairs.csv.
+    /// writes duplicate_analysis_detailed.json and near_duplicate_pairs.csv. With
+    /// --cosine: semantic near-duplicates from the stored embeddings.
     NearDups(near_dups::Args),
     /// Import the pairs of an existing SQLite database (read-only), with the same keys,
     /// dedup and ledger as drops; resumable (a checkpoint every ingest.checkpoint_every
@@ -191,6 +196,18 @@ pub enum Command {
     /// names in the data outside the plan; writes coverage_report.{json,md} and keeps the
     /// gaps for the assigner ({gap_indicators} in a template).
     Coverage(coverage::Args),
+    /// Deliverables that leave the database: `export rag` (the RAG export) and `export
+    /// embeddings` (request batches for the Gemini batch embeddings API), to
+    /// outbox/<agent>/ (default zai) or --out.
+    Export(export::Args),
+    /// `import embeddings RESULTS.jsonl`: the vectors of a batch embeddings job.
+    Import(import::Args),
+    /// Stable, stratified train/val/test splits (JSON Lines, CSV, Parquet) that keep
+    /// near-duplicates together; a growing database moves no pair.
+    Split(split::Args),
+    /// The visualizations/ folder: coverage heatmap, answer lengths, categories, quality,
+    /// growth (SVG) and index.html with captions and the figures behind them.
+    Charts(charts::Args),
     /// Reports: the daily team status report and performance metrics.
     Report(report::Args),
 }
@@ -296,6 +313,10 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::NearDups(args) => near_dups::run(&root, args),
         Command::ImportDb(args) => import_db::run(&root, args),
         Command::Coverage(args) => coverage::run(&root, args),
+        Command::Export(args) => export::run(&root, args),
+        Command::Import(args) => import::run(&root, args),
+        Command::Split(args) => split::run(&root, args),
+        Command::Charts(args) => charts::run(&root, args),
         Command::Report(args) => report::run(&root, args),
     }?;
     if let Some(what) = steering {

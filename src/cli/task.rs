@@ -46,7 +46,8 @@ pub enum TaskCommand {
         total: Option<u64>,
         /// Who runs it: the agent's command (`agent`), or `perpetual run` itself:
         /// `ingest` (the agent's inbox), `backfill` (an archive folder, --dir), or the
-        /// workbench: `quality`, `near_dups`, `coverage`, `import_db` (--params).
+        /// workbench: `quality`, `near_dups`, `coverage`, `import_db`, `export_rag`,
+        /// `export_embeddings`, `import_embeddings`, `split`, `charts` (--params).
         #[arg(long, value_enum, default_value_t = TaskKind::Agent)]
         kind: TaskKind,
         /// backfill: the archive folder (read in place).
@@ -58,8 +59,8 @@ pub enum TaskCommand {
         /// backfill: token budget of each of its sessions (default: the agent's tokens_per_session).
         #[arg(long, value_name = "N")]
         budget: Option<u64>,
-        /// quality, near_dups, coverage, import_db: the params as JSON, e.g.
-        /// '{"plan": "examples/indicators.toml"}' (relative paths are made absolute).
+        /// The workbench kinds: the params as JSON, e.g. '{"plan": "examples/indicators.toml"}'
+        /// or '{"ratios": "80,10,10", "seed": 7}' (relative paths are made absolute).
         #[arg(long, value_name = "JSON")]
         params: Option<String>,
         /// Recurring: once it is complete and this period has passed ("24h", "90m", "7d")
@@ -222,7 +223,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             }
             anyhow::ensure!(
                 json_params.is_none() || crate::work::workbench::is_workbench(kind),
-                "--params describes a workbench task (--kind quality, near_dups, coverage or import_db)"
+                "--params describes a workbench task (--kind quality, near_dups, coverage, import_db, export_rag, export_embeddings, import_embeddings, split or charts)"
             );
             let json_params = json_params
                 .map(|text| -> Result<serde_json::Value> {

@@ -388,6 +388,9 @@ pub enum Outcome {
     /// The ledger already finished with these bytes, so they were not parsed (they are
     /// kept, in case the writer finds the hint stale).
     Known(Vec<u8>),
+    /// Results of the batch embeddings API (`engine::embeddings::is_results`): not
+    /// pairs; the writer imports their vectors, streaming the file again.
+    Embeddings,
     /// Cannot be integrated, with the reason.
     Rejected {
         /// Human-readable reason naming the problem and where.
@@ -444,6 +447,17 @@ impl Hints {
     }
 }
 
+/// The longest first line looked at to recognise an embeddings results file (one
+/// vector of 3,072 numbers is ~40 KB).
+const RESULTS_LINE_LIMIT: usize = 1 << 20;
+
+/// Whether bytes read from the start of a file begin like embeddings results (only
+/// the first [`RESULTS_LINE_LIMIT`] bytes are looked at, so a long single-line drop is
+/// not parsed twice).
+fn begins_like_results(head: &[u8]) -> bool {
+    crate::engine::embeddings::is_results(&head[..head.len().min(RESULTS_LINE_LIMIT)])
+}
+
 /// The parallel stage for one file: open (never following, never blocking), read at
 /// most `max_file_bytes + 1` bytes, hash, decode, parse, key. Never fails: every
 /// problem becomes an [`Outcome`].
@@ -487,6 +501,26 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
         encoding: None,
     };
     if size > max_file_bytes {
+        // Results of the embeddings API are recognised by their first line before the
+        // size limit applies: they are large by nature (10,000 vectors of 768 numbers
+        // is ~80 MB), and are streamed from this descriptor, never held whole.
+        let head = crate::engine::embeddings::first_line(&open.file, RESULTS_LINE_LIMIT);
+        if head.is_ok_and(|line| begins_like_results(&line)) {
+            let hashed = (|| -> std::io::Result<[u8; 32]> {
+                use std::io::Seek;
+                open.file.rewind()?;
+                let mut hasher = blake3::Hasher::new();
+                hasher.update_reader(&open.file)?;
+                Ok(*hasher.finalize().as_bytes())
+            })();
+            return match hashed {
+                Ok(h) => done(job, size, modified, Some(h), Outcome::Embeddings),
+                Err(e) => {
+                    let msg = format!("cannot read {}: {e}", names::render_path(&job.path));
+                    done(job, size, modified, None, Outcome::Unreadable(msg))
+                }
+            };
+        }
         // Rejected unread: no byte is read, so there is no hash either.
         return done(job, size, modified, None, over_limit(size));
     }
@@ -509,7 +543,11 @@ pub fn prepare(job: Job, hints: &Hints, max_file_bytes: u64) -> Prepared {
     };
     let size = bytes.len() as u64;
     let hash = *blake3::hash(&bytes).as_bytes();
-    let outcome = if hints.finished.contains(&hash) {
+    // Embeddings results never become `Known`: the writer's ledger lookup by hash
+    // finds a results file seen before, and its bytes are streamed again only if not.
+    let outcome = if begins_like_results(&bytes) {
+        Outcome::Embeddings
+    } else if hints.finished.contains(&hash) {
         Outcome::Known(bytes)
     } else {
         parse_bytes(&bytes)
@@ -1014,10 +1052,71 @@ impl<'c> Writer<'c> {
             Outcome::Rejected { reason, encoding } => {
                 self.reject(&job, size, Some(&hash), reason, encoding, started)
             }
+            Outcome::Embeddings => self.write_embeddings(&job, size, &hash, started),
             Outcome::Known(_) | Outcome::Skipped { .. } | Outcome::Unreadable(_) => {
                 unreachable!("resolved above")
             }
         }
+    }
+
+    /// An embeddings results file: its vectors stored (`engine::embeddings::import_raw`)
+    /// in the transaction that records it in the ledger, so it is imported exactly once;
+    /// then it moves to `processed/` like any drop. It is opened again as every drop is
+    /// (`engine::intake`), and only if the name still means the file prepared.
+    fn write_embeddings(
+        &mut self,
+        job: &Job,
+        size: u64,
+        hash: &[u8; 32],
+        started: Instant,
+    ) -> Result<()> {
+        let source = job.source();
+        let file = match intake::open(&job.path) {
+            Opened::File(f) if Some(f.identity) == self.identity => f.file,
+            _ => {
+                tracing::warn!(
+                    "{} changed or vanished since it was read; left where it is",
+                    names::render_path(&job.path)
+                );
+                self.report.files_unreadable += 1;
+                return Ok(());
+            }
+        };
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let report = crate::engine::embeddings::import_raw(self.conn, &mut reader, None, &source)
+            .with_context(|| format!("cannot import {}", names::render_path(&job.path)))?;
+        let note = report.summary();
+        let stored = self.destination(job, PROCESSED);
+        let stored_text = stored.as_deref().map(names::render_path);
+        let id = ledger::insert(
+            self.conn,
+            &ledger::NewFile {
+                agent: &job.agent,
+                name: &job.name(),
+                source_path: &source,
+                stored_path: stored_text.as_deref(),
+                content_hash: Some(hash),
+                size,
+                status: FileStatus::Integrated,
+                encoding: Some("UTF-8"),
+                replaced: false,
+                layout: Some(crate::engine::embeddings::LAYOUT),
+                session: None,
+                pairs_seen: 0,
+                invalid: &[],
+                reason: Some(&note),
+                duplicate_of: None,
+                salvage: None,
+                now: &self.now,
+            },
+        )?;
+        self.report.files_integrated += 1;
+        self.schedule_move(job, id, stored, None);
+        self.events.push(PendingEvent {
+            event: event(job, Some(FileStatus::Integrated), 0, 0, 0, Some(note), None),
+            started,
+        });
+        Ok(())
     }
 
     /// Records an entry that is not read (see [`Outcome::Skipped`]), once: an entry the
@@ -1438,13 +1537,16 @@ fn db_context(conn: &Connection) -> String {
 struct Replaced;
 
 fn move_file(m: &PendingMove) -> Result<()> {
+    // The folder first: creating it between the check below and the rename left a
+    // window in which a link renamed over the file was moved in its place (the link
+    // test found it under load, on the first move, which creates processed/).
+    let dir = m.to.parent().context("no destination folder")?;
+    ensure_folder(dir)?;
     if let Some(read) = m.identity
         && intake::identity_at(&m.from) != Some(read)
     {
         return Err(Replaced.into());
     }
-    let dir = m.to.parent().context("no destination folder")?;
-    ensure_folder(dir)?;
     if let Some(reason) = &m.reason {
         // The reason goes first: a file in rejected/ never lacks its explanation.
         let text = format!(
@@ -1458,7 +1560,19 @@ fn move_file(m: &PendingMove) -> Result<()> {
     }
     // rename keeps the bytes exactly; both paths are in the same inbox folder. Never
     // over something that appeared at the destination since it was chosen.
-    rename_noreplace(&m.from, &m.to)
+    rename_noreplace(&m.from, &m.to)?;
+    // The check above and the rename are two system calls: what was renamed is checked
+    // too, and an entry swapped in between goes back where it was found.
+    if let Some(read) = m.identity
+        && intake::identity_at(&m.to) != Some(read)
+    {
+        rename_noreplace(&m.to, &m.from)?;
+        if m.reason.is_some() {
+            let _ = std::fs::remove_file(reason_path(&m.to));
+        }
+        return Err(Replaced.into());
+    }
+    Ok(())
 }
 
 /// `rename`, refusing to replace an existing entry (`renameat2(RENAME_NOREPLACE)`;

@@ -7,6 +7,7 @@
 //! `root`, `clock`, `pair`) and `store`.
 
 pub mod decode;
+pub mod embeddings;
 pub mod import_db;
 pub mod ingest;
 pub mod intake;

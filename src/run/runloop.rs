@@ -655,7 +655,12 @@ impl<'c> Loop<'c> {
                     TaskKind::Quality
                     | TaskKind::NearDups
                     | TaskKind::Coverage
-                    | TaskKind::ImportDb,
+                    | TaskKind::ImportDb
+                    | TaskKind::ExportRag
+                    | TaskKind::ExportEmbeddings
+                    | TaskKind::ImportEmbeddings
+                    | TaskKind::Split
+                    | TaskKind::Charts,
                     _,
                 ) => {
                     self.run_workbench(&task)?;
@@ -701,9 +706,15 @@ impl<'c> Loop<'c> {
             TaskKind::Backfill => !paused,
             TaskKind::Ingest => true,
             // In a session of their own, like a backfill (run_task wraps one a dead loop left).
-            TaskKind::Quality | TaskKind::NearDups | TaskKind::Coverage | TaskKind::ImportDb => {
-                !paused
-            }
+            TaskKind::Quality
+            | TaskKind::NearDups
+            | TaskKind::Coverage
+            | TaskKind::ImportDb
+            | TaskKind::ExportRag
+            | TaskKind::ExportEmbeddings
+            | TaskKind::ImportEmbeddings
+            | TaskKind::Split
+            | TaskKind::Charts => !paused,
         };
         let views = tasks::open_views(self.conn)?;
         let mine = || views.iter().filter(|v| v.task.agent == agent);

@@ -370,6 +370,43 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX files_by_status ON files(status);
     CREATE INDEX files_by_source ON files(source_path);
     "#,
+    // The dataset workbench, part 2 (issue 12): embeddings batches and vectors
+    // (store::embeddings), stable split assignments (store::splits).
+    r#"
+    CREATE TABLE embedding_batches (
+        batch         INTEGER PRIMARY KEY,      -- N of embeddings_input_batch_<N>.jsonl
+        pairs         INTEGER NOT NULL,
+        first_pair_id INTEGER NOT NULL,
+        last_pair_id  INTEGER NOT NULL,
+        params        TEXT NOT NULL,            -- JSON: model, task_type, output_dimensionality
+        created_at    TEXT NOT NULL
+    );
+    CREATE TABLE embedding_batch_pairs (
+        pair_id INTEGER PRIMARY KEY REFERENCES pairs(id),   -- a pair is in at most one batch
+        batch   INTEGER NOT NULL REFERENCES embedding_batches(batch)
+    );
+    CREATE INDEX embedding_batch_pairs_by_batch ON embedding_batch_pairs(batch, pair_id);
+
+    CREATE TABLE embeddings (
+        id          INTEGER PRIMARY KEY,
+        model       TEXT NOT NULL,              -- e.g. gemini-embedding-001
+        pair_id     INTEGER NOT NULL REFERENCES pairs(id),
+        dimension   INTEGER NOT NULL,
+        vector      BLOB NOT NULL,              -- dimension x f32, little-endian
+        imported_at TEXT NOT NULL,
+        UNIQUE (model, pair_id)
+    );
+
+    CREATE TABLE split_schemes (
+        id     INTEGER PRIMARY KEY,
+        params TEXT NOT NULL UNIQUE             -- JSON: seed, ratios, stratify, cluster methods
+    );
+    CREATE TABLE split_assignments (
+        scheme  INTEGER NOT NULL REFERENCES split_schemes(id),
+        pair_id INTEGER NOT NULL REFERENCES pairs(id),
+        split   INTEGER NOT NULL,               -- 0 train, 1 val, 2 test; never changed once set
+        PRIMARY KEY (scheme, pair_id)
+    ) WITHOUT ROWID;
     // Unattended operation (issue 9): processes named by pid and start time, the
     // breaker's half-open state and crash backoff, the loop's heartbeat, the session a
     // file was integrated in, wrap commits to retry, the open-task index.

@@ -3,11 +3,11 @@
 //! stack and its templates (`store::tasks`), sessions and checkpoints
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
 //! consistent backups (`store::backup`), and the dataset workbench's own tables
-//! (`store::dataset`); other SQLite databases read as sources of pairs
-//! (`store::source_db`).
-//! consistent backups (`store::backup`), the tasks' history and the commands people and
-//! agents ran (`store::history`), the daily report's queries and the loop's heartbeats
-//! (`store::daily`).
+//! (`store::dataset`; pairs read as documents in `store::documents`, embeddings batches
+//! and vectors in `store::embeddings`, split assignments in `store::splits`); other
+//! SQLite databases read as sources of pairs (`store::source_db`); the tasks' history
+//! and the commands people and agents ran (`store::history`), the daily report's queries
+//! and the loop's heartbeats (`store::daily`).
 //!
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
@@ -18,12 +18,15 @@ pub mod agents;
 pub mod backup;
 pub mod daily;
 pub mod dataset;
+pub mod documents;
+pub mod embeddings;
 pub mod history;
 pub mod ledger;
 pub mod migrations;
 pub mod pairs;
 pub mod sessions;
 pub mod source_db;
+pub mod splits;
 pub mod stats;
 pub mod tasks;
 

@@ -114,6 +114,19 @@ pub enum TaskKind {
     /// recurring (`every`), so it comes back each period; it never counts toward the
     /// agent's queue depth, so an agent on duty is never "running dry".
     Duty,
+    /// The RAG export (`crate::work::deliverables`); run in-process.
+    #[value(name = "export_rag")]
+    ExportRag,
+    /// The next request batch for the batch embeddings API; run in-process.
+    #[value(name = "export_embeddings")]
+    ExportEmbeddings,
+    /// Store the vectors of a batch embeddings results file; run in-process.
+    #[value(name = "import_embeddings")]
+    ImportEmbeddings,
+    /// Stable train/val/test splits; run in-process.
+    Split,
+    /// The visualizations/ folder; run in-process.
+    Charts,
 }
 
 impl TaskKind {
@@ -128,6 +141,11 @@ impl TaskKind {
             TaskKind::Coverage => "coverage",
             TaskKind::ImportDb => "import_db",
             TaskKind::Duty => "duty",
+            TaskKind::ExportRag => "export_rag",
+            TaskKind::ExportEmbeddings => "export_embeddings",
+            TaskKind::ImportEmbeddings => "import_embeddings",
+            TaskKind::Split => "split",
+            TaskKind::Charts => "charts",
         }
     }
 
@@ -146,6 +164,11 @@ impl TaskKind {
             "coverage" => TaskKind::Coverage,
             "import_db" => TaskKind::ImportDb,
             "duty" => TaskKind::Duty,
+            "export_rag" => TaskKind::ExportRag,
+            "export_embeddings" => TaskKind::ExportEmbeddings,
+            "import_embeddings" => TaskKind::ImportEmbeddings,
+            "split" => TaskKind::Split,
+            "charts" => TaskKind::Charts,
             _ => TaskKind::Agent,
         }
     }

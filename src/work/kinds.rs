@@ -16,5 +16,10 @@ pub fn check(id: &str, kind: TaskKind, params: Option<&serde_json::Value>) -> Re
         TaskKind::Quality | TaskKind::NearDups | TaskKind::Coverage | TaskKind::ImportDb => {
             crate::work::workbench::check_params(id, kind, params)
         }
+        TaskKind::ExportRag
+        | TaskKind::ExportEmbeddings
+        | TaskKind::ImportEmbeddings
+        | TaskKind::Split
+        | TaskKind::Charts => crate::work::deliverables::check_params(id, kind, params),
     }
 }

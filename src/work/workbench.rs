@@ -1,6 +1,7 @@
-//! The workbench's task kinds (`quality`, `near_dups`, `coverage`, `import_db`): what their
-//! params are, and running one as a task inside a session of its agent, the way the
-//! loop runs a backfill.
+//! The workbench's task kinds (`quality`, `near_dups`, `coverage`, `import_db`, and the
+//! deliverables `export_rag`, `export_embeddings`, `import_embeddings`, `split`, `charts`
+//! whose params and work are `crate::work::deliverables`'): what their params are, and
+//! running one as a task inside a session of its agent, the way the loop runs a backfill.
 //!
 //! A task runs in one session: it starts (the agent's budget gates apply), the work runs
 //! in-process, and the session wraps with the task's progress full, which completes and
@@ -27,6 +28,7 @@ use crate::dataset::quality;
 use crate::engine::import_db::{self, ColumnMap, ImportOptions};
 use crate::root::Root;
 use crate::store::tasks::{TaskKind, TaskRow, TaskStatus};
+use crate::work::deliverables;
 use crate::work::session::{self, StartOptions, StartOutcome, WrapInput};
 use crate::work::tasks;
 use anyhow::{Context, Result, bail, ensure};
@@ -63,12 +65,13 @@ pub struct Params {
     pub map: Option<String>,
 }
 
-/// Whether `kind` is one of the workbench's.
+/// Whether `kind` is one of the workbench's (part 1's, or a deliverable of part 2:
+/// `crate::work::deliverables`).
 pub fn is_workbench(kind: TaskKind) -> bool {
     matches!(
         kind,
         TaskKind::Quality | TaskKind::NearDups | TaskKind::Coverage | TaskKind::ImportDb
-    )
+    ) || deliverables::owns(kind)
 }
 
 impl Params {
@@ -84,6 +87,9 @@ impl Params {
 
 /// Checks a workbench task's params before it is stored.
 pub fn check_params(id: &str, kind: TaskKind, params: Option<&serde_json::Value>) -> Result<()> {
+    if deliverables::owns(kind) {
+        return deliverables::check_params(id, kind, params);
+    }
     let p: Params = match params {
         None => Params::default(),
         Some(v) => serde_json::from_value(v.clone())
@@ -162,7 +168,7 @@ pub fn check_params(id: &str, kind: TaskKind, params: Option<&serde_json::Value>
 /// Makes the relative paths of params given on the command line absolute.
 pub fn absolute_paths(params: &mut serde_json::Value) -> Result<()> {
     if let Some(map) = params.as_object_mut() {
-        for key in ["plan", "path", "out"] {
+        for key in ["plan", "path", "out", "file"] {
             if let Some(serde_json::Value::String(s)) = map.get(key) {
                 let p = PathBuf::from(s);
                 if p.is_relative() {
@@ -194,7 +200,12 @@ pub fn run_task(
     task: &TaskRow,
     stop: Option<&AtomicBool>,
 ) -> Result<Outcome> {
-    let params = Params::of(task)?;
+    // The deliverables' params are their own (`deliverables` reads them).
+    let params = if deliverables::owns(task.kind) {
+        Params::default()
+    } else {
+        Params::of(task)?
+    };
     // A session of this task still active was left by a loop that died mid-task: the
     // work starts again (its outputs are rewritten whole; an import resumes at its
     // checkpoint), in a new session.
@@ -334,6 +345,18 @@ fn work(
             .join(", ")
     };
     let mut progress = Progress::hidden();
+    if deliverables::owns(task.kind) {
+        return deliverables::run_task(
+            conn,
+            root,
+            config,
+            &task.agent,
+            &task.id,
+            task.kind,
+            task.params.as_ref(),
+        )
+        .map(Some);
+    }
     Ok(Some(match task.kind {
         TaskKind::Quality => {
             let mut out = outputs()?;
