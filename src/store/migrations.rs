@@ -407,6 +407,7 @@ pub const MIGRATIONS: &[&str] = &[
         split   INTEGER NOT NULL,               -- 0 train, 1 val, 2 test; never changed once set
         PRIMARY KEY (scheme, pair_id)
     ) WITHOUT ROWID;
+    "#,
     // Unattended operation (issue 9): processes named by pid and start time, the
     // breaker's half-open state and crash backoff, the loop's heartbeat, the session a
     // file was integrated in, wrap commits to retry, the open-task index.
