@@ -1776,6 +1776,14 @@ slots = 1
         fake.display()
     ));
     add_tasks(&env, "claude_code", &["t"], 2);
+    // A session a person starts has no run: no loop adopts or wraps it.
+    add_tasks(&env, "droid", &["by_hand"], 2);
+    let by_hand = env
+        .run(&["session", "start", "--agent", "droid", "--json"])
+        .expect(0)
+        .json();
+    assert!(by_hand.get("run_id").is_none(), "{by_hand}");
+    let by_hand = by_hand["session"]["id"].as_str().unwrap().to_string();
     let killed = env.run_with(
         &["run"],
         &[("PERPETUAL_FAILPOINT", "run:after_session_start")],
@@ -1787,7 +1795,9 @@ slots = 1
         killed.explain()
     );
     assert_eq!(
-        env.count("SELECT COUNT(*) FROM sessions WHERE status = 'active'"),
+        env.count(
+            "SELECT COUNT(*) FROM sessions WHERE status = 'active' AND agent = 'claude_code'"
+        ),
         1,
         "{}",
         killed.explain()
@@ -1801,7 +1811,18 @@ slots = 1
     let run = env
         .run_within(Duration::from_secs(60), &["run", "--max-sessions", "1"])
         .expect(0);
-    let s = sessions(&env);
+    let (s, mine): (Vec<Value>, Vec<Value>) = sessions(&env)
+        .into_iter()
+        .partition(|x| x["agent"] == "claude_code");
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["id"], by_hand.as_str());
+    assert_eq!(mine[0]["status"], "active", "{}", run.explain());
+    assert_eq!(
+        env.count(&format!(
+            "SELECT COUNT(*) FROM loop_runs WHERE session_id = '{by_hand}'"
+        )),
+        0
+    );
     assert_eq!(s.len(), 2, "{}", run.explain());
     assert_eq!(s[0]["status"], "wrapped", "{}", run.explain());
     assert_eq!(s[1]["status"], "wrapped", "{}", run.explain());
