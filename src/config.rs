@@ -35,6 +35,8 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// Who hears about trouble while the loop runs unattended.
     pub notify: NotifyConfig,
+    /// The web faucet (`perpetual serve`, `perpetual run --serve`).
+    pub serve: ServeConfig,
     /// The quality report's thresholds (`perpetual quality`).
     pub quality: QualityConfig,
     /// Near-duplicate detection (`perpetual near-dups`).
@@ -103,6 +105,26 @@ impl Default for CosineConfig {
             ef_search: 100,
             neighbours: 10,
             drop_similarity: 0.98,
+        }
+    }
+}
+
+/// Settings of the web faucet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where `perpetual serve` listens unless `--addr` says otherwise.
+    pub addr: std::net::SocketAddr,
+    /// The bearer token every request must carry; required to listen on an address
+    /// other than loopback (`--token` and `PERPETUAL_TOKEN` override it).
+    pub token: Option<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 8700)),
+            token: None,
         }
     }
 }
@@ -421,6 +443,7 @@ impl Default for Config {
             assign: AssignConfig::default(),
             monitor: MonitorConfig::default(),
             notify: NotifyConfig::default(),
+            serve: ServeConfig::default(),
             quality: QualityConfig::default(),
             near_dups: NearDupsConfig::default(),
             embeddings: EmbeddingsConfig::default(),
@@ -558,6 +581,13 @@ impl Config {
         anyhow::ensure!(
             self.wrap.backups_kept > 0,
             "wrap.backups_kept must be at least 1"
+        );
+        anyhow::ensure!(
+            self.serve
+                .token
+                .as_ref()
+                .is_none_or(|t| !t.trim().is_empty()),
+            "serve.token must not be empty (remove the key for no token)"
         );
         let q = &self.quality;
         anyhow::ensure!(
@@ -727,6 +757,13 @@ context_window = 200000
 quiet_hours = 6
 # Seconds the command may run before it is killed.
 timeout_secs = 30
+
+[serve]
+# `perpetual serve` (and `perpetual run --serve ADDR`): the web faucet, read-only.
+# It listens on loopback unless told otherwise; any other address needs a token,
+# which every request must then carry (`Authorization: Bearer <token>`).
+addr = "127.0.0.1:8700"
+# token = "a long random string"
 
 [quality]
 # `perpetual quality`: the flags' thresholds (README, "The dataset workbench").

@@ -2,8 +2,8 @@
 //! agents that drop files into `inbox/<agent>/`. See ARCHITECTURE.md for the data flow
 //! and the invariants; each module's doc says what it owns.
 //!
-//! Subsystems, imports flowing one way (`cli` → `run` → `work` → `engine` / `dataset` → `store` →
-//! the foundation):
+//! Subsystems, imports flowing one way (`cli` → `serve` → `run` → `work` → `engine` /
+//! `dataset` → `store` → the foundation):
 //! - the foundation: `clock`, `config`, `root`, `budget` (the budget vocabulary),
 //!   `pair` (the pair and its key), `human` (numbers as people read them);
 //! - `store`: every SQL statement;
@@ -11,6 +11,7 @@
 //! - `dataset`: the workbench (quality, near-duplicates, coverage);
 //! - `work`: tasks, sessions, budgets at work, grading, handoffs, backfill;
 //! - `run`: the perpetual loop, supervision, hooks, status;
+//! - `serve`: the web faucet, the only async code (axum on tokio), read-only;
 //! - `generate`: synthetic drops for tests, benches and demos;
 //! - `cli`: one file per command.
 
@@ -25,5 +26,6 @@ pub mod human;
 pub mod pair;
 pub mod root;
 pub mod run;
+pub mod serve;
 pub mod store;
 pub mod work;

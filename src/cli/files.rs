@@ -11,6 +11,12 @@ pub struct Args {
     /// Only rejected files.
     #[arg(long)]
     pub rejected: bool,
+    /// Only this agent's files.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only files with this status (integrated, duplicate, rejected, skipped, partial).
+    #[arg(long)]
+    pub status: Option<String>,
     /// Only skipped entries (not regular files, not drops, unreadable; left in place).
     #[arg(long)]
     pub skipped: bool,
@@ -24,8 +30,10 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     let (_config, conn) = super::open(root)?;
     let rows = ledger::list(
         &conn,
-        ListFilter {
+        &ListFilter {
             rejected_only: args.rejected,
+            agent: args.agent,
+            status: args.status,
             skipped_only: args.skipped,
         },
     )?;

@@ -23,6 +23,7 @@ mod quality;
 mod record;
 mod report;
 pub mod run;
+mod serve;
 mod session;
 mod split;
 mod stats;
@@ -210,6 +211,10 @@ pub enum Command {
     Charts(charts::Args),
     /// Reports: the daily team status report and performance metrics.
     Report(report::Args),
+    /// The web faucet: a read-only web server with the live faucet page, tasks, sessions,
+    /// files, a JSON API (/api/status, /api/stats, /api/tasks, /api/files) and /metrics
+    /// for Prometheus. Listens on loopback unless given a token.
+    Serve(serve::Args),
 }
 
 impl Cli {
@@ -242,7 +247,10 @@ impl Cli {
     /// The log level when neither -v nor RUST_LOG says otherwise: long-running commands
     /// log each file; one-shot commands print a summary instead.
     pub fn default_log_level(&self) -> &'static str {
-        let long_running = matches!(self.command, Command::Watch(_) | Command::Run(_));
+        let long_running = matches!(
+            self.command,
+            Command::Watch(_) | Command::Run(_) | Command::Serve(_)
+        );
         match self.verbose + u8::from(long_running) {
             0 => "warn",
             1 => "info",
@@ -318,6 +326,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Split(args) => split::run(&root, args),
         Command::Charts(args) => charts::run(&root, args),
         Command::Report(args) => report::run(&root, args),
+        Command::Serve(args) => serve::run(&root, args),
     }?;
     if let Some(what) = steering {
         record::record(&root, &what);

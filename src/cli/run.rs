@@ -25,6 +25,10 @@ pub struct Args {
     /// Daily log files kept in --log-dir.
     #[arg(long, value_name = "N", default_value_t = 7, requires = "log_dir")]
     pub log_files: usize,
+    /// Also serve the web faucet from this process, on ADDR (e.g. 127.0.0.1:8700; see
+    /// `perpetual serve`; the token comes from PERPETUAL_TOKEN or serve.token).
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<std::net::SocketAddr>,
 }
 
 pub fn run(root: &Root, args: Args) -> Result<Exit> {
@@ -40,6 +44,19 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     }
     let _lock = root.lock_writer("run")?;
     let (config, mut conn) = super::open(root)?;
+    // The faucet lives as long as the loop; it only reads.
+    let _faucet = match args.serve {
+        Some(addr) => {
+            let token = std::env::var("PERPETUAL_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            let opts = super::serve::options(&config, Some(addr), token);
+            let server = crate::serve::Server::start(root, &config, &opts)?;
+            super::serve::announce(&server);
+            Some(server)
+        }
+        None => None,
+    };
     let once = args.once;
     let looper = Loop::new(
         &mut conn,

@@ -12,7 +12,7 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// How many indicators to list.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = crate::store::stats::DEFAULT_TOP)]
     pub top: usize,
 }
 

@@ -308,16 +308,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             );
         }
         TaskCommand::List { agent, all, json } => {
-            let listed = if all {
-                tasks::views(&conn)?
-            } else {
-                tasks::open_views(&conn)?
-            };
-            let views: Vec<TaskView> = listed
-                .into_iter()
-                .filter(|v| agent.as_ref().is_none_or(|a| &v.task.agent == a))
-                .filter(|v| all || v.state != State::Completed)
-                .collect();
+            let views = tasks::list(&conn, agent.as_deref(), all)?;
             if json {
                 print_json(&views)?;
             } else {

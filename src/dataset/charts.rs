@@ -7,7 +7,7 @@
 //! - `quality.svg`: flagged pairs by flag and the flagged share by category, from the
 //!   latest quality run (written only once `perpetual quality` has run);
 //! - `growth.svg`: distinct pairs over time against the goal;
-//! - `index.html` (an askama template, `templates/charts_index.html`): every chart with
+//! - `index.html` (an askama template, `src/dataset/templates/charts_index.html`): every chart with
 //!   its caption and the figures behind it, and `data.json`, the same figures for
 //!   programs.
 //!

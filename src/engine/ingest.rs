@@ -1008,6 +1008,7 @@ impl<'c> Writer<'c> {
                     now: &self.now,
                 },
             )?;
+            ledger::set_seconds(self.conn, id, started.elapsed().as_secs_f64())?;
             self.schedule_move(&job, id, stored, None);
             self.report.files_duplicate += 1;
             self.events.push(PendingEvent {
@@ -1194,6 +1195,7 @@ impl<'c> Writer<'c> {
                 now: &self.now,
             },
         )?;
+        ledger::set_seconds(self.conn, id, started.elapsed().as_secs_f64())?;
         self.report.files_rejected += 1;
         self.report.rejected.push(RejectedFile {
             path: source,
@@ -1351,6 +1353,7 @@ impl<'c> Writer<'c> {
             }
         }
         ledger::finish(self.conn, id, next, new, dup, &self.now)?;
+        ledger::set_seconds(self.conn, id, started.elapsed().as_secs_f64())?;
         if partial.is_some() {
             // Resumed: the destination chosen now is where it goes.
             ledger::set_stored_path(self.conn, id, stored_text.as_deref())?;

@@ -196,6 +196,19 @@ pub fn heartbeat(conn: &Connection, pid: u32, started_at: &str, now: &str) -> Re
     Ok(())
 }
 
+/// The latest round recorded by the `perpetual run` process `pid` (its newest start),
+/// for the faucet's "last round" beside the loop's pid.
+pub fn last_round(conn: &Connection, pid: u32) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT last_seen FROM loop_heartbeats WHERE pid = ?1
+             ORDER BY started_at DESC LIMIT 1",
+            [pid],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// The loop's spans (start, latest round) that overlap the window.
 pub fn loop_spans(conn: &Connection, from: &str, to: &str) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare(

@@ -100,6 +100,9 @@ pub struct FileRow {
     /// What was repaired so that it could integrate (lines that did not parse, lone
     /// surrogates, non-finite numbers, control characters), as a JSON object.
     pub salvage: Option<serde_json::Value>,
+    /// Seconds from the start of reading to its final status (files finished before
+    /// this was recorded have none).
+    pub seconds: Option<f64>,
 }
 
 /// One invalid pair, as kept in the ledger.
@@ -375,36 +378,160 @@ pub fn unread_by_path(conn: &Connection) -> Result<Unread> {
     Ok(unread)
 }
 
-/// Which rows `list` returns.
-#[derive(Debug, Clone, Copy, Default)]
+/// Which rows `list` and `page` return.
+#[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     /// Only rejected files.
     pub rejected_only: bool,
-    /// Only skipped entries.
+    /// Only skipped entries (with `rejected_only`: both).
     pub skipped_only: bool,
+    /// Only this agent's files.
+    pub agent: Option<String>,
+    /// Only files with this status, any word the ledger may hold (`integrated`,
+    /// `rejected`, ...), so a status added later filters without a change here.
+    pub status: Option<String>,
 }
 
-/// The ledger, oldest first.
-pub fn list(conn: &Connection, filter: ListFilter) -> Result<Vec<FileRow>> {
-    let filter_sql = match (filter.rejected_only, filter.skipped_only) {
-        (true, true) => "WHERE status IN ('rejected', 'skipped')",
-        (true, false) => "WHERE status = 'rejected'",
-        (false, true) => "WHERE status = 'skipped'",
-        (false, false) => "",
-    };
+impl ListFilter {
+    /// The `WHERE` clause and its parameters.
+    fn sql(&self) -> (String, Vec<String>) {
+        let mut clauses = Vec::new();
+        let mut params = Vec::new();
+        match (self.rejected_only, self.skipped_only) {
+            (true, true) => clauses.push("status IN ('rejected', 'skipped')".to_string()),
+            (true, false) => clauses.push("status = 'rejected'".to_string()),
+            (false, true) => clauses.push("status = 'skipped'".to_string()),
+            (false, false) => {}
+        }
+        if let Some(a) = &self.agent {
+            params.push(a.clone());
+            clauses.push(format!("agent = ?{}", params.len()));
+        }
+        if let Some(s) = &self.status {
+            params.push(s.clone());
+            clauses.push(format!("status = ?{}", params.len()));
+        }
+        let sql = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        (sql, params)
+    }
+}
+
+/// The ledger, oldest first (`perpetual files`).
+pub fn list(conn: &Connection, filter: &ListFilter) -> Result<Vec<FileRow>> {
+    let (filter_sql, params) = filter.sql();
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM files {filter_sql} ORDER BY id"
     ))?;
     let rows = stmt
-        .query_map([], from_row)?
+        .query_map(rusqlite::params_from_iter(params), from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// One page of the ledger, newest first: at most `limit` rows with an id below `before`
+/// (all when `None`). The web faucet pages through a ledger of any size with it.
+pub fn page(
+    conn: &Connection,
+    filter: &ListFilter,
+    before: Option<i64>,
+    limit: usize,
+) -> Result<Vec<FileRow>> {
+    let (filter_sql, mut params) = filter.sql();
+    params.push(before.unwrap_or(i64::MAX).to_string());
+    let before_sql = format!(
+        "{} id < CAST(?{} AS INTEGER)",
+        if filter_sql.is_empty() {
+            "WHERE"
+        } else {
+            " AND"
+        },
+        params.len()
+    );
+    params.push(limit.min(i64::MAX as usize).to_string());
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM files {filter_sql}{before_sql} ORDER BY id DESC
+         LIMIT CAST(?{} AS INTEGER)",
+        params.len()
+    ))?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(params), from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Files by status, every status the ledger holds, in name order.
+pub fn count_by_status(conn: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM files GROUP BY status ORDER BY 1")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The agents that have rows in the ledger, in name order.
+pub fn agents(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT DISTINCT agent FROM files ORDER BY 1")?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Records how long a file took, in seconds, from the start of reading to the moment its
+/// row reached its final status (the commit follows in the same transaction).
+pub fn set_seconds(conn: &Connection, id: i64, seconds: f64) -> Result<()> {
+    conn.prepare_cached("UPDATE files SET seconds = ?2 WHERE id = ?1")?
+        .execute(params![id, seconds])?;
+    Ok(())
+}
+
+/// Per-file ingest durations as a cumulative histogram over `bounds` (seconds, rising):
+/// how many files took at most each bound, the count and the sum, over the files
+/// with a recorded duration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durations {
+    /// (upper bound, files at or below it), one per bound.
+    pub buckets: Vec<(f64, u64)>,
+    /// Files with a duration.
+    pub count: u64,
+    /// Their durations added up.
+    pub sum: f64,
+}
+
+/// The ledger's per-file durations against `bounds` (see [`Durations`]), in one scan.
+pub fn durations(conn: &Connection, bounds: &[f64]) -> Result<Durations> {
+    let sums: String = (1..=bounds.len())
+        .map(|i| format!(", COALESCE(SUM(seconds <= ?{i}), 0)"))
+        .collect();
+    conn.query_row(
+        &format!(
+            "SELECT COUNT(seconds), COALESCE(SUM(seconds), 0.0){sums}
+             FROM files WHERE seconds IS NOT NULL"
+        ),
+        rusqlite::params_from_iter(bounds),
+        |r| {
+            let mut buckets = Vec::with_capacity(bounds.len());
+            for (i, b) in bounds.iter().enumerate() {
+                buckets.push((*b, r.get::<_, i64>(i + 2)? as u64));
+            }
+            Ok(Durations {
+                buckets,
+                count: r.get::<_, i64>(0)? as u64,
+                sum: r.get(1)?,
+            })
+        },
+    )
+    .map_err(Into::into)
 }
 
 const COLUMNS: &str =
     "id, agent, name, source_path, stored_path, content_hash, size, status, encoding,
     replaced, layout, session, pairs_seen, pairs_new, pairs_duplicate, pairs_invalid, resume_at,
-    invalid, reason, duplicate_of, started_at, finished_at, salvage";
+    invalid, reason, duplicate_of, started_at, finished_at, salvage, seconds";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
     let hash: Option<Vec<u8>> = r.get(5)?;
@@ -438,6 +565,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
         salvage: r
             .get::<_, Option<String>>(22)?
             .and_then(|s| serde_json::from_str(&s).ok()),
+        seconds: r.get(23)?,
     })
 }
 
@@ -476,4 +604,136 @@ pub fn tag_session(conn: &Connection, session: &str, before: &(i64, Vec<i64>)) -
         n += resumed.execute(params![session, id])? as u64;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        conn: &Connection,
+        agent: &str,
+        name: &str,
+        status: FileStatus,
+        seconds: Option<f64>,
+    ) -> i64 {
+        let id = insert(
+            conn,
+            &NewFile {
+                agent,
+                name,
+                source_path: name,
+                stored_path: None,
+                content_hash: None,
+                size: 1,
+                status,
+                encoding: None,
+                replaced: false,
+                layout: None,
+                session: None,
+                pairs_seen: 0,
+                invalid: &[],
+                reason: None,
+                duplicate_of: None,
+                salvage: None,
+                now: "2026-01-01T00:00:00Z",
+            },
+        )
+        .unwrap();
+        if let Some(s) = seconds {
+            set_seconds(conn, id, s).unwrap();
+        }
+        id
+    }
+
+    #[test]
+    fn filters_pages_and_statuses() {
+        let conn = crate::store::open_in_memory().unwrap();
+        row(
+            &conn,
+            "droid",
+            "a.json",
+            FileStatus::Integrated,
+            Some(0.002),
+        );
+        row(&conn, "zai", "b.json", FileStatus::Rejected, Some(0.02));
+        row(&conn, "droid", "c.json", FileStatus::Rejected, Some(3.0));
+        row(&conn, "droid", "d.json", FileStatus::Duplicate, None);
+        let names = |rows: Vec<FileRow>| rows.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        let by = |agent: Option<&str>, status: Option<&str>| ListFilter {
+            agent: agent.map(str::to_string),
+            status: status.map(str::to_string),
+            ..ListFilter::default()
+        };
+        for (case, filter, want) in [
+            (
+                "everything",
+                ListFilter::default(),
+                vec!["a.json", "b.json", "c.json", "d.json"],
+            ),
+            (
+                "rejected only",
+                ListFilter {
+                    rejected_only: true,
+                    ..ListFilter::default()
+                },
+                vec!["b.json", "c.json"],
+            ),
+            (
+                "one agent",
+                by(Some("droid"), None),
+                vec!["a.json", "c.json", "d.json"],
+            ),
+            (
+                "agent and status",
+                by(Some("droid"), Some("rejected")),
+                vec!["c.json"],
+            ),
+            ("a status no row has", by(None, Some("skipped")), vec![]),
+        ] {
+            assert_eq!(names(list(&conn, &filter).unwrap()), want, "{case}");
+        }
+        // Newest first, a page at a time.
+        let first = page(&conn, &ListFilter::default(), None, 3).unwrap();
+        assert_eq!(names(first.clone()), ["d.json", "c.json", "b.json"]);
+        let next = page(&conn, &ListFilter::default(), Some(first[2].id), 3).unwrap();
+        assert_eq!(names(next), ["a.json"]);
+        assert_eq!(
+            names(page(&conn, &by(Some("droid"), None), None, 2).unwrap()),
+            ["d.json", "c.json"]
+        );
+        assert_eq!(
+            count_by_status(&conn).unwrap(),
+            [
+                ("duplicate".to_string(), 1),
+                ("integrated".to_string(), 1),
+                ("rejected".to_string(), 2)
+            ]
+        );
+        assert_eq!(agents(&conn).unwrap(), ["droid", "zai"]);
+    }
+
+    #[test]
+    fn durations_are_cumulative_over_the_files_that_have_one() {
+        let conn = crate::store::open_in_memory().unwrap();
+        for (i, s) in [0.002, 0.02, 0.03, 3.0].into_iter().enumerate() {
+            row(
+                &conn,
+                "droid",
+                &format!("{i}.json"),
+                FileStatus::Integrated,
+                Some(s),
+            );
+        }
+        row(&conn, "droid", "old.json", FileStatus::Integrated, None);
+        let d = durations(&conn, &[0.01, 0.05, 1.0]).unwrap();
+        assert_eq!(d.buckets, [(0.01, 1), (0.05, 3), (1.0, 3)]);
+        assert_eq!(d.count, 4);
+        assert!((d.sum - 3.052).abs() < 1e-9, "{}", d.sum);
+        let empty = durations(&crate::store::open_in_memory().unwrap(), &[1.0]).unwrap();
+        assert_eq!(
+            (empty.buckets, empty.count, empty.sum),
+            (vec![(1.0, 0)], 0, 0.0)
+        );
+    }
 }

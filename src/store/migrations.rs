@@ -408,6 +408,11 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (scheme, pair_id)
     ) WITHOUT ROWID;
     "#,
+    // The web faucet's ingest histogram (perpetual_ingest_seconds): how long each file
+    // took, from the start of reading to its final status.
+    r#"
+    ALTER TABLE files ADD COLUMN seconds REAL;     -- NULL for files finished before it was recorded
+    "#,
     // Unattended operation (issue 9): processes named by pid and start time, the
     // breaker's half-open state and crash backoff, the loop's heartbeat, the session a
     // file was integrated in, wrap commits to retry, the open-task index.

@@ -45,6 +45,27 @@ pub fn open(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// A read-only connection to an existing database, for readers that must never write
+/// (the web faucet): WAL lets it read while the writer commits. Fails when the schema is
+/// not the one this build writes, so a reader never misreads an older or newer layout
+/// (open it once with [`open`] first to migrate).
+pub fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open database {} for reading", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    anyhow::ensure!(
+        version == migrations::latest(),
+        "database {} has schema version {version}, this perpetual reads version {}",
+        path.display(),
+        migrations::latest()
+    );
+    Ok(conn)
+}
+
 /// An in-memory database with the same settings and schema, for tests and benches.
 pub fn open_in_memory() -> Result<Connection> {
     let conn = Connection::open_in_memory()?;

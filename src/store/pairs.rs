@@ -176,6 +176,26 @@ pub fn count_created_between(conn: &Connection, from: &str, to: &str) -> Result<
     )? as u64)
 }
 
+/// Pairs first stored at or after `from`, counted by the first `prefix` characters of
+/// their timestamp (13: by hour, 15: by ten minutes, 16: by minute), in time order: the
+/// web faucet's growth chart.
+pub fn created_since_by(
+    conn: &Connection,
+    from: &str,
+    prefix: usize,
+) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT substr(created_at, 1, ?2) AS t, COUNT(*) FROM pairs
+         WHERE created_at >= ?1 GROUP BY t ORDER BY t",
+    )?;
+    let rows = stmt
+        .query_map(params![from, prefix as i64], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,9 @@ pub struct Stats {
     pub flagged: Option<u64>,
 }
 
+/// How many indicators `stats` lists unless told otherwise (`--top`, `/api/stats?top=`).
+pub const DEFAULT_TOP: usize = 10;
+
 /// Gathers the statistics. `top` bounds the indicator list.
 pub fn stats(conn: &Connection, goal: u64, top: usize) -> Result<Stats> {
     let pairs = super::pairs::count(conn)?;

@@ -366,6 +366,20 @@ fn add_raw(
     Ok(())
 }
 
+/// `task list`: the tasks in queue order, only `agent`'s when given, the completed ones
+/// (the archive) only when `all`. The CLI's `--json` and the web faucet's `/api/tasks`
+/// both print this.
+pub fn list(conn: &Connection, agent: Option<&str>, all: bool) -> Result<Vec<TaskView>> {
+    // Without --all, the open tasks only: a list that reads the whole history costs more
+    // with every completed task (issue 9, observation 13).
+    let listed = if all { views(conn)? } else { open_views(conn)? };
+    Ok(listed
+        .into_iter()
+        .filter(|v| agent.is_none_or(|a| v.task.agent == a))
+        .filter(|v| all || v.state != State::Completed)
+        .collect())
+}
+
 /// The agent's next ready task: the first pending task in queue order whose
 /// dependencies are all completed. (`session start` resumes an in-progress task first.)
 pub fn next(conn: &Connection, agent: &str) -> Result<Option<TaskView>> {

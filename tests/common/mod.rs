@@ -205,6 +205,15 @@ impl Env {
         self.spawn_command(self.command(args), args)
     }
 
+    /// [`Env::spawn`] with extra environment variables (e.g. `PERPETUAL_NOW`).
+    pub fn spawn_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Running {
+        let mut command = self.command(args);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        self.spawn_command(command, args)
+    }
+
     /// [`Env::spawn`] of a prepared command (`args` are for failure messages).
     pub fn spawn_command(&self, mut cmd: Command, args: &[&str]) -> Running {
         let mut child = cmd
