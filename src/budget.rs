@@ -7,7 +7,7 @@
 //! | tokens | `tokens_per_session` | the session's tokens, as the last checkpoint or wrap reported them |
 //! | API calls | `api_calls_per_day` | calls recorded by checkpoints of the agent's sessions during the current UTC day (resets at 00:00 UTC) |
 //! | slots | `slots` | the agent's active sessions (concurrent batch jobs, pipelines) |
-//! | wall time | `wall_minutes_per_session` | minutes since the session started |
+//! | wall time | `wall_minutes_per_session` (× 60) | seconds since the session started, so the wrap level is reached for any budget |
 //!
 //! A limit of 0 means "no limit of that kind". A session's level is the worst level
 //! over the kinds it has limits for; the kind that sets it is the *binding* one
@@ -186,7 +186,7 @@ impl Thresholds {
             Kind::Tokens => self.tokens,
             Kind::ApiCalls => self.api_calls,
             Kind::Slots => self.slots,
-            Kind::WallMinutes => self.wall_time,
+            Kind::WallTime => self.wall_time,
         }
     }
 
@@ -222,7 +222,7 @@ impl Thresholds {
             tokens: kind(Kind::Tokens, agent.tokens),
             api_calls: kind(Kind::ApiCalls, agent.api_calls),
             slots: kind(Kind::Slots, agent.slots),
-            wall_time: kind(Kind::WallMinutes, agent.wall_time),
+            wall_time: kind(Kind::WallTime, agent.wall_time),
         }
     }
 
@@ -340,13 +340,13 @@ pub enum Kind {
     ApiCalls,
     /// Concurrent sessions.
     Slots,
-    /// Minutes per session.
-    WallMinutes,
+    /// Wall time per session, in seconds (the limit is `wall_minutes_per_session` × 60).
+    WallTime,
 }
 
 impl Kind {
     /// Every kind, in the order they are shown.
-    pub const ALL: [Kind; 4] = [Kind::Tokens, Kind::ApiCalls, Kind::Slots, Kind::WallMinutes];
+    pub const ALL: [Kind; 4] = [Kind::Tokens, Kind::ApiCalls, Kind::Slots, Kind::WallTime];
 
     /// Its table under `[thresholds]` and `[agents.<name>.thresholds]`.
     pub fn config_key(self) -> &'static str {
@@ -354,7 +354,7 @@ impl Kind {
             Kind::Tokens => "tokens",
             Kind::ApiCalls => "api_calls",
             Kind::Slots => "slots",
-            Kind::WallMinutes => "wall_time",
+            Kind::WallTime => "wall_time",
         }
     }
 
@@ -364,7 +364,7 @@ impl Kind {
             Kind::Tokens => "tokens",
             Kind::ApiCalls => "API calls today",
             Kind::Slots => "slots",
-            Kind::WallMinutes => "minutes",
+            Kind::WallTime => "wall time (s)",
         }
     }
 }
@@ -569,7 +569,7 @@ mod tests {
         let u = [
             Usage::new(Kind::Tokens, 80, 100, &t).unwrap(),
             Usage::new(Kind::ApiCalls, 87, 100, &t).unwrap(),
-            Usage::new(Kind::WallMinutes, 86, 100, &t).unwrap(),
+            Usage::new(Kind::WallTime, 86, 100, &t).unwrap(),
         ];
         assert_eq!(binding(&u).unwrap().kind, Kind::ApiCalls);
         assert!(binding(&[]).is_none());

@@ -33,6 +33,8 @@ pub struct Config {
     pub assign: AssignConfig,
     /// The token monitor.
     pub monitor: MonitorConfig,
+    /// Who hears about trouble while the loop runs unattended.
+    pub notify: NotifyConfig,
     /// The web faucet (`perpetual serve`, `perpetual run --serve`).
     pub serve: ServeConfig,
     /// The quality report's thresholds (`perpetual quality`).
@@ -217,6 +219,31 @@ impl Default for NearDupsConfig {
     }
 }
 
+/// `[notify]`: a command the loop runs on events that need a person (an agent paused, a
+/// task flagged for review, a session SIGKILLed, a wrap step failed, disk low, no new
+/// pairs for `quiet_hours`), with the event as one JSON object on its stdin. Its
+/// failures are logged, never fatal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Program and arguments, e.g. `["sh", "-c", "mail -s perpetual ops@example.com"]`.
+    pub command: Option<Vec<String>>,
+    /// Hours without a new pair after which the `quiet` event is sent (0: never).
+    pub quiet_hours: u64,
+    /// Seconds the command may run before it is killed.
+    pub timeout_secs: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            command: None,
+            quiet_hours: 6,
+            timeout_secs: 30,
+        }
+    }
+}
+
 /// Settings of `perpetual run`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -235,6 +262,23 @@ pub struct RunConfig {
     /// Sessions in a row without progress (or failing with the same error) after which
     /// the agent is paused and its task flagged for review.
     pub breaker_sessions: u64,
+    /// Seconds from the breaker's pause to its trial session (half-open); a failed trial
+    /// pauses the agent again with the cooldown doubled.
+    pub breaker_cooldown_secs: u64,
+    /// After a session that ended with an error, the agent's next session waits this
+    /// many seconds, doubled for each further failure in a row (0: no backoff).
+    pub backoff_secs: u64,
+    /// The longest backoff wait.
+    pub backoff_max_secs: u64,
+    /// Below this much free space (MiB) on the root's filesystem, no session starts.
+    pub min_free_disk_mb: u64,
+    /// Prompts and command logs kept in `.perpetual/` (the newest of each).
+    pub logs_kept: usize,
+    /// Prompts and command logs older than this many days are deleted.
+    pub logs_max_age_days: u64,
+    /// Completed ingest tasks leave the task lists this many seconds after they
+    /// finished (their files stay in the ledger: `perpetual files`).
+    pub ingest_retention_secs: u64,
 }
 
 impl Default for RunConfig {
@@ -245,6 +289,13 @@ impl Default for RunConfig {
             term_secs: 10,
             idle_secs: 5,
             breaker_sessions: 3,
+            breaker_cooldown_secs: 1800,
+            backoff_secs: 5,
+            backoff_max_secs: 600,
+            min_free_disk_mb: 512,
+            logs_kept: 500,
+            logs_max_age_days: 14,
+            ingest_retention_secs: 86_400,
         }
     }
 }
@@ -293,6 +344,9 @@ pub struct WrapConfig {
     pub backups_kept: usize,
     /// Commit the handoff, reports and outputs when the root is inside a git repository.
     pub git_commit: bool,
+    /// Seconds between two backups made by wraps; a wrap that completes its task always
+    /// makes one (0: a backup at every wrap).
+    pub backup_min_interval_secs: u64,
 }
 
 impl Default for WrapConfig {
@@ -300,6 +354,7 @@ impl Default for WrapConfig {
         WrapConfig {
             backups_kept: 10,
             git_commit: true,
+            backup_min_interval_secs: 600,
         }
     }
 }
@@ -387,6 +442,7 @@ impl Default for Config {
             run: RunConfig::default(),
             assign: AssignConfig::default(),
             monitor: MonitorConfig::default(),
+            notify: NotifyConfig::default(),
             serve: ServeConfig::default(),
             quality: QualityConfig::default(),
             near_dups: NearDupsConfig::default(),
@@ -496,6 +552,21 @@ impl Config {
         anyhow::ensure!(
             r.breaker_sessions >= 1,
             "run.breaker_sessions must be at least 1"
+        );
+        anyhow::ensure!(
+            r.breaker_cooldown_secs >= 1,
+            "run.breaker_cooldown_secs must be at least 1"
+        );
+        anyhow::ensure!(r.logs_kept >= 1, "run.logs_kept must be at least 1");
+        if let Some(c) = &self.notify.command {
+            anyhow::ensure!(
+                c.first().is_some_and(|p| !p.trim().is_empty()),
+                "notify.command must name a program: command = [\"program\", \"arg\", ...]"
+            );
+        }
+        anyhow::ensure!(
+            self.notify.timeout_secs >= 1,
+            "notify.timeout_secs must be at least 1"
         );
         anyhow::ensure!(
             self.monitor.context_window > 0,
@@ -626,8 +697,12 @@ critical = 95.0   # emergency wrap; the state may be incomplete
 # Consistent database backups (SQLite online backup) kept in backups/; older ones are deleted.
 backups_kept = 10
 # Commit the handoff, task reports and the agent's outbox when the root is inside a
-# git repository (the database is never committed).
+# git repository (the database is never committed). Commits of wraps running at once
+# are serialised; one that fails is retried with the next wrap.
 git_commit = true
+# Seconds between two backups made by wraps (a wrap that completes its task always
+# makes one); 0 makes one at every wrap.
+backup_min_interval_secs = 600
 
 [run]
 # `perpetual run`, the perpetual loop. It looks at a running session's budget (its
@@ -641,8 +716,24 @@ term_secs = 10
 # With nothing ready, the loop waits for a drop or this many seconds, then looks again.
 idle_secs = 5
 # After this many sessions in a row without progress (or failing with the same error),
-# the agent is paused and its task flagged "needs review" until `perpetual agent resume`.
+# the agent is paused and its task flagged "needs review". After breaker_cooldown_secs
+# it gets one trial session: success closes the breaker, failure pauses it again with
+# the cooldown doubled. `perpetual agent resume` lets it run at any time.
 breaker_sessions = 3
+breaker_cooldown_secs = 1800
+# A session that ended with an error delays the agent's next one by backoff_secs,
+# doubled for each further failure in a row, at most backoff_max_secs.
+backoff_secs = 5
+backoff_max_secs = 600
+# Below this much free disk space (MiB) no session starts; `status` says so.
+min_free_disk_mb = 512
+# .perpetual/prompts/ and .perpetual/logs/: the newest logs_kept of each are kept, none
+# older than logs_max_age_days.
+logs_kept = 500
+logs_max_age_days = 14
+# Completed ingest tasks (one per round with drops) leave `task list --all` and
+# `task stats` this long after they finished; their files stay in `perpetual files`.
+ingest_retention_secs = 86400
 
 [assign]
 # The task assigner (`perpetual assign`, also run by the loop). Agents whose plan has
@@ -655,6 +746,17 @@ retry_limit = 3
 # `perpetual monitor --transcript`: the context window a Claude Code transcript is
 # measured against (input + cache creation + cache read tokens of the last reply).
 context_window = 200000
+
+[notify]
+# A command `perpetual run` starts on events that need a person, with the event as one
+# JSON object on stdin ({"event": ..., "at": ..., "agent": ..., "task": ..., "reason": ...}):
+# agent_paused, task_needs_review, session_killed, wrap_step_failed, disk_low, quiet.
+# Its failures are logged, never fatal. For example:
+#   command = ["sh", "-c", "mail -s 'perpetual' ops@example.com"]
+# Hours without a new pair before the `quiet` event (0: never).
+quiet_hours = 6
+# Seconds the command may run before it is killed.
+timeout_secs = 30
 
 [serve]
 # `perpetual serve` (and `perpetual run --serve ADDR`): the web faucet, read-only.

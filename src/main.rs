@@ -13,14 +13,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("perpetual={}", cli.default_log_level())));
+    let writer = match cli.log_writer() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("perpetual: error: {e:#}");
+            return ExitCode::from(Exit::Error as u8);
+        }
+    };
+    let to_file = matches!(&cli.command, perpetual::cli::Command::Run(a) if a.log_dir.is_some());
     // Colours only for a person at a terminal, and never when NO_COLOR is set
-    // (https://no-color.org: present and not empty).
-    let colour = std::io::stderr().is_terminal()
+    // (https://no-color.org: present and not empty), nor in the loop's log files.
+    let colour = !to_file
+        && std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match cli.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.with_target(false).init(),

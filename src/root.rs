@@ -30,6 +30,44 @@ impl Root {
         Ok(Root { dir })
     }
 
+    /// An existing root: `dir` must hold `perpetual.toml` or `perpetual.db`. What the
+    /// read-only commands open, so a mistyped `--root` is an error, never a new root.
+    pub fn existing(dir: impl Into<PathBuf>) -> Result<Root> {
+        let dir = dir.into();
+        if !Root::is_root(&dir) {
+            bail!(
+                "{} is not a perpetual root (no perpetual.toml or perpetual.db there); \
+                 `perpetual --root {} init` creates one",
+                dir.display(),
+                dir.display()
+            );
+        }
+        Root::at(dir)
+    }
+
+    /// The folder `dir`, which must exist; nothing is created.
+    pub fn at(dir: impl Into<PathBuf>) -> Result<Root> {
+        let dir = dir.into();
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("cannot open root {}", dir.display()))?;
+        Ok(Root { dir })
+    }
+
+    /// Whether `dir` holds a root (`perpetual.toml` or `perpetual.db`).
+    pub fn is_root(dir: &Path) -> bool {
+        dir.join("perpetual.toml").is_file() || dir.join("perpetual.db").is_file()
+    }
+
+    /// The nearest root at or above `start` (the way git finds its repository), for
+    /// commands run from inside a project without `--root`.
+    pub fn find(start: &Path) -> Option<Root> {
+        let start = start.canonicalize().ok()?;
+        start.ancestors().find(|d| Root::is_root(d)).map(|d| Root {
+            dir: d.to_path_buf(),
+        })
+    }
+
     /// The root directory itself.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -570,6 +570,7 @@ fn stats_and_files_report_what_is_stored() {
 #[test]
 fn a_second_writer_is_refused_with_the_holder_named() {
     let env = Env::new();
+    env.write("perpetual.toml", "");
     // Hold the lock the way a running writer does.
     let root = perpetual::root::Root::new(env.root()).unwrap();
     let _lock = root.lock_writer("watch").unwrap();

@@ -32,6 +32,7 @@ grace_secs = 2
 term_secs = 1
 idle_secs = 1
 breaker_sessions = 3
+backoff_secs = 0
 
 [agents.claude_code]
 command = ["sh", "{agent}"]
@@ -476,9 +477,15 @@ fn hooks_answer_recorded_hook_inputs_below_and_above_the_wrap_threshold() {
     let settings: Value =
         serde_json::from_str(&std::fs::read_to_string(env.path(".claude/settings.json")).unwrap())
             .unwrap();
+    // The absolute path of the binary that installed them (Claude Code's PATH may not
+    // have it).
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_perpetual"))
+        .canonicalize()
+        .unwrap();
     for event in ["SessionStart", "PostToolUse", "Stop", "PreCompact"] {
         assert_eq!(
-            settings["hooks"][event][0]["hooks"][0]["command"], "perpetual hooks handle",
+            settings["hooks"][event][0]["hooks"][0]["command"],
+            format!("{} hooks handle", bin.display()),
             "{settings}"
         );
         assert_eq!(settings["hooks"][event].as_array().unwrap().len(), 1);

@@ -212,7 +212,7 @@ fn seeds_test_run_start_two_checkpoints_wrap_at_143000_then_resume_at_10_of_40()
         "## Checkpoints (2)",
         "| 1 | 2025-11-06T00:15:10Z | 1/40 (2.5%) | 15,000 |",
         "Droid inbox checked: 29 files, all already integrated",
-        "- pairs integrated during the session: 0",
+        "- pairs integrated by the session (the files it integrated): 0",
         "## Next action\n\nContinue integration from session 111",
     ] {
         assert!(handoff.contains(want), "missing {want:?} in\n{handoff}");
@@ -643,8 +643,8 @@ fn slots_and_wall_time_budgets() {
         )
         .expect(0)
         .json();
-    assert_eq!(j["usage"][0]["kind"], "wall_minutes");
-    assert_eq!(j["usage"][0]["used"], 420);
+    assert_eq!(j["usage"][0]["kind"], "wall_time");
+    assert_eq!(j["usage"][0]["used"], 420 * 60);
     assert_eq!(j["level"], "wrap", "7 h of 8 is 87.5%");
 }
 
@@ -735,7 +735,10 @@ fn a_wrap_step_that_cannot_run_does_not_stop_the_others() {
 #[test]
 fn backups_rotate_keeping_the_last_k() {
     let env = Env::new();
-    env.write("perpetual.toml", "[wrap]\nbackups_kept = 2\n");
+    env.write(
+        "perpetual.toml",
+        "[wrap]\nbackups_kept = 2\nbackup_min_interval_secs = 0\n",
+    );
     env.run(&["task", "add", "t", "--agent", "zai"]).expect(0);
     for minute in ["01", "02", "03"] {
         env.run_at(
@@ -759,7 +762,10 @@ fn backups_rotate_keeping_the_last_k() {
 fn the_backup_opens_cleanly_while_an_ingest_writes() {
     let env = Env::new();
     // Enough drops that the ingest runs for a while; small checkpoints so it commits often.
-    env.write("perpetual.toml", "[ingest]\ncheckpoint_every = 50\n");
+    env.write(
+        "perpetual.toml",
+        "[ingest]\ncheckpoint_every = 50\n[wrap]\nbackup_min_interval_secs = 0\n",
+    );
     use perpetual::generate::{DropLayout, GenConfig, generate};
     let files = generate(&GenConfig {
         seed: 11,

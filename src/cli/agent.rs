@@ -33,10 +33,22 @@ pub enum AgentCommand {
 }
 
 pub fn run(root: &Root, args: Args) -> Result<Exit> {
-    let (_config, conn) = super::open(root)?;
+    let (config, conn) = super::open(root)?;
+    let known = crate::work::tasks::all_agents(&conn, root, &config)?;
+    let check = |agent: &str| -> Result<()> {
+        crate::root::check_agent_name(agent)?;
+        anyhow::ensure!(
+            known.iter().any(|a| a == agent),
+            "no agent {agent:?} in {} (known: {}); agents are configured in perpetual.toml, \
+             have an inbox/ folder or a task",
+            root.dir().display(),
+            known.join(", ")
+        );
+        Ok(())
+    };
     match args.command {
         AgentCommand::Resume { agent } => {
-            crate::root::check_agent_name(&agent)?;
+            check(&agent)?;
             let Some(p) = store_agents::pause_of(&conn, &agent)? else {
                 println!("{agent} is not paused");
                 return Ok(Exit::Ok);
@@ -48,7 +60,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             }
         }
         AgentCommand::Pause { agent, reason } => {
-            crate::root::check_agent_name(&agent)?;
+            check(&agent)?;
             store_agents::set_pause(&conn, &agent, &crate::clock::now_rfc3339(), &reason, None)?;
             println!("paused {agent}: {reason}");
         }

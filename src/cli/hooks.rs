@@ -7,7 +7,7 @@ use crate::run::hooks::{self, HookInput};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,9 +26,10 @@ pub enum HooksCommand {
         /// The project Claude Code runs in (default: the root).
         #[arg(long, value_name = "DIR")]
         project: Option<PathBuf>,
-        /// The perpetual program the hooks run (default: `perpetual`, found on PATH).
-        #[arg(long, value_name = "PATH", default_value = "perpetual")]
-        bin: String,
+        /// The perpetual program the hooks run (default: this program, by its absolute
+        /// path, so the hooks work whatever Claude Code's PATH is).
+        #[arg(long, value_name = "PATH")]
+        bin: Option<String>,
         /// Print what was done as JSON.
         #[arg(long)]
         json: bool,
@@ -44,6 +45,14 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             let project = project.unwrap_or_else(|| root.dir().to_path_buf());
             std::fs::create_dir_all(&project)
                 .with_context(|| format!("cannot create {}", project.display()))?;
+            let bin = match bin {
+                Some(b) => b,
+                None => std::env::current_exe()
+                    .and_then(|e| e.canonicalize())
+                    .context("cannot tell where this program is; pass --bin PATH")?
+                    .display()
+                    .to_string(),
+            };
             let command = hooks::command_for(&bin, &project, root);
             let report = hooks::install(&project.join(".claude").join("settings.json"), &command)?;
             if json {
@@ -59,18 +68,31 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        HooksCommand::Handle => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read the hook input on stdin")?;
-            let input: HookInput = serde_json::from_str(&text)
-                .context("the hook input is not the JSON Claude Code sends")?;
-            let (config, mut conn) = super::open(root)?;
-            if let Some(answer) = hooks::answer(&mut conn, root, &config, &input)? {
-                print_json(&answer)?;
-            }
-            Ok(Exit::Ok)
-        }
+        HooksCommand::Handle => handle(Some(root.dir())),
     }
+}
+
+/// `hooks handle`: the root is `given` (`--root` or `PERPETUAL_ROOT`) when it is a
+/// root, else the nearest root above the working directory; with none, the hook answers
+/// nothing and creates nothing (Claude Code carries on as without perpetual).
+pub fn handle(given: Option<&Path>) -> Result<Exit> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the hook input on stdin")?;
+    let input: HookInput =
+        serde_json::from_str(&text).context("the hook input is not the JSON Claude Code sends")?;
+    let root = match given {
+        Some(dir) if Root::is_root(dir) => Root::at(dir)?,
+        Some(_) => return Ok(Exit::Ok),
+        None => match Root::find(&std::env::current_dir()?) {
+            Some(r) => r,
+            None => return Ok(Exit::Ok),
+        },
+    };
+    let (config, mut conn) = super::open(&root)?;
+    if let Some(answer) = hooks::answer(&mut conn, &root, &config, &input)? {
+        print_json(&answer)?;
+    }
+    Ok(Exit::Ok)
 }

@@ -32,6 +32,14 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
     }
     let _lock = root.lock_writer("ingest")?;
     let (config, conn) = super::open(root)?;
+    // Inside a session (an agent integrating its own drops), the files are the session's.
+    let session = std::env::var(crate::work::session::SESSION_ENV)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .and_then(|s| crate::store::sessions::get(&conn, &s).ok().flatten())
+        .filter(|s| s.is_active());
+    let ledger_before = crate::store::ledger::mark(&conn)?;
     let jobs = if args.paths.is_empty() {
         ingest::survey_inbox(&root.inbox(), &root.agents(&config)?)?
     } else {
@@ -58,6 +66,9 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         settle,
         &mut |_| {},
     )?;
+    if let Some(s) = &session {
+        crate::store::ledger::tag_session(&conn, &s.id, &ledger_before)?;
+    }
     for r in &imported {
         crate::engine::import_db::add_to(&mut report, r);
     }

@@ -22,7 +22,7 @@ pub mod output;
 mod quality;
 mod record;
 mod report;
-mod run;
+pub mod run;
 mod serve;
 mod session;
 mod split;
@@ -32,7 +32,7 @@ mod task;
 mod watch;
 
 use crate::root::Root;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -107,9 +107,11 @@ impl std::str::FromStr for ProgressArg {
 #[derive(Debug, Parser)]
 #[command(name = "perpetual", version, about, long_about = None, max_term_width = 100)]
 pub struct Cli {
-    /// The working directory: perpetual.toml, perpetual.db, inbox/, outbox/.
-    #[arg(long, global = true, env = "PERPETUAL_ROOT", default_value = ".")]
-    pub root: PathBuf,
+    /// The working directory: perpetual.toml, perpetual.db, inbox/, outbox/ (default:
+    /// the current directory). Only init, ingest, watch, run and the commands that add
+    /// or change something create it; the read-only ones need an existing root.
+    #[arg(long, global = true, env = "PERPETUAL_ROOT")]
+    pub root: Option<PathBuf>,
 
     /// Log lines on stderr as text or as JSON objects (one per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -216,6 +218,32 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Where the log goes: `perpetual run --log-dir DIR` writes daily files there (the
+    /// newest `--log-files` kept), everything else writes to stderr.
+    pub fn log_writer(&self) -> Result<tracing_subscriber::fmt::writer::BoxMakeWriter> {
+        use tracing_subscriber::fmt::writer::BoxMakeWriter;
+        let Command::Run(args) = &self.command else {
+            return Ok(BoxMakeWriter::new(std::io::stderr));
+        };
+        let Some(dir) = &args.log_dir else {
+            return Ok(BoxMakeWriter::new(std::io::stderr));
+        };
+        let dir = match &self.root {
+            Some(root) if dir.is_relative() => root.join(dir),
+            _ => dir.clone(),
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let appender = tracing_appender::rolling::Builder::new()
+            .rotation(tracing_appender::rolling::Rotation::DAILY)
+            .filename_prefix("run")
+            .filename_suffix("log")
+            .max_log_files(args.log_files.max(1))
+            .build(&dir)
+            .with_context(|| format!("cannot write logs in {}", dir.display()))?;
+        Ok(BoxMakeWriter::new(appender))
+    }
+
     /// The log level when neither -v nor RUST_LOG says otherwise: long-running commands
     /// log each file; one-shot commands print a summary instead.
     pub fn default_log_level(&self) -> &'static str {
@@ -231,10 +259,47 @@ impl Cli {
     }
 }
 
+impl Command {
+    /// Commands that only read: on a missing root they fail (naming it) rather than
+    /// create one where a `--root` was mistyped.
+    pub fn reads_only(&self) -> bool {
+        match self {
+            Command::Stats(_) | Command::Files(_) | Command::Status(_) => true,
+            Command::Task(t) => matches!(
+                t.command,
+                task::TaskCommand::List { .. }
+                    | task::TaskCommand::Show { .. }
+                    | task::TaskCommand::Next { .. }
+                    | task::TaskCommand::Stats { .. }
+            ),
+            Command::Session(s) => matches!(
+                s.command,
+                session::SessionCommand::Status { .. } | session::SessionCommand::List { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<Exit> {
     crate::clock::check_override()?;
-    let root = Root::new(&cli.root)?;
+    if let Command::Hooks(args) = &cli.command
+        && matches!(args.command, hooks::HooksCommand::Handle)
+    {
+        // Claude Code runs the hook wherever it works: the root is PERPETUAL_ROOT (or
+        // --root), else found by walking up; without one, no answer and nothing created.
+        return hooks::handle(cli.root.as_deref());
+    }
+    let dir = cli.root.clone().unwrap_or_else(|| PathBuf::from("."));
+    let root = if cli.command.reads_only() {
+        Root::existing(&dir)?
+    } else if matches!(cli.command, Command::Monitor(_)) {
+        // Reads perpetual.toml when there is one; creates nothing.
+        Root::at(&dir)?
+    } else {
+        Root::new(&dir)?
+    };
     let steering = record::describe(&cli.command);
     let exit = match cli.command {
         Command::Watch(args) => watch::run(&root, args),

@@ -123,6 +123,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     agent: agent.clone(),
                     task,
                     token_budget: budget,
+                    loop_run: false,
                 },
             )?;
             if json {
@@ -319,6 +320,15 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         } => {
             let progress = progress.map(|p| (p.done, p.total));
             let s = session::current(&conn, which.session.as_deref(), which.agent.as_deref())?;
+            // A wrap half done (archived, no handoff, no commit) is worse than one that
+            // finishes a moment late: SIGTERM and SIGINT are ignored until it is complete,
+            // by it and by the git it runs (an ignored signal stays ignored across exec);
+            // the loop's SIGKILL, term_secs later, still ends them.
+            #[cfg(unix)]
+            unsafe {
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+            }
             let r = session::wrap(
                 &mut conn,
                 root,
@@ -346,7 +356,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                 }
                 print_usage(&r.usage);
                 println!(
-                    "pairs     {} integrated during the session",
+                    "pairs     {} integrated by the session",
                     thousands(r.pairs_integrated)
                 );
                 if let Some(reason) = &r.needs_review {

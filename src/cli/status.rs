@@ -68,6 +68,49 @@ fn usage_line(u: &Usage) -> String {
 
 fn print(f: &Faucet) {
     println!("perpetual status at {}", f.at);
+    let l = &f.loop_;
+    match (l.running, l.pid) {
+        (true, Some(pid)) => println!(
+            "loop      running (pid {pid}, since {}, heartbeat {}, {} rounds, {} idle)",
+            l.since.as_deref().unwrap_or("-"),
+            l.heartbeat_at.as_deref().unwrap_or("-"),
+            thousands(l.rounds),
+            thousands(l.idle_rounds)
+        ),
+        (false, Some(pid)) => println!(
+            "loop      not running (last: pid {pid}, since {}, {} at {})",
+            l.since.as_deref().unwrap_or("-"),
+            if l.stopped_at.is_some() {
+                "stopped"
+            } else {
+                "last heartbeat"
+            },
+            l.stopped_at
+                .as_deref()
+                .or(l.heartbeat_at.as_deref())
+                .unwrap_or("-")
+        ),
+        _ => println!("loop      not running (`perpetual run` starts it)"),
+    }
+    for s in &l.sessions {
+        let worst = s
+            .budget
+            .iter()
+            .max_by(|a, b| a.percent.total_cmp(&b.percent));
+        println!(
+            "  {:<12} {} on {}, pid {}{}{}  {}",
+            s.agent,
+            s.session,
+            s.task.as_deref().unwrap_or("-"),
+            s.pid.map_or("-".to_string(), |p| p.to_string()),
+            if s.alive { "" } else { " (gone)" },
+            if s.adopted { " (adopted)" } else { "" },
+            worst.map_or("no budget".to_string(), usage_line)
+        );
+    }
+    if let Some(d) = &l.disk_low {
+        println!("DISK LOW  {d}");
+    }
     for a in &f.agents {
         println!();
         let state = match (&a.paused, a.sessions.len(), a.command) {

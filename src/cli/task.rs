@@ -379,7 +379,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
                     c.grade.score,
                     c.report.display()
                 );
-                let unblocked: Vec<String> = tasks::views(&conn)?
+                let unblocked: Vec<String> = tasks::open_views(&conn)?
                     .into_iter()
                     .filter(|v| v.state == State::Ready && v.task.depends_on.contains(&id))
                     .map(|v| v.task.id)
@@ -392,7 +392,7 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         TaskCommand::Fail { id, reason } => {
             tasks::fail(&conn, &id, &reason)?;
             println!("{id} failed: {}", reason.trim());
-            let blocked: Vec<String> = tasks::views(&conn)?
+            let blocked: Vec<String> = tasks::open_views(&conn)?
                 .into_iter()
                 .filter(|v| v.state == State::Blocked && v.blocked_by.as_deref() == Some(&id))
                 .map(|v| v.task.id)
@@ -746,7 +746,7 @@ fn print_stats(s: &tasks::Stats) {
 
 /// Explains why an agent has nothing ready: what its pending tasks wait for.
 pub(super) fn print_nothing_ready(conn: &rusqlite::Connection, agent: &str) -> Result<()> {
-    let waiting: Vec<TaskView> = tasks::views(conn)?
+    let waiting: Vec<TaskView> = tasks::open_views(conn)?
         .into_iter()
         .filter(|v| v.task.agent == agent && matches!(v.state, State::Waiting | State::Blocked))
         .collect();

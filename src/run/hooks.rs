@@ -172,7 +172,12 @@ fn wrap_message(
     s: &SessionRow,
 ) -> Result<Option<String>> {
     let (usage, level) = session::level(conn, config, s)?;
-    if level.must_wrap() || root.wrap_flag(&s.id).exists() {
+    if let Ok(text) = std::fs::read_to_string(root.wrap_flag(&s.id))
+        && !text.trim().is_empty()
+    {
+        // The loop's request says why (the budget, or the loop stopping).
+        Ok(Some(text.trim().to_string()))
+    } else if level.must_wrap() {
         Ok(Some(prompt::wrap_request(&s.id, &usage)))
     } else {
         Ok(None)

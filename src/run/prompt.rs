@@ -45,6 +45,8 @@ pub fn brief_of(conn: &Connection, config: &Config, session_id: &str) -> Result<
         thresholds: config.thresholds_of(&s.agent),
         task,
         session: s,
+        // The prompt does not name the run.
+        run_id: None,
     })
 }
 
@@ -198,6 +200,17 @@ pub fn wrap_request(session: &str, usage: &[budget::Usage]) -> String {
         } else {
             format!(": {}", worst.join(", "))
         }
+    )
+}
+
+/// What to tell an agent that must wrap for a reason other than its budget (the loop is
+/// stopping): the reason, then the same instructions as [`wrap_request`].
+pub fn wrap_request_because(session: &str, reason: &str) -> String {
+    format!(
+        "perpetual: session {session} must wrap now: {reason}. Finish the current unit, \
+         then record it and wrap: `perpetual session checkpoint --progress DONE/TOTAL --tokens N \
+         --note \"...\"` and `perpetual session wrap --progress DONE/TOTAL --next \"what the next \
+         session should do first\"`."
     )
 }
 

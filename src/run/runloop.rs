@@ -1,27 +1,40 @@
-//! The perpetual loop (`perpetual run`): agents that restart themselves.
+//! The perpetual loop (`perpetual run`): agents that restart themselves, unattended.
 //!
-//! One round: run the assigner (`crate::work::assign`), then for each agent (not paused) take
-//! its next task: the task in progress that no active session holds, else the first
+//! One round: run the assigner (`crate::work::assign`), then for each agent (not paused)
+//! take its next task: the task in progress that no live session holds, else the first
 //! ready one, exactly as `session start` would.
 //!
 //! - **Built-in kinds** run in-process, one per agent per round: `ingest` integrates the
 //!   agent's inbox (`ingest::discover_inbox` + the shared write loop, interrupted by a
 //!   stop signal at a checkpoint) and completes the task; `backfill` calls
 //!   [`crate::work::backfill::run_task`] with the task's [`crate::work::backfill::Params`],
-//!   which runs in a budgeted session of its own and wraps or completes it.
-//! - **The agent's own tasks** run when the agent has a `command`: the loop starts a
-//!   session (`session::start`, with its budget gates), renders the prompt
-//!   (`crate::run::prompt`), and hands both to `crate::run::supervise`, which starts the command,
-//!   follows the session's budget, asks for the wrap at the threshold (the file
-//!   `.perpetual/wrap_<session>`, then SIGTERM after `run.grace_secs`, then SIGKILL) and
-//!   wraps the session when the command did not. When it has ended, the next round starts
-//!   the next session. An agent runs at most `slots` sessions at once (one without a slot
-//!   budget).
+//!   which runs in a budgeted session of its own and wraps or completes it. The kinds are
+//!   dispatched by one `match` in [`Loop::serve`], one call per kind.
+//! - **The agent's own tasks** run when the agent has a `command` that can be started:
+//!   the loop starts a session (`session::start`, with its budget gates), renders the
+//!   prompt (`crate::run::prompt`), and hands both to `crate::run::supervise`, which
+//!   starts the command, follows its budget and its processes, asks for the wrap, and
+//!   wraps the session when the command did not.
+//! - **Slots are processes.** An agent runs at most `slots` sessions at once (one without
+//!   a slot budget), and a session holds its slot until every process of it has exited
+//!   (its supervisor reports the end), not when its row says `wrapped`. A task whose
+//!   session still has a process is not handed out again, and no session starts on a
+//!   task at full progress.
+//! - **A loop that restarts adopts what the last one left**: every run without an end is
+//!   followed by a supervisor again (`supervise::adopt`): its recorded process (pid and
+//!   start time) while it lives, then its remains, then its wrap.
 //!
 //! **The circuit breaker**: after `run.breaker_sessions` sessions of an agent in a row
-//! without progress (the task's progress did not advance) or ending with the same error,
-//! the agent is paused and its task flagged "needs review" until `perpetual agent
-//! resume`.
+//! without progress or ending with the same error, the agent is paused, its task flagged
+//! "needs review", and the operator notified. After `run.breaker_cooldown_secs` it gets
+//! one trial session (half-open): success closes the breaker, failure pauses it again
+//! with the cooldown doubled. A session that ended with an error also delays the agent's
+//! next one (`run.backoff_secs`, doubled per failure in a row, at most
+//! `run.backoff_max_secs`). An agent whose command cannot be started is paused at once.
+//!
+//! **Steady cost, bounded disk.** A round reads the open tasks, never the history; old
+//! prompts and logs in `.perpetual/` are pruned, completed ingest tasks leave the lists
+//! after `run.ingest_retention_secs`, and below `run.min_free_disk_mb` no session starts.
 //!
 //! **Waiting** never spins: with nothing to start, the loop blocks on one channel fed by
 //! the inbox's filesystem events (a drop wakes it after `watch.settle_ms` of quiet), the
@@ -33,22 +46,26 @@ use crate::clock;
 use crate::config::Config;
 use crate::engine::ingest::{self, Hints, WriterOptions};
 use crate::root::Root;
+use crate::run::procs;
 use crate::run::prompt;
-use crate::run::supervise;
+use crate::run::supervise::{self, Ended};
 use crate::store::agents::{self as store_agents, RunEnd};
 use crate::store::tasks::{self as store_tasks, TaskKind, TaskRow, TaskStatus};
 use crate::work::assign;
 use crate::work::session::{self, StartOptions, StartOutcome, WrapInput};
 use crate::work::tasks::{self, State};
 use anyhow::Result;
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often the loop prunes old ingest tasks and checks for a quiet pipeline.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// What `perpetual run` was asked.
 #[derive(Debug, Clone, Default)]
@@ -69,14 +86,16 @@ pub struct RunReport {
     pub sessions_started: u64,
     /// Built-in tasks run (ingest and backfill).
     pub builtin_runs: u64,
-    /// Agents the circuit breaker paused.
-    pub paused: Vec<String>,
+    /// Sessions a dead loop left that this one followed to their end.
+    pub adopted: u64,
+    /// Agents paused while it ran (each once).
+    pub paused: BTreeSet<String>,
 }
 
 /// What wakes the loop.
 enum Event {
-    /// A supervised session ended (its run id and agent).
-    Done(i64, String),
+    /// A supervised session ended (its run id, agent, and how).
+    Done(i64, String, Ended),
     /// Something changed in the inbox.
     Inbox,
     /// SIGINT or SIGTERM.
@@ -98,11 +117,17 @@ impl Stopper {
     }
 }
 
-/// A running session's supervisor, as the loop sees it.
+/// A running session's supervisor, as the loop sees it: the session holds a slot of
+/// its agent, and its task, until the supervisor reports the end.
 struct Child {
     agent: String,
     session: String,
+    task: Option<String>,
     wrap: Sender<()>,
+    /// The breaker's half-open trial.
+    trial: bool,
+    /// Asked to wrap because the loop stops (asked once).
+    asked: bool,
 }
 
 /// The loop on one root. The caller holds the root's writer lock.
@@ -116,11 +141,14 @@ pub struct Loop<'c> {
     stop: Arc<AtomicBool>,
     children: HashMap<i64, Child>,
     report: RunReport,
-    watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<::notify::RecommendedWatcher>,
     watched: HashSet<PathBuf>,
     /// The last reason each agent could not start, so it is logged once, not each round.
     refusals: HashMap<String, String>,
     idle_logged: bool,
+    last_housekeeping: Option<Instant>,
+    quiet_notified: bool,
+    disk_low: Option<String>,
 }
 
 impl<'c> Loop<'c> {
@@ -146,6 +174,9 @@ impl<'c> Loop<'c> {
             watched: HashSet::new(),
             refusals: HashMap::new(),
             idle_logged: false,
+            last_housekeeping: None,
+            quiet_notified: false,
+            disk_low: None,
         }
     }
 
@@ -168,19 +199,37 @@ impl<'c> Loop<'c> {
     }
 
     /// Runs until stopped (or `--once`, or `--max-sessions`), then waits for the
-    /// sessions it started. An error stops the loop the same way: the running sessions
-    /// are asked to wrap and waited for, never left behind.
+    /// sessions it started or adopted. An error stops the loop the same way: the running
+    /// sessions are asked to wrap and waited for, never left behind.
     pub fn run(mut self) -> Result<RunReport> {
+        if let Err(e) = procs::set_child_subreaper() {
+            tracing::warn!(
+                "cannot become a child subreaper ({e}); processes that leave their session may outlive it"
+            );
+        }
+        let me = std::process::id() as i32;
+        store_agents::loop_started(self.conn, me, procs::start_of(me), &clock::now_rfc3339())?;
         self.recover()?;
+        self.prune_files();
         self.start_watcher();
         let rounds = self.rounds();
         if rounds.is_err() {
             self.stop.store(true, Ordering::SeqCst);
         }
         let finished = self.finish_children();
+        self.prune_files();
+        crate::run::notify::wait_all(Duration::from_secs(self.config.notify.timeout_secs));
+        store_agents::loop_stopped(self.conn, &clock::now_rfc3339())?;
         rounds?;
         finished?;
         Ok(self.report)
+    }
+
+    /// One round, exactly as the running loop does it (assigner, built-in tasks,
+    /// sessions), without waiting afterwards; true when it started or ran something.
+    /// What `benches/idle_round.rs` measures.
+    pub fn round_once(&mut self) -> Result<bool> {
+        self.round()
     }
 
     fn rounds(&mut self) -> Result<()> {
@@ -214,45 +263,79 @@ impl<'c> Loop<'c> {
         }
     }
 
-    /// Runs left unfinished by a loop that died: their sessions are wrapped.
+    /// Runs left unfinished by a loop that died. A session's run is followed again by a
+    /// supervisor (its live process to its end, then its remains, then its wrap); a
+    /// built-in run's session, if any, is wrapped.
     fn recover(&mut self) -> Result<()> {
         for r in store_agents::unfinished_runs(self.conn)? {
-            let mut end = RunEnd::default();
-            if let Some(s) = &r.session_id
-                && let Ok(row) = session::get(self.conn, s)
+            let session_row = match &r.session_id {
+                Some(s) => crate::store::sessions::get(self.conn, s)?,
+                None => None,
+            };
+            if !TaskKind::parse(&r.kind).is_builtin()
+                && let Some(row) = &session_row
             {
+                let run_id = r.id;
+                let agent = r.agent.clone();
+                let done = self.tx.clone();
+                let ended_agent = agent.clone();
+                let wrap = supervise::adopt(
+                    supervise::Adoption {
+                        root: self.root.clone(),
+                        config: self.config.clone(),
+                        run: r.clone(),
+                    },
+                    Box::new(move |ended| {
+                        let _ = done.send(Event::Done(run_id, ended_agent, ended));
+                    }),
+                )?;
+                self.children.insert(
+                    run_id,
+                    Child {
+                        agent,
+                        session: row.id.clone(),
+                        task: row.task_id.clone(),
+                        wrap,
+                        trial: false,
+                        asked: false,
+                    },
+                );
+                self.report.adopted += 1;
+                continue;
+            }
+            let mut end = RunEnd::default();
+            if let Some(row) = &session_row {
                 if row.is_active() {
                     tracing::warn!(
-                        session = s.as_str(),
-                        "the loop stopped before session {s} ended; wrapping it now"
+                        session = row.id.as_str(),
+                        "the loop stopped before session {} ended; wrapping it now",
+                        row.id
                     );
                     if let Err(e) = session::wrap(
                         self.conn,
                         &self.root,
                         &self.config,
-                        s,
+                        &row.id,
                         &WrapInput::default(),
                     ) {
-                        tracing::warn!("cannot wrap {s}: {e:#}");
+                        tracing::warn!("cannot wrap {}: {e:#}", row.id);
                     }
                 }
-                end.progressed = session::progressed(self.conn, &row)?;
+                end.progressed = session::progressed(self.conn, row)?;
+                let _ = std::fs::remove_file(self.root.wrap_flag(&row.id));
             }
             store_agents::finish_run(self.conn, r.id, &clock::now_rfc3339(), &end)?;
-            if let Some(s) = &r.session_id {
-                let _ = std::fs::remove_file(self.root.wrap_flag(s));
-            }
         }
         Ok(())
     }
 
     /// Follows the inbox so a drop wakes the loop; without events the timer does.
     fn start_watcher(&mut self) {
-        use notify::Watcher as _;
+        use ::notify::Watcher as _;
         let tx = self.tx.clone();
-        let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
-            use notify::EventKind;
-            use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+        let watcher = ::notify::recommended_watcher(move |e: ::notify::Result<::notify::Event>| {
+            use ::notify::EventKind;
+            use ::notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
             // A file arriving; not the loop's own reads and moves to processed/.
             if let Ok(e) = e
                 && matches!(
@@ -272,7 +355,8 @@ impl<'c> Loop<'c> {
             Ok(mut w) => {
                 let inbox = self.root.inbox();
                 if std::fs::create_dir_all(&inbox).is_ok()
-                    && w.watch(&inbox, notify::RecursiveMode::NonRecursive).is_ok()
+                    && w.watch(&inbox, ::notify::RecursiveMode::NonRecursive)
+                        .is_ok()
                 {
                     self.watched.insert(inbox);
                 }
@@ -286,7 +370,7 @@ impl<'c> Loop<'c> {
     }
 
     fn watch_agent_folders(&mut self, agents: &[String]) {
-        use notify::Watcher as _;
+        use ::notify::Watcher as _;
         let Some(w) = self.watcher.as_mut() else {
             return;
         };
@@ -294,22 +378,36 @@ impl<'c> Loop<'c> {
             let dir = self.root.inbox_of(a);
             if !self.watched.contains(&dir)
                 && dir.is_dir()
-                && w.watch(&dir, notify::RecursiveMode::NonRecursive).is_ok()
+                && w.watch(&dir, ::notify::RecursiveMode::NonRecursive).is_ok()
             {
                 self.watched.insert(dir);
             }
         }
     }
 
-    /// One round; true when it started or ran something.
+    /// One round; true when it started or ran something. Its cost follows the open
+    /// tasks and the agents, not the history.
     fn round(&mut self) -> Result<bool> {
+        let cpu = thread_cpu_us();
         crate::run::report::on_round(self.conn, &self.root, &self.config);
-        assign::assign(self.conn, &self.root, &self.config)?;
-        let agents: Vec<String> = tasks::all_agents(self.conn, &self.root, &self.config)?
-            .into_iter()
-            .filter(|a| self.opts.agent.as_ref().is_none_or(|x| x == a))
-            .collect();
+        self.housekeeping()?;
+        for e in assign::assign(self.conn, &self.root, &self.config)? {
+            if e.action == "retry_limit" {
+                crate::run::notify::send(
+                    &self.config,
+                    crate::run::notify::Event::new("task_needs_review", &self.root, e.detail)
+                        .agent(e.agent.as_deref().unwrap_or("-"))
+                        .task(e.task_id.as_deref()),
+                );
+            }
+        }
+        let mut agents = self.root.agents(&self.config)?;
+        agents.extend(store_tasks::agents_with_open_tasks(self.conn)?);
+        agents.sort();
+        agents.dedup();
+        agents.retain(|a| self.opts.agent.as_ref().is_none_or(|x| x == a));
         self.watch_agent_folders(&agents);
+        self.complete_finished_tasks()?;
         let mut acted = false;
         for agent in agents {
             if self.stopping() || self.max_reached() {
@@ -317,29 +415,230 @@ impl<'c> Loop<'c> {
             }
             acted |= self.serve(&agent)?;
         }
+        let idle_cpu = (!acted).then(|| thread_cpu_us().saturating_sub(cpu));
+        store_agents::count_round(self.conn, &clock::now_rfc3339(), idle_cpu)?;
         Ok(acted)
+    }
+
+    /// Pruning, the free-disk floor and the quiet-pipeline check.
+    fn housekeeping(&mut self) -> Result<()> {
+        self.check_disk()?;
+        if self
+            .last_housekeeping
+            .is_some_and(|t| t.elapsed() < HOUSEKEEPING_EVERY)
+        {
+            return Ok(());
+        }
+        self.last_housekeeping = Some(Instant::now());
+        let cutoff = clock::format(
+            clock::now() - chrono::Duration::seconds(self.config.run.ingest_retention_secs as i64),
+        );
+        let pruned = store_tasks::prune_completed_ingest(self.conn, &cutoff)?;
+        if pruned > 0 {
+            tracing::info!(
+                "pruned {pruned} completed ingest task(s) finished before {cutoff} (their files stay in `perpetual files`)"
+            );
+        }
+        self.check_quiet()
+    }
+
+    /// Below `run.min_free_disk_mb` of free space no session starts; the operator hears
+    /// of it once, and `status` shows it.
+    fn check_disk(&mut self) -> Result<()> {
+        let floor = self.config.run.min_free_disk_mb;
+        let low = match free_disk_mb(self.root.dir()) {
+            Some(free) if free < floor => Some(format!(
+                "{free} MiB free on the root's filesystem, below run.min_free_disk_mb = {floor}: no session starts"
+            )),
+            _ => None,
+        };
+        if low != self.disk_low {
+            match &low {
+                Some(why) => {
+                    tracing::warn!("disk low: {why}");
+                    crate::run::notify::send(
+                        &self.config,
+                        crate::run::notify::Event::new("disk_low", &self.root, why.clone()),
+                    );
+                }
+                None => tracing::info!("free disk space is back above run.min_free_disk_mb"),
+            }
+            store_agents::set_disk_low(self.conn, low.as_deref())?;
+            self.disk_low = low;
+        }
+        Ok(())
+    }
+
+    /// No new pair for `notify.quiet_hours`: the operator hears of it once per quiet spell.
+    fn check_quiet(&mut self) -> Result<()> {
+        let hours = self.config.notify.quiet_hours;
+        if hours == 0 {
+            return Ok(());
+        }
+        let last: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT created_at FROM pairs WHERE id = (SELECT MAX(id) FROM pairs)",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        let since = match last.as_deref().map(clock::parse) {
+            Some(Ok(t)) => t,
+            _ => return Ok(()),
+        };
+        let quiet = clock::now() - since >= chrono::Duration::hours(hours as i64);
+        if quiet && !self.quiet_notified {
+            crate::run::notify::send(
+                &self.config,
+                crate::run::notify::Event::new(
+                    "quiet",
+                    &self.root,
+                    format!(
+                        "no new pair since {} (notify.quiet_hours = {hours})",
+                        clock::format(since)
+                    ),
+                ),
+            );
+        }
+        self.quiet_notified = quiet;
+        Ok(())
+    }
+
+    /// Deletes old prompts and command logs in `.perpetual/` (the newest `run.logs_kept`
+    /// of each are kept, none older than `run.logs_max_age_days`) and wrap requests of
+    /// sessions no longer followed; never those of a session still running.
+    fn prune_files(&mut self) {
+        let live: HashSet<&str> = self.children.values().map(|c| c.session.as_str()).collect();
+        let keep = self.config.run.logs_kept;
+        let max_age = Duration::from_secs(self.config.run.logs_max_age_days * 86_400);
+        let state = self.root.state_dir();
+        for dir in [state.join("prompts"), state.join("logs")] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect();
+            files.sort_by_key(|f| std::cmp::Reverse(f.0));
+            let mut removed = 0;
+            for (i, (modified, path)) in files.iter().enumerate() {
+                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                let old = modified.elapsed().is_ok_and(|a| a > max_age);
+                if (i >= keep || old) && !live.contains(stem) && std::fs::remove_file(path).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+            if removed > 0 {
+                tracing::debug!("pruned {removed} file(s) from {}", dir.display());
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&state) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(s) = name.strip_prefix("wrap_")
+                    && !live.contains(s)
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// Sessions of the agent that hold a slot: followed by a supervisor (until its last
+    /// process is gone) or active in the database (a `session start` by hand).
+    fn live_sessions(&self, agent: &str) -> Result<usize> {
+        let mut ids: HashSet<String> = self
+            .children
+            .values()
+            .filter(|c| c.agent == agent)
+            .map(|c| c.session.clone())
+            .collect();
+        for s in crate::store::sessions::active(self.conn, Some(agent))? {
+            ids.insert(s.id);
+        }
+        Ok(ids.len())
+    }
+
+    /// Tasks no new session may take: an active session works on them, or a session's
+    /// processes are still running.
+    fn busy_tasks(&self) -> Result<HashSet<String>> {
+        let mut busy: HashSet<String> = crate::store::sessions::active(self.conn, None)?
+            .into_iter()
+            .filter_map(|s| s.task_id)
+            .collect();
+        busy.extend(self.children.values().filter_map(|c| c.task.clone()));
+        Ok(busy)
+    }
+
+    /// An agent task at full progress that no session holds is completed here (its wrap
+    /// could not complete it), never handed to a new session.
+    fn complete_finished_tasks(&mut self) -> Result<()> {
+        let busy = self.busy_tasks()?;
+        let full: Vec<String> = tasks::open_views(self.conn)?
+            .into_iter()
+            .filter(|v| {
+                !v.task.kind.is_builtin()
+                    && v.state == State::InProgress
+                    && v.task.total.is_some_and(|n| v.task.done >= n)
+                    && !busy.contains(&v.task.id)
+            })
+            .map(|v| v.task.id)
+            .collect();
+        for id in full {
+            match tasks::complete(self.conn, &self.root, &self.config, &id) {
+                Ok(c) => tracing::info!(
+                    task = id.as_str(),
+                    "{id} is at full progress with no session: completed, grade {}",
+                    c.grade.letter
+                ),
+                Err(e) => tracing::warn!("{id} is at full progress but cannot complete: {e:#}"),
+            }
+        }
+        Ok(())
     }
 
     /// Starts what the agent can start now: one built-in task, or sessions up to its slots.
     fn serve(&mut self, agent: &str) -> Result<bool> {
-        let paused = store_agents::pause_of(self.conn, agent)?.is_some();
+        let pause = store_agents::pause_of(self.conn, agent)?;
         let command = self
             .config
             .agents
             .get(agent)
             .and_then(|a| a.command.clone());
         let slots = self.config.budget_of(agent).slots;
-        let cap = if slots > 0 { slots } else { 1 };
+        let cap = if slots > 0 { slots as usize } else { 1 };
+        let paused = pause.is_some();
+        // The breaker half-opens after its cooldown: one trial session, alone.
+        let trial = pause.as_ref().is_some_and(|p| {
+            p.by == "breaker"
+                && p.trial_at
+                    .as_deref()
+                    .and_then(|t| clock::parse(t).ok())
+                    .is_some_and(|t| t <= clock::now())
+        }) && !self.children.values().any(|c| c.agent == agent);
+        let mut own_allowed = command.is_some() && (!paused || trial) && self.disk_low.is_none();
+        if own_allowed && let Some(wait) = self.backing_off(agent)? {
+            self.refused(
+                agent,
+                format!(
+                    "{agent} is backing off after failed sessions: its next session in {wait} s"
+                ),
+            );
+            own_allowed = false;
+        }
         let mut refused = false;
         let mut acted = false;
         loop {
             if self.stopping() || self.max_reached() {
                 break;
             }
-            // Its own tasks only while it has a command, is not paused, has a free slot and
-            // its budget did not refuse; built-in tasks never wait behind them.
-            let active = crate::store::sessions::active(self.conn, Some(agent))?.len() as u64;
-            let own = command.is_some() && !paused && !refused && active < cap;
+            // Its own tasks only while it has a command, may run, has a free slot and its
+            // budget did not refuse; built-in tasks never wait behind them.
+            let own = own_allowed && !refused && self.live_sessions(agent)? < cap;
             let Some(task) = self.choose(agent, own, paused)? else {
                 break;
             };
@@ -368,8 +667,11 @@ impl<'c> Loop<'c> {
                     return Ok(true);
                 }
                 (TaskKind::Agent | TaskKind::Duty, Some(command)) => {
-                    if self.start_session(agent, &task, command)? {
+                    if self.start_session(agent, &task, command, trial)? {
                         acted = true;
+                        if trial {
+                            break;
+                        }
                     } else {
                         refused = true;
                     }
@@ -380,16 +682,26 @@ impl<'c> Loop<'c> {
         Ok(acted)
     }
 
-    /// The agent's next task the loop may run: its task in progress that no active
-    /// session holds, else its first ready task; agent tasks only when `own` (it has a
-    /// command and is not paused), backfills only when not `paused`.
+    /// Seconds left of the agent's crash backoff, if it is backing off.
+    fn backing_off(&self, agent: &str) -> Result<Option<i64>> {
+        let (_, until) = store_agents::backoff_of(self.conn, agent)?;
+        Ok(until
+            .as_deref()
+            .and_then(|u| clock::parse(u).ok())
+            .map(|u| (u - clock::now()).num_seconds())
+            .filter(|s| *s > 0))
+    }
+
+    /// The agent's next task the loop may run: its task in progress that no live
+    /// session holds, else its first ready task; agent tasks only when `own` (it may
+    /// start a session now), never one at full progress; backfills only when not
+    /// `paused`.
     fn choose(&self, agent: &str, own: bool, paused: bool) -> Result<Option<TaskRow>> {
-        let busy: HashSet<String> = crate::store::sessions::active(self.conn, None)?
-            .into_iter()
-            .filter_map(|s| s.task_id)
-            .collect();
+        let busy = self.busy_tasks()?;
         let runnable = |t: &TaskRow| match t.kind {
-            TaskKind::Agent | TaskKind::Duty => own && !busy.contains(&t.id),
+            TaskKind::Agent | TaskKind::Duty => {
+                own && !busy.contains(&t.id) && t.total.is_none_or(|n| t.done < n)
+            }
             // run_task continues a backfill's own active session itself.
             TaskKind::Backfill => !paused,
             TaskKind::Ingest => true,
@@ -404,7 +716,7 @@ impl<'c> Loop<'c> {
             | TaskKind::Split
             | TaskKind::Charts => !paused,
         };
-        let views = tasks::views(self.conn)?;
+        let views = tasks::open_views(self.conn)?;
         let mine = || views.iter().filter(|v| v.task.agent == agent);
         Ok(mine()
             .find(|v| v.state == State::InProgress && runnable(&v.task))
@@ -419,8 +731,45 @@ impl<'c> Loop<'c> {
         }
     }
 
-    /// Starts a session of the agent's command on `task`; false when the budget refused.
-    fn start_session(&mut self, agent: &str, task: &TaskRow, command: &[String]) -> Result<bool> {
+    /// Pauses an agent whose command cannot be started, at once: no session, backup or
+    /// handoff is made for a program that is not there.
+    fn pause_for_command(&mut self, agent: &str, why: &str) -> Result<()> {
+        let reason = format!("agents.{agent}.command cannot start: {why}");
+        store_agents::set_pause_by(
+            self.conn,
+            agent,
+            &clock::now_rfc3339(),
+            &reason,
+            None,
+            "command",
+            None,
+            None,
+        )?;
+        tracing::warn!(
+            agent,
+            "{agent} paused: {reason}; fix perpetual.toml, then `perpetual agent resume {agent}`"
+        );
+        self.report.paused.insert(agent.to_string());
+        crate::run::notify::send(
+            &self.config,
+            crate::run::notify::Event::new("agent_paused", &self.root, reason).agent(agent),
+        );
+        Ok(())
+    }
+
+    /// Starts a session of the agent's command on `task`; false when it did not start
+    /// (the budget refused, or the program cannot be started).
+    fn start_session(
+        &mut self,
+        agent: &str,
+        task: &TaskRow,
+        command: &[String],
+        trial: bool,
+    ) -> Result<bool> {
+        if let Err(why) = supervise::check_program(&self.root, &command[0]) {
+            self.pause_for_command(agent, &why)?;
+            return Ok(false);
+        }
         let outcome = session::start(
             self.conn,
             &self.config,
@@ -428,6 +777,7 @@ impl<'c> Loop<'c> {
                 agent: agent.to_string(),
                 task: Some(task.id.clone()),
                 token_budget: None,
+                loop_run: true,
             },
         )?;
         let brief = match outcome {
@@ -453,15 +803,13 @@ impl<'c> Loop<'c> {
             StartOutcome::NothingReady { .. } => return Ok(false),
         };
         self.refusals.remove(agent);
+        failpoint("run:after_session_start");
         let s = brief.session.id.clone();
-        let run_id = store_agents::insert_run(
-            self.conn,
-            agent,
-            &task.id,
-            task.kind.as_str(),
-            Some(&s),
-            &clock::now_rfc3339(),
-        )?;
+        // Recorded with the session (`loop_run`): a loop killed from here on leaves a
+        // run without a process, which the next one adopts and wraps.
+        let run_id = brief
+            .run_id
+            .ok_or_else(|| anyhow::anyhow!("a loop's session has its run"))?;
         let done = self.tx.clone();
         let ended_agent = agent.to_string();
         let wrap = supervise::start(
@@ -475,31 +823,41 @@ impl<'c> Loop<'c> {
                 command: command.to_vec(),
                 prompt: prompt::render(&self.root, &self.config, &brief),
             },
-            Box::new(move || {
-                let _ = done.send(Event::Done(run_id, ended_agent));
+            Box::new(move |ended| {
+                let _ = done.send(Event::Done(run_id, ended_agent, ended));
             }),
         )?;
         tracing::info!(
             agent,
             session = s.as_str(),
             task = task.id.as_str(),
-            "started {s} for {agent} on {} at {}",
+            "started {s} for {agent} on {} at {}{}",
             task.id,
-            crate::human::progress_text(brief.task.task.done, brief.task.task.total)
+            crate::human::progress_text(brief.task.task.done, brief.task.task.total),
+            if trial {
+                " (the breaker's trial session)"
+            } else {
+                ""
+            }
         );
         self.children.insert(
             run_id,
             Child {
                 agent: agent.to_string(),
                 session: s,
+                task: Some(task.id.clone()),
                 wrap,
+                trial,
+                asked: false,
             },
         );
         self.report.sessions_started += 1;
         Ok(true)
     }
 
-    /// An `ingest` task: integrates the agent's inbox, then completes the task.
+    /// An `ingest` task: integrates the agent's inbox, then completes the task (graded,
+    /// without a report: the ledger is its record, and one per round would flood
+    /// `task_reports/`).
     fn run_ingest(&mut self, task: &TaskRow) -> Result<()> {
         let agent = task.agent.as_str();
         let now = clock::now_rfc3339();
@@ -559,13 +917,17 @@ impl<'c> Loop<'c> {
                         task.id
                     );
                 } else {
-                    let c = tasks::complete(self.conn, &self.root, &self.config, &task.id)?;
+                    let tx = self
+                        .conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let grade = tasks::complete_in(&tx, &self.config, &task.id)?;
+                    tx.commit()?;
                     tracing::info!(
                         agent,
                         task = task.id.as_str(),
                         "{} complete: {files} file(s) from inbox/{agent}/, grade {}",
                         task.id,
-                        c.grade.letter
+                        grade.letter
                     );
                 }
             }
@@ -697,7 +1059,8 @@ impl<'c> Loop<'c> {
         self.breaker(&agent)
     }
 
-    /// Pauses the agent when its last sessions made no progress or failed alike.
+    /// Pauses the agent when its last sessions made no progress or failed alike; the
+    /// breaker's trial comes after `run.breaker_cooldown_secs`.
     fn breaker(&mut self, agent: &str) -> Result<()> {
         let n = self.config.run.breaker_sessions as usize;
         if store_agents::pause_of(self.conn, agent)?.is_some() {
@@ -722,32 +1085,69 @@ impl<'c> Loop<'c> {
             format!("circuit breaker: {n} sessions in a row made no progress")
         };
         let task = runs[0].task_id.clone();
-        store_agents::set_pause(
-            self.conn,
+        self.trip(
             agent,
-            &clock::now_rfc3339(),
             &reason,
             task.as_deref(),
+            self.config.run.breaker_cooldown_secs,
+        )
+    }
+
+    /// Opens the breaker: the agent is paused, its task flagged, the operator notified,
+    /// and one trial session is due `cooldown` seconds from now.
+    fn trip(&mut self, agent: &str, reason: &str, task: Option<&str>, cooldown: u64) -> Result<()> {
+        let now = clock::now();
+        let trial_at = clock::format(now + chrono::Duration::seconds(cooldown as i64));
+        store_agents::set_pause_by(
+            self.conn,
+            agent,
+            &clock::format(now),
+            reason,
+            task,
+            "breaker",
+            Some(cooldown),
+            Some(&trial_at),
         )?;
-        if let Some(t) = &task
+        if let Some(t) = task
             && store_tasks::exists(self.conn, t)?
         {
-            store_tasks::flag_review(self.conn, t, &reason)?;
+            store_tasks::flag_review(self.conn, t, reason)?;
+            crate::run::notify::send(
+                &self.config,
+                crate::run::notify::Event::new("task_needs_review", &self.root, reason)
+                    .agent(agent)
+                    .task(Some(t)),
+            );
         }
         tracing::warn!(
             agent,
-            "{agent} paused ({reason}); task {} needs review; `perpetual agent resume {agent}` lets it run again",
-            task.as_deref().unwrap_or("-")
+            "{agent} paused ({reason}); task {} needs review; a trial session at {trial_at}, or `perpetual agent resume {agent}`",
+            task.unwrap_or("-")
         );
-        self.report.paused.push(agent.to_string());
+        self.report.paused.insert(agent.to_string());
+        crate::run::notify::send(
+            &self.config,
+            crate::run::notify::Event::new("agent_paused", &self.root, reason)
+                .agent(agent)
+                .task(task),
+        );
         Ok(())
     }
 
     fn on_event(&mut self, e: Event) -> Result<()> {
         match e {
-            Event::Done(run_id, agent) => {
-                if let Some(child) = self.children.remove(&run_id) {
-                    self.settle_run(run_id, &child.session)?;
+            Event::Done(run_id, agent, ended) => {
+                let Some(child) = self.children.remove(&run_id) else {
+                    return Ok(());
+                };
+                self.settle_run(run_id, &child.session)?;
+                self.prune_files();
+                if let Some(why) = &ended.not_started {
+                    return self.pause_for_command(&agent, why);
+                }
+                self.backoff(&agent, &ended)?;
+                if child.trial {
+                    return self.end_trial(&agent, run_id, &child, &ended);
                 }
                 self.breaker(&agent)?;
             }
@@ -755,6 +1155,64 @@ impl<'c> Loop<'c> {
             Event::Inbox => {}
         }
         Ok(())
+    }
+
+    /// A session that ended with an error delays the agent's next one, doubling with
+    /// each failure in a row; one without an error clears it.
+    fn backoff(&mut self, agent: &str, ended: &Ended) -> Result<()> {
+        let (failures, _) = store_agents::backoff_of(self.conn, agent)?;
+        if ended.error.is_none() {
+            if failures > 0 {
+                store_agents::set_backoff(self.conn, agent, 0, None)?;
+            }
+            return Ok(());
+        }
+        let failures = failures + 1;
+        let base = self.config.run.backoff_secs;
+        if base == 0 {
+            return store_agents::set_backoff(self.conn, agent, failures, None);
+        }
+        let wait = base
+            .saturating_mul(1u64 << (failures - 1).min(32))
+            .min(self.config.run.backoff_max_secs.max(base));
+        let until = clock::format(clock::now() + chrono::Duration::seconds(wait as i64));
+        tracing::warn!(
+            agent,
+            "{agent}: {failures} failed session(s) in a row; backing off {wait} s (until {until})"
+        );
+        store_agents::set_backoff(self.conn, agent, failures, Some(&until))
+    }
+
+    /// The breaker's trial ended: progress without an error closes it; anything else
+    /// opens it again with the cooldown doubled.
+    fn end_trial(&mut self, agent: &str, run_id: i64, child: &Child, ended: &Ended) -> Result<()> {
+        let Some(pause) = store_agents::pause_of(self.conn, agent)? else {
+            return Ok(()); // resumed by hand meanwhile
+        };
+        if ended.error.is_none() && ended.progressed {
+            tracing::info!(
+                agent,
+                "{agent}: the trial session {} made progress; the breaker closes",
+                child.session
+            );
+            resume_after(self.conn, agent, run_id)?;
+            return Ok(());
+        }
+        let cooldown = pause
+            .cooldown_secs
+            .unwrap_or(self.config.run.breaker_cooldown_secs)
+            .saturating_mul(2);
+        let reason = format!(
+            "circuit breaker: the trial session {} failed ({}); cooldown {cooldown} s",
+            child.session,
+            ended.error.as_deref().unwrap_or("no progress")
+        );
+        self.trip(
+            agent,
+            &reason,
+            pause.task.as_deref().or(child.task.as_deref()),
+            cooldown,
+        )
     }
 
     /// The backstop for a supervisor that failed before it concluded: the session is
@@ -811,17 +1269,17 @@ impl<'c> Loop<'c> {
             );
             self.idle_logged = true;
         }
-        match self
+        let woke = self
             .rx
-            .recv_timeout(Duration::from_secs(self.config.run.idle_secs))
-        {
+            .recv_timeout(Duration::from_secs(self.config.run.idle_secs));
+        store_agents::heartbeat(self.conn, &clock::now_rfc3339())?;
+        match woke {
             Ok(Event::Inbox) => {
                 // Let the drop settle: wait until the inbox has been quiet for settle_ms
                 // (at most idle_secs, so a writer that never pauses cannot hold the loop).
                 let settle = Duration::from_millis(self.config.watch.settle_ms);
-                let until =
-                    std::time::Instant::now() + Duration::from_secs(self.config.run.idle_secs);
-                while std::time::Instant::now() < until {
+                let until = Instant::now() + Duration::from_secs(self.config.run.idle_secs);
+                while Instant::now() < until {
                     match self.rx.recv_timeout(settle) {
                         Ok(Event::Inbox) => continue,
                         Ok(other) => {
@@ -839,15 +1297,17 @@ impl<'c> Loop<'c> {
         Ok(())
     }
 
-    fn ask_children_to_wrap(&self) {
-        for c in self.children.values() {
-            tracing::info!(
-                agent = c.agent.as_str(),
-                session = c.session.as_str(),
-                "asking {} to wrap: the loop is stopping",
-                c.session
-            );
+    /// Asks each running session to wrap, once (its supervisor writes the request and
+    /// logs it).
+    fn ask_children_to_wrap(&mut self) {
+        let mut asked = 0;
+        for c in self.children.values_mut().filter(|c| !c.asked) {
+            c.asked = true;
             let _ = c.wrap.send(());
+            asked += 1;
+        }
+        if asked > 0 {
+            tracing::info!("stopping: {asked} running session(s) asked to wrap");
         }
     }
 
@@ -876,6 +1336,10 @@ impl<'c> Loop<'c> {
 /// Unpauses an agent: the breaker counts only the runs after this point, and the review
 /// flag it set on the task (the one that tripped it) is cleared.
 pub fn resume(conn: &Connection, agent: &str) -> Result<()> {
+    resume_after(conn, agent, store_agents::max_run_id(conn)?)
+}
+
+fn resume_after(conn: &Connection, agent: &str, floor: i64) -> Result<()> {
     if let Some(p) = store_agents::pause_of(conn, agent)?
         && let Some(t) = &p.task
         && let Some(row) = store_tasks::get(conn, t)?
@@ -883,5 +1347,40 @@ pub fn resume(conn: &Connection, agent: &str) -> Result<()> {
     {
         store_tasks::clear_review(conn, t)?;
     }
-    store_agents::clear_pause(conn, agent, store_agents::max_run_id(conn)?)
+    store_agents::clear_pause(conn, agent, floor)
+}
+
+/// CPU time this thread has used, in microseconds (what an idle round costs).
+fn thread_cpu_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Free space available to this user on the filesystem holding `dir`, in MiB.
+pub fn free_disk_mb(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64 / (1024 * 1024))
+}
+
+/// A test hook, honoured by debug builds only (the ones `cargo test` runs): when
+/// `PERPETUAL_FAILPOINT` names `point`, the loop SIGKILLs itself there, so that a test
+/// can reproduce a crash in a window too narrow to hit with a signal from outside.
+fn failpoint(point: &str) {
+    if cfg!(debug_assertions) && std::env::var("PERPETUAL_FAILPOINT").is_ok_and(|v| v == point) {
+        // SAFETY: kill(2) on our own pid has no memory effects.
+        unsafe {
+            libc::kill(std::process::id() as libc::pid_t, libc::SIGKILL);
+        }
+    }
 }

@@ -23,6 +23,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 pub struct Faucet {
     /// When it was taken.
     pub at: String,
+    /// The perpetual loop on this root: whether it runs, and its live sessions.
+    #[serde(rename = "loop")]
+    pub loop_: LoopView,
     /// One entry per agent (configured or with an inbox folder), sorted.
     pub agents: Vec<AgentStatus>,
     /// The pipeline as a whole.
@@ -31,6 +34,56 @@ pub struct Faucet {
     pub assigner: Vec<AssignEntry>,
     /// Today's figures so far (the daily report's, `crate::run::report`).
     pub today: crate::run::report::Daily,
+}
+
+/// `perpetual run` as the process table and its heartbeat show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopView {
+    /// A loop runs now: its recorded process (pid and start time) is alive.
+    pub running: bool,
+    /// Its process id (the running loop's, else the last one's).
+    pub pid: Option<i32>,
+    /// When it started.
+    pub since: Option<String>,
+    /// Its last heartbeat (every round and every wake).
+    pub heartbeat_at: Option<String>,
+    /// When it stopped cleanly (None while it runs or when it was killed).
+    pub stopped_at: Option<String>,
+    /// Rounds run, and how many of them started nothing.
+    pub rounds: u64,
+    /// Rounds that started nothing.
+    pub idle_rounds: u64,
+    /// CPU time of its last idle round, microseconds.
+    pub idle_round_us: Option<u64>,
+    /// Free space on the root's filesystem, MiB.
+    pub free_disk_mb: Option<u64>,
+    /// Why sessions are refused for disk space (free space under `run.min_free_disk_mb`).
+    pub disk_low: Option<String>,
+    /// Sessions whose command a loop started and that have not ended, one per line.
+    pub sessions: Vec<LiveSession>,
+}
+
+/// A session a loop started that has not ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveSession {
+    /// The agent.
+    pub agent: String,
+    /// The session.
+    pub session: String,
+    /// Its task.
+    pub task: Option<String>,
+    /// Its command's process id.
+    pub pid: Option<u32>,
+    /// That process is alive (checked with its start time).
+    pub alive: bool,
+    /// When it started.
+    pub started_at: String,
+    /// A later loop took it over from one that died.
+    pub adopted: bool,
+    /// Its budget now (tokens, API calls today, wall time).
+    pub budget: Vec<Usage>,
+    /// The worst level.
+    pub level: Level,
 }
 
 /// One agent.
@@ -164,7 +217,7 @@ pub struct Bottleneck {
 /// Takes the view.
 pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet> {
     let now = clock::now();
-    let views = tasks::views(conn)?;
+    let views = tasks::open_views(conn)?;
     let by_id: HashMap<&str, &TaskView> = views.iter().map(|v| (v.task.id.as_str(), v)).collect();
     let names = tasks::all_agents(conn, root, config)?;
     let waiting_files = crate::engine::ingest::discover_inbox(&root.inbox(), &names)?;
@@ -334,6 +387,7 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
     )?;
     Ok(Faucet {
         at: clock::format(now),
+        loop_: loop_view(conn, root, config)?,
         agents,
         pipeline: Pipeline {
             pairs,
@@ -347,5 +401,55 @@ pub fn faucet(conn: &Connection, root: &Root, config: &Config) -> Result<Faucet>
         },
         assigner: store_agents::assign_log(conn, 8)?,
         today: crate::run::report::daily(conn, root, config, now.date_naive())?,
+    })
+}
+
+/// The loop's row, checked against the process table, and its live sessions.
+fn loop_view(conn: &Connection, root: &Root, config: &Config) -> Result<LoopView> {
+    let state = store_agents::loop_state(conn)?;
+    let running = state.as_ref().is_some_and(|l| {
+        l.stopped_at.is_none()
+            && l.proc_start
+                .is_some_and(|start| crate::run::procs::alive(l.pid, start))
+    });
+    let free = crate::run::runloop::free_disk_mb(root.dir());
+    let floor = config.run.min_free_disk_mb;
+    let disk_low = free
+        .filter(|f| *f < floor)
+        .map(|f| format!("{f} MiB free, below run.min_free_disk_mb = {floor}: no session starts"));
+    let mut sessions = Vec::new();
+    for r in store_agents::unfinished_runs(conn)? {
+        let Some(id) = &r.session_id else { continue };
+        let Some(row) = store_sessions::get(conn, id)? else {
+            continue;
+        };
+        let (budget, level) = session::level(conn, config, &row)?;
+        sessions.push(LiveSession {
+            agent: r.agent.clone(),
+            session: id.clone(),
+            task: r.task_id.clone(),
+            pid: r.pid,
+            alive: match (r.pid, r.proc_start) {
+                (Some(p), Some(s)) => crate::run::procs::alive(p as i32, s),
+                _ => false,
+            },
+            started_at: r.started_at.clone(),
+            adopted: r.adopted_at.is_some(),
+            budget,
+            level,
+        });
+    }
+    Ok(LoopView {
+        running,
+        pid: state.as_ref().map(|l| l.pid),
+        since: state.as_ref().map(|l| l.started_at.clone()),
+        heartbeat_at: state.as_ref().map(|l| l.heartbeat_at.clone()),
+        stopped_at: state.as_ref().and_then(|l| l.stopped_at.clone()),
+        rounds: state.as_ref().map_or(0, |l| l.rounds),
+        idle_rounds: state.as_ref().map_or(0, |l| l.idle_rounds),
+        idle_round_us: state.as_ref().and_then(|l| l.idle_round_us),
+        free_disk_mb: free,
+        disk_low,
+        sessions,
     })
 }

@@ -148,6 +148,13 @@ impl Reader {
         &self.path
     }
 
+    /// Starts after what the file holds now: only replies appended later count.
+    pub fn skip_to_end(&mut self) {
+        if let Ok(m) = std::fs::metadata(&self.path) {
+            self.offset = m.len();
+        }
+    }
+
     /// Reads what was appended and returns the latest usage (None while the file is
     /// missing or has none). A file that shrank was replaced: it is read again from the
     /// start.
@@ -187,61 +194,126 @@ impl Reader {
     }
 }
 
-/// Follows an agent's transcript as the loop knows it: a file, or a folder in which the
-/// session's transcript is the newest `*.jsonl` modified since the session started (for
-/// agents whose transcript is named by the agent itself).
+/// Transcripts some [`Follow`] of this process reads: two sessions sharing a folder
+/// never read the same file.
+static CLAIMED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Follows one session's transcript as the loop knows it: a file, or a folder in which
+/// the session's transcript is the first `*.jsonl` to appear that was not there when the
+/// session started and that no other session follows, for agents that name their
+/// transcript themselves (with several sessions of one agent at once, name it with
+/// `{uuid}` instead). A session never reads what another session wrote: files of a
+/// folder present at its start are not its own, and a file that exists at its start is
+/// read from its end.
 #[derive(Debug)]
 pub struct Follow {
     target: PathBuf,
-    since: std::time::SystemTime,
+    existing: std::collections::HashSet<PathBuf>,
     reader: Option<Reader>,
 }
 
 impl Follow {
-    /// Follows `target` (a file or a folder), counting only files modified since `since`
-    /// when it is a folder.
-    pub fn new(target: &Path, since: std::time::SystemTime) -> Follow {
-        Follow {
+    /// Follows `target` (a file or a folder, which may not exist yet) for a session
+    /// starting now.
+    pub fn new(target: &Path) -> Follow {
+        let existing = match std::fs::read_dir(target) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(_) => Default::default(),
+        };
+        let mut f = Follow {
             target: target.to_path_buf(),
-            since,
+            existing,
             reader: None,
+        };
+        if target.is_file() {
+            // A file already there holds earlier replies, not this session's.
+            let mut r = Reader::new(target);
+            r.skip_to_end();
+            f.reader = Some(r);
         }
+        f
+    }
+
+    /// Follows `file` again from its start, for a session that was already running
+    /// (a loop adopting what a dead one left).
+    pub fn resume(target: &Path, file: Option<&Path>) -> Follow {
+        let mut f = Follow::new(target);
+        if let Some(file) = file {
+            f.claim(file);
+            f.reader = Some(Reader::new(file));
+        }
+        f
+    }
+
+    /// The transcript file followed so far, if one was found.
+    pub fn file(&self) -> Option<&Path> {
+        self.reader.as_ref().map(Reader::path)
     }
 
     /// The latest usage (see [`Reader::poll`]).
     pub fn poll(&mut self) -> Result<Option<&ContextUsage>> {
-        let file = if self.target.is_dir() {
-            newest_jsonl(&self.target, self.since)?
-        } else {
-            Some(self.target.clone())
-        };
-        let Some(file) = file else {
-            return Ok(None);
-        };
-        if self.reader.as_ref().is_none_or(|r| r.path() != file) {
-            self.reader = Some(Reader::new(&file));
+        if self.target.is_dir() {
+            // Its own file, once found, stays its own.
+            if self.reader.is_none()
+                && let Some(file) = self.newest_new()?
+            {
+                self.claim(&file);
+                self.reader = Some(Reader::new(&file));
+            }
+        } else if self.reader.is_none() {
+            self.reader = Some(Reader::new(&self.target));
         }
-        self.reader.as_mut().expect("set above").poll()
+        match self.reader.as_mut() {
+            Some(r) => r.poll(),
+            None => Ok(None),
+        }
+    }
+
+    fn claim(&mut self, file: &Path) {
+        let mut claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = self.reader.as_ref().map(Reader::path) {
+            claimed.retain(|c| c != old);
+        }
+        claimed.push(file.to_path_buf());
+    }
+
+    /// The most recently modified `*.jsonl` of the folder that was not there at the
+    /// start and that no other session follows.
+    fn newest_new(&self) -> Result<Option<PathBuf>> {
+        let claimed = CLAIMED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+        let dir = &self.target;
+        for entry in
+            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?
+        {
+            let entry = entry?;
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "jsonl")
+                || self.existing.contains(&path)
+                || claimed.contains(&path)
+            {
+                continue;
+            }
+            let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(t, _)| modified > *t) {
+                best = Some((modified, path));
+            }
+        }
+        Ok(best.map(|(_, p)| p))
     }
 }
 
-/// The most recently modified `*.jsonl` directly in `dir`, modified at or after `since`.
-fn newest_jsonl(dir: &Path, since: std::time::SystemTime) -> Result<Option<PathBuf>> {
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
-        let entry = entry?;
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "jsonl") {
-            continue;
-        }
-        let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
-            continue;
-        };
-        if modified >= since && best.as_ref().is_none_or(|(t, _)| modified > *t) {
-            best = Some((modified, path));
+impl Drop for Follow {
+    fn drop(&mut self) {
+        if let Some(file) = self.reader.as_ref().map(Reader::path) {
+            CLAIMED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|c| c != file);
         }
     }
-    Ok(best.map(|(_, p)| p))
 }
 
 #[cfg(test)]
@@ -296,17 +368,26 @@ mod tests {
         assert_eq!((u.context_tokens, u.line), (5, 1));
         assert_eq!(read(&path).unwrap().unwrap().context_tokens, 5);
 
-        // A folder: its newest transcript since the start.
-        let before = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        let mut follow = Follow::new(dir.path(), before);
-        assert_eq!(follow.poll().unwrap().unwrap().context_tokens, 5);
-        let mut late = Follow::new(
-            dir.path(),
-            std::time::SystemTime::now() + std::time::Duration::from_secs(60),
-        );
+        // A folder: only a transcript created after the start is the session's.
+        let mut follow = Follow::new(dir.path());
         assert!(
-            late.poll().unwrap().is_none(),
-            "older transcripts are another session's"
+            follow.poll().unwrap().is_none(),
+            "transcripts already there are another session's"
         );
+        let mine = dir.path().join("mine.jsonl");
+        std::fs::write(&mine, format!("{}\n", assistant(7, 0, 0))).unwrap();
+        assert_eq!(follow.poll().unwrap().unwrap().context_tokens, 7);
+        // A second session in the same folder does not take the first one's file.
+        let mut other = Follow::new(dir.path());
+        std::fs::write(
+            dir.path().join("late.jsonl"),
+            format!("{}\n", assistant(9, 0, 0)),
+        )
+        .unwrap();
+        assert_eq!(other.poll().unwrap().unwrap().context_tokens, 9);
+        assert_eq!(follow.poll().unwrap().unwrap().context_tokens, 7);
+        // A file that exists at the start is read from its end.
+        let mut again = Follow::new(&mine);
+        assert!(again.poll().unwrap().is_none());
     }
 }

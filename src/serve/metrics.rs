@@ -230,7 +230,7 @@ fn kind_label(kind: Kind) -> &'static str {
         Kind::Tokens => "tokens",
         Kind::ApiCalls => "api_calls",
         Kind::Slots => "slots",
-        Kind::WallMinutes => "wall_minutes",
+        Kind::WallTime => "wall_time",
     }
 }
 

@@ -22,7 +22,13 @@ pub fn backup(src: &Connection, dest: &Path) -> Result<()> {
     let name = dest
         .file_name()
         .with_context(|| format!("backup path {} has no file name", dest.display()))?;
-    let tmp = dest.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    // The pid in the name: a copy cut short by a kill is recognised and deleted by the
+    // next rotation (its process is gone), never mistaken for one still being written.
+    let tmp = dest.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&tmp);
     let result = copy(src, &tmp);
     if let Err(e) = result {
@@ -79,9 +85,25 @@ pub fn backup_into(src: &Connection, dir: &Path, stamp: &str, keep: usize) -> Re
 pub fn rotate(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
     let mut backups = list(dir)?;
     let excess = backups.len().saturating_sub(keep);
-    let old: Vec<PathBuf> = backups.drain(..excess).collect();
+    let mut old: Vec<PathBuf> = backups.drain(..excess).collect();
     for path in &old {
         std::fs::remove_file(path).with_context(|| format!("cannot delete {}", path.display()))?;
+    }
+    // Temporary copies whose writer died (killed mid-backup) would pile up otherwise.
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.rsplit_once('.'))
+            .and_then(|(_, pid)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+            old.push(entry.path());
+        }
     }
     Ok(old)
 }

@@ -569,6 +569,43 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<FileRow> {
     })
 }
 
+/// Pairs stored for the first time by the files a session integrated (its backfill, or
+/// an ingest run inside it): exactly its own, whatever other agents did meanwhile.
+pub fn pairs_of_session(conn: &Connection, session: &str) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT COALESCE(SUM(pairs_new), 0) FROM files WHERE session_id = ?1")?
+        .query_row([session], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// Where the ledger stands before a run that tags its files: the highest row id (0
+/// when empty) and the rows left partial (files a run may resume and finish).
+pub fn mark(conn: &Connection) -> Result<(i64, Vec<i64>)> {
+    let max = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM files", [], |r| r.get(0))?;
+    let mut stmt = conn.prepare_cached("SELECT id FROM files WHERE status = 'partial'")?;
+    let partial = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok((max, partial))
+}
+
+/// Tags with `session` the ledger rows a run wrote, given [`mark`] from before it: rows
+/// added since, and rows that were partial and are finished now. The caller holds the
+/// writer lock, so no other run wrote meanwhile.
+pub fn tag_session(conn: &Connection, session: &str, before: &(i64, Vec<i64>)) -> Result<u64> {
+    let mut n = conn.execute(
+        "UPDATE files SET session_id = ?1 WHERE session_id IS NULL AND id > ?2",
+        params![session, before.0],
+    )? as u64;
+    let mut resumed = conn.prepare_cached(
+        "UPDATE files SET session_id = ?1
+         WHERE id = ?2 AND session_id IS NULL AND status <> 'partial'",
+    )?;
+    for id in &before.1 {
+        n += resumed.execute(params![session, id])? as u64;
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

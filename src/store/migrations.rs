@@ -413,6 +413,48 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE files ADD COLUMN seconds REAL;     -- NULL for files finished before it was recorded
     "#,
+    // Unattended operation (issue 9): processes named by pid and start time, the
+    // breaker's half-open state and crash backoff, the loop's heartbeat, the session a
+    // file was integrated in, wrap commits to retry, the open-task index.
+    r#"
+    ALTER TABLE loop_runs ADD COLUMN pgid INTEGER;          -- the process group the command leads
+    ALTER TABLE loop_runs ADD COLUMN proc_start INTEGER;    -- field 22 of /proc/<pid>/stat: with the pid, names the process exactly
+    ALTER TABLE loop_runs ADD COLUMN transcript TEXT;       -- the transcript followed, placeholders replaced
+    ALTER TABLE loop_runs ADD COLUMN remains INTEGER;       -- processes left behind when the command exited, which the loop ended
+    ALTER TABLE loop_runs ADD COLUMN adopted_at TEXT;       -- when a later loop took over following it
+
+    ALTER TABLE agent_state ADD COLUMN paused_by TEXT;      -- breaker, hand, command (the command cannot start)
+    ALTER TABLE agent_state ADD COLUMN cooldown_secs INTEGER; -- the breaker's cooldown before its next trial session
+    ALTER TABLE agent_state ADD COLUMN trial_at TEXT;       -- when the breaker half-opens (one trial session)
+    ALTER TABLE agent_state ADD COLUMN failures_in_row INTEGER NOT NULL DEFAULT 0; -- sessions that ended with an error, in a row
+    ALTER TABLE agent_state ADD COLUMN backoff_until TEXT;  -- no session before this (crash loops back off)
+
+    CREATE TABLE loop_state (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        pid            INTEGER NOT NULL,                    -- the running (or last) perpetual run
+        proc_start     INTEGER,                             -- its start time (field 22 of /proc/<pid>/stat)
+        started_at     TEXT NOT NULL,
+        heartbeat_at   TEXT NOT NULL,                       -- refreshed at every round and wake
+        stopped_at     TEXT,                                -- set when it stopped cleanly
+        rounds         INTEGER NOT NULL DEFAULT 0,
+        idle_rounds    INTEGER NOT NULL DEFAULT 0,          -- rounds that started nothing
+        idle_round_us  INTEGER,                             -- CPU time of the last idle round, microseconds
+        disk_low       TEXT                                 -- why sessions are refused for disk space, while they are
+    );
+
+    ALTER TABLE files ADD COLUMN session_id TEXT;           -- the session whose run integrated it (backfill, ingest inside a session)
+    CREATE INDEX files_by_session ON files(session_id);
+
+    ALTER TABLE sessions ADD COLUMN commit_pending INTEGER NOT NULL DEFAULT 0; -- its wrap commit failed: the next wrap commits its outputs
+
+    CREATE INDEX tasks_by_status ON tasks(status, kind, finished_at);
+    -- The assigner's estimates read the latest completed tasks of a template, or of an
+    -- agent and kind, without scanning the history.
+    CREATE INDEX tasks_by_template ON tasks(template_id, status, finished_at);
+    CREATE INDEX tasks_by_agent_kind ON tasks(agent, kind, status, finished_at);
+    -- Every round asks for the active sessions of all agents.
+    CREATE INDEX sessions_by_status ON sessions(status);
+    "#,
 ];
 
 /// The schema version this build writes.

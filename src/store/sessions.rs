@@ -364,3 +364,48 @@ fn checkpoint_from_row(r: &Row<'_>) -> rusqlite::Result<CheckpointRow> {
         level: Level::parse(&level),
     })
 }
+
+/// A wrapped session whose wrap commit failed: its outputs go with the next wrap's.
+#[derive(Debug, Clone)]
+pub struct PendingCommit {
+    /// The session.
+    pub id: String,
+    /// Its agent (its `outbox/<agent>/` is an output).
+    pub agent: String,
+    /// Its handoff, relative to the root.
+    pub handoff_path: Option<String>,
+}
+
+/// Sessions whose wrap commit failed and was not retried yet, oldest first.
+pub fn commit_pending(conn: &Connection) -> Result<Vec<PendingCommit>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, agent, handoff_path FROM sessions WHERE commit_pending = 1 ORDER BY started_at",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(PendingCommit {
+                id: r.get(0)?,
+                agent: r.get(1)?,
+                handoff_path: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The session's wrap commit failed: the next wrap retries its outputs.
+pub fn set_commit_pending(conn: &Connection, id: &str) -> Result<()> {
+    conn.execute("UPDATE sessions SET commit_pending = 1 WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+/// The outputs of `ids` were committed (in `commit`, or they held no change).
+pub fn clear_commit_pending(conn: &Connection, ids: &[&str], commit: Option<&str>) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE sessions SET commit_pending = 0, commit_id = COALESCE(commit_id, ?2) WHERE id = ?1",
+    )?;
+    for id in ids {
+        stmt.execute(params![id, commit])?;
+    }
+    Ok(())
+}

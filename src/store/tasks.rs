@@ -15,8 +15,9 @@ pub struct GradeInputs {
     pub sessions: u64,
     /// Of those, sessions that did not wrap at or past the hard stop.
     pub clean_sessions: u64,
-    /// Sessions its estimate warrants.
-    pub expected_sessions: u64,
+    /// Sessions its estimate warrants (None without an estimate or a token budget: then
+    /// speed is 1).
+    pub expected_sessions: Option<u64>,
     /// Units done.
     pub done: u64,
     /// Units in all.
@@ -71,7 +72,8 @@ impl TaskStatus {
         }
     }
 
-    fn parse(s: &str) -> TaskStatus {
+    /// Parses [`TaskStatus::as_str`] (unknown words are pending).
+    pub fn parse(s: &str) -> TaskStatus {
         match s {
             "in_progress" => TaskStatus::InProgress,
             "completed" => TaskStatus::Completed,
@@ -301,6 +303,89 @@ pub fn all(conn: &Connection) -> Result<Vec<TaskRow>> {
         .query_map([], from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+/// The tasks not completed (pending, in progress, failed), in queue order. What the
+/// loop looks at every round: its cost follows the open tasks, not the history.
+pub fn open(conn: &Connection) -> Result<Vec<TaskRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT} WHERE t.status IN ('pending', 'in_progress', 'failed')
+         ORDER BY t.priority, t.position"
+    ))?;
+    let rows = stmt
+        .query_map([], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The stored status of each of `ids` that exists.
+pub fn statuses(
+    conn: &Connection,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, TaskStatus>> {
+    let mut stmt = conn.prepare_cached("SELECT status FROM tasks WHERE id = ?1")?;
+    let mut out = std::collections::HashMap::new();
+    for id in ids {
+        if let Some(s) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? {
+            out.insert(id.to_string(), TaskStatus::parse(&s));
+        }
+    }
+    Ok(out)
+}
+
+/// The latest `limit` completed tasks made from the template `template`, newest first.
+pub fn completed_of_template(
+    conn: &Connection,
+    template: i64,
+    limit: usize,
+) -> Result<Vec<TaskRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT} WHERE t.template_id = ?1 AND t.status = 'completed'
+         ORDER BY t.finished_at DESC LIMIT ?2"
+    ))?;
+    let rows = stmt
+        .query_map(params![template, limit as i64], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The latest `limit` completed tasks of `agent` of `kind`, newest first.
+pub fn completed_of(
+    conn: &Connection,
+    agent: &str,
+    kind: TaskKind,
+    limit: usize,
+) -> Result<Vec<TaskRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT} WHERE t.agent = ?1 AND t.kind = ?2 AND t.status = 'completed'
+         ORDER BY t.finished_at DESC LIMIT ?3"
+    ))?;
+    let rows = stmt
+        .query_map(params![agent, kind.as_str(), limit as i64], from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Every agent with an open (pending, in-progress or failed) task, sorted.
+pub fn agents_with_open_tasks(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT agent FROM tasks
+         WHERE status IN ('pending', 'in_progress', 'failed') ORDER BY agent",
+    )?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}
+
+/// Deletes completed `ingest` tasks finished at or before `before` that no task depends
+/// on (their files stay in the ledger); returns how many.
+pub fn prune_completed_ingest(conn: &Connection, before: &str) -> Result<usize> {
+    Ok(conn.execute(
+        "DELETE FROM tasks WHERE status = 'completed' AND kind = 'ingest' AND finished_at <= ?1
+           AND NOT EXISTS (SELECT 1 FROM task_deps d WHERE d.depends_on = tasks.id)",
+        [before],
+    )?)
 }
 
 /// Every agent with a task in the stack, sorted.

@@ -87,7 +87,7 @@ fn ingest_tasks(
     if waiting.is_empty() {
         return Ok(());
     }
-    let open: Vec<String> = store_tasks::all(conn)?
+    let open: Vec<String> = store_tasks::open(conn)?
         .into_iter()
         .filter(|t| {
             t.kind == TaskKind::Ingest
@@ -136,7 +136,7 @@ fn ingest_tasks(
 /// Failed tasks go back in the queue one priority higher, up to the retry limit.
 fn retries(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>) -> Result<()> {
     let limit = config.assign.retry_limit;
-    for t in store_tasks::all(conn)?
+    for t in store_tasks::open(conn)?
         .into_iter()
         .filter(|t| t.status == TaskStatus::Failed)
     {
@@ -186,7 +186,7 @@ fn templates(conn: &mut Connection, config: &Config, done: &mut Vec<AssignEntry>
     }
     let want = config.assign.min_ready;
     for (agent, mut list) in by_agent {
-        let mut ready = tasks::views(conn)?
+        let mut ready = tasks::open_views(conn)?
             .iter()
             .filter(|v| {
                 v.task.agent == agent && v.state == State::Ready && v.task.kind != TaskKind::Duty
@@ -362,7 +362,8 @@ impl Estimate {
 }
 
 /// The median of tokens per unit over completed tasks that used tokens: those made from
-/// `task`'s template when there are some, else its agent's tasks of its kind.
+/// `task`'s template when there are some, else its agent's tasks of its kind (the loop
+/// passes the latest [`ESTIMATE_SAMPLE`] of each).
 pub fn estimate(all: &[store_tasks::TaskRow], task: &store_tasks::TaskRow) -> Option<Estimate> {
     let done = |t: &&store_tasks::TaskRow| {
         t.status == TaskStatus::Completed && t.tokens_used > 0 && t.id != task.id
@@ -411,15 +412,37 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// Completed tasks an estimate from history looks at: the latest of its template, and
+/// the latest of its agent and kind. A bounded sample, so the assigner (run at every
+/// round of the loop) costs the same with a long history as with a short one.
+const ESTIMATE_SAMPLE: usize = 200;
+
 /// Pending tasks without an estimate get one from history, with its source.
 fn estimates(conn: &mut Connection, done: &mut Vec<AssignEntry>) -> Result<()> {
-    let all = store_tasks::all(conn)?;
-    for t in all.iter().filter(|t| {
-        t.status == TaskStatus::Pending
-            && t.estimated_tokens.is_none()
-            && t.kind != TaskKind::Ingest
-    }) {
-        let Some(e) = estimate(&all, t) else { continue };
+    let candidates: Vec<store_tasks::TaskRow> = store_tasks::open(conn)?
+        .into_iter()
+        .filter(|t| {
+            t.status == TaskStatus::Pending
+                && t.estimated_tokens.is_none()
+                && t.kind != TaskKind::Ingest
+        })
+        .collect();
+    for t in &candidates {
+        let mut history = match t.template_id {
+            Some(tpl) => store_tasks::completed_of_template(conn, tpl, ESTIMATE_SAMPLE)?,
+            None => Vec::new(),
+        };
+        // The template's tasks are often the agent's too: each counts once.
+        let seen: std::collections::HashSet<String> =
+            history.iter().map(|h| h.id.clone()).collect();
+        history.extend(
+            store_tasks::completed_of(conn, &t.agent, t.kind, ESTIMATE_SAMPLE)?
+                .into_iter()
+                .filter(|h| !seen.contains(&h.id)),
+        );
+        let Some(e) = estimate(&history, t) else {
+            continue;
+        };
         let source = e.source(t.total.unwrap_or(1));
         store_tasks::set_estimate_from(conn, &t.id, e.tokens, &source)?;
         log(

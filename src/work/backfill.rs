@@ -501,6 +501,7 @@ pub fn run_task(
                 agent: opts.agent.clone(),
                 task: Some(id.clone()),
                 token_budget: opts.budget,
+                loop_run: false,
             },
         )? {
             StartOutcome::Started(brief) => brief.session.id,
@@ -544,6 +545,7 @@ pub fn run_task(
         },
         used: 0,
     };
+    let ledger_before = crate::store::ledger::mark(conn)?;
     let outcome = if meter.limit == 0 {
         // Already at the wrap threshold: wrap without writing.
         None
@@ -587,6 +589,8 @@ pub fn run_task(
         )?)
     };
 
+    // The files this run integrated are the session's: its pairs, counted exactly.
+    crate::store::ledger::tag_session(conn, &session_id, &ledger_before)?;
     let used = outcome.as_ref().and_then(|o| o.meter).map_or(0, |m| m.used);
     let done = plan.sessions_done();
     summary.sessions_done = done.len() as u64;

@@ -13,7 +13,7 @@
 //!   warrants, `ceil(estimated_tokens / (session token budget × wrap threshold))` (at
 //!   least 1), against the sessions that actually worked on it. Every extra session is
 //!   a wrap, a handoff and a restart. 1 when there is no estimate, no token budget or
-//!   no session.
+//!   no session: without an estimate there is nothing to be slow against.
 //! - **quality** = completeness × clean_wraps: completeness = done / total (1 when the
 //!   task has no total); clean_wraps = the share of its sessions that did not wrap at or
 //!   past the hard-stop threshold (1 when it had no session).
@@ -44,8 +44,8 @@ pub fn inputs(task: &TaskRow, sessions: &[SessionRow], thresholds: &Thresholds) 
         .unwrap_or(0);
     let usable = token_budget as f64 * thresholds.wrap / 100.0;
     let expected_sessions = match task.estimated_tokens {
-        Some(est) if est > 0 && usable >= 1.0 => ((est as f64 / usable).ceil() as u64).max(1),
-        _ => 1,
+        Some(est) if est > 0 && usable >= 1.0 => Some(((est as f64 / usable).ceil() as u64).max(1)),
+        _ => None,
     };
     Inputs {
         failures: task.failures,
@@ -62,10 +62,11 @@ pub fn inputs(task: &TaskRow, sessions: &[SessionRow], thresholds: &Thresholds) 
 /// The seeds' formula.
 pub fn grade(inputs: Inputs) -> Grade {
     let success_rate = 1.0 / (1.0 + inputs.failures as f64);
-    let speed = if inputs.sessions == 0 {
-        1.0
-    } else {
-        (inputs.expected_sessions as f64 / inputs.sessions as f64).min(1.0)
+    let speed = match inputs.expected_sessions {
+        Some(expected) if inputs.sessions > 0 => {
+            (expected as f64 / inputs.sessions as f64).min(1.0)
+        }
+        _ => 1.0,
     };
     let completeness = match inputs.total {
         Some(total) if total > 0 => (inputs.done as f64 / total as f64).min(1.0),
@@ -116,7 +117,7 @@ pub fn letter(score: f64) -> &'static str {
 /// What the completion report shows besides the task and its grade.
 #[derive(Debug, Clone)]
 pub struct ReportContext<'a> {
-    /// The sessions that worked on it, with the pairs integrated during each.
+    /// The sessions that worked on it, with the pairs each integrated (its own files).
     pub sessions: &'a [(SessionRow, u64)],
     /// Checkpoints recorded for it.
     pub checkpoints: usize,
@@ -174,8 +175,18 @@ pub fn report(task: &TaskRow, grade: &Grade, ctx: &ReportContext<'_>) -> String 
         grade.success_rate, i.failures
     ));
     md.push_str(&format!(
-        "| speed | 0.2 | {:.2} | {} session(s) expected from the estimate, {} used |\n",
-        grade.speed, i.expected_sessions, i.sessions
+        "| speed | 0.2 | {:.2} | {} |\n",
+        grade.speed,
+        match i.expected_sessions {
+            Some(e) => format!(
+                "{e} session(s) expected from the estimate, {} used",
+                i.sessions
+            ),
+            None => format!(
+                "no estimate (or no token budget): 1 whatever the sessions ({} used)",
+                i.sessions
+            ),
+        }
     ));
     let completeness = match i.total {
         Some(t) => format!("completeness {}/{}", i.done, t),
@@ -238,7 +249,7 @@ mod tests {
             failures: 0,
             sessions: 1,
             clean_sessions: 1,
-            expected_sessions: 1,
+            expected_sessions: Some(1),
             done: 40,
             total: Some(40),
             estimated_tokens: Some(100_000),
@@ -284,11 +295,23 @@ mod tests {
                     done: 20,
                     sessions: 2,
                     clean_sessions: 1,
-                    expected_sessions: 2,
+                    expected_sessions: Some(2),
                     ..inputs()
                 },
                 0.3 + 0.2 + 0.3 * 0.25 + 0.2,
                 "C",
+            ),
+            (
+                "no estimate: speed 1 however many sessions",
+                Inputs {
+                    sessions: 29,
+                    clean_sessions: 29,
+                    expected_sessions: None,
+                    estimated_tokens: None,
+                    ..inputs()
+                },
+                1.0,
+                "A",
             ),
             (
                 "no estimate, no total, no session",

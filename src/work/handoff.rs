@@ -129,7 +129,7 @@ pub fn render(h: &Handoff<'_>) -> String {
     let t = h.totals;
     md.push_str("\n## Database\n\n");
     md.push_str(&format!(
-        "- pairs integrated during the session: {}\n",
+        "- pairs integrated by the session (the files it integrated): {}\n",
         thousands(h.pairs_integrated)
     ));
     md.push_str(&format!(

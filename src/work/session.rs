@@ -27,6 +27,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::human::progress_text;
 use crate::root::Root;
+use crate::store::agents as store_runs;
 use crate::store::sessions::{self as store, CheckpointRow, NewCheckpoint, SessionRow};
 use crate::store::tasks::{self as store_tasks, TaskRow, TaskStatus};
 use crate::work::handoff::{self, Handoff};
@@ -56,6 +57,12 @@ pub struct StartOptions {
     pub task: Option<String>,
     /// Overrides the agent's `tokens_per_session`.
     pub token_budget: Option<u64>,
+    /// The loop starts this session to run the agent's command: its run (in
+    /// `loop_runs`, without a process yet) is recorded in the session's own transaction,
+    /// so that a loop killed before the command starts leaves a run the next loop
+    /// adopts (and wraps), never an active session nothing follows. A person's
+    /// `session start` records none: no loop adopts what a person runs.
+    pub loop_run: bool,
 }
 
 /// What [`start`] did.
@@ -103,6 +110,9 @@ pub struct Brief {
     pub level: Level,
     /// The thresholds in force.
     pub thresholds: Thresholds,
+    /// The loop's run of the session, when [`StartOptions::loop_run`] asked for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<i64>,
 }
 
 /// Starts a session for `opts.agent`.
@@ -143,13 +153,14 @@ pub fn start(conn: &mut Connection, config: &Config, opts: &StartOptions) -> Res
         .into_iter()
         .filter_map(|s| s.task_id)
         .collect();
-    let views = tasks::views(&tx)?;
+    let views = tasks::open_views(&tx)?;
     let chosen = match &opts.task {
         Some(id) => {
-            let v = views
-                .iter()
-                .find(|v| &v.task.id == id)
-                .with_context(|| format!("no task {id:?}"))?;
+            let Some(v) = views.iter().find(|v| &v.task.id == id) else {
+                // Not open: completed, or not there at all.
+                tasks::get(&tx, id)?;
+                bail!("task {id} is completed");
+            };
             ensure!(
                 v.task.agent == agent,
                 "task {id} is in {}'s queue, not {agent}'s",
@@ -207,6 +218,18 @@ pub fn start(conn: &mut Connection, config: &Config, opts: &StartOptions) -> Res
         chosen.task.done,
         &now_s,
     )?;
+    let run_id = if opts.loop_run {
+        Some(store_runs::insert_run(
+            &tx,
+            agent,
+            &chosen.task.id,
+            chosen.task.kind.as_str(),
+            Some(&id),
+            &now_s,
+        )?)
+    } else {
+        None
+    };
     tx.commit()?;
 
     let session = get(conn, &id)?;
@@ -221,6 +244,7 @@ pub fn start(conn: &mut Connection, config: &Config, opts: &StartOptions) -> Res
         slots: slots_usage(conn, agent, &budget, th)?,
         thresholds: *th,
         session,
+        run_id,
     })))
 }
 
@@ -399,7 +423,7 @@ pub fn level(
     Ok((usage, level))
 }
 
-/// The session kinds of usage: tokens, API calls today, minutes since the start.
+/// The session kinds of usage: tokens, API calls today, seconds since the start.
 /// Slots are the agent's, not one session's: see [`start`] and [`Status::slots`].
 pub fn usages(
     s: &SessionRow,
@@ -407,8 +431,10 @@ pub fn usages(
     now: DateTime<Utc>,
     th: &Thresholds,
 ) -> Vec<Usage> {
-    let minutes = clock::parse(&s.started_at)
-        .map(|t| ((now - t).num_seconds().max(0) / 60) as u64)
+    // Seconds, not whole minutes: a one-minute budget must pass 85% at 51 s, not jump
+    // from 0% to 100%.
+    let seconds = clock::parse(&s.started_at)
+        .map(|t| (now - t).num_seconds().max(0) as u64)
         .unwrap_or(0);
     [
         Usage::new(Kind::Tokens, s.tokens_used, s.budget.tokens_per_session, th),
@@ -419,9 +445,9 @@ pub fn usages(
             th,
         ),
         Usage::new(
-            Kind::WallMinutes,
-            minutes,
-            s.budget.wall_minutes_per_session,
+            Kind::WallTime,
+            seconds,
+            s.budget.wall_minutes_per_session.saturating_mul(60),
             th,
         ),
     ]
@@ -663,6 +689,13 @@ pub fn wrap(
         default_next_action(task.as_ref(), last_note.as_deref(), &s.agent, None)
     });
     store::mark_wrapped(&tx, &s.id, level, &provisional, &now_s)?;
+    // Full progress completes and grades the task in the same transaction: nobody (the
+    // loop choosing a task, a `session start`) ever sees the session archived with its
+    // task finished but not completed.
+    let graded = match &task {
+        Some(t) if finishing => Some(tasks::complete_in(&tx, config, &t.id)),
+        _ => None,
+    };
     tx.commit()?;
     if let Some(t) = &task {
         steps.done(
@@ -675,20 +708,35 @@ pub fn wrap(
         format!("session {} wrapped at the {} level", s.id, level.as_str()),
     );
 
-    // 2. Completion and grade, when the progress is full.
+    // 2. The completion report, when the progress was full.
     let mut completed = None;
     let mut next_action = provisional;
-    if finishing && let Some(t) = &task {
-        completed = steps.outcome("grade", tasks::complete(conn, root, config, &t.id), |c| {
-            format!(
-                "{} completed, grade {} ({:.2}); report {}",
-                t.id,
-                c.grade.letter,
-                c.grade.score,
-                relative(root, &c.report)
-            )
-        });
-        if input.next.is_none() {
+    if let (Some(graded), Some(t)) = (graded, &task) {
+        match graded {
+            Ok(grade) => {
+                let report = tasks::write_report(conn, root, config, &t.id);
+                let head = format!(
+                    "{} completed, grade {} ({:.2})",
+                    t.id, grade.letter, grade.score
+                );
+                match &report {
+                    Ok(p) => steps.done("grade", format!("{head}; report {}", relative(root, p))),
+                    Err(e) => steps.push(
+                        "grade",
+                        StepStatus::Failed,
+                        format!("{head}; the report cannot be written: {e:#}"),
+                    ),
+                }
+                completed = Some(Completion {
+                    task: t.id.clone(),
+                    grade,
+                    report: report
+                        .unwrap_or_else(|_| root.reports_dir().join(format!("{}.md", t.id))),
+                });
+            }
+            Err(e) => steps.push("grade", StepStatus::Failed, format!("{e:#}")),
+        }
+        if completed.is_some() && input.next.is_none() {
             let next = tasks::next(conn, &s.agent)?.map(|v| v.task.id);
             let refreshed = store_tasks::get(conn, &t.id)?;
             next_action = default_next_action(
@@ -700,24 +748,145 @@ pub fn wrap(
             store::set_next_action(conn, &s.id, &next_action)?;
         }
     }
+    file_steps(
+        conn,
+        root,
+        config,
+        &s.id,
+        steps,
+        FileStepsInput {
+            now,
+            usage,
+            level,
+            completed,
+            needs_review,
+            next_action,
+        },
+    )
+}
+
+/// What the file steps of a wrap need from its database step.
+struct FileStepsInput {
+    now: DateTime<Utc>,
+    usage: Vec<Usage>,
+    level: Level,
+    completed: Option<Completion>,
+    needs_review: Option<String>,
+    next_action: String,
+}
+
+/// Completes the wrap of a session that was archived but whose file steps never ran
+/// (its `session wrap` was killed midway): the backup, the handoff and the commit,
+/// from what the database recorded. A wrap whose steps were recorded is left alone.
+pub fn finish_wrap(
+    conn: &mut Connection,
+    root: &Root,
+    config: &Config,
+    session_id: &str,
+) -> Result<Option<WrapReport>> {
+    let s = get(conn, session_id)?;
+    if s.is_active() || s.wrap_steps.is_some() {
+        return Ok(None);
+    }
+    let (usage, level) = level(conn, config, &s)?;
     let task = match &s.task_id {
         Some(t) => store_tasks::get(conn, t)?,
         None => None,
     };
-    let session = get(conn, &s.id)?;
+    let mut steps = Steps::default();
+    steps.done(
+        "archive",
+        format!(
+            "session {} was archived at {} by a wrap that did not finish; its outputs follow",
+            s.id,
+            s.wrapped_at.as_deref().unwrap_or("?")
+        ),
+    );
+    // The wrap completed the task when the task finished as the session was archived.
+    let completed = match &task {
+        Some(t)
+            if t.status == TaskStatus::Completed
+                && t.finished_at.is_some()
+                && t.finished_at >= Some(s.started_at.clone())
+                && t.grade.is_some() =>
+        {
+            let report = tasks::write_report(conn, root, config, &t.id);
+            let grade = t.grade.clone().expect("checked");
+            steps
+                .outcome("grade", report, |p| {
+                    format!("{} report {}", t.id, relative(root, p))
+                })
+                .map(|report| Completion {
+                    task: t.id.clone(),
+                    grade,
+                    report,
+                })
+        }
+        _ => None,
+    };
+    let input = FileStepsInput {
+        now: clock::now(),
+        usage,
+        level,
+        completed,
+        needs_review: task.as_ref().and_then(|t| t.needs_review.clone()),
+        next_action: s.next_action.clone().unwrap_or_default(),
+    };
+    file_steps(conn, root, config, &s.id, steps, input).map(Some)
+}
 
-    // 3. Backup.
+/// A wrap's steps after its database step: the backup, the handoff and the commit, each
+/// reported and none stopping the others; then what they produced is recorded.
+fn file_steps(
+    conn: &mut Connection,
+    root: &Root,
+    config: &Config,
+    session_id: &str,
+    mut steps: Steps,
+    input: FileStepsInput,
+) -> Result<WrapReport> {
+    let FileStepsInput {
+        now,
+        usage,
+        level,
+        completed,
+        needs_review,
+        next_action,
+    } = input;
+    let th = &config.thresholds;
+    let s = get(conn, session_id)?;
+    let task = match &s.task_id {
+        Some(t) => store_tasks::get(conn, t)?,
+        None => None,
+    };
+    let session = s.clone();
+
+    // 3. Backup: at most every wrap.backup_min_interval_secs, and always when the task
+    // completed (a full copy at every wrap filled disks).
     let stamp = format!("{}_{}", now.format("%Y%m%d_%H%M%S"), s.id);
     let keep = config.wrap.backups_kept;
-    let backup = steps.outcome(
-        "backup",
-        crate::store::backup::backup_into(conn, &root.backups_dir(), &stamp, keep),
-        |p| format!("{} (keeping the last {keep})", relative(root, p)),
-    );
+    let backup = match recent_backup_age(root, config.wrap.backup_min_interval_secs) {
+        Some(age) if completed.is_none() => {
+            steps.skipped(
+                "backup",
+                format!(
+                    "the last backup is {age} s old (wrap.backup_min_interval_secs = {}); \
+                     the next comes with a completed task or after the interval",
+                    config.wrap.backup_min_interval_secs
+                ),
+            );
+            None
+        }
+        _ => steps.outcome(
+            "backup",
+            crate::store::backup::backup_into(conn, &root.backups_dir(), &stamp, keep),
+            |p| format!("{} (keeping the last {keep})", relative(root, p)),
+        ),
+    };
 
     // 4. Handoff.
     let checkpoints = store::checkpoints_of(conn, &s.id)?;
-    let pairs_integrated = crate::store::pairs::count_created_between(conn, &s.started_at, &now_s)?;
+    let pairs_integrated = crate::store::ledger::pairs_of_session(conn, &s.id)?;
     let duration_seconds = (now - clock::parse(&s.started_at)?).num_seconds();
     let totals = crate::store::stats::stats(conn, config.goal, 0)?;
     let backup_rel = backup.as_ref().map(|p| relative(root, p));
@@ -772,14 +941,51 @@ pub fn wrap(
         if let Some(h) = &handoff {
             paths.insert(0, PathBuf::from(relative(root, h)));
         }
-        match crate::work::vcs::commit(root.dir(), &paths, &message) {
+        // Outputs of earlier wraps whose commit failed are retried with this one.
+        let pending = store::commit_pending(conn)?;
+        for p in pending.iter().filter(|p| p.id != s.id) {
+            if let Some(h) = &p.handoff_path {
+                paths.push(PathBuf::from(h));
+            }
+            paths.push(PathBuf::from("outbox").join(&p.agent));
+        }
+        paths.sort();
+        paths.dedup();
+        let retried: Vec<&str> = pending
+            .iter()
+            .filter(|p| p.id != s.id)
+            .map(|p| p.id.as_str())
+            .collect();
+        let sweep = [
+            PathBuf::from("session_handoffs"),
+            PathBuf::from("task_reports"),
+            PathBuf::from("outbox"),
+        ];
+        match crate::work::vcs::commit(root.dir(), &paths, &sweep, &message) {
             Ok(None) => {
+                store::clear_commit_pending(conn, &retried, None)?;
                 steps.skipped("commit", "nothing changed in the outputs".into());
                 None
             }
-            result => steps.outcome("commit", result.map(Option::unwrap_or_default), |id| {
-                id.clone()
-            }),
+            Ok(Some(id)) => {
+                store::clear_commit_pending(conn, &retried, Some(&id))?;
+                let also = if retried.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (with the outputs of {})", retried.join(", "))
+                };
+                steps.done("commit", format!("{id}{also}"));
+                Some(id)
+            }
+            Err(e) => {
+                store::set_commit_pending(conn, &s.id)?;
+                steps.push(
+                    "commit",
+                    StepStatus::Failed,
+                    format!("{e:#}; the next wrap commits these outputs"),
+                );
+                None
+            }
         }
     };
 
@@ -811,6 +1017,44 @@ pub fn wrap(
     })
 }
 
+/// Archives an active session whose command never ran (it could not be started):
+/// wrapped with `reason` as its next action, and nothing else: no backup, no handoff, no
+/// commit, since nothing happened to hand off.
+pub fn abandon(conn: &mut Connection, session_id: &str, reason: &str) -> Result<()> {
+    let now = clock::now();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let s = get(&tx, session_id)?;
+    ensure!(s.is_active(), "session {} is already wrapped", s.id);
+    let usage = usages(
+        &s,
+        api_calls_today(&tx, &s.agent, now)?,
+        now,
+        &Thresholds::default(),
+    );
+    store::mark_wrapped(
+        &tx,
+        &s.id,
+        budget::worst(&usage),
+        reason,
+        &clock::format(now),
+    )?;
+    let steps = Steps(vec![Step {
+        step: "archive",
+        status: StepStatus::Done,
+        detail: format!("session {} archived without running: {reason}", s.id),
+    }]);
+    store::record_wrap_outputs(
+        &tx,
+        &s.id,
+        None,
+        None,
+        None,
+        &serde_json::to_value(&steps.0)?,
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Writes `session_handoffs/handoff_<session>_interim.md` for an active session: the
 /// handoff as it would read if the session wrapped now, without wrapping it. The
 /// Claude Code hooks write one before a compaction, so what the summary loses is on disk.
@@ -839,11 +1083,7 @@ pub fn interim_handoff(
         level,
         thresholds: &config.thresholds_of(&s.agent),
         duration_seconds: (now - clock::parse(&s.started_at)?).num_seconds(),
-        pairs_integrated: crate::store::pairs::count_created_between(
-            conn,
-            &s.started_at,
-            &clock::format(now),
-        )?,
+        pairs_integrated: crate::store::ledger::pairs_of_session(conn, &s.id)?,
         totals: &totals,
         backup: None,
         grade: None,
@@ -855,6 +1095,26 @@ pub fn interim_handoff(
         .join(format!("handoff_{}_interim.md", s.id));
     crate::root::write_document(&path, &text)?;
     Ok(path)
+}
+
+/// The age in seconds of the newest backup in `backups/` when it is younger than
+/// `min_interval` seconds (None: a backup is due).
+fn recent_backup_age(root: &Root, min_interval: u64) -> Option<u64> {
+    if min_interval == 0 {
+        return None;
+    }
+    let newest = crate::store::backup::list(&root.backups_dir())
+        .ok()?
+        .pop()?;
+    let age = newest
+        .metadata()
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()?
+        .as_secs();
+    (age < min_interval).then_some(age)
 }
 
 /// The wrap's steps as they run.
@@ -983,7 +1243,7 @@ pub fn commit_message(f: &CommitFacts<'_>) -> String {
             "{}: {}/{} ({:.1}%)\n",
             match u.kind {
                 Kind::ApiCalls => "API calls today",
-                Kind::WallMinutes => "Wall time (minutes)",
+                Kind::WallTime => "Wall time (seconds)",
                 Kind::Slots => "Slots",
                 Kind::Tokens => "Tokens",
             },

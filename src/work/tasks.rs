@@ -114,22 +114,60 @@ pub fn parse_progress(s: &str) -> Result<(u64, Option<u64>)> {
     Ok((done, total))
 }
 
-/// Every task with its state, in queue order (priority, then age).
+/// Every task with its state, in queue order (priority, then age). Reads the whole
+/// history: listings of it use this; what runs every round uses [`open_views`].
 pub fn views(conn: &Connection) -> Result<Vec<TaskView>> {
-    let rows = store::all(conn)?;
+    Ok(views_of(store::all(conn)?, &HashMap::new()))
+}
+
+/// The tasks not completed (pending, in progress, failed) with their states, in queue
+/// order. A completed task cannot change the state of another except by being complete,
+/// so only the statuses of the dependencies outside this set are read: the cost follows
+/// the open tasks, however long the history.
+pub fn open_views(conn: &Connection) -> Result<Vec<TaskView>> {
+    let rows = store::open(conn)?;
+    let open: HashSet<&str> = rows.iter().map(|t| t.id.as_str()).collect();
+    let outside: Vec<&str> = rows
+        .iter()
+        .flat_map(|t| t.depends_on.iter().map(String::as_str))
+        .filter(|d| !open.contains(d))
+        .collect::<HashSet<&str>>()
+        .into_iter()
+        .collect();
+    let closed = store::statuses(conn, &outside)?;
+    Ok(views_of(rows, &closed))
+}
+
+/// States of `rows`; a dependency not among them has its status in `closed` (or does
+/// not exist).
+fn views_of(rows: Vec<TaskRow>, closed: &HashMap<String, TaskStatus>) -> Vec<TaskView> {
     let by_id: HashMap<&str, &TaskRow> = rows.iter().map(|t| (t.id.as_str(), t)).collect();
-    let mut memo: HashMap<String, (State, Option<String>)> = HashMap::new();
+    let mut memo: HashMap<String, (State, Option<String>)> = closed
+        .iter()
+        .map(|(id, st)| {
+            let state = match st {
+                TaskStatus::Completed => State::Completed,
+                TaskStatus::Failed => State::Failed,
+                TaskStatus::InProgress => State::InProgress,
+                TaskStatus::Pending => State::Waiting,
+            };
+            (id.clone(), (state, None))
+        })
+        .collect();
+    let completed = |d: &str| {
+        by_id
+            .get(d)
+            .map(|x| x.status == TaskStatus::Completed)
+            .or_else(|| closed.get(d).map(|s| *s == TaskStatus::Completed))
+            .unwrap_or(false)
+    };
     let mut out = Vec::with_capacity(rows.len());
     for t in &rows {
         let (state, blocked_by) = state_of(&t.id, &by_id, &mut memo, &mut HashSet::new());
         let waiting_on: Vec<String> = if matches!(state, State::Waiting | State::Blocked) {
             t.depends_on
                 .iter()
-                .filter(|d| {
-                    by_id
-                        .get(d.as_str())
-                        .is_none_or(|x| x.status != TaskStatus::Completed)
-                })
+                .filter(|d| !completed(d))
                 .cloned()
                 .collect()
         } else {
@@ -167,7 +205,7 @@ pub fn views(conn: &Connection) -> Result<Vec<TaskView>> {
             why,
         });
     }
-    Ok(out)
+    out
 }
 
 fn state_of(
@@ -220,7 +258,11 @@ fn state_of(
 
 /// One task with its state; an error naming the id when there is none.
 pub fn view(conn: &Connection, id: &str) -> Result<TaskView> {
-    views(conn)?
+    let t = get(conn, id)?;
+    if t.status == TaskStatus::Completed {
+        return Ok(views_of(vec![t], &HashMap::new()).remove(0));
+    }
+    open_views(conn)?
         .into_iter()
         .find(|v| v.task.id == id)
         .with_context(|| format!("no task {id:?} (`perpetual task list --all` lists them)"))
@@ -328,7 +370,10 @@ fn add_raw(
 /// (the archive) only when `all`. The CLI's `--json` and the web faucet's `/api/tasks`
 /// both print this.
 pub fn list(conn: &Connection, agent: Option<&str>, all: bool) -> Result<Vec<TaskView>> {
-    Ok(views(conn)?
+    // Without --all, the open tasks only: a list that reads the whole history costs more
+    // with every completed task (issue 9, observation 13).
+    let listed = if all { views(conn)? } else { open_views(conn)? };
+    Ok(listed
         .into_iter()
         .filter(|v| agent.is_none_or(|a| v.task.agent == a))
         .filter(|v| all || v.state != State::Completed)
@@ -338,7 +383,7 @@ pub fn list(conn: &Connection, agent: Option<&str>, all: bool) -> Result<Vec<Tas
 /// The agent's next ready task: the first pending task in queue order whose
 /// dependencies are all completed. (`session start` resumes an in-progress task first.)
 pub fn next(conn: &Connection, agent: &str) -> Result<Option<TaskView>> {
-    Ok(views(conn)?
+    Ok(open_views(conn)?
         .into_iter()
         .find(|v| v.task.agent == agent && v.state == State::Ready))
 }
@@ -387,6 +432,21 @@ pub fn complete(
     config: &Config,
     id: &str,
 ) -> Result<Completion> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let g = complete_in(&tx, config, id)?;
+    tx.commit()?;
+    let report = write_report(conn, root, config, id)?;
+    Ok(Completion {
+        task: id.to_string(),
+        grade: g,
+        report,
+    })
+}
+
+/// Completes and grades a ready or in-progress task inside the caller's transaction,
+/// without writing its report: a wrap archives its session and completes its task in
+/// one transaction, so no one ever sees the task finished but not completed.
+pub fn complete_in(conn: &Connection, config: &Config, id: &str) -> Result<Grade> {
     let v = view(conn, id)?;
     match v.state {
         State::Ready | State::InProgress => {}
@@ -398,20 +458,13 @@ pub fn complete(
         ),
     }
     let now = crate::clock::now_rfc3339();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let sessions = store_sessions::of_task(&tx, id)?;
+    let sessions = store_sessions::of_task(conn, id)?;
     let thresholds = config
         .thresholds_of(&v.task.agent)
         .of(crate::budget::Kind::Tokens);
     let g = grade::grade(grade::inputs(&v.task, &sessions, &thresholds));
-    store::mark_completed(&tx, id, &g, &now)?;
-    tx.commit()?;
-    let report = write_report(conn, root, config, id)?;
-    Ok(Completion {
-        task: id.to_string(),
-        grade: g,
-        report,
-    })
+    store::mark_completed(conn, id, &g, &now)?;
+    Ok(g)
 }
 
 /// (Re)writes `task_reports/<task>.md` for a completed task from the database.
@@ -421,11 +474,9 @@ pub fn write_report(conn: &Connection, root: &Root, config: &Config, id: &str) -
         .grade
         .clone()
         .with_context(|| format!("task {id} has no grade yet"))?;
-    let now = crate::clock::now_rfc3339();
     let mut sessions = Vec::new();
     for s in store_sessions::of_task(conn, id)? {
-        let until = s.wrapped_at.clone().unwrap_or_else(|| now.clone());
-        let pairs = crate::store::pairs::count_created_between(conn, &s.started_at, &until)?;
+        let pairs = crate::store::ledger::pairs_of_session(conn, &s.id)?;
         sessions.push((s, pairs));
     }
     let checkpoints = store_sessions::count_checkpoints_of_task(conn, id)? as usize;

@@ -2,10 +2,25 @@
 //! exactly the given outputs (never anything else that happens to be staged, never the
 //! database). A machine without a git identity still commits: `user.name` and
 //! `user.email` fall back to `perpetual` / `perpetual@localhost` for that one command.
+//!
+//! **One committer at a time.** Wraps run at once in several processes (the loop's
+//! supervisors, agents' own `session wrap`), and git allows one writer of an index: two
+//! commits at once fail on `index.lock`. Every commit here holds
+//! `<git dir>/perpetual-commit.lock` (an OS file lock, gone with its process) from the
+//! first `git add` to the end, and a git command that still meets someone else's
+//! `index.lock` is retried with a growing pause; a lock left by a killed git (older than
+//! 30 s) is removed. A commit that fails in the end leaves nothing staged: what it
+//! staged is reset.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// How long a commit waits for another perpetual process's commit to finish.
+const LOCK_PATIENCE: Duration = Duration::from_secs(120);
+/// Attempts of one git command that meets a foreign `index.lock`.
+const INDEX_LOCK_ATTEMPTS: u32 = 8;
 
 /// The identity used when git has none configured.
 pub const FALLBACK_NAME: &str = "perpetual";
@@ -28,15 +43,52 @@ pub fn repository(dir: &Path) -> Option<PathBuf> {
 
 /// Stages `paths` (relative to `dir`; missing ones are left out) and commits only them
 /// with `message`. Returns the new commit's id, or None when they hold no change.
-pub fn commit(dir: &Path, paths: &[PathBuf], message: &str) -> Result<Option<String>> {
-    let paths: Vec<&PathBuf> = paths.iter().filter(|p| dir.join(p).exists()).collect();
+///
+/// Changes already staged under `sweep` (folders relative to `dir`) join the commit:
+/// what a wrap that was killed between its `git add` and its commit left staged.
+pub fn commit(
+    dir: &Path,
+    paths: &[PathBuf],
+    sweep: &[PathBuf],
+    message: &str,
+) -> Result<Option<String>> {
+    let mut paths: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| dir.join(p).exists())
+        .cloned()
+        .collect();
     if paths.is_empty() {
         return Ok(None);
     }
-    run(git(dir).args(["add", "-A", "--"]).args(&paths))?;
+    let _lock = CommitLock::acquire(dir)?;
+    let sweep: Vec<&PathBuf> = sweep.iter().filter(|p| dir.join(p).exists()).collect();
+    if !sweep.is_empty() {
+        let staged = run(git(dir)
+            .args(["diff", "--cached", "--name-only", "--relative", "-z", "--"])
+            .args(&sweep))?;
+        paths.extend(
+            String::from_utf8_lossy(&staged.stdout)
+                .split('\0')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+        );
+        paths.sort();
+        paths.dedup();
+    }
+    let paths: Vec<&PathBuf> = paths.iter().collect();
+    retrying(|| run(git(dir).args(["add", "-A", "--"]).args(&paths)))?;
+    let result = commit_staged(dir, &paths, message);
+    if result.is_err() {
+        // Leave nothing staged behind a failed commit.
+        let _ = retrying(|| run(git(dir).args(["reset", "-q", "--"]).args(&paths)));
+    }
+    result
+}
+
+fn commit_staged(dir: &Path, paths: &[&PathBuf], message: &str) -> Result<Option<String>> {
     let staged = run(git(dir)
         .args(["diff", "--cached", "--name-only", "-z", "--"])
-        .args(&paths))?;
+        .args(paths))?;
     let changed: Vec<String> = String::from_utf8_lossy(&staged.stdout)
         .split('\0')
         .filter(|s| !s.is_empty())
@@ -47,20 +99,104 @@ pub fn commit(dir: &Path, paths: &[PathBuf], message: &str) -> Result<Option<Str
     }
     // Names from `diff --name-only` are relative to the top of the work tree.
     let top = repository(dir).context("not inside a git repository")?;
-    let mut cmd = Command::new("git");
-    cmd.arg("-C").arg(&top);
-    for (key, fallback) in [("user.name", FALLBACK_NAME), ("user.email", FALLBACK_EMAIL)] {
-        if !has_config(&top, key) {
-            cmd.arg("-c").arg(format!("{key}={fallback}"));
+    retrying(|| {
+        let mut cmd = git(&top);
+        for (key, fallback) in [("user.name", FALLBACK_NAME), ("user.email", FALLBACK_EMAIL)] {
+            if !has_config(&top, key) {
+                cmd.arg("-c").arg(format!("{key}={fallback}"));
+            }
         }
-    }
-    cmd.args(["commit", "--quiet", "-m", message, "--"])
-        .args(&changed);
-    run(&mut cmd)?;
+        cmd.args(["commit", "--quiet", "-m", message, "--"])
+            .args(&changed);
+        run(&mut cmd)
+    })?;
     let head = run(git(&top).args(["rev-parse", "HEAD"]))?;
     Ok(Some(
         String::from_utf8_lossy(&head.stdout).trim().to_string(),
     ))
+}
+
+/// Runs a git command again while it fails on someone else's `index.lock`, pausing
+/// 50 ms, 100 ms, ... up to 2 s in between. A lock older than [`STALE_INDEX_LOCK`] was
+/// left by a git that was killed (SIGKILL gives it no
+/// chance to remove it, and git never does later): it is removed, once, and the
+/// command tried again. Perpetual's own commits hold the commit lock meanwhile, so the
+/// stale lock is not theirs.
+fn retrying(mut f: impl FnMut() -> Result<Output>) -> Result<Output> {
+    let mut pause = Duration::from_millis(50);
+    let mut attempt = 1;
+    let mut cleared = false;
+    loop {
+        match f() {
+            Err(e) if format!("{e:#}").contains("index.lock") => {
+                if !cleared && let Some(lock) = stale_index_lock(&format!("{e:#}")) {
+                    tracing::warn!(
+                        "removing {}: left by a git that was killed (older than {} s)",
+                        lock.display(),
+                        STALE_INDEX_LOCK.as_secs()
+                    );
+                    let _ = std::fs::remove_file(&lock);
+                    cleared = true;
+                    continue;
+                }
+                if attempt >= INDEX_LOCK_ATTEMPTS {
+                    return Err(e);
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An `index.lock` older than this is taken for one a killed git left.
+const STALE_INDEX_LOCK: Duration = Duration::from_secs(30);
+
+/// The `index.lock` git's error names, when it is older than [`STALE_INDEX_LOCK`].
+fn stale_index_lock(error: &str) -> Option<PathBuf> {
+    // "fatal: Unable to create '/repo/.git/index.lock': File exists."
+    let start = error.find("Unable to create '")? + "Unable to create '".len();
+    let path = PathBuf::from(&error[start..start + error[start..].find('\'')?]);
+    let age = path.metadata().ok()?.modified().ok()?.elapsed().ok()?;
+    (age > STALE_INDEX_LOCK).then_some(path)
+}
+
+/// `<git dir>/perpetual-commit.lock`, held while one perpetual process commits.
+struct CommitLock {
+    _file: std::fs::File,
+}
+
+impl CommitLock {
+    fn acquire(dir: &Path) -> Result<CommitLock> {
+        let out = run(git(dir).args(["rev-parse", "--absolute-git-dir"]))?;
+        let git_dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let path = git_dir.join("perpetual-commit.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let started = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(CommitLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_PATIENCE => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => bail!(
+                    "another perpetual process held {} for {} s",
+                    path.display(),
+                    LOCK_PATIENCE.as_secs()
+                ),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+                }
+            }
+        }
+    }
 }
 
 fn has_config(dir: &Path, key: &str) -> bool {
@@ -70,9 +206,13 @@ fn has_config(dir: &Path, key: &str) -> bool {
         .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
 }
 
+/// Marks a command `perpetual run` starts for itself (`run::procs::LOOP_CHILD`): what
+/// it leaves behind (git's auto gc detaches with `setsid`) is not a session's stray.
+const LOOP_CHILD: &str = "PERPETUAL_LOOP_CHILD";
+
 fn git(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
-    cmd.arg("-C").arg(dir);
+    cmd.arg("-C").arg(dir).env(LOOP_CHILD, "1");
     cmd
 }
 

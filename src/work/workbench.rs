@@ -231,6 +231,7 @@ pub fn run_task(
             agent: task.agent.clone(),
             task: Some(task.id.clone()),
             token_budget: None,
+            loop_run: false,
         },
     )?;
     let brief = match started {

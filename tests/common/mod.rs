@@ -424,6 +424,112 @@ pub fn assert_ledger_exact(env: &Env, files: &[perpetual::generate::GeneratedFil
     );
 }
 
+/// A process started for a session of some root, as `/proc` shows it (never the
+/// database): the session's command and everything it started inherit these variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionProcess {
+    pub pid: i32,
+    pub agent: String,
+    pub session: String,
+}
+
+/// The live processes (zombies excluded: their environment is gone) whose environment
+/// has `PERPETUAL_ROOT=root` and a `PERPETUAL_SESSION`, read from `/proc`.
+pub fn session_processes(root: &Path) -> Vec<SessionProcess> {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let want = root.display().to_string();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let (mut r, mut a, mut s) = (None, None, None);
+        for var in bytes.split(|&b| b == 0) {
+            let var = String::from_utf8_lossy(var);
+            if let Some(v) = var.strip_prefix("PERPETUAL_ROOT=") {
+                r = Some(v.to_string());
+            } else if let Some(v) = var.strip_prefix("PERPETUAL_AGENT=") {
+                a = Some(v.to_string());
+            } else if let Some(v) = var.strip_prefix("PERPETUAL_SESSION=") {
+                s = Some(v.to_string());
+            }
+        }
+        if let (Some(r), Some(agent), Some(session)) = (r, a, s)
+            && r == want
+        {
+            out.push(SessionProcess {
+                pid,
+                agent,
+                session,
+            });
+        }
+    }
+    out
+}
+
+/// Kills every process [`session_processes`] finds for the root when dropped, so a
+/// failing test does not leave agents (and their children) running.
+pub struct KillLeftovers(pub PathBuf);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        for p in session_processes(&self.0) {
+            unsafe {
+                libc::kill(p.pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Samples [`session_processes`] every 20 ms on a thread until [`Sampler::finish`]:
+/// the most sessions with a live process each agent ever had at once.
+pub struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<std::collections::BTreeMap<String, usize>>>,
+}
+
+impl Sampler {
+    pub fn start(root: &Path) -> Sampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let root = root.to_path_buf();
+        let handle = std::thread::spawn(move || {
+            let mut most: std::collections::BTreeMap<String, usize> = Default::default();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut now: std::collections::BTreeMap<
+                    String,
+                    std::collections::BTreeSet<String>,
+                > = Default::default();
+                for p in session_processes(&root) {
+                    now.entry(p.agent).or_default().insert(p.session);
+                }
+                for (agent, sessions) in now {
+                    let m = most.entry(agent).or_default();
+                    *m = (*m).max(sessions.len());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most
+        });
+        Sampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops sampling; the most sessions with live processes seen at once, by agent.
+    pub fn finish(mut self) -> std::collections::BTreeMap<String, usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
 impl Env {
     /// Runs `perpetual ARGS` but gives up after `timeout`: the process is killed and the
     /// test fails with everything it printed so far (a hang is a failure, not a wait).
