@@ -116,7 +116,8 @@ fn commit_staged(dir: &Path, paths: &[&PathBuf], message: &str) -> Result<Option
     ))
 }
 
-/// Runs a git command again while it fails on someone else's `index.lock`, pausing
+/// Runs a git command again while it fails on someone else's `index.lock` (or on a
+/// file that vanished under `git add`: [`vanished_under_add`]), pausing
 /// 50 ms, 100 ms, ... up to 2 s in between. A lock older than [`STALE_INDEX_LOCK`] was
 /// left by a git that was killed (SIGKILL gives it no
 /// chance to remove it, and git never does later): it is removed, once, and the
@@ -128,7 +129,10 @@ fn retrying(mut f: impl FnMut() -> Result<Output>) -> Result<Output> {
     let mut cleared = false;
     loop {
         match f() {
-            Err(e) if format!("{e:#}").contains("index.lock") => {
+            Err(e)
+                if format!("{e:#}").contains("index.lock")
+                    || vanished_under_add(&format!("{e:#}")) =>
+            {
                 if !cleared && let Some(lock) = stale_index_lock(&format!("{e:#}")) {
                     tracing::warn!(
                         "removing {}: left by a git that was killed (older than {} s)",
@@ -149,6 +153,14 @@ fn retrying(mut f: impl FnMut() -> Result<Output>) -> Result<Output> {
             other => return other,
         }
     }
+}
+
+/// `git add -A` met a file that vanished between its directory scan and its `stat`:
+/// another writer's temporary file, renamed into place meanwhile (a concurrent wrap
+/// writing `task_reports/.<name>.tmp`). Nothing is wrong; the same add a moment later
+/// sees the renamed file, so it is retried like a busy `index.lock`.
+fn vanished_under_add(error: &str) -> bool {
+    error.contains("unable to stat") && error.contains("No such file or directory")
 }
 
 /// An `index.lock` older than this is taken for one a killed git left.
@@ -226,4 +238,36 @@ fn run(cmd: &mut Command) -> Result<Output> {
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_vanished_under_git_add_is_retried_and_other_failures_are_not() {
+        // The message of the CI soak's failed wrap commit (another wrap renamed its temp file).
+        let soak = "git add failed: fatal: unable to stat 'task_reports/.well_job_1.md.tmp': No such file or directory";
+        assert!(vanished_under_add(soak));
+        let mut calls = 0;
+        let out = retrying(|| {
+            calls += 1;
+            if calls < 3 {
+                anyhow::bail!("{soak}")
+            }
+            Ok(std::process::Command::new("true").output()?)
+        });
+        assert!(out.is_ok());
+        assert_eq!(calls, 3);
+        assert!(!vanished_under_add(
+            "fatal: pathspec 'outbox/zai' did not match any files"
+        ));
+        let mut calls = 0;
+        let out = retrying(|| {
+            calls += 1;
+            anyhow::bail!("fatal: not a git repository")
+        });
+        assert!(out.is_err());
+        assert_eq!(calls, 1);
+    }
 }
