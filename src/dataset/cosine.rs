@@ -67,29 +67,8 @@ pub struct Params {
     pub rule: &'static str,
 }
 
-/// A cluster member in the report.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Member {
-    /// Pair id.
-    pub id: i64,
-    /// Cosine similarity to the representative (4 decimals).
-    pub similarity: f64,
-}
-
-/// One cluster in the report.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Cluster {
-    /// The representative: the cluster's lowest pair id.
-    pub representative: i64,
-    /// Members, the representative included.
-    pub size: usize,
-    /// The indicators its members name.
-    pub indicators: Vec<String>,
-    /// `keep`, `merge` or `drop` ([`RULE`]).
-    pub recommendation: &'static str,
-    /// Every member with its similarity to the representative, by id.
-    pub members: Vec<Member>,
-}
+/// The report's clusters and members: the same shape as the lexical method's.
+pub use crate::dataset::near_dups::{Cluster, Member};
 
 /// The snapshot read.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -432,13 +411,8 @@ pub fn run(
                 similarity,
             });
         }
-        let recommendation = if names.len() > 1 {
-            "keep"
-        } else if list.iter().all(|m| m.similarity >= cfg.drop_similarity) {
-            "drop"
-        } else {
-            "merge"
-        };
+        let recommendation =
+            crate::dataset::near_dups::recommend(names.len(), &list, cfg.drop_similarity);
         clusters.push(Cluster {
             representative: v.ids[rep],
             size: list.len(),

@@ -128,7 +128,7 @@ pub struct Cluster {
     pub indicators: Vec<String>,
     /// `keep`, `merge` or `drop` ([`RULE`]).
     pub recommendation: &'static str,
-    /// Every member with its Jaccard similarity to the representative, by id.
+    /// Every member with its similarity to the representative, by id.
     pub members: Vec<Member>,
 }
 
@@ -137,7 +137,8 @@ pub struct Cluster {
 pub struct Member {
     /// Pair id.
     pub id: i64,
-    /// Jaccard similarity to the representative (4 decimals).
+    /// Similarity to the representative (4 decimals): Jaccard of shingles here, cosine
+    /// of vectors in `dataset::cosine`.
     pub similarity: f64,
 }
 
@@ -619,19 +620,31 @@ fn describe(
         };
         list.push(Member { id, similarity });
     }
-    let recommendation = if indicators.len() > 1 {
-        "keep"
-    } else if list.iter().all(|m| m.similarity >= params.drop_similarity) {
-        "drop"
-    } else {
-        "merge"
-    };
+    let recommendation = recommend(indicators.len(), &list, params.drop_similarity);
     Cluster {
         representative,
         size: list.len(),
         indicators: indicators.into_iter().collect(),
         recommendation,
         members: list,
+    }
+}
+
+/// The recommendation rule (the lexical [`RULE`], and the cosine one of
+/// `dataset::cosine`): `keep` when the members name more than one indicator, `drop`
+/// when every member is at least `drop_similarity` similar to the representative,
+/// `merge` otherwise.
+pub(crate) fn recommend(
+    indicators: usize,
+    members: &[Member],
+    drop_similarity: f64,
+) -> &'static str {
+    if indicators > 1 {
+        "keep"
+    } else if members.iter().all(|m| m.similarity >= drop_similarity) {
+        "drop"
+    } else {
+        "merge"
     }
 }
 
