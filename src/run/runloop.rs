@@ -1175,7 +1175,13 @@ impl<'c> Loop<'c> {
         let wait = base
             .saturating_mul(1u64 << (failures - 1).min(32))
             .min(self.config.run.backoff_max_secs.max(base));
-        let until = clock::format(clock::now() + chrono::Duration::seconds(wait as i64));
+        // Stored to the second: rounded up, so the wait is never shorter than said.
+        let end = clock::now() + chrono::Duration::seconds(wait as i64);
+        let end = match chrono::Timelike::with_nanosecond(&end, 0) {
+            Some(whole) if whole < end => whole + chrono::Duration::seconds(1),
+            _ => end,
+        };
+        let until = clock::format(end);
         tracing::warn!(
             agent,
             "{agent}: {failures} failed session(s) in a row; backing off {wait} s (until {until})"
