@@ -197,7 +197,13 @@ impl Root {
 
 /// Writes a document (handoff, report) whole or not at all: a temporary name beside
 /// it, then a rename. Creates the folder.
+///
+/// The temporary name is `.<name>.<pid>.<n>.tmp`, unique to this writer, so two
+/// writers of one document (two sessions wrapping on one task) never write into or
+/// rename away each other's temporary file: the last rename wins, whole. Wrap commits
+/// leave these names out of `git add` ([`crate::work::vcs`]'s exclude pathspec).
 pub fn write_document(path: &Path, text: &str) -> Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent folder", path.display()))?;
@@ -205,11 +211,26 @@ pub fn write_document(path: &Path, text: &str) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{}.{}.{n}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("cannot write {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Agent names become folder names: keep them to a safe alphabet.
@@ -337,6 +358,30 @@ fn lock_holder_pid(file: &File) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_writers_of_one_document_never_fail_and_leave_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("task_reports").join("job.md");
+        let texts = ["a".repeat(64 * 1024), "b".repeat(96 * 1024)];
+        std::thread::scope(|s| {
+            for text in &texts {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..200 {
+                        write_document(path, text).unwrap();
+                    }
+                });
+            }
+        });
+        let last = std::fs::read_to_string(&path).unwrap();
+        assert!(texts.contains(&last), "a document mixed from two writers");
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["job.md"], "temporary files left behind");
+    }
 
     #[test]
     fn a_lock_taken_but_not_yet_described_is_named_by_its_pid() {

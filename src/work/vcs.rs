@@ -76,7 +76,12 @@ pub fn commit(
         paths.dedup();
     }
     let paths: Vec<&PathBuf> = paths.iter().collect();
-    retrying(|| run(git(dir).args(["add", "-A", "--"]).args(&paths)))?;
+    retrying(|| {
+        run(git(dir)
+            .args(["add", "-A", "--"])
+            .args(&paths)
+            .arg(UNFINISHED_DOCUMENTS))
+    })?;
     let result = commit_staged(dir, &paths, message);
     if result.is_err() {
         // Leave nothing staged behind a failed commit.
@@ -163,6 +168,12 @@ fn vanished_under_add(error: &str) -> bool {
     error.contains("unable to stat") && error.contains("No such file or directory")
 }
 
+/// Leaves documents still being written out of `git add`: the temporary files of
+/// [`crate::root::write_document`] (`.<name>.<pid>.<n>.tmp`). The pathspec is matched
+/// while git reads the folders, so such a file is never staged and never `stat`ed,
+/// whether it is renamed away meanwhile or not.
+const UNFINISHED_DOCUMENTS: &str = ":(exclude,glob)**/.*.tmp";
+
 /// An `index.lock` older than this is taken for one a killed git left.
 const STALE_INDEX_LOCK: Duration = Duration::from_secs(30);
 
@@ -243,6 +254,35 @@ fn run(cmd: &mut Command) -> Result<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_document_still_being_written_is_never_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let sh = |args: &[&str]| run(git(d).args(args)).unwrap();
+        sh(&["init", "-q"]);
+        sh(&["config", "user.email", "t@example.com"]);
+        sh(&["config", "user.name", "t"]);
+        std::fs::create_dir(d.join("task_reports")).unwrap();
+        std::fs::write(d.join("task_reports/job.md"), "done\n").unwrap();
+        // Another wrap's report, between its write and its rename.
+        std::fs::write(d.join("task_reports/.other.md.77.0.tmp"), "half").unwrap();
+        let id = commit(
+            d,
+            &[PathBuf::from("task_reports")],
+            &[PathBuf::from("task_reports")],
+            "wrap",
+        )
+        .unwrap()
+        .expect("a commit");
+        let files = sh(&["show", "--name-only", "--format=", &id]);
+        assert_eq!(
+            String::from_utf8_lossy(&files.stdout),
+            "task_reports/job.md\n"
+        );
+        let staged = sh(&["diff", "--cached", "--name-only"]);
+        assert!(staged.stdout.is_empty());
+    }
 
     #[test]
     fn a_file_that_vanished_under_git_add_is_retried_and_other_failures_are_not() {
