@@ -644,6 +644,73 @@ fn kill_9_mid_ingest_then_rerun_ends_with_exactly_the_distinct_pairs() {
     common::assert_ledger_exact(&env, &files, want);
 }
 
+/// A run that writes more than `BACKGROUND_CHECKPOINT_BYTES` of new pairs copies the
+/// WAL into the database file on a thread of its own while it goes on writing; killed at
+/// any moment, with that thread in the middle of a copy or not, the next run still ends
+/// with every distinct pair exactly once.
+#[test]
+fn a_run_large_enough_to_checkpoint_in_the_background_survives_kill_9_exactly_once() {
+    let env = Env::new();
+    let mut cfg = config(vec![], vec![], 80, 200);
+    cfg.duplicate_ratio = 0.2;
+    cfg.answer_chars = Some((800, 2000));
+    let files = generate::generate(&cfg);
+    let bytes: usize = files.iter().map(|f| f.bytes.len()).sum();
+    assert!(
+        bytes as u64 > 2 * perpetual::engine::ingest::BACKGROUND_CHECKPOINT_BYTES,
+        "{bytes} bytes: too few to start the background checkpoints"
+    );
+    drop_all(&env, "droid", &files);
+    let want = distinct_pairs(&files) as i64;
+    // One whole run first, in another root, to see the thread at work.
+    let whole = Env::new();
+    drop_all(&whole, "droid", &files);
+    let run = whole
+        .command(&["ingest", "--json"])
+        .env("RUST_LOG", "perpetual=debug")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{log}");
+    assert!(log.contains("background checkpoint"), "{log}");
+    assert_eq!(whole.count("SELECT COUNT(*) FROM pairs"), want);
+    let mut killed = 0;
+    for delay_ms in [150u64, 300, 500, 800] {
+        let mut child = env
+            .command(&["ingest"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+    }
+    let run = env.run(&["ingest", "--json"]).expect(0);
+    assert!(killed > 0, "at least one run was killed mid-way");
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM pairs"),
+        want,
+        "{}",
+        run.explain()
+    );
+    assert_eq!(env.count("SELECT COUNT(DISTINCT key) FROM pairs"), want);
+    assert_eq!(
+        env.count("SELECT (SELECT COUNT(*) FROM pair_keys) + (SELECT COUNT(*) FROM tail_keys)"),
+        want
+    );
+    assert_eq!(
+        env.files_in("inbox/droid/processed").len(),
+        files.len(),
+        "{}",
+        run.explain()
+    );
+    common::assert_ledger_exact(&env, &files, want);
+}
+
 #[test]
 fn generate_answer_chars_writes_answers_of_that_length_and_refuses_a_reversed_range() {
     let env = Env::new();

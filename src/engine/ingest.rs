@@ -751,6 +751,76 @@ pub struct Writer<'c> {
     sink: store::pairs::PairSink,
     /// The identity of the file being written (for its move).
     identity: Option<intake::Identity>,
+    /// Bytes of new pairs written since the background checkpoint was last asked for.
+    unchecked_bytes: u64,
+    /// Started at the first [`BACKGROUND_CHECKPOINT_BYTES`] (a small run never starts it).
+    checkpointer: Option<Checkpointer>,
+}
+
+/// After this many bytes of new pairs are committed, the WAL is copied into the
+/// database file on a thread of its own ([`Checkpointer`]) while the writer goes on.
+/// Without it, a run's whole WAL (up to `wal_autocheckpoint`'s 64 MiB) was copied by
+/// the writer after its last commit or by the close: a serial tail of 120 ms for 20,000
+/// pairs (BENCHMARKS.md, "End to end").
+pub const BACKGROUND_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A thread with its own connection that runs `PRAGMA wal_checkpoint(PASSIVE)` when the
+/// writer asks ([`Checkpointer::nudge`]). A passive checkpoint never blocks the writer
+/// and never waits for it: it copies the frames committed when it starts, and the
+/// writer's next commits go on appending meanwhile. Nothing about durability changes:
+/// a checkpoint syncs the WAL before and the database file after (`synchronous =
+/// NORMAL`), and what it has not copied stays in the WAL as before. The writer's own
+/// `wal_autocheckpoint` still bounds the WAL when this thread falls behind.
+struct Checkpointer {
+    nudge: Option<mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(db: &str) -> Result<Checkpointer> {
+        let conn = Connection::open(db).with_context(|| format!("cannot open {db}"))?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        let (nudge, asked) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    });
+                    match done {
+                        Ok((frames, copied)) => {
+                            tracing::debug!(frames, copied, "background checkpoint")
+                        }
+                        // Busy (the writer's own checkpoint runs) or failing: the
+                        // writer's checkpoints and the close still copy the WAL.
+                        Err(e) => tracing::debug!("background checkpoint: {e}"),
+                    }
+                }
+            })
+            .context("cannot start the checkpoint thread")?;
+        Ok(Checkpointer {
+            nudge: Some(nudge),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a checkpoint; one already asked for and not started yet covers it.
+    fn nudge(&self) {
+        if let Some(n) = &self.nudge {
+            let _ = n.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // The thread finishes the checkpoint it is in, if any, and closes its connection.
+        drop(self.nudge.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// How long finished files may wait in the inbox for their move during a burst: moving
@@ -801,6 +871,8 @@ impl<'c> Writer<'c> {
             interrupt: None,
             sink,
             identity: None,
+            unchecked_bytes: 0,
+            checkpointer: None,
         }
     }
 
@@ -871,6 +943,10 @@ impl<'c> Writer<'c> {
             self.conn.execute_batch("COMMIT").context("commit failed")?;
             self.in_txn = false;
             self.pending_pairs = 0;
+            if self.unchecked_bytes >= BACKGROUND_CHECKPOINT_BYTES {
+                self.unchecked_bytes = 0;
+                self.checkpoint_in_background();
+            }
         }
         if self.meter.is_some_and(|m| m.exhausted()) {
             self.stopped = true;
@@ -1322,6 +1398,10 @@ impl<'c> Writer<'c> {
                 .insert(conn, &mut stmts, pair, &job.agent, id, &self.now)?
             {
                 new += 1;
+                self.unchecked_bytes += (pair.question.len()
+                    + pair.answer.len()
+                    + pair.extra.as_ref().map_or(0, String::len))
+                    as u64;
             } else {
                 dup += 1;
             }
@@ -1445,6 +1525,25 @@ impl<'c> Writer<'c> {
         let sink = std::mem::take(&mut self.sink);
         let report = self.finish(on_file)?;
         Ok((report, sink))
+    }
+
+    /// Starts the [`Checkpointer`] if need be (a database on disk only) and nudges it.
+    fn checkpoint_in_background(&mut self) {
+        if self.checkpointer.is_none() {
+            let Some(db) = self.conn.path().filter(|p| !p.is_empty()) else {
+                return; // in memory
+            };
+            match Checkpointer::start(db) {
+                Ok(c) => self.checkpointer = Some(c),
+                Err(e) => {
+                    tracing::warn!("{e:#}: the writer checkpoints alone");
+                    return;
+                }
+            }
+        }
+        if let Some(c) = &self.checkpointer {
+            c.nudge();
+        }
     }
 
     /// Commits what is pending and returns the run's totals.
