@@ -10,8 +10,13 @@
 //!    them all into place as fast as possible, and times until every pair is queryable:
 //!    files/s and pairs/s.
 //! 3. shutdown: SIGTERM, and the time until the process has exited.
+//! 4. burst against one-shot, in one sitting: `--runs` times, alternately, the same burst
+//!    files renamed into a fresh watcher's inbox (timed from the first rename to the last
+//!    pair queryable) and `perpetual ingest --now` of the same files waiting in a fresh
+//!    root's inbox (timed from spawn to exit, and its own `seconds`). Prints the medians
+//!    and the watcher's rate as a share of the one-shot's.
 //!
-//! Run: `cargo bench --bench watch_latency [-- --drops 300 --burst 1000 --burst-pairs 20]`.
+//! Run: `cargo bench --bench watch_latency [-- --drops 300 --burst 1000 --burst-pairs 20 --runs 5]`.
 //! Figures and method: BENCHMARKS.md, "Watcher".
 
 use perpetual::generate::{self, GenConfig};
@@ -25,6 +30,7 @@ struct Options {
     drops: usize,
     burst: usize,
     burst_pairs: usize,
+    runs: usize,
 }
 
 fn options() -> Options {
@@ -32,6 +38,7 @@ fn options() -> Options {
         drops: 300,
         burst: 1000,
         burst_pairs: 20,
+        runs: 5,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -45,6 +52,7 @@ fn options() -> Options {
             "--drops" => o.drops = value(),
             "--burst" => o.burst = value(),
             "--burst-pairs" => o.burst_pairs = value(),
+            "--runs" => o.runs = value(),
             // `cargo bench` passes --bench; anything else is a filter we do not use.
             _ => {
                 i += 1;
@@ -162,28 +170,14 @@ fn main() {
     };
     let before = count(&db);
     let target = before + keys.len() as i64;
-    let staged: Vec<_> = files
-        .iter()
-        .map(|f| {
-            let tmp = inbox.join(format!(".{}.tmp", f.name));
-            std::fs::write(&tmp, &f.bytes).unwrap();
-            (tmp, inbox.join(&f.name))
-        })
-        .collect();
-    let start = Instant::now();
-    for (tmp, dest) in &staged {
-        std::fs::rename(tmp, dest).unwrap();
-    }
-    let renamed = start.elapsed();
-    wait_for("the burst", || (count(&db) >= target).then_some(()));
-    let burst = start.elapsed();
+    let (renamed, burst) = burst_into(&inbox, &files, || count(&db) >= target);
     assert_eq!(count(&db), target, "exactly the burst's distinct pairs");
 
     // 3. Shutdown.
-    let start = Instant::now();
+    let asked = Instant::now();
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    let shutdown = start.elapsed();
+    let shutdown = asked.elapsed();
     assert!(status.success(), "watch exited with {status}");
 
     println!(
@@ -216,4 +210,107 @@ fn main() {
         keys.len() as f64 / burst.as_secs_f64()
     );
     println!("shutdown: SIGTERM -> exit 0 in {:.1} ms", ms(shutdown));
+
+    // 4. The same burst into fresh watchers against one-shot ingests, alternately.
+    let distinct = keys.len() as i64;
+    let (mut watched, mut oneshot_wall, mut oneshot_secs) = (vec![], vec![], vec![]);
+    for run in 1..=o.runs {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut child, _logs) = start(dir.path());
+        let db = rusqlite::Connection::open_with_flags(
+            dir.path().join("perpetual.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let (_, took) = burst_into(&dir.path().join("inbox/droid"), &files, || {
+            count(&db) >= distinct
+        });
+        assert_eq!(count(&db), distinct);
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+        watched.push(ms(took));
+
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let init = Command::new(env!("CARGO_BIN_EXE_perpetual"))
+            .args(["--root", root, "init"])
+            .output()
+            .unwrap();
+        assert!(init.status.success());
+        for f in &files {
+            std::fs::write(dir.path().join("inbox/droid").join(&f.name), &f.bytes).unwrap();
+        }
+        let spawned = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_perpetual"))
+            .args(["--root", root, "ingest", "--now", "--json"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let wall = spawned.elapsed();
+        assert!(out.status.success());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["pairs_new"].as_i64(), Some(distinct));
+        oneshot_wall.push(ms(wall));
+        oneshot_secs.push(report["seconds"].as_f64().unwrap() * 1000.0);
+        println!(
+            "  run {run}: watcher burst {:.0} ms, one-shot ingest {:.0} ms wall ({:.0} ms its own seconds); load {}",
+            watched[run - 1],
+            oneshot_wall[run - 1],
+            oneshot_secs[run - 1],
+            loadavg()
+        );
+    }
+    let (w, ow, os) = (
+        median(&mut watched),
+        median(&mut oneshot_wall),
+        median(&mut oneshot_secs),
+    );
+    println!(
+        "BURST {} files, {distinct} distinct pairs, medians of {} runs: watcher {w:.0} ms, one-shot {ow:.0} ms wall ({os:.0} ms its own seconds); watcher rate / one-shot rate = {:.0}% against the wall clock, {:.0}% against its own seconds (target 90%)",
+        files.len(),
+        o.runs,
+        100.0 * ow / w,
+        100.0 * os / w
+    );
+}
+
+/// Writes `files` under temporary names in `inbox`, renames them all into place, and
+/// waits until `done`: (time to rename them all, time until done), both from the first
+/// rename.
+fn burst_into(
+    inbox: &Path,
+    files: &[generate::GeneratedFile],
+    mut done: impl FnMut() -> bool,
+) -> (Duration, Duration) {
+    let staged: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let tmp = inbox.join(format!(".{}.tmp", f.name));
+            std::fs::write(&tmp, &f.bytes).unwrap();
+            (tmp, inbox.join(&f.name))
+        })
+        .collect();
+    let start = Instant::now();
+    for (tmp, dest) in &staged {
+        std::fs::rename(tmp, dest).unwrap();
+    }
+    let renamed = start.elapsed();
+    wait_for("the burst", || done().then_some(()));
+    (renamed, start.elapsed())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
