@@ -145,6 +145,16 @@ pub fn is_results(head: &[u8]) -> bool {
     else {
         return false;
     };
+    // Most first lines are pairs (a whole one-line drop, up to the limit): tell them
+    // apart by their bytes before building a `Value` of them. A result's line is an
+    // object naming a `key` and a `response` or an `error`.
+    let names = |field: &[u8]| memchr::memmem::find(line, field).is_some();
+    if !line.starts_with(b"{")
+        || !names(b"\"key\"")
+        || !(names(b"\"response\"") || names(b"\"error\""))
+    {
+        return false;
+    }
     let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(line) else {
         return false;
     };
