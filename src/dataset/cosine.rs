@@ -23,6 +23,7 @@
 
 use crate::config::CosineConfig;
 use crate::dataset::output::{Outputs, Progress, WrittenFile, round4};
+use crate::dataset::union_find::UnionFind;
 use crate::store::dataset::{self as store, COSINE, ClusterMember};
 use crate::store::embeddings as vectors;
 use anyhow::{Context, Result};
@@ -363,32 +364,17 @@ pub fn run(
         .filter(|(_, _, s)| *s >= threshold - 1e-6)
         .collect();
 
-    // Clusters by union-find over vector indexes; ids ascend with indexes.
-    let mut parent: Vec<usize> = (0..n).collect();
-    fn find(parent: &mut [usize], mut x: usize) -> usize {
-        while parent[x] != x {
-            parent[x] = parent[parent[x]];
-            x = parent[x];
-        }
-        x
-    }
+    // Clusters by union-find over vector indexes; ids ascend with indexes, so each
+    // cluster's first member is its lowest id, and clusters come in that order.
+    let mut uf = UnionFind::new(n);
     for &(a, b, _) in &verified {
-        let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
-        if ra != rb {
-            let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-            parent[hi] = lo;
-        }
+        uf.union(a, b);
     }
-    let mut by_root: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    let in_edges: BTreeSet<usize> = verified.iter().flat_map(|(a, b, _)| [*a, *b]).collect();
-    for i in in_edges {
-        let r = find(&mut parent, i);
-        by_root.entry(r).or_default().push(i);
-    }
-    let indicator_of = indicators(conn, by_root.values().flatten().map(|&i| v.ids[i]))?;
+    let sets = uf.sets(verified.iter().flat_map(|&(a, b, _)| [a, b]));
+    let indicator_of = indicators(conn, sets.iter().flatten().map(|&i| v.ids[i]))?;
     let mut clusters = Vec::new();
     let mut membership = Vec::new();
-    for members in by_root.values() {
+    for members in &sets {
         let rep = members[0];
         let mut list = Vec::new();
         let mut names = BTreeSet::new();

@@ -8,6 +8,7 @@
 //! The RAG export keeps one pair per group (`--exclude near-dups`), and the split puts a
 //! whole group in one split, so "near-duplicate" means the same thing to both.
 
+use crate::dataset::union_find::UnionFind;
 use crate::store::dataset::{COSINE, MINHASH, cluster_members};
 use anyhow::Result;
 use rusqlite::Connection;
@@ -47,24 +48,10 @@ pub struct Groups {
 impl Groups {
     /// Joins the clusters of `methods` among pairs with `id <= max_pair_id`.
     pub fn load(conn: &Connection, methods: &[String], max_pair_id: i64) -> Result<Groups> {
-        let mut parent: HashMap<i64, i64> = HashMap::new();
-        fn find(parent: &mut HashMap<i64, i64>, x: i64) -> i64 {
-            let mut root = x;
-            while let Some(&p) = parent.get(&root) {
-                if p == root {
-                    break;
-                }
-                root = p;
-            }
-            // Path compression keeps later finds short.
-            let mut cur = x;
-            while cur != root {
-                let next = parent[&cur];
-                parent.insert(cur, root);
-                cur = next;
-            }
-            root
-        }
+        // Pair ids to dense indexes for the union-find, in the order they are met.
+        let mut index: HashMap<i64, usize> = HashMap::new();
+        let mut ids: Vec<i64> = Vec::new();
+        let mut links: Vec<(usize, usize)> = Vec::new();
         let mut clusters_by_method = Vec::new();
         for method in methods {
             let members = cluster_members(conn, method)?;
@@ -76,30 +63,31 @@ impl Groups {
                 if m.pair_id == m.representative {
                     reps += 1;
                 }
-                parent.entry(m.pair_id).or_insert(m.pair_id);
-                parent.entry(m.representative).or_insert(m.representative);
-                let a = find(&mut parent, m.pair_id);
-                let b = find(&mut parent, m.representative);
-                if a != b {
-                    // The lower id becomes the root, so a root is its group's anchor.
-                    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
-                    parent.insert(hi, lo);
-                }
+                let [a, b] = [m.pair_id, m.representative].map(|id| {
+                    *index.entry(id).or_insert_with(|| {
+                        ids.push(id);
+                        ids.len() - 1
+                    })
+                });
+                links.push((a, b));
             }
             clusters_by_method.push((method.clone(), reps));
         }
-        let ids: Vec<i64> = parent.keys().copied().collect();
+        let mut uf = UnionFind::new(ids.len());
+        for &(a, b) in &links {
+            uf.union(a, b);
+        }
+        // A group's anchor is its lowest pair id. A group of one (a cluster whose other
+        // members are past the snapshot) is no group.
         let mut anchor = HashMap::with_capacity(ids.len());
-        for id in ids {
-            let root = find(&mut parent, id);
-            anchor.insert(id, root);
+        for set in uf.sets(0..ids.len()).into_iter().filter(|s| s.len() > 1) {
+            let lowest = set
+                .iter()
+                .map(|&i| ids[i])
+                .min()
+                .expect("a set has a member");
+            anchor.extend(set.iter().map(|&i| (ids[i], lowest)));
         }
-        // A group of one (a cluster whose other members are past the snapshot) is no group.
-        let mut sizes: HashMap<i64, u32> = HashMap::new();
-        for a in anchor.values() {
-            *sizes.entry(*a).or_default() += 1;
-        }
-        anchor.retain(|_, a| sizes[a] > 1);
         Ok(Groups {
             anchor,
             clusters_by_method,

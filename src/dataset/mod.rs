@@ -7,7 +7,8 @@
 //! - [`quality`]: flags per pair, the quality report;
 //! - [`near_dups`]: MinHash + LSH near-duplicate clusters, verified by exact Jaccard;
 //! - [`coverage`]: pairs per indicator against a plan's targets, the gaps;
-//! - [`words`]: words, shingles and MinHash signatures, shared by the above.
+//! - [`words`]: words, shingles and MinHash signatures, shared by the above;
+//! - [`union_find`]: disjoint sets, shared by the clusterings and [`groups`].
 //!
 //! Part 2, what leaves the database (its tables: `store::embeddings`, `store::splits`):
 //! - [`formats`]: one document per pair in JSON Lines, CSV and Parquet, shared by the
@@ -26,6 +27,7 @@ pub mod coverage;
 pub mod near_dups;
 pub mod output;
 pub mod quality;
+pub mod union_find;
 pub mod words;
 
 pub mod charts;

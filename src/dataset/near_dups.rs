@@ -26,6 +26,7 @@
 
 use crate::config::NearDupsConfig;
 use crate::dataset::output::{Outputs, Progress, WrittenFile, round4};
+use crate::dataset::union_find::UnionFind;
 use crate::dataset::words;
 use crate::store::dataset::{self as store, ClusterMember, MINHASH, PairRow};
 use anyhow::Result;
@@ -235,27 +236,15 @@ pub fn run(
     for &(a, b, _) in &verified {
         uf.union(a as usize, b as usize);
     }
-    let mut groups: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
-    let mut seen = BTreeSet::new();
-    for &(a, b, _) in &verified {
-        for id in [a, b] {
-            if seen.insert(id) {
-                groups
-                    .entry(uf.find(id as usize) as u32)
-                    .or_default()
-                    .push(i64::from(id));
-            }
-        }
-    }
-    drop(seen);
-    let mut clusters: Vec<Vec<i64>> = groups
-        .into_values()
-        .map(|mut m| {
-            m.sort_unstable();
-            m
-        })
+    let clusters: Vec<Vec<i64>> = uf
+        .sets(
+            verified
+                .iter()
+                .flat_map(|&(a, b, _)| [a as usize, b as usize]),
+        )
+        .into_iter()
+        .map(|set| set.into_iter().map(|id| id as i64).collect())
         .collect();
-    clusters.sort_by_key(|m| m[0]);
 
     progress.stage("describing clusters", clusters.len() as u64);
     let mut described = Vec::with_capacity(clusters.len());
@@ -648,54 +637,9 @@ pub(crate) fn recommend(
     }
 }
 
-/// Disjoint sets over dense ids, with path halving and union by size.
-struct UnionFind {
-    parent: Vec<u32>,
-    size: Vec<u32>,
-}
-
-impl UnionFind {
-    fn new(n: usize) -> UnionFind {
-        UnionFind {
-            parent: (0..n as u32).collect(),
-            size: vec![1; n],
-        }
-    }
-
-    fn find(&mut self, mut x: usize) -> usize {
-        while self.parent[x] as usize != x {
-            let p = self.parent[x] as usize;
-            self.parent[x] = self.parent[p];
-            x = p;
-        }
-        x
-    }
-
-    fn union(&mut self, a: usize, b: usize) {
-        let (mut a, mut b) = (self.find(a), self.find(b));
-        if a == b {
-            return;
-        }
-        if self.size[a] < self.size[b] {
-            std::mem::swap(&mut a, &mut b);
-        }
-        self.parent[b] = a as u32;
-        self.size[a] += self.size[b];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn union_find_joins_chains() {
-        let mut uf = UnionFind::new(6);
-        uf.union(1, 2);
-        uf.union(4, 2);
-        assert_eq!(uf.find(1), uf.find(4));
-        assert_ne!(uf.find(1), uf.find(3));
-    }
 
     #[test]
     fn recommendation_follows_the_rule() {
