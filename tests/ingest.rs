@@ -603,8 +603,21 @@ fn kill_9_mid_ingest_then_rerun_ends_with_exactly_the_distinct_pairs() {
     let files = generate::generate(&cfg);
     drop_all(&env, "droid", &files);
     let want = distinct_pairs(&files) as i64;
+    kill_9_runs_then_finish_exactly(&env, &files, want, &[40, 90, 160, 260, 400]);
+}
+
+/// Starts `ingest` once per delay and SIGKILLs it after that delay (if it still runs),
+/// then runs it to the end and checks that every distinct pair is stored once, every
+/// key in the key index or its tail once, every file in processed/ once with its
+/// ledger row integrated.
+fn kill_9_runs_then_finish_exactly(
+    env: &Env,
+    files: &[generate::GeneratedFile],
+    want: i64,
+    delays_ms: &[u64],
+) {
     let mut killed = 0;
-    for delay_ms in [40u64, 90, 160, 260, 400] {
+    for &delay_ms in delays_ms {
         let mut child = env
             .command(&["ingest"])
             .stdout(std::process::Stdio::null())
@@ -641,7 +654,7 @@ fn kill_9_mid_ingest_then_rerun_ends_with_exactly_the_distinct_pairs() {
     let processed = env.files_in("inbox/droid/processed");
     assert_eq!(processed.len(), files.len(), "{}", run.explain());
     assert!(env.files_in("inbox/droid").is_empty(), "{}", run.explain());
-    common::assert_ledger_exact(&env, &files, want);
+    common::assert_ledger_exact(env, files, want);
 }
 
 /// A run that writes more than `BACKGROUND_CHECKPOINT_BYTES` of new pairs copies the
@@ -674,41 +687,7 @@ fn a_run_large_enough_to_checkpoint_in_the_background_survives_kill_9_exactly_on
     assert!(run.status.success(), "{log}");
     assert!(log.contains("background checkpoint"), "{log}");
     assert_eq!(whole.count("SELECT COUNT(*) FROM pairs"), want);
-    let mut killed = 0;
-    for delay_ms in [150u64, 300, 500, 800] {
-        let mut child = env
-            .command(&["ingest"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            killed += 1;
-        }
-        child.wait().unwrap();
-    }
-    let run = env.run(&["ingest", "--json"]).expect(0);
-    assert!(killed > 0, "at least one run was killed mid-way");
-    assert_eq!(
-        env.count("SELECT COUNT(*) FROM pairs"),
-        want,
-        "{}",
-        run.explain()
-    );
-    assert_eq!(env.count("SELECT COUNT(DISTINCT key) FROM pairs"), want);
-    assert_eq!(
-        env.count("SELECT (SELECT COUNT(*) FROM pair_keys) + (SELECT COUNT(*) FROM tail_keys)"),
-        want
-    );
-    assert_eq!(
-        env.files_in("inbox/droid/processed").len(),
-        files.len(),
-        "{}",
-        run.explain()
-    );
-    common::assert_ledger_exact(&env, &files, want);
+    kill_9_runs_then_finish_exactly(&env, &files, want, &[150, 300, 500, 800]);
 }
 
 #[test]
