@@ -1196,6 +1196,60 @@ fn a_stale_index_lock_left_by_a_killed_git_does_not_block_wrap_commits() {
     assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
 }
 
+/// The 2-hour soak: a session SIGKILLed in the middle of its own wrap took the git it was
+/// running with it (the git was in the agent's process group and among its
+/// descendants), leaving `.git/index.lock` behind, and 11 wrap commits failed on it. A
+/// git that perpetual runs is never signalled with a session: here the session's wrap
+/// is SIGTERMed (ignored) and SIGKILLed 3 s after the wrap request while its git waits
+/// 6 s before committing, and the git still finishes.
+#[test]
+fn a_git_commit_under_way_in_a_sessions_own_wrap_outlives_the_sessions_sigkill() {
+    let (env, _guard) = root_with(&format!(
+        "[agents.claude_code]\ncommand = [\"env\", \"SLOW_GIT_SECS=6\", \"sh\", \"{}\"]\n",
+        agent("slow_git_wrapper")
+    ));
+    git(env.root(), &["init", "-q"]);
+    git(env.root(), &["config", "user.email", "t@example.com"]);
+    git(env.root(), &["config", "user.name", "t"]);
+    add_tasks(&env, "claude_code", &["job"], 2);
+    let run = env.run(&["run", "--max-sessions", "1"]).expect(0);
+    let s = sessions(&env);
+    assert_eq!(s.len(), 1, "{}", run.explain());
+    // The loop had to end the session while its own wrap ran (grace 2 s, term 1 s).
+    let log = run.stderr();
+    assert!(log.contains("SIGKILL"), "{}", run.explain());
+    // The git it was running finished all the same, a moment later.
+    wait_until(
+        "the wrap's git to finish (it is killed with the session without the fix)",
+        || {
+            std::fs::read_dir(env.path("fake"))
+                .unwrap()
+                .flatten()
+                .any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("git_commit_done_")
+                })
+        },
+        || run.explain(),
+    );
+    wait_until(
+        "no index.lock",
+        || !env.path(".git/index.lock").exists(),
+        || run.explain(),
+    );
+    assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
+    let handoff = format!(
+        "session_handoffs/handoff_{}.md",
+        s[0]["id"].as_str().unwrap()
+    );
+    assert!(
+        git(env.root(), &["log", "--name-only", "--format="]).contains(&handoff),
+        "{handoff} not committed\n{}",
+        run.explain()
+    );
+}
+
 /// Observation 14: the loop's log was never rotated. `run --log-dir` writes one file a
 /// day and keeps the newest `--log-files`.
 #[test]

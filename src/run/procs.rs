@@ -237,6 +237,9 @@ pub struct Group {
     members: HashMap<i32, u64>,
     /// Whether a process (pid, start) names the session in its environment.
     named: HashMap<(i32, u64), bool>,
+    /// Whether a process (pid, start) is a command perpetual runs for itself
+    /// ([`LOOP_CHILD`]: a wrap's git), never one of the session's.
+    loop_child: HashMap<(i32, u64), bool>,
     /// Strays found at the last scan that other running sessions may own too: counted,
     /// never signalled by this group.
     shared: HashSet<i32>,
@@ -273,6 +276,7 @@ impl Group {
             leader_alive: true,
             members: HashMap::from([(leader, start)]),
             named: HashMap::new(),
+            loop_child: HashMap::new(),
             shared: HashSet::new(),
         }
     }
@@ -358,7 +362,16 @@ impl Group {
         *self.named.entry((p.pid, p.start)).or_insert_with(|| {
             environ_var(p.pid, "PERPETUAL_SESSION").as_deref() == Some(session.as_str())
                 && environ_var(p.pid, "PERPETUAL_ROOT").as_deref() == Some(root.as_str())
-        })
+        }) && !self.is_loop_child(p)
+    }
+
+    /// A git a session's wrap started (see [`LOOP_CHILD`]): left to finish, never
+    /// signalled with the session; once its parent is gone the loop adopts and reaps it.
+    fn is_loop_child(&mut self, p: &Proc) -> bool {
+        *self
+            .loop_child
+            .entry((p.pid, p.start))
+            .or_insert_with(|| environ_var(p.pid, LOOP_CHILD).is_some())
     }
 
     /// The session's live processes in `table`, remembering new members. `me` is this
@@ -378,6 +391,8 @@ impl Group {
         self.members
             .retain(|pid, start| by_pid.get(pid).is_some_and(|p| p.start == *start));
         self.named
+            .retain(|(pid, start), _| by_pid.get(pid).is_some_and(|p| p.start == *start));
+        self.loop_child
             .retain(|(pid, start), _| by_pid.get(pid).is_some_and(|p| p.start == *start));
         let mut set: HashSet<i32> = self.members.keys().copied().collect();
         for p in table {
@@ -410,7 +425,7 @@ impl Group {
         loop {
             let mut grew = false;
             for p in table {
-                if !set.contains(&p.pid) && set.contains(&p.ppid) {
+                if !set.contains(&p.pid) && set.contains(&p.ppid) && !self.is_loop_child(p) {
                     set.insert(p.pid);
                     // A shared stray's descendants are shared too.
                     if self.shared.contains(&p.ppid) {

@@ -229,13 +229,40 @@ fn has_config(dir: &Path, key: &str) -> bool {
         .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
 }
 
-/// Marks a command `perpetual run` starts for itself (`run::procs::LOOP_CHILD`): what
-/// it leaves behind (git's auto gc detaches with `setsid`) is not a session's stray.
+/// Marks the git perpetual runs (`run::procs::LOOP_CHILD`): what it leaves behind
+/// (git's auto gc detaches with `setsid`) is not a session's stray, and the loop never
+/// counts it among a session's processes, so the signals that end a session do not
+/// reach a commit under way.
 const LOOP_CHILD: &str = "PERPETUAL_LOOP_CHILD";
 
+/// A git command on `dir`.
+///
+/// A git that a session's own wrap starts (its environment names the session) runs in a
+/// process group of its own, out of reach of the loop's `killpg` of the agent's group:
+/// the 2-hour soak saw a session SIGKILLed in the middle of its own wrap take its git
+/// with it, leaving `.git/index.lock` behind. And git gets SIGTERM and SIGINT back at
+/// their default before its `exec`: `session wrap` ignores them, and git, which
+/// installs its own handler while it holds a lock file, then deleted its lock files on
+/// such a signal and carried on without them ("unable to write new index file").
+/// Signalled by someone else, it now dies the way git means to, its locks removed.
 fn git(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
     cmd.arg("-C").arg(dir).env(LOOP_CHILD, "1");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        if std::env::var_os("PERPETUAL_SESSION").is_some() {
+            cmd.process_group(0);
+        }
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+    }
     cmd
 }
 
