@@ -321,9 +321,10 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
             let progress = progress.map(|p| (p.done, p.total));
             let s = session::current(&conn, which.session.as_deref(), which.agent.as_deref())?;
             // A wrap half done (archived, no handoff, no commit) is worse than one that
-            // finishes a moment late: SIGTERM and SIGINT are ignored until it is complete,
-            // by it and by the git it runs (an ignored signal stays ignored across exec);
-            // the loop's SIGKILL, term_secs later, still ends them.
+            // finishes a moment late: SIGTERM and SIGINT are ignored until it is complete;
+            // the loop's SIGKILL, term_secs later, still ends it. The git it runs is kept
+            // out of the session's signals instead (`work::vcs::git`): git's own handler
+            // would override an inherited "ignore" and go on without its lock files.
             #[cfg(unix)]
             unsafe {
                 libc::signal(libc::SIGTERM, libc::SIG_IGN);
