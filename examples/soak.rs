@@ -201,6 +201,21 @@ fn stat(pid: i32) -> Option<P> {
     })
 }
 
+/// A process for a failure message: pid, command name, parent, group, session, state.
+fn describe(p: &P) -> String {
+    format!(
+        "pid {} ({}, ppid {}, pgid {}, sid {}, {})",
+        p.pid,
+        std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+            .unwrap_or_default()
+            .trim(),
+        p.ppid,
+        p.pgid,
+        p.sid,
+        p.state
+    )
+}
+
 /// (root, agent, session) from a process's environment.
 type Env3 = Option<(String, String, String)>;
 
@@ -567,17 +582,7 @@ fn main() -> ExitCode {
                     now.duration_since(first).as_secs_f64(),
                     now.duration_since(loop_up_since).as_secs_f64(),
                     ps.iter()
-                        .map(|p| format!(
-                            "pid {} ({}, ppid {}, pgid {}, sid {}, {})",
-                            p.pid,
-                            std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
-                                .unwrap_or_default()
-                                .trim(),
-                            p.ppid,
-                            p.pgid,
-                            p.sid,
-                            p.state
-                        ))
+                        .map(|p| describe(p))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
@@ -652,16 +657,7 @@ fn main() -> ExitCode {
             left_below.len(),
             left_below
                 .iter()
-                .map(|p| format!(
-                    "pid {} ({}, ppid {}, pgid {}, sid {})",
-                    p.pid,
-                    std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
-                        .unwrap_or_default()
-                        .trim(),
-                    p.ppid,
-                    p.pgid,
-                    p.sid
-                ))
+                .map(describe)
                 .collect::<Vec<_>>()
                 .join(", ")
         ));

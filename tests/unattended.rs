@@ -87,6 +87,22 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Nothing staged, and no handoff or task report left untracked.
+fn assert_outputs_committed(env: &Env) {
+    assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
+    let left = git(
+        env.root(),
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=all",
+            "session_handoffs",
+            "task_reports",
+        ],
+    );
+    assert_eq!(left, "");
+}
+
 fn agent_status(env: &Env, agent: &str) -> Value {
     let run = env.run(&["status", "--json"]).expect(0);
     run.json()["agents"]
@@ -221,20 +237,7 @@ fn concurrent_wraps_in_a_git_root_all_commit_and_leave_nothing_staged() {
         let commit = steps.iter().find(|st| st["step"] == "commit").unwrap();
         assert_eq!(commit["status"], "done", "{}: {commit}", x["id"]);
     }
-    assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
-    assert_eq!(
-        git(
-            env.root(),
-            &[
-                "status",
-                "--porcelain",
-                "--untracked-files=all",
-                "session_handoffs",
-                "task_reports"
-            ]
-        ),
-        ""
-    );
+    assert_outputs_committed(&env);
 }
 
 /// Observation 4: after a SIGKILL of the loop, the next `perpetual run` wrapped the
@@ -1451,20 +1454,7 @@ fn a_failed_wrap_commit_leaves_nothing_staged_and_the_next_wrap_commits_its_outp
     );
     let tracked = git(env.root(), &["ls-files", "session_handoffs"]);
     assert!(tracked.contains(&first_handoff), "{tracked}");
-    assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
-    assert_eq!(
-        git(
-            env.root(),
-            &[
-                "status",
-                "--porcelain",
-                "--untracked-files=all",
-                "session_handoffs",
-                "task_reports"
-            ]
-        ),
-        ""
-    );
+    assert_outputs_committed(&env);
 }
 
 /// Observation 4, the other way a loop dies: a second SIGTERM makes `perpetual run` exit
