@@ -4,6 +4,11 @@
 //! `run.idle_secs` and whenever something wakes it, so its cost must not grow with the
 //! history (issue 9: 3% CPU with 54 completed tasks, 26% with 1,085 before).
 //!
+//! With `IDLE_ROUND_ROOT=DIR` it measures instead a copy of a real root's history (its
+//! database and `perpetual.toml`, e.g. a soak's root at its end): every agent is paused
+//! by hand in the copy so that no session starts, and the first round runs whatever
+//! built-in task waits; the rounds measured after it start nothing.
+//!
 //! Run: `cargo bench --bench idle_round`. Figures: BENCHMARKS.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -75,9 +80,53 @@ fn root_with_history(completed: usize) -> (tempfile::TempDir, Root, Config, rusq
     (dir, root, config, conn)
 }
 
+/// A copy of the root at `dir` (see the module docs), every agent paused by hand.
+fn copy_of_root(dir: &std::path::Path) -> (tempfile::TempDir, Root, Config, rusqlite::Connection) {
+    let copy = tempfile::tempdir().unwrap();
+    let toml = dir.join("perpetual.toml");
+    if toml.is_file() {
+        std::fs::copy(&toml, copy.path().join("perpetual.toml")).unwrap();
+    }
+    let root = Root::new(copy.path()).unwrap();
+    let source = rusqlite::Connection::open_with_flags(
+        dir.join("perpetual.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    source
+        .execute(
+            "VACUUM INTO ?1",
+            [root.db_path().to_str().expect("a UTF-8 temporary path")],
+        )
+        .unwrap();
+    let config = Config::load(&copy.path().join("perpetual.toml")).unwrap();
+    let conn = perpetual::store::open(&root.db_path()).unwrap();
+    for agent in root.agents(&config).unwrap() {
+        perpetual::store::agents::set_pause(
+            &conn,
+            &agent,
+            "2026-01-01T00:00:00Z",
+            "idle_round bench",
+            None,
+        )
+        .unwrap();
+    }
+    (copy, root, config, conn)
+}
+
 fn idle_round(c: &mut Criterion) {
     let mut group = c.benchmark_group("idle_round");
     group.sample_size(30);
+    if let Some(dir) = std::env::var_os("IDLE_ROUND_ROOT") {
+        let (_copy, root, config, mut conn) = copy_of_root(std::path::Path::new(&dir));
+        let mut looper = Loop::new(&mut conn, &root, &config, RunOptions::default());
+        looper.round_once().unwrap();
+        group.bench_function("copy_of_root", |b| {
+            b.iter(|| assert!(!looper.round_once().unwrap()))
+        });
+        group.finish();
+        return;
+    }
     for completed in [10usize, 100_000] {
         let (_dir, root, config, mut conn) = root_with_history(completed);
         let mut looper = Loop::new(&mut conn, &root, &config, RunOptions::default());

@@ -39,7 +39,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Indicators listed by name in the Markdown report (the JSON has them all).
 const TOP_INDICATORS: usize = 20;
@@ -684,6 +684,26 @@ pub fn render(d: &Daily) -> String {
 /// When this `perpetual run` process started (its heartbeats' key).
 static LOOP_STARTED: OnceLock<String> = OnceLock::new();
 
+/// The earliest record of each root this process has looked at ([`store::first_record`]).
+/// Records are only ever added, stamped with the time they are made, so once a root has
+/// one its earliest never changes; the query behind it scans the sessions, files and
+/// tasks, and ran every round of a root's first day (the soak's idle round grew from 11
+/// to 35 ms over two hours: BENCHMARKS.md, "The loop's idle round").
+static FIRST_RECORD: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+
+/// [`store::first_record`], asked of the database only until the root has a record.
+fn first_record(conn: &Connection, root: &Root) -> Result<Option<String>> {
+    let mut known = FIRST_RECORD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, t)) = known.iter().find(|(dir, _)| dir == root.dir()) {
+        return Ok(Some(t.clone()));
+    }
+    let first = store::first_record(conn)?;
+    if let Some(t) = &first {
+        known.push((root.dir().to_path_buf(), t.clone()));
+    }
+    Ok(first)
+}
+
 /// The loop's one call per round: records its heartbeat (the uptime), and once a UTC day
 /// has ended, writes that day's report unless it was written after the day ended and is
 /// still on disk. A failure is logged and never stops the loop.
@@ -706,7 +726,7 @@ fn round(conn: &Connection, root: &Root, config: &Config) -> Result<()> {
     }
     // Only a root that existed before today has a yesterday to report on.
     let today_start = clock::format(today.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
-    if store::first_record(conn)?.is_some_and(|t| t < today_start) {
+    if first_record(conn, root)?.is_some_and(|t| t < today_start) {
         let d = daily(conn, root, config, yesterday)?;
         let (md, _) = write(conn, root, &d)?;
         tracing::info!(
@@ -757,6 +777,36 @@ mod tests {
         assert_eq!(d.loop_uptime.percent, 75.0);
         assert_eq!(d.loop_uptime.runs, 2);
         assert!(d.complete);
+    }
+
+    #[test]
+    fn the_earliest_record_is_asked_of_each_root_until_it_has_one() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (root_a, root_b) = (Root::new(a.path()).unwrap(), Root::new(b.path()).unwrap());
+        let (conn_a, conn_b) = (
+            crate::store::open_in_memory().unwrap(),
+            crate::store::open_in_memory().unwrap(),
+        );
+        // Nothing recorded yet: asked again next time.
+        assert_eq!(first_record(&conn_a, &root_a).unwrap(), None);
+        store::heartbeat(&conn_a, 7, "2026-03-01T10:00:00Z", "2026-03-01T10:00:00Z").unwrap();
+        assert_eq!(
+            first_record(&conn_a, &root_a).unwrap().as_deref(),
+            Some("2026-03-01T10:00:00Z")
+        );
+        // Known from then on, without the query (an earlier row cannot appear in a
+        // real root; here it shows that the database is not asked again).
+        store::heartbeat(&conn_a, 8, "2026-02-01T10:00:00Z", "2026-02-01T10:00:00Z").unwrap();
+        assert_eq!(
+            first_record(&conn_a, &root_a).unwrap().as_deref(),
+            Some("2026-03-01T10:00:00Z")
+        );
+        // Another root has its own.
+        store::heartbeat(&conn_b, 9, "2026-04-01T10:00:00Z", "2026-04-01T10:00:00Z").unwrap();
+        assert_eq!(
+            first_record(&conn_b, &root_b).unwrap().as_deref(),
+            Some("2026-04-01T10:00:00Z")
+        );
     }
 
     #[test]
