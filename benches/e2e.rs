@@ -283,8 +283,17 @@ fn bare_insert(db: &Path, rows: &[(PairKey, String, String)]) -> f64 {
             stmt.execute(rusqlite::params![&key[..], q, a]).unwrap();
         }
     }
+    let inserted = start.elapsed();
     conn.execute_batch("COMMIT").unwrap();
+    let committed = start.elapsed();
     conn.close().map_err(|(_, e)| e).unwrap();
+    if std::env::var_os("E2E_PHASES").is_some() {
+        eprintln!(
+            "PHASES bare insert: inserts {inserted:?}, commit {:?}, close {:?}",
+            committed - inserted,
+            start.elapsed() - committed
+        );
+    }
     last_cpu(cpu_seconds() - cpu);
     start.elapsed().as_secs_f64()
 }

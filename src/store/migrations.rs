@@ -1,5 +1,6 @@
 //! The schema, as an append-only list of migrations. `PRAGMA user_version` records
-//! how many have run; opening a database runs the rest in one transaction each.
+//! how many have run; opening a database runs the rest in one transaction each (a fresh
+//! database: all of them in one).
 //! Never edit a migration that has shipped: add a new one.
 
 use anyhow::{Context, Result};
@@ -488,27 +489,40 @@ pub fn migrate(conn: &Connection) -> Result<()> {
 }
 
 fn run_from(conn: &Connection, current: i64) -> Result<()> {
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let version = i + 1;
+    // A fresh database takes the whole schema in one transaction: one commit where one
+    // per migration wrote each migration's pages to the WAL again (~15 ms of a fresh
+    // root's first command: BENCHMARKS.md, "End to end"). An existing database takes
+    // one migration per transaction, so that each commits or fails on its own.
+    let step = if current == 0 { MIGRATIONS.len() } else { 1 };
+    let mut done = current as usize;
+    while done < MIGRATIONS.len() {
+        let upto = (done + step).min(MIGRATIONS.len());
         // IMMEDIATE: two processes opening a fresh root must not both migrate.
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let again: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if again >= version as i64 {
+        let again = again as usize;
+        if again >= upto {
             conn.execute_batch("COMMIT")?;
+            done = again;
             continue;
         }
-        let applied = conn
-            .execute_batch(sql)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| foreign_keys_hold(conn))
-            .and_then(|()| Ok(conn.execute_batch(&format!("PRAGMA user_version = {version}"))?));
+        let applied = (again..upto)
+            .try_for_each(|i| {
+                conn.execute_batch(MIGRATIONS[i])
+                    .with_context(|| format!("migration {} failed", i + 1))
+            })
+            .and_then(|()| {
+                foreign_keys_hold(conn).with_context(|| format!("migration {upto} failed"))
+            })
+            .and_then(|()| Ok(conn.execute_batch(&format!("PRAGMA user_version = {upto}"))?));
         match applied {
             Ok(()) => conn.execute_batch("COMMIT")?,
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
-                return Err(e).with_context(|| format!("migration {version} failed"));
+                return Err(e);
             }
         }
+        done = upto;
     }
     Ok(())
 }
