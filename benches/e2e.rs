@@ -25,6 +25,9 @@
 //! Then the time outside the work: `perpetual ingest` on an existing root with an empty
 //! inbox, and with one small file (one pair) waiting, `--small-runs` times each.
 //!
+//! With `E2E_PHASES=1` each bare insert also prints its three phases (the inserts, the
+//! commit with its checkpoint, the close that deletes the WAL) on stderr.
+//!
 //! Run: `cargo bench --bench e2e [-- --pairs 20000,200000 --runs 5 --small-runs 20]`.
 //! Figures and method: BENCHMARKS.md, "End to end".
 
