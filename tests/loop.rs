@@ -46,22 +46,6 @@ transcript = "{{root}}/transcripts/{{session}}.jsonl"
     env
 }
 
-fn task_json(env: &Env, id: &str) -> Value {
-    env.run(&["task", "show", id, "--json"]).expect(0).json()
-}
-
-fn sessions(env: &Env) -> Vec<Value> {
-    let mut list = env
-        .run(&["session", "list", "--json"])
-        .expect(0)
-        .json()
-        .as_array()
-        .unwrap()
-        .clone();
-    list.reverse(); // oldest first
-    list
-}
-
 fn agent_status(env: &Env, agent: &str) -> Value {
     let run = env.run(&["status", "--json"]).expect(0);
     run.json()["agents"]
@@ -111,7 +95,7 @@ fn the_loop_restarts_the_agent_the_next_prompt_carries_the_handoff_and_a_complet
             &[("FAKE_STEP", "2")],
         )
         .expect(0);
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 3, "{}", run.explain());
     let ids: Vec<&str> = s.iter().map(|x| x["id"].as_str().unwrap()).collect();
     let tasks: Vec<&str> = s.iter().map(|x| x["task_id"].as_str().unwrap()).collect();
@@ -141,11 +125,11 @@ fn the_loop_restarts_the_agent_the_next_prompt_carries_the_handoff_and_a_complet
     assert_eq!(kept.trim_end(), second.trim_end());
 
     // The second session completed integrate_a (graded); the third took integrate_b.
-    let a = task_json(&env, "integrate_a");
+    let a = env.task_json("integrate_a");
     assert_eq!(a["status"], "completed");
     assert!(a["grade"]["letter"].is_string(), "{a}");
     assert!(prompt_of(&env, ids[2]).contains("Task: integrate_b (priority 5, new)"));
-    assert_eq!(task_json(&env, "integrate_b")["status"], "completed");
+    assert_eq!(env.task_json("integrate_b")["status"], "completed");
 
     // The loop read the transcript the fake agent wrote: the session's tokens are its
     // last reply's context (input + cache creation + cache read).
@@ -167,7 +151,7 @@ fn at_the_wrap_threshold_the_loop_asks_the_agent_to_wrap_and_it_wraps_itself() {
             &[("FAKE_MODE", "linger"), ("FAKE_PEAK", "172000")],
         )
         .expect(0);
-    let s = &sessions(&env)[0];
+    let s = &env.sessions()[0];
     assert_eq!(s["status"], "wrapped", "{}", run.explain());
     assert_eq!(s["next_action"], "fake agent: continue after unit 1");
     assert_eq!(s["level"], "wrap");
@@ -204,12 +188,12 @@ fn an_agent_that_ignores_the_wrap_request_is_stopped_after_the_grace_period() {
         started.elapsed() >= Duration::from_secs(2),
         "the grace period is 2 s"
     );
-    let s = &sessions(&env)[0];
+    let s = &env.sessions()[0];
     let id = s["id"].as_str().unwrap();
     assert_eq!(s["status"], "wrapped", "{}", run.explain());
     // 180,000 of 200,000 is the hard stop: the unfinished task is flagged.
     assert_eq!(s["level"], "hard_stop");
-    assert!(task_json(&env, "t")["needs_review"].is_string());
+    assert!(env.task_json("t")["needs_review"].is_string());
     assert!(
         env.path(&format!("fake/terminated_{id}")).exists(),
         "{}",
@@ -251,10 +235,10 @@ fn the_circuit_breaker_pauses_an_agent_after_sessions_without_progress_until_res
         "{a}"
     );
     assert_eq!(a["needs_review"][0]["task"], "stuck");
-    assert_eq!(task_json(&env, "stuck")["needs_review"], reason.as_str());
+    assert_eq!(env.task_json("stuck")["needs_review"], reason.as_str());
     let run = env.run_with(&["run", "--once"], &[("FAKE_MODE", "stall")]);
     assert_eq!(run.code(), 4, "paused: nothing started\n{}", run.explain());
-    assert_eq!(sessions(&env).len(), 3);
+    assert_eq!(env.sessions().len(), 3);
     let text = env.run(&["status"]).expect(0).stdout();
     assert!(
         text.contains("PAUSED") && text.contains("agent resume claude_code"),
@@ -264,7 +248,7 @@ fn the_circuit_breaker_pauses_an_agent_after_sessions_without_progress_until_res
     let resumed = env.run(&["agent", "resume", "claude_code"]).expect(0);
     assert!(resumed.stdout().contains("resumed claude_code"));
     assert!(agent_status(&env, "claude_code")["paused"].is_null());
-    assert!(task_json(&env, "stuck")["needs_review"].is_null());
+    assert!(env.task_json("stuck")["needs_review"].is_null());
 
     // The breaker counts afresh: the same error three times trips it again.
     for _ in 0..3 {
@@ -277,7 +261,7 @@ fn the_circuit_breaker_pauses_an_agent_after_sessions_without_progress_until_res
         "circuit breaker: 3 sessions in a row ended with the same error: exit status 3: fake agent: boom",
         "{a}"
     );
-    assert_eq!(sessions(&env).len(), 6);
+    assert_eq!(env.sessions().len(), 6);
 }
 
 /// An API-call budget refuses new sessions once today's calls reach the wrap threshold
@@ -306,7 +290,7 @@ api_calls_per_day = 10
         )
     };
     at("2026-01-01T23:50:00Z").expect(0);
-    assert_eq!(sessions(&env).len(), 1);
+    assert_eq!(env.sessions().len(), 1);
 
     // 9 of 10 calls today: 90%, past the wrap threshold.
     let run = at("2026-01-01T23:59:00Z");
@@ -334,10 +318,10 @@ api_calls_per_day = 10
 
     // A new UTC day: the count starts again.
     at("2026-01-02T00:00:30Z").expect(0);
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 2);
     assert_eq!(s[1]["started_at"], "2026-01-02T00:00:30Z");
-    assert_eq!(task_json(&env, "batch")["done"], 2);
+    assert_eq!(env.task_json("batch")["done"], 2);
 }
 
 fn hook(env: &Env, fixture_name: &str, transcript: Option<&str>, envs: &[(&str, &str)]) -> String {
@@ -549,10 +533,10 @@ fn assign_makes_ingest_tasks_retries_failures_and_keeps_templated_queues_full() 
         .unwrap_or_else(|| panic!("{done}"))
         .clone();
     let id = ingest["task_id"].as_str().unwrap().to_string();
-    assert_eq!(task_json(&env, &id)["kind"], "ingest");
+    assert_eq!(env.task_json(&id)["kind"], "ingest");
     // droid has no command: the loop still runs its built-in tasks.
     env.run(&["run", "--once", "--agent", "droid"]).expect(0);
-    assert_eq!(task_json(&env, &id)["status"], "completed");
+    assert_eq!(env.task_json(&id)["status"], "completed");
     assert_eq!(env.count("SELECT COUNT(*) FROM pairs"), 1);
     assert_eq!(env.files_in("inbox/droid/processed"), ["batch_1.json"]);
 
@@ -562,7 +546,7 @@ fn assign_makes_ingest_tasks_retries_failures_and_keeps_templated_queues_full() 
         .expect(0);
     let done = env.run(&["assign", "--json"]).expect(0).json();
     assert_eq!(done[0]["action"], "retry", "{done}");
-    let t = task_json(&env, "flaky");
+    let t = env.task_json("flaky");
     assert_eq!(
         (t["status"].as_str(), t["priority"].as_i64()),
         (Some("pending"), Some(4))
@@ -571,8 +555,8 @@ fn assign_makes_ingest_tasks_retries_failures_and_keeps_templated_queues_full() 
         .expect(0);
     let done = env.run(&["assign", "--json"]).expect(0).json();
     assert_eq!(done[0]["action"], "retry_limit", "{done}");
-    assert_eq!(task_json(&env, "flaky")["status"], "failed");
-    assert!(task_json(&env, "flaky")["needs_review"].is_string());
+    assert_eq!(env.task_json("flaky")["status"], "failed");
+    assert!(env.task_json("flaky")["needs_review"].is_string());
 
     env.write(
         "plan.toml",
@@ -592,7 +576,7 @@ fn assign_makes_ingest_tasks_retries_failures_and_keeps_templated_queues_full() 
         .collect();
     assert_eq!(made, ["zai_quality_batch_7", "zai_quality_batch_8"]);
     assert_eq!(
-        task_json(&env, "zai_quality_batch_8")["description"],
+        env.task_json("zai_quality_batch_8")["description"],
         "Quality batch 8"
     );
     let zai = agent_status(&env, "zai");
@@ -636,12 +620,12 @@ fn a_backfill_task_runs_inside_the_loop() {
         "{}",
         add.explain()
     );
-    let t = task_json(&env, "backfill_sessions_1_2");
+    let t = env.task_json("backfill_sessions_1_2");
     assert_eq!(t["kind"], "backfill");
     assert_eq!(t["params"]["sessions"], "1-2");
     // claude_code has no command here: the loop runs the built-in task only.
     let run = env.run(&["run", "--once"]).expect(0);
-    let t = task_json(&env, "backfill_sessions_1_2");
+    let t = env.task_json("backfill_sessions_1_2");
     assert_eq!(t["status"], "completed", "{}", run.explain());
     assert_eq!(env.count("SELECT COUNT(*) FROM pairs"), 3);
     assert_eq!(
@@ -720,7 +704,7 @@ fn the_loop_waits_without_spinning_integrates_drops_and_stops_cleanly_on_sigterm
         || run.explain(),
     );
     run.stop();
-    let all = sessions(&env);
+    let all = env.sessions();
     assert_eq!(all.len(), 1, "{}", run.explain());
     let s = &all[0];
     assert_eq!(s["status"], "wrapped", "{}", run.explain());

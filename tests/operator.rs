@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Env;
+use common::{Env, git};
 use serde_json::Value;
 
 fn show(env: &Env, id: &str) -> Value {
@@ -642,24 +642,6 @@ fn the_loop_gives_a_standing_duty_one_session_per_period() {
         env.count("SELECT COUNT(*) FROM loop_runs WHERE kind = 'duty'"),
         2
     );
-}
-
-/// A git command in `dir` with no global or system configuration.
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 const NESTED_RSI: &str = r#"{"indicator": "RSI", "category": "momentum", "qa_pairs": [

@@ -3,28 +3,8 @@
 
 mod common;
 
-use common::Env;
+use common::{Env, git};
 use std::path::Path;
-use std::process::Command;
-
-/// A git command in `dir` with no global or system configuration, so the identity
-/// fallback is exercised the way a fresh machine would.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn integrity(path: &Path) -> String {
     let db =

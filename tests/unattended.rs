@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Env, KillLeftovers, Sampler, session_processes, wait_until};
+use common::{Env, KillLeftovers, Sampler, git, session_processes, wait_until};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,22 +41,6 @@ fn root_with(agents: &str) -> (Env, KillLeftovers) {
     (env, guard)
 }
 
-fn sessions(env: &Env) -> Vec<Value> {
-    let mut list = env
-        .run(&["session", "list", "--json"])
-        .expect(0)
-        .json()
-        .as_array()
-        .unwrap()
-        .clone();
-    list.reverse(); // oldest first
-    list
-}
-
-fn task_json(env: &Env, id: &str) -> Value {
-    env.run(&["task", "show", id, "--json"]).expect(0).json()
-}
-
 fn add_tasks(env: &Env, agent: &str, ids: &[&str], total: u64) {
     for id in ids {
         env.run(&[
@@ -70,21 +54,6 @@ fn add_tasks(env: &Env, agent: &str, ids: &[&str], total: u64) {
         ])
         .expect(0);
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Nothing staged, and no handoff or task report left untracked.
@@ -141,11 +110,11 @@ slots = 2
     let run = run.expect(0);
     assert_eq!(most.get("claude_code"), Some(&1), "{most:?}");
     assert_eq!(most.get("droid"), Some(&2), "{most:?}");
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 7);
     for id in ["cc_1", "cc_2", "cc_3", "dr_1", "dr_2", "dr_3", "dr_4"] {
         assert_eq!(
-            task_json(&env, id)["status"],
+            env.task_json(id)["status"],
             "completed",
             "{id}\n{}\n{}",
             run.explain(),
@@ -196,7 +165,7 @@ slots = 2
     }
     add_tasks(&env, "droid", &["a", "b", "c", "d", "e", "f"], 1);
     env.run(&["run", "--max-sessions", "6"]).expect(0);
-    let s = sessions(&env);
+    let s = env.sessions();
     let on: Vec<&str> = s.iter().map(|x| x["task_id"].as_str().unwrap()).collect();
     let mut sorted = on.clone();
     sorted.sort();
@@ -230,7 +199,7 @@ fn concurrent_wraps_in_a_git_root_all_commit_and_leave_nothing_staged() {
         add_tasks(&env, a, &[&format!("{a}_x"), &format!("{a}_y")], 1);
     }
     env.run(&["run", "--max-sessions", "6"]).expect(0);
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 6);
     for x in &s {
         let steps = x["wrap_steps"].as_array().unwrap();
@@ -287,7 +256,7 @@ transcript = "{{root}}/transcripts/{{session}}.jsonl"
     second.stop();
     let most = sampler.finish();
     assert_eq!(most.get("claude_code"), Some(&1), "{most:?}");
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 1);
     assert_eq!(s[0]["status"], "wrapped");
     assert_eq!(s[0]["next_action"], "fake agent: continue after unit 1");
@@ -317,7 +286,7 @@ command = ["env", "IGNORE_TERM=1", "sh", "{ignorer}"]
     let (status, _) = second.wait_exit(common::PATIENCE);
     assert_eq!(status.code(), Some(0), "{}", second.explain());
     assert!(session_processes(env.root()).is_empty());
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 1, "{}", second.explain());
     assert_eq!(s[0]["status"], "wrapped");
     let stopped: String = env
@@ -354,7 +323,7 @@ command = ["sh", "{spawner}"]
         run.explain()
     );
     assert_eq!(most.get("claude_code"), Some(&1), "{most:?}");
-    assert_eq!(sessions(&env).len(), 2);
+    assert_eq!(env.sessions().len(), 2);
     // Its two children (usually both still there when it exits).
     assert!(
         run.stderr().contains("process(es) behind"),
@@ -383,7 +352,7 @@ transcript = "{{root}}/transcripts"
     std::fs::create_dir_all(env.path("transcripts")).unwrap();
     add_tasks(&env, "claude_code", &["t"], 2);
     let run = env.run(&["run", "--max-sessions", "2"]).expect(0);
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 2, "{}", run.explain());
     let second = s[1]["id"].as_str().unwrap();
     assert!(
@@ -392,7 +361,7 @@ transcript = "{{root}}/transcripts"
         run.explain()
     );
     assert_eq!(s[1]["tokens_used"], 20000, "{}", run.explain());
-    assert_eq!(task_json(&env, "t")["status"], "completed");
+    assert_eq!(env.task_json("t")["status"], "completed");
 }
 
 /// Observation 6, the other way: with `{uuid}` in the transcript's name, two sessions
@@ -415,7 +384,7 @@ slots = 2
     add_tasks(&env, "claude_code", &["later"], 2);
     env.run(&["task", "progress", "later", "1/2"]).expect(0);
     let run = env.run(&["run", "--max-sessions", "2"]).expect(0);
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 2, "{}", run.explain());
     let by_task = |t: &str| s.iter().find(|x| x["task_id"] == t).unwrap().clone();
     let (first, later) = (by_task("first"), by_task("later"));
@@ -452,7 +421,7 @@ fn the_agent_and_the_hooks_find_perpetual_and_its_root() {
         )
         .expect(0);
     assert_eq!(
-        task_json(&env, "t")["status"],
+        env.task_json("t")["status"],
         "completed",
         "{}",
         run.explain()
@@ -553,7 +522,7 @@ command = ["sh", "-c", "exit 0"]
     env.run(&["task", "import", "plan.toml"]).expect(0);
     let run = env.run(&["run", "--max-sessions", "2"]);
     assert_eq!(run.code(), 0, "{}", run.explain());
-    assert_eq!(sessions(&env).len(), 2);
+    assert_eq!(env.sessions().len(), 2);
 }
 
 /// Observation 9: `wall_minutes_per_session = 1` read 0% for 60 s, then 100%: the wrap
@@ -613,7 +582,7 @@ fn a_task_without_an_estimate_keeps_full_speed_however_many_sessions_it_took() {
         ])
         .expect(0);
     }
-    let t = task_json(&env, "t");
+    let t = env.task_json("t");
     assert_eq!(t["status"], "completed");
     assert_eq!(t["grade"]["speed"], 1.0, "{t}");
     assert_eq!(t["grade"]["letter"], "A", "{t}");
@@ -738,7 +707,7 @@ fn stopping_the_loop_says_why_in_the_wrap_request_and_asks_once() {
     add_tasks(&env, "claude_code", &["t"], 3);
     let mut run = env.spawn(&["run"]);
     run.wait_for_log("started session_");
-    let id = sessions(&env)[0]["id"].as_str().unwrap().to_string();
+    let id = env.sessions()[0]["id"].as_str().unwrap().to_string();
     run.stop();
     let text = std::fs::read_to_string(env.path(&format!("fake/wrap_request_{id}.txt")))
         .unwrap_or_else(|e| panic!("{e}\n{}", run.explain()));
@@ -858,7 +827,7 @@ fn prompts_and_logs_of_old_sessions_are_pruned() {
     env.write("perpetual.toml", toml);
     add_tasks(&env, "claude_code", &["t"], 5);
     env.run(&["run", "--max-sessions", "5"]).expect(0);
-    assert_eq!(sessions(&env).len(), 5);
+    assert_eq!(env.sessions().len(), 5);
     assert_eq!(env.files_in(".perpetual/prompts").len(), 2);
     assert_eq!(env.files_in(".perpetual/logs").len(), 2);
 }
@@ -879,7 +848,7 @@ fn below_the_free_disk_floor_no_session_starts_and_status_says_why() {
     let run = env.run(&["run", "--once"]);
     assert_eq!(run.code(), 4, "{}", run.explain());
     assert!(run.stderr().contains("free"), "{}", run.explain());
-    assert_eq!(sessions(&env).len(), 0);
+    assert_eq!(env.sessions().len(), 0);
     let status = env.run(&["status"]).expect(0).stdout();
     assert!(status.contains("DISK LOW"), "{status}");
 }
@@ -1143,7 +1112,7 @@ transcript = "{{root}}/transcripts/{{session}}.jsonl"
         .unwrap();
     }
     let run = env.run(&["run", "--max-sessions", "0"]).expect(0);
-    let s = &sessions(&env)[0];
+    let s = &env.sessions()[0];
     let handoff = s["handoff_path"]
         .as_str()
         .unwrap_or_else(|| panic!("{s}\n{}", run.explain()));
@@ -1216,7 +1185,7 @@ fn a_git_commit_under_way_in_a_sessions_own_wrap_outlives_the_sessions_sigkill()
     git(env.root(), &["config", "user.name", "t"]);
     add_tasks(&env, "claude_code", &["job"], 2);
     let run = env.run(&["run", "--max-sessions", "1"]).expect(0);
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 1, "{}", run.explain());
     // The loop had to end the session while its own wrap ran (grace 2 s, term 1 s).
     let log = run.stderr();
@@ -1332,7 +1301,7 @@ fn the_agents_perpetual_is_the_running_binary_whatever_its_name() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        task_json(&env, "t")["status"],
+        env.task_json("t")["status"],
         "completed",
         "{}",
         String::from_utf8_lossy(&out.stderr)
@@ -1398,7 +1367,7 @@ fn a_failed_wrap_commit_leaves_nothing_staged_and_the_next_wrap_commits_its_outp
 
     std::fs::write(&refuse, "").unwrap();
     env.run(&["run", "--max-sessions", "1"]);
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 1);
     let commit = s[0]["wrap_steps"]
         .as_array()
@@ -1435,7 +1404,7 @@ fn a_failed_wrap_commit_leaves_nothing_staged_and_the_next_wrap_commits_its_outp
 
     std::fs::remove_file(&refuse).unwrap();
     env.run(&["run", "--max-sessions", "1"]).expect(0);
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 2);
     let commit = s[1]["wrap_steps"]
         .as_array()
@@ -1499,7 +1468,7 @@ fn a_loop_stopped_with_two_sigterms_leaves_a_live_session_the_next_loop_adopts()
     let most = sampler.finish();
     assert_eq!(most.get("claude_code"), Some(&1), "{most:?}");
     assert!(session_processes(env.root()).is_empty());
-    let s = sessions(&env);
+    let s = env.sessions();
     assert_eq!(s.len(), 1);
     assert_eq!(s[0]["status"], "wrapped");
     // The operator hears that it had to be SIGKILLed.
@@ -1732,7 +1701,7 @@ command = ["env", "WORK_SECS=2", "sh", "{well}"]
         libc::kill(pid, libc::SIGKILL);
     }
     assert_eq!(run.code(), 0, "{}", run.explain());
-    assert_eq!(task_json(&env, "w")["status"], "completed");
+    assert_eq!(env.task_json("w")["status"], "completed");
     assert!(
         alive,
         "the notify command's child was killed\n{}",
@@ -1751,7 +1720,7 @@ fn the_notify_command_hears_about_a_task_that_needs_review() {
     let log = notify_to_file(&env);
     add_tasks(&env, "claude_code", &["t"], 5);
     let run = env.run(&["run", "--max-sessions", "1"]).expect(0);
-    let flagged = task_json(&env, "t");
+    let flagged = env.task_json("t");
     assert!(
         flagged["needs_review"].is_string(),
         "{flagged}\n{}",
@@ -1855,7 +1824,8 @@ slots = 1
     let run = env
         .run_within(Duration::from_secs(60), &["run", "--max-sessions", "1"])
         .expect(0);
-    let (s, mine): (Vec<Value>, Vec<Value>) = sessions(&env)
+    let (s, mine): (Vec<Value>, Vec<Value>) = env
+        .sessions()
         .into_iter()
         .partition(|x| x["agent"] == "claude_code");
     assert_eq!(mine.len(), 1);
@@ -1871,7 +1841,7 @@ slots = 1
     assert_eq!(s[0]["status"], "wrapped", "{}", run.explain());
     assert_eq!(s[1]["status"], "wrapped", "{}", run.explain());
     assert_eq!(s[1]["task_id"], "t");
-    assert_eq!(task_json(&env, "t")["done"], 1, "{}", run.explain());
+    assert_eq!(env.task_json("t")["done"], 1, "{}", run.explain());
     assert!(
         run.stderr().contains("its command never started"),
         "{}",

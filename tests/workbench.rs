@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Env;
+use common::{Env, git};
 use serde_json::{Value, json};
 
 /// A drop with one pair for each quality flag, and two clean ones.
@@ -723,25 +723,6 @@ fn coverage_reports_gaps_against_the_plan_and_a_gap_template_turns_them_into_tas
         text.contains("Research ATR, OBV, MACD: 100 pairs each"),
         "{show:#}"
     );
-}
-
-/// A git command in `dir`, without the machine's configuration (no identity: perpetual's
-/// fallback commits).
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -14,6 +14,25 @@ use std::time::{Duration, Instant};
 /// the machine may be busy. Reaching it is a failure, not a measurement.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A git command in `dir` with no global or system configuration (a fresh machine's
+/// git, whatever this one's configuration); fails the test when git fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A temporary root and the binary to drive.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -186,6 +205,24 @@ impl Env {
 
     pub fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    /// `task show ID --json`.
+    pub fn task_json(&self, id: &str) -> serde_json::Value {
+        self.run(&["task", "show", id, "--json"]).expect(0).json()
+    }
+
+    /// `session list --json`, oldest first.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        let mut list = self
+            .run(&["session", "list", "--json"])
+            .expect(0)
+            .json()
+            .as_array()
+            .expect("session list --json is an array")
+            .clone();
+        list.reverse();
+        list
     }
 
     /// Like [`Env::count`], but `None` while the database is missing or busy, for
