@@ -39,43 +39,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `cargo bench --bench e2e -- [OPTIONS]`.
+#[derive(clap::Parser)]
 struct Options {
+    /// Corpus sizes in pairs, comma-separated.
+    #[arg(long = "pairs", value_delimiter = ',', default_values_t = [20_000, 200_000])]
     sizes: Vec<usize>,
+    /// Runs of the three stages per corpus (the medians are reported).
+    #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Runs of `ingest` on an empty inbox and on one small file.
+    #[arg(long, default_value_t = 20)]
     small_runs: usize,
+    /// Pairs in each generated file.
+    #[arg(long, default_value_t = 100)]
     pairs_per_file: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        sizes: vec![20_000, 200_000],
-        runs: 5,
-        small_runs: 20,
-        pairs_per_file: 100,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = || -> &str {
-            args.get(i + 1)
-                .unwrap_or_else(|| panic!("{} needs a value", args[i]))
-        };
-        let number =
-            |v: &str| -> usize { v.parse().unwrap_or_else(|_| panic!("not a number: {v}")) };
-        match args[i].as_str() {
-            "--pairs" => o.sizes = value().split(',').map(number).collect(),
-            "--runs" => o.runs = number(value()),
-            "--small-runs" => o.small_runs = number(value()),
-            "--pairs-per-file" => o.pairs_per_file = number(value()),
-            // `cargo bench` passes --bench; anything else is a filter we do not use.
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
-    }
-    o
+    clap::Parser::parse()
 }
 
 fn binary() -> &'static str {

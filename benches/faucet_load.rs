@@ -24,45 +24,31 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// `cargo bench --bench faucet_load -- [OPTIONS]`.
+#[derive(clap::Parser)]
 struct Options {
+    /// Rounds of the burst with clients reading.
+    #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Files in each burst.
+    #[arg(long, default_value_t = 2000)]
     files: usize,
+    /// Pairs in each file of a burst.
+    #[arg(long, default_value_t = 50)]
     pairs: usize,
+    /// Pairs stored before the first round.
+    #[arg(long, default_value_t = 50_000)]
     base: usize,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 50)]
     clients: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        rounds: 2,
-        files: 2000,
-        pairs: 50,
-        base: 50_000,
-        clients: 50,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = || -> usize {
-            args.get(i + 1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{} needs a number", args[i]))
-        };
-        match args[i].as_str() {
-            "--rounds" => o.rounds = value(),
-            "--files" => o.files = value(),
-            "--pairs" => o.pairs = value(),
-            "--base" => o.base = value(),
-            "--clients" => o.clients = value(),
-            // `cargo bench` passes --bench.
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
-    }
-    o
+    clap::Parser::parse()
 }
 
 fn perpetual(root: &Path) -> Command {

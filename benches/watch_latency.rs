@@ -26,42 +26,28 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// `cargo bench --bench watch_latency -- [OPTIONS]`.
+#[derive(clap::Parser)]
 struct Options {
+    /// Single drops timed one at a time.
+    #[arg(long, default_value_t = 300)]
     drops: usize,
+    /// Files in the burst.
+    #[arg(long, default_value_t = 1000)]
     burst: usize,
+    /// Pairs in each file of the burst.
+    #[arg(long, default_value_t = 20)]
     burst_pairs: usize,
+    /// Runs of the burst, alternating the watcher and the one-shot ingest.
+    #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
 fn options() -> Options {
-    let mut o = Options {
-        drops: 300,
-        burst: 1000,
-        burst_pairs: 20,
-        runs: 5,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = || -> usize {
-            args.get(i + 1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{} needs a number", args[i]))
-        };
-        match args[i].as_str() {
-            "--drops" => o.drops = value(),
-            "--burst" => o.burst = value(),
-            "--burst-pairs" => o.burst_pairs = value(),
-            "--runs" => o.runs = value(),
-            // `cargo bench` passes --bench; anything else is a filter we do not use.
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
-    }
-    o
+    clap::Parser::parse()
 }
 
 /// The watcher, and its stderr lines as they come.
