@@ -27,22 +27,22 @@ fn cpu_ms() -> f64 {
     t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
 }
 
+/// `cargo run --release --example prepare -- [OPTIONS]`.
+#[derive(clap::Parser)]
+struct Args {
+    /// Pairs in the corpus (files of 100).
+    #[arg(long, default_value_t = 20_000)]
+    pairs: usize,
+    /// Runs of each stage.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// One stage only: bare, serde, prepare, or steps (each step of the prepare stage).
+    #[arg(long)]
+    only: Option<String>,
+}
+
 fn main() {
-    let mut pairs: usize = 20_000;
-    let mut runs = 5;
-    let mut only: Option<String> = None;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--pairs" => pairs = value.parse().expect("--pairs N"),
-            "--runs" => runs = value.parse().expect("--runs N"),
-            "--only" => only = Some(value),
-            other => panic!("unknown option {other}"),
-        }
-        i += 2;
-    }
+    let Args { pairs, runs, only } = clap::Parser::parse();
     let files = generate::generate(&GenConfig {
         seed: 14,
         files: pairs.div_ceil(100),

@@ -46,60 +46,60 @@ const GRACE_SECS: u64 = 3;
 const BACKUPS_KEPT: u64 = 5;
 const LOGS_KEPT: u64 = 40;
 
+/// `cargo run --example soak -- [OPTIONS]`.
+#[derive(clap::Parser)]
 struct Args {
+    /// How long the loop runs.
+    #[arg(long, default_value_t = 180, conflicts_with = "minutes")]
     seconds: u64,
-    bin: PathBuf,
+    /// The same in minutes.
+    #[arg(long)]
+    minutes: Option<u64>,
+    /// The `perpetual` binary (default: the one beside this example's folder).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// The root to run in (default: a temporary folder).
+    #[arg(long)]
     dir: Option<PathBuf>,
-    kill_min: u64,
-    kill_max: u64,
-    seed: u64,
+    /// Seconds between two kills of the loop, drawn at random: MIN-MAX.
+    #[arg(long, default_value = "20-50", value_parser = seconds_range)]
+    kill_every: (u64, u64),
+    /// Seed of the random draws (default: random).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep the root afterwards.
+    #[arg(long)]
     keep: bool,
 }
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: soak [--seconds N] [--bin PATH] [--dir DIR] [--kill-every MIN-MAX] [--seed N] [--keep]"
+fn seconds_range(v: &str) -> Result<(u64, u64), String> {
+    let (lo, hi) = v.split_once('-').ok_or("expected MIN-MAX, e.g. 20-50")?;
+    let (lo, hi): (u64, u64) = (
+        lo.parse().map_err(|e| format!("{lo}: {e}"))?,
+        hi.parse().map_err(|e| format!("{hi}: {e}"))?,
     );
-    std::process::exit(2)
+    if lo > hi {
+        return Err(format!("{lo} is more than {hi}"));
+    }
+    Ok((lo, hi))
 }
 
 fn args() -> Args {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/examples/soak -> target/<profile>/perpetual
-    let default_bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("perpetual"))
-        .unwrap_or_else(|| PathBuf::from("perpetual"));
-    let mut a = Args {
-        seconds: 180,
-        bin: default_bin,
-        dir: None,
-        kill_min: 20,
-        kill_max: 50,
-        seed: fastrand::u64(..),
-        keep: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| usage());
-        match arg.as_str() {
-            "--seconds" => a.seconds = value().parse().unwrap_or_else(|_| usage()),
-            "--minutes" => a.seconds = 60 * value().parse::<u64>().unwrap_or_else(|_| usage()),
-            "--bin" => a.bin = PathBuf::from(value()),
-            "--dir" => a.dir = Some(PathBuf::from(value())),
-            "--kill-every" => {
-                let v = value();
-                let (lo, hi) = v.split_once('-').unwrap_or_else(|| usage());
-                a.kill_min = lo.parse().unwrap_or_else(|_| usage());
-                a.kill_max = hi.parse().unwrap_or_else(|_| usage());
-            }
-            "--seed" => a.seed = value().parse().unwrap_or_else(|_| usage()),
-            "--keep" => a.keep = true,
-            _ => usage(),
-        }
+    let mut a: Args = clap::Parser::parse();
+    if let Some(m) = a.minutes {
+        a.seconds = 60 * m;
     }
     a
+}
+
+/// The `perpetual` binary beside this example's folder: target/<profile>/examples/soak
+/// -> target/<profile>/perpetual.
+fn default_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("perpetual"))
+        .unwrap_or_else(|| PathBuf::from("perpetual"))
 }
 
 fn agents_dir() -> PathBuf {
@@ -413,12 +413,14 @@ fn median(v: &mut [u64]) -> Option<u64> {
 }
 
 fn main() -> ExitCode {
-    let a = args();
-    fastrand::seed(a.seed);
-    if !a.bin.is_file() {
+    let mut a = args();
+    let seed = *a.seed.get_or_insert_with(|| fastrand::u64(..));
+    fastrand::seed(seed);
+    let bin = a.bin.take().unwrap_or_else(default_bin);
+    if !bin.is_file() {
         eprintln!(
             "soak: no perpetual binary at {} (cargo build first, or --bin PATH)",
-            a.bin.display()
+            bin.display()
         );
         return ExitCode::from(2);
     }
@@ -427,7 +429,7 @@ fn main() -> ExitCode {
         .tempdir()
         .unwrap();
     let root = a.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    setup(&root, &a.bin);
+    setup(&root, &bin);
     let root = root.canonicalize().unwrap();
     let log = root.join("loop.log");
     // Orphans of a killed loop become this process's children, where they can be seen
@@ -439,10 +441,10 @@ fn main() -> ExitCode {
         "soak: {} s in {} (seed {}, bin {}), loop killed every {}-{} s",
         a.seconds,
         root.display(),
-        a.seed,
-        a.bin.display(),
-        a.kill_min,
-        a.kill_max
+        seed,
+        bin.display(),
+        a.kill_every.0,
+        a.kill_every.1
     );
     let slots: HashMap<&str, u64> = agents().iter().map(|(n, _, _, s)| (*n, *s)).collect();
     let mut sampler = Sampler {
@@ -453,10 +455,10 @@ fn main() -> ExitCode {
 
     let started = Instant::now();
     let end = started + Duration::from_secs(a.seconds);
-    let mut child = start_loop(&a.bin, &root, &log);
+    let mut child = start_loop(&bin, &root, &log);
     let mut loop_up_since = Instant::now();
     let mut next_kill =
-        Instant::now() + Duration::from_secs(fastrand::u64(a.kill_min..=a.kill_max));
+        Instant::now() + Duration::from_secs(fastrand::u64(a.kill_every.0..=a.kill_every.1));
     let mut restart_checks: Vec<Instant> = Vec::new();
     let mut most: BTreeMap<String, usize> = BTreeMap::new();
     // The most live processes (not sessions) one agent had at once, and one session.
@@ -508,11 +510,11 @@ fn main() -> ExitCode {
                 loop_cpu_ticks += t;
             }
             std::thread::sleep(Duration::from_millis(fastrand::u64(0..2000)));
-            child = start_loop(&a.bin, &root, &log);
+            child = start_loop(&bin, &root, &log);
             loop_up_since = Instant::now();
             restart_checks.push(loop_up_since + threshold + Duration::from_millis(500));
-            next_kill =
-                Instant::now() + Duration::from_secs(fastrand::u64(a.kill_min..=a.kill_max));
+            next_kill = Instant::now()
+                + Duration::from_secs(fastrand::u64(a.kill_every.0..=a.kill_every.1));
         }
         if let Some(status) = child.try_wait().unwrap() {
             loop_exits.push(format!("{status}"));
@@ -521,7 +523,7 @@ fn main() -> ExitCode {
                 started.elapsed().as_secs_f64(),
                 log.display()
             ));
-            child = start_loop(&a.bin, &root, &log);
+            child = start_loop(&bin, &root, &log);
             loop_up_since = Instant::now();
         }
         reap(child.id() as i32);
@@ -798,7 +800,7 @@ fn main() -> ExitCode {
     println!();
     println!(
         "soak figures ({} s, {} samples every 100 ms, seed {})",
-        a.seconds, samples, a.seed
+        a.seconds, samples, seed
     );
     println!(
         "  sessions                              {sessions} ({not_started} could not start), {tasks_done} tasks completed, {pairs} pairs, {commits} commits"

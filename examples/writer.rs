@@ -218,23 +218,22 @@ fn writer(db: &Path, prepared: Vec<Prepared>) -> u64 {
     report.pairs_new
 }
 
+/// `cargo run --release --example writer -- --corpus DIR [OPTIONS]`.
+#[derive(clap::Parser)]
+struct Args {
+    /// A corpus on disk (see the module docs).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Runs of each variant.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The variants to run, comma-separated (default: all but `parts`).
+    #[arg(long)]
+    only: Option<String>,
+}
+
 fn main() {
-    let mut corpus = None;
-    let mut runs = 3;
-    let mut only: Option<String> = None;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--corpus" => corpus = Some(PathBuf::from(value)),
-            "--runs" => runs = value.parse().expect("--runs N"),
-            "--only" => only = Some(value),
-            other => panic!("unknown option {other}"),
-        }
-        i += 2;
-    }
-    let corpus = corpus.expect("--corpus DIR");
+    let Args { corpus, runs, only } = clap::Parser::parse();
     let dir =
         tempfile::tempdir_in(std::env::var_os("E2E_DIR").unwrap_or_else(|| "/tmp".into())).unwrap();
     let variants = ["bare", "schema", "schema500", "writer", "parts"];
