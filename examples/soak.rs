@@ -26,8 +26,9 @@
 //!   needing none, by descent from the harness (a subreaper itself, so nothing any loop
 //!   started can leave its tree);
 //! - the most processes (not only sessions) per agent and per session at once;
-//! - sessions without a handoff (0), wrap commits failed and files left staged (0),
-//!   sessions started on complete tasks (0), sessions still active after the stop (0);
+//! - sessions without a handoff (0), wrap steps failed (the commit or any other) and files
+//!   left staged (0), sessions started on complete tasks (0), sessions still active after
+//!   the stop (0);
 //! - disk used by `backups/` and `.perpetual/` (bounded by their configured counts);
 //! - the loop's CPU time per idle round at the start and at the end, and its CPU share.
 //!
@@ -707,7 +708,7 @@ fn main() -> ExitCode {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    let mut commits_failed = 0;
+    let (mut commits_failed, mut other_steps_failed) = (0, 0);
     for (id, handoff, steps) in &rows {
         let steps = steps.as_deref().unwrap_or("");
         if steps.contains("archived without running") {
@@ -719,10 +720,15 @@ fn main() -> ExitCode {
         }
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(steps) {
             for st in v.as_array().into_iter().flatten() {
-                if st["step"] == "commit" && st["status"] == "failed" {
-                    commits_failed += 1;
-                    failures.push(format!("{id}: commit failed: {}", st["detail"]));
+                if st["status"] != "failed" {
+                    continue;
                 }
+                if st["step"] == "commit" {
+                    commits_failed += 1;
+                } else {
+                    other_steps_failed += 1;
+                }
+                failures.push(format!("{id}: {} failed: {}", st["step"], st["detail"]));
             }
         }
     }
@@ -832,6 +838,7 @@ fn main() -> ExitCode {
     println!(
         "  wrap commits failed                   {commits_failed} (pending retry at the end: {commit_pending})"
     );
+    println!("  other wrap steps failed               {other_steps_failed}");
     println!("  files left staged / untracked outputs {staged} / {untracked}");
     println!("  sessions started on complete tasks    {on_complete}");
     println!("  sessions active after the stop        {active}");

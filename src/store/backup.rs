@@ -81,13 +81,21 @@ pub fn backup_into(src: &Connection, dir: &Path, stamp: &str, keep: usize) -> Re
 }
 
 /// Deletes the oldest `perpetual_*.db` files in `dir` until at most `keep` remain.
-/// Returns the deleted paths.
+/// Returns the paths this call deleted. Two wraps may rotate at once (agents with slots
+/// wrap together): a backup the other one deleted first is gone, as it should be, not
+/// an error (the 2-hour soak of session 4 saw one wrap's backup step fail on it).
 pub fn rotate(dir: &Path, keep: usize) -> Result<Vec<PathBuf>> {
     let mut backups = list(dir)?;
     let excess = backups.len().saturating_sub(keep);
-    let mut old: Vec<PathBuf> = backups.drain(..excess).collect();
-    for path in &old {
-        std::fs::remove_file(path).with_context(|| format!("cannot delete {}", path.display()))?;
+    let mut old = Vec::new();
+    for path in backups.drain(..excess) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => old.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot delete {}", path.display()));
+            }
+        }
     }
     // Temporary copies whose writer died (killed mid-backup) would pile up otherwise.
     for entry in std::fs::read_dir(dir)?.flatten() {
@@ -120,8 +128,16 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(PREFIX) && name.ends_with(SUFFIX) && entry.file_type()?.is_file() {
-            out.push(entry.path());
+        if !(name.starts_with(PREFIX) && name.ends_with(SUFFIX)) {
+            continue;
+        }
+        // Where the directory does not give the type, it is asked of the file, which
+        // another wrap's rotation may have deleted since: gone is not a backup.
+        match entry.file_type() {
+            Ok(t) if t.is_file() => out.push(entry.path()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
         }
     }
     out.sort();
@@ -165,5 +181,29 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(ok, "ok");
+    }
+
+    #[test]
+    fn two_rotations_at_once_never_fail_on_a_backup_the_other_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        std::thread::scope(|scope| {
+            let rotations: Vec<_> = (0..2)
+                .map(|t| {
+                    scope.spawn(move || {
+                        for i in 0..400 {
+                            let name = format!("{PREFIX}2026{i:05}_{t}{SUFFIX}");
+                            std::fs::write(dir.join(name), b"x").unwrap();
+                            rotate(dir, 2)?;
+                        }
+                        anyhow::Ok(())
+                    })
+                })
+                .collect();
+            for r in rotations {
+                r.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(list(dir).unwrap().len(), 2);
     }
 }
