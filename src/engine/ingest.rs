@@ -1755,14 +1755,17 @@ pub(crate) fn ensure_folder(dir: &Path) -> Result<()> {
 }
 
 /// The thread pool of the parallel stage, shared by every run in the process: one
-/// thread per core but one, because the writer, the bottleneck, needs a core of its
-/// own (measured in BENCHMARKS.md).
+/// thread per core. It was one per core but one while the writer was the slower stage;
+/// since the writer's page cache follows the key index, preparing (reading, blake3,
+/// parsing, keys) is the larger stage, and a second thread on two cores took 12% off
+/// 200,000 pairs end to end, while the writer still gets its core whenever the queue
+/// is full (BENCHMARKS.md, "End to end", fourth sitting).
 pub fn prepare_pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         rayon::ThreadPoolBuilder::new()
-            .num_threads(cores.saturating_sub(1).max(1))
+            .num_threads(cores)
             .thread_name(|i| format!("prepare-{i}"))
             .build()
             .expect("cannot start the prepare threads")
