@@ -490,9 +490,10 @@ pub fn migrate(conn: &Connection) -> Result<()> {
 
 fn run_from(conn: &Connection, current: i64) -> Result<()> {
     // A fresh database takes the whole schema in one transaction: one commit where one
-    // per migration wrote each migration's pages to the WAL again (~15 ms of a fresh
-    // root's first command: BENCHMARKS.md, "End to end"). An existing database takes
-    // one migration per transaction, so that each commits or fails on its own.
+    // per migration wrote the schema's pages to the WAL again and again (a fresh root's
+    // first command wrote 107 WAL frames, now 64: BENCHMARKS.md, "End to end", fourth
+    // sitting). An existing database takes one migration per transaction, so that each
+    // commits or fails on its own.
     let step = if current == 0 { MIGRATIONS.len() } else { 1 };
     let mut done = current as usize;
     while done < MIGRATIONS.len() {
