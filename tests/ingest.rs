@@ -721,3 +721,48 @@ fn generate_answer_chars_writes_answers_of_that_length_and_refuses_a_reversed_ra
         run.explain()
     );
 }
+
+/// Of two files with the same pair, the one listed first is where it is new, however
+/// many threads prepare them: a large first file is still being parsed when a small
+/// second one is ready, and the writer waits for the first.
+#[test]
+fn the_earlier_file_is_the_original_however_the_preparation_finishes() {
+    let env = Env::new();
+    let shared = r#"{"question": "What is the shared pair?", "answer": "The one in both files."}"#;
+    let mut big = String::from("[");
+    for i in 0..20_000 {
+        big.push_str(&format!(
+            r#"{{"question": "Big question {i}?", "answer": "Big answer {i}, long enough to take a while to parse and key."}},"#
+        ));
+    }
+    big.push_str(shared);
+    big.push(']');
+    for round in 0..3 {
+        let (a, b) = (
+            format!("a_big_{round}.json"),
+            format!("b_small_{round}.json"),
+        );
+        // Fresh pairs each round: the big file's questions carry the round.
+        env.drop_file("droid", &a, big.replace("?\"", &format!(" ({round})?\"")));
+        env.drop_file(
+            "droid",
+            &b,
+            format!("[{}]", shared.replace("?\"", &format!(" ({round})?\""))),
+        );
+        let run = env.run(&["ingest", "--json"]).expect(0);
+        assert_eq!(run.json()["pairs_new"], 20_001, "{}", run.explain());
+        let files = env.run(&["files", "--json"]).expect(0).json();
+        let of = |name: &str| {
+            files
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {files}"))
+                .clone()
+        };
+        assert_eq!(of(&a)["pairs_new"], 20_001, "{files}");
+        assert_eq!(of(&b)["pairs_new"], 0, "{files}");
+        assert_eq!(of(&b)["pairs_duplicate"], 1, "{files}");
+    }
+}

@@ -1784,32 +1784,46 @@ pub const QUEUE_FILES: usize = 64;
 pub const QUEUE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The bytes of prepared files waiting for the writer; a prepare thread waits for room.
+/// Files reach the writer in the order they were listed (see [`integrate`]), so the
+/// file the writer needs next always goes through, whatever the others hold: the
+/// queue cannot fill with later files while the next one waits for room.
 #[derive(Default)]
 struct QueueBytes {
-    state: std::sync::Mutex<(u64, bool)>,
+    state: std::sync::Mutex<QueueState>,
     room: std::sync::Condvar,
 }
 
+#[derive(Default)]
+struct QueueState {
+    bytes: u64,
+    closed: bool,
+    /// The place in the list of the file the writer needs next.
+    next: usize,
+}
+
 impl QueueBytes {
-    /// Waits until `n` more bytes fit (or the queue is empty, or closed), then takes them.
-    fn acquire(&self, n: u64) {
+    /// Waits until `n` more bytes fit (or the queue is empty, or closed, or file `seq`
+    /// is the one the writer needs next), then takes them.
+    fn acquire(&self, n: u64, seq: usize) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while !s.1 && s.0 > 0 && s.0 + n > QUEUE_BYTES {
+        while !s.closed && s.bytes > 0 && s.bytes + n > QUEUE_BYTES && seq != s.next {
             s = self.room.wait(s).unwrap_or_else(|e| e.into_inner());
         }
-        s.0 += n;
+        s.bytes += n;
     }
 
-    /// Gives back `n` bytes: the writer took a file off the queue.
-    fn release(&self, n: u64) {
+    /// Gives back `n` bytes: the writer took a file off the queue, and needs file `next`
+    /// now.
+    fn release(&self, n: u64, next: usize) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.0 = s.0.saturating_sub(n);
+        s.bytes = s.bytes.saturating_sub(n);
+        s.next = next;
         self.room.notify_all();
     }
 
     /// The writer stopped: nobody waits for room any more.
     fn close(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
         self.room.notify_all();
     }
 }
@@ -1922,7 +1936,7 @@ pub fn integrate(
     let abort = AtomicBool::new(false);
     let interrupt = writer.interrupt.clone();
     let pool = prepare_pool();
-    let (tx, rx) = mpsc::sync_channel::<Prepared>(QUEUE_FILES);
+    let (tx, rx) = mpsc::sync_channel::<(usize, Prepared)>(QUEUE_FILES);
     let queued = &QueueBytes::default();
     let mut held = Vec::new();
     std::thread::scope(|scope| {
@@ -1932,36 +1946,55 @@ pub fn integrate(
             pool.install(|| {
                 // par_bridge hands files out in order (oldest name, lowest session
                 // first), where splitting the list would start in its middle too.
-                jobs.into_iter().par_bridge().for_each_with(tx, |tx, job| {
-                    if abort.load(Ordering::Relaxed)
-                        || interrupt.is_some_and(|f| f.load(Ordering::Relaxed))
-                    {
-                        return;
-                    }
-                    let prepared = prepare(job, hints, max_file_bytes);
-                    queued.acquire(prepared.size);
-                    let _ = tx.send(prepared);
-                })
+                jobs.into_iter()
+                    .enumerate()
+                    .par_bridge()
+                    .for_each_with(tx, |tx, (seq, job)| {
+                        if abort.load(Ordering::Relaxed)
+                            || interrupt.is_some_and(|f| f.load(Ordering::Relaxed))
+                        {
+                            return;
+                        }
+                        let prepared = prepare(job, hints, max_file_bytes);
+                        queued.acquire(prepared.size, seq);
+                        let _ = tx.send((seq, prepared));
+                    })
             });
         });
         let result = (|| {
+            // Several threads prepare, so files finish out of order; the writer takes
+            // them in the order they were listed, so that of two files with the same
+            // pairs (or bytes) the earlier one is the original whatever the number of
+            // cores. Those that come early wait here, their bytes still counted.
+            let mut early: std::collections::BTreeMap<usize, Prepared> = Default::default();
+            let mut want = 0usize;
             while !writer.interrupted() && !writer.stopped() {
-                let next = match rx.try_recv() {
-                    Ok(p) => p,
-                    Err(mpsc::TryRecvError::Empty) => {
-                        // Nothing ready: make what we have queryable instead of waiting
-                        // for a full batch.
-                        writer
-                            .commit(on_file)
-                            .with_context(|| db_context(writer.conn))?;
-                        match rx.recv() {
-                            Ok(p) => p,
-                            Err(_) => break,
+                let next = if let Some(p) = early.remove(&want) {
+                    p
+                } else {
+                    let (seq, p) = match rx.try_recv() {
+                        Ok(sp) => sp,
+                        Err(mpsc::TryRecvError::Empty) => {
+                            // Nothing ready: make what we have queryable instead of
+                            // waiting for a full batch.
+                            writer
+                                .commit(on_file)
+                                .with_context(|| db_context(writer.conn))?;
+                            match rx.recv() {
+                                Ok(sp) => sp,
+                                Err(_) => break,
+                            }
                         }
+                        Err(mpsc::TryRecvError::Disconnected) => break,
+                    };
+                    if seq != want {
+                        early.insert(seq, p);
+                        continue;
                     }
-                    Err(mpsc::TryRecvError::Disconnected) => break,
+                    p
                 };
-                queued.release(next.size);
+                want += 1;
+                queued.release(next.size, want);
                 if admit(&next) {
                     // A disk-full or I/O error names the database and the file.
                     let source = next.job.source();
@@ -1994,23 +2027,28 @@ mod tests {
     #[test]
     fn the_queue_holds_a_prepare_thread_until_the_writer_makes_room() {
         let q = QueueBytes::default();
-        q.acquire(QUEUE_BYTES); // one file at the limit fits alone
+        q.acquire(QUEUE_BYTES, 1); // one file at the limit fits alone
         let taken = AtomicU64::new(0);
         std::thread::scope(|s| {
             s.spawn(|| {
-                q.acquire(1);
+                q.acquire(1, 2);
                 taken.store(1, Ordering::SeqCst);
             });
             std::thread::sleep(Duration::from_millis(50));
             assert_eq!(taken.load(Ordering::SeqCst), 0, "no room: it waits");
-            q.release(QUEUE_BYTES);
+            q.release(QUEUE_BYTES, 0);
         });
         assert_eq!(taken.load(Ordering::SeqCst), 1, "room made: it went on");
-        q.release(1);
+        q.release(1, 0);
+        // The file the writer needs next never waits for room, whatever later files
+        // hold: they wait for it.
+        q.acquire(QUEUE_BYTES, 5);
+        q.acquire(1, 0);
+        q.release(QUEUE_BYTES + 1, 1);
         // A closed queue (the writer stopped) never holds anyone.
-        q.acquire(QUEUE_BYTES);
+        q.acquire(QUEUE_BYTES, 7);
         q.close();
-        q.acquire(QUEUE_BYTES);
-        q.acquire(QUEUE_BYTES);
+        q.acquire(QUEUE_BYTES, 8);
+        q.acquire(QUEUE_BYTES, 9);
     }
 }
