@@ -46,6 +46,8 @@ const TERM_SECS: u64 = 2;
 const GRACE_SECS: u64 = 3;
 const BACKUPS_KEPT: u64 = 5;
 const LOGS_KEPT: u64 = 40;
+/// How long a wrap's git may run before the soak calls it stuck.
+const GIT_LIMIT: Duration = Duration::from_secs(120);
 
 /// `cargo run --example soak -- [OPTIONS]`.
 #[derive(clap::Parser)]
@@ -217,12 +219,12 @@ fn describe(p: &P) -> String {
     )
 }
 
-/// (root, agent, session) from a process's environment.
-type Env3 = Option<(String, String, String)>;
+/// (root, agent, session, a wrap's git) from a process's environment.
+type Env3 = Option<(String, String, String, bool)>;
 
 fn environ(pid: i32) -> Env3 {
     let bytes = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let (mut r, mut a, mut s) = (None, None, None);
+    let (mut r, mut a, mut s, mut git) = (None, None, None, false);
     for var in bytes.split(|&b| b == 0) {
         let var = String::from_utf8_lossy(var);
         if let Some(v) = var.strip_prefix("PERPETUAL_ROOT=") {
@@ -231,16 +233,22 @@ fn environ(pid: i32) -> Env3 {
             a = Some(v.to_string());
         } else if let Some(v) = var.strip_prefix("PERPETUAL_SESSION=") {
             s = Some(v.to_string());
+        } else if var.starts_with("PERPETUAL_LOOP_CHILD=") {
+            git = true;
         }
     }
-    Some((r?, a?, s?))
+    Some((r?, a?, s?, git))
 }
 
-/// A session's process: (agent, session, the process).
+/// A session's process: (agent, session, the process), or the git of a wrap that the
+/// session ran (`PERPETUAL_LOOP_CHILD`): perpetual's own commit, in a process group of
+/// its own, which the loop leaves to finish after the session ends (`run::procs`), so
+/// it holds no slot and is no orphan; it is watched apart, and must end.
 struct SessionProc {
     agent: String,
     session: String,
     p: P,
+    wrap_git: bool,
 }
 
 struct Sampler {
@@ -277,10 +285,15 @@ impl Sampler {
                 entry.0 = environ(pid);
             }
             let env = entry.0.clone();
-            if let Some((r, agent, session)) = env
+            if let Some((r, agent, session, wrap_git)) = env
                 && r == self.root
             {
-                out.push(SessionProc { agent, session, p });
+                out.push(SessionProc {
+                    agent,
+                    session,
+                    p,
+                    wrap_git,
+                });
             }
         }
         self.env_cache.retain(|k, _| seen.contains(k));
@@ -478,11 +491,18 @@ fn main() -> ExitCode {
     let mut last_cpu: Option<(i32, u64)> = None;
     let mut next_disk = Instant::now();
     let mut failures: Vec<String> = Vec::new();
+    let (mut gits_most, mut git_longest) = (0usize, Duration::ZERO);
+    let mut git_seen: HashMap<(i32, u64), Instant> = HashMap::new();
+    let mut git_reported: HashSet<(i32, u64)> = HashSet::new();
+    // No chaos in the last moments: the final stop must meet a loop that has had time
+    // to adopt what the last one left (a kill at the very end left its sessions to a
+    // loop that was still starting when the final SIGTERM came).
+    let quiet_end = end - Duration::from_secs(GRACE_SECS + TERM_SECS + 10);
 
     while Instant::now() < end {
         let tick = Instant::now();
         // Chaos: kill the loop, start it again.
-        if tick >= next_kill {
+        if tick >= next_kill && tick < quiet_end {
             kills += 1;
             let pid = child.id() as i32;
             let how = if fastrand::bool() {
@@ -529,9 +549,28 @@ fn main() -> ExitCode {
         }
         reap(child.id() as i32);
 
-        let procs = sampler.sample();
+        let (gits, procs): (Vec<SessionProc>, Vec<SessionProc>) =
+            sampler.sample().into_iter().partition(|sp| sp.wrap_git);
         samples += 1;
         let now = Instant::now();
+        // Wraps' gits: how many at once, and none may run for long.
+        gits_most = gits_most.max(gits.len());
+        let mut gits_alive = HashSet::new();
+        for g in &gits {
+            let first = *git_seen.entry((g.p.pid, g.p.start)).or_insert(now);
+            gits_alive.insert((g.p.pid, g.p.start));
+            let age = now.duration_since(first);
+            git_longest = git_longest.max(age);
+            if age > GIT_LIMIT && git_reported.insert((g.p.pid, g.p.start)) {
+                failures.push(format!(
+                    "a wrap's git of {} ran for more than {} s: {}",
+                    g.session,
+                    GIT_LIMIT.as_secs(),
+                    describe(&g.p)
+                ));
+            }
+        }
+        git_seen.retain(|k, _| gits_alive.contains(k));
         let mut by_agent: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
         let mut sessions_seen: HashMap<&str, Vec<&P>> = HashMap::new();
         for sp in &procs {
@@ -560,10 +599,21 @@ fn main() -> ExitCode {
             let allowed = slots.get(agent).copied().unwrap_or(1).max(1) as usize;
             if sessions.len() > allowed {
                 failures.push(format!(
-                    "{agent} had {} sessions with live processes at {:.1} s (slots {allowed}): {:?}",
+                    "{agent} had {} sessions with live processes at {:.1} s (slots {allowed}): {}",
                     sessions.len(),
                     started.elapsed().as_secs_f64(),
                     sessions
+                        .iter()
+                        .map(|s| format!(
+                            "{s}: {}",
+                            sessions_seen[s]
+                                .iter()
+                                .map(|p| describe(p))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ));
             }
         }
@@ -839,6 +889,11 @@ fn main() -> ExitCode {
         "  wrap commits failed                   {commits_failed} (pending retry at the end: {commit_pending})"
     );
     println!("  other wrap steps failed               {other_steps_failed}");
+    println!(
+        "  wraps' gits after their session        most {gits_most} at once, longest seen {:.1} s (limit {} s)",
+        git_longest.as_secs_f64(),
+        GIT_LIMIT.as_secs()
+    );
     println!("  files left staged / untracked outputs {staged} / {untracked}");
     println!("  sessions started on complete tasks    {on_complete}");
     println!("  sessions active after the stop        {active}");
