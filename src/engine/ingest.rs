@@ -1758,8 +1758,9 @@ pub(crate) fn ensure_folder(dir: &Path) -> Result<()> {
 /// thread per core. It was one per core but one while the writer was the slower stage;
 /// since the writer's page cache follows the key index, preparing (reading, blake3,
 /// parsing, keys) is the larger stage, and a second thread on two cores took 12% off
-/// 200,000 pairs end to end, while the writer still gets its core whenever the queue
-/// is full (BENCHMARKS.md, "End to end", fourth sitting).
+/// 200,000 pairs end to end on a loaded machine (not compared on a quiet one), while
+/// the writer still gets its core whenever the queue is full (BENCHMARKS.md, "End to
+/// end", fourth sitting). Files still reach the writer in order ([`integrate`]).
 pub fn prepare_pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
