@@ -1754,19 +1754,26 @@ pub(crate) fn ensure_folder(dir: &Path) -> Result<()> {
     }
 }
 
+/// The environment variable that sets the number of prepare threads.
+pub const PREPARE_THREADS_ENV: &str = "PERPETUAL_PREPARE_THREADS";
+
 /// The thread pool of the parallel stage, shared by every run in the process: one
-/// thread per core. It was one per core but one while the writer was the slower stage;
-/// since the writer's page cache follows the key index, preparing (reading, blake3,
-/// parsing, keys) is the larger stage, and a second thread on two cores took 12% off
-/// 200,000 pairs end to end on a loaded machine (not compared on a quiet one), while
-/// the writer still gets its core whenever the queue is full (BENCHMARKS.md, "End to
-/// end", fourth sitting). Files still reach the writer in order ([`integrate`]).
+/// thread per core but one, because the writer and the checkpoint thread need the
+/// rest. `PERPETUAL_PREPARE_THREADS` sets another count. Measured on two cores
+/// (BENCHMARKS.md, "End to end", fourth sitting): a second prepare thread took 12% off
+/// 200,000 pairs on a loaded machine and cost 6 to 7% on a quiet one. Files reach the
+/// writer in order however many threads prepare them ([`integrate`]).
 pub fn prepare_pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = std::env::var(PREPARE_THREADS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(cores.saturating_sub(1).max(1));
         rayon::ThreadPoolBuilder::new()
-            .num_threads(cores)
+            .num_threads(threads)
             .thread_name(|i| format!("prepare-{i}"))
             .build()
             .expect("cannot start the prepare threads")
