@@ -1767,11 +1767,19 @@ pub fn prepare_pool() -> &'static rayon::ThreadPool {
     static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = std::env::var(PREPARE_THREADS_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(cores.saturating_sub(1).max(1));
+        let default = cores.saturating_sub(1).max(1);
+        let threads = match std::env::var(PREPARE_THREADS_ENV) {
+            Err(_) => default,
+            Ok(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    tracing::warn!(
+                        "{PREPARE_THREADS_ENV}={v:?} is not a number of threads (1 or more): using {default}"
+                    );
+                    default
+                }
+            },
+        };
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("prepare-{i}"))
