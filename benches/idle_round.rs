@@ -93,12 +93,8 @@ fn copy_of_root(dir: &std::path::Path) -> (tempfile::TempDir, Root, Config, rusq
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
-    source
-        .execute(
-            "VACUUM INTO ?1",
-            [root.db_path().to_str().expect("a UTF-8 temporary path")],
-        )
-        .unwrap();
+    // The project's own consistent copy (one read snapshot, safe while a loop writes).
+    perpetual::store::backup::backup(&source, &root.db_path()).unwrap();
     let config = Config::load(&copy.path().join("perpetual.toml")).unwrap();
     let conn = perpetual::store::open(&root.db_path()).unwrap();
     for agent in root.agents(&config).unwrap() {
