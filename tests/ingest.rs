@@ -769,3 +769,30 @@ fn the_earlier_file_is_the_original_however_the_preparation_finishes() {
         assert_eq!(of(&b)["pairs_duplicate"], 1, "{files}");
     }
 }
+
+/// The checkpoint thread syncs the database file through SQLite's own descriptor
+/// (`store::sync_database_file`). Had it opened and closed a descriptor of its own,
+/// the close would drop every POSIX lock this process holds on the file: another
+/// process (here `perpetual stats`) would then take itself for the last connection and
+/// checkpoint and delete the WAL under the connections still open.
+#[test]
+fn syncing_the_database_file_leaves_other_processes_seeing_its_connections() {
+    let env = Env::new();
+    env.run(&["init"]).expect(0);
+    let path = env.path("perpetual.db");
+    let held = perpetual::store::open(&path).unwrap();
+    held.execute_batch("CREATE TABLE scratch(x); INSERT INTO scratch VALUES (1);")
+        .unwrap();
+    let syncing = perpetual::store::open(&path).unwrap();
+    perpetual::store::sync_database_file(&syncing).unwrap();
+    env.run(&["stats", "--json"]).expect(0);
+    assert!(
+        env.path("perpetual.db-wal").exists(),
+        "another process deleted the WAL while this one had the database open\n{}",
+        env.listing()
+    );
+    assert!(
+        perpetual::store::sync_database_file(&perpetual::store::open_in_memory().unwrap()).is_err()
+    );
+    drop((held, syncing));
+}

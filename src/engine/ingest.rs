@@ -790,7 +790,21 @@ impl Checkpointer {
                     });
                     match done {
                         Ok((frames, copied)) => {
-                            tracing::debug!(frames, copied, "background checkpoint")
+                            tracing::debug!(frames, copied, "background checkpoint");
+                            // A checkpoint that cannot copy every frame (the writer
+                            // appended meanwhile) leaves the pages it copied dirty in
+                            // the kernel's cache: nothing syncs the database file
+                            // until a checkpoint completes, in practice the close,
+                            // which then waited for a whole run's pages to reach the
+                            // disk (35 ms of a 20,000-pair run). Syncing them here,
+                            // beside the writer, leaves the close only the last
+                            // copy's pages to wait for. An extra sync changes nothing
+                            // about what is durable when.
+                            if copied > 0
+                                && let Err(e) = store::sync_database_file(&conn)
+                            {
+                                tracing::debug!("background sync of the database file: {e}");
+                            }
                         }
                         // Busy (the writer's own checkpoint runs) or failing: the
                         // writer's checkpoints and the close still copy the WAL.

@@ -74,6 +74,44 @@ pub fn open_in_memory() -> Result<Connection> {
     Ok(conn)
 }
 
+/// Syncs the database file (`fdatasync`) through the descriptor `conn`'s SQLite holds,
+/// by calling its VFS's `xSync`, as a checkpoint that completes would. A second
+/// descriptor of the file, opened and closed beside SQLite, would be wrong: closing any
+/// descriptor drops every POSIX lock the process holds on the file, the other
+/// connections' included ("How To Corrupt An SQLite Database File", 2.2).
+pub fn sync_database_file(conn: &Connection) -> Result<()> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `conn.handle()` is a live connection used by this thread only;
+    // SQLITE_FCNTL_FILE_POINTER writes the `sqlite3_file` of "main" into `file`, which
+    // lives as long as the connection keeps the database open, that is past this call.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast(),
+        )
+    };
+    anyhow::ensure!(
+        rc == ffi::SQLITE_OK,
+        "cannot reach the database file (SQLite code {rc})"
+    );
+    // SAFETY: a non-null `sqlite3_file` from SQLite, whose `pMethods` is null for a file
+    // that is not open and otherwise points to its VFS's method table.
+    let sync = unsafe { file.as_ref() }
+        .and_then(|f| unsafe { f.pMethods.as_ref() })
+        .and_then(|m| m.xSync)
+        .context("the database file is not open (in memory?)")?;
+    // SAFETY: the method of this very file, called as SQLite calls it.
+    let rc = unsafe { sync(file, ffi::SQLITE_SYNC_NORMAL | ffi::SQLITE_SYNC_DATAONLY) };
+    anyhow::ensure!(
+        rc == ffi::SQLITE_OK,
+        "cannot sync the database file (SQLite code {rc})"
+    );
+    Ok(())
+}
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
     // journal_mode returns a row, so it cannot go through execute_batch.
