@@ -1168,6 +1168,50 @@ fn a_stale_index_lock_left_by_a_killed_git_does_not_block_wrap_commits() {
     assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
 }
 
+/// The third 2-hour soak: 3 wrap commits failed with "cannot lock ref 'HEAD': Unable to
+/// create '.git/HEAD.lock': File exists": the auto gc an earlier commit had detached was
+/// expiring reflogs. Here `HEAD.lock` is held (fresh, so not a killed git's) for 1.5 s
+/// by "another git", and the wrap's commit waits it out instead of failing at once.
+#[test]
+fn a_head_lock_held_by_another_git_a_moment_does_not_fail_the_wrap_commit() {
+    let env = Env::new();
+    git(env.root(), &["init", "-q"]);
+    git(env.root(), &["config", "user.email", "t@example.com"]);
+    git(env.root(), &["config", "user.name", "t"]);
+    env.write("seed.txt", "x");
+    git(env.root(), &["add", "seed.txt"]);
+    git(env.root(), &["commit", "-q", "-m", "seed"]);
+    env.run(&["task", "add", "t", "--agent", "claude_code", "--total", "1"])
+        .expect(0);
+    env.run(&["session", "start", "--agent", "claude_code"])
+        .expect(0);
+    let lock = env.path(".git/HEAD.lock");
+    env.write(".git/HEAD.lock", "");
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::remove_file(lock).unwrap();
+    });
+    let w = env
+        .run(&["session", "wrap", "--progress", "1/1", "--json"])
+        .expect(0)
+        .json();
+    releaser.join().unwrap();
+    let commit = w["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "commit")
+        .unwrap()
+        .clone();
+    assert_eq!(commit["status"], "done", "{w}");
+    assert!(
+        git(env.root(), &["log", "--format=%s"]).lines().count() == 2,
+        "{}",
+        git(env.root(), &["log", "--format=%s"])
+    );
+    assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
+}
+
 /// The 2-hour soak: a session SIGKILLed in the middle of its own wrap took the git it was
 /// running with it (the git was in the agent's process group and among its
 /// descendants), leaving `.git/index.lock` behind, and 11 wrap commits failed on it. A

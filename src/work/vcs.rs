@@ -7,10 +7,12 @@
 //! supervisors, agents' own `session wrap`), and git allows one writer of an index: two
 //! commits at once fail on `index.lock`. Every commit here holds
 //! `<git dir>/perpetual-commit.lock` (an OS file lock, gone with its process) from the
-//! first `git add` to the end, and a git command that still meets someone else's
-//! `index.lock` is retried with a growing pause; a lock left by a killed git (older than
-//! 30 s) is removed. A commit that fails in the end leaves nothing staged: what it
-//! staged is reset.
+//! first `git add` to the end, and a git command that still meets someone else's lock
+//! file (`index.lock`, or `HEAD.lock` and a ref's lock held by the auto gc that an
+//! earlier commit detached: it expires reflogs and packs refs in the background) is
+//! retried with a growing pause for up to [`LOCK_RETRY_WINDOW`]; a lock left by a killed
+//! git (older than 30 s) is removed. A commit that fails in the end leaves nothing
+//! staged: what it staged is reset.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -19,8 +21,9 @@ use std::time::{Duration, Instant};
 
 /// How long a commit waits for another perpetual process's commit to finish.
 const LOCK_PATIENCE: Duration = Duration::from_secs(120);
-/// Attempts of one git command that meets a foreign `index.lock`.
-const INDEX_LOCK_ATTEMPTS: u32 = 8;
+/// How long one git command that meets a foreign lock file is tried again: past
+/// [`STALE_LOCK`], so that a lock a killed git left just before is removed within it.
+const LOCK_RETRY_WINDOW: Duration = Duration::from_secs(40);
 
 /// The identity used when git has none configured.
 pub const FALLBACK_NAME: &str = "perpetual";
@@ -121,43 +124,51 @@ fn commit_staged(dir: &Path, paths: &[&PathBuf], message: &str) -> Result<Option
     ))
 }
 
-/// Runs a git command again while it fails on someone else's `index.lock` (or on a
-/// file that vanished under `git add`: [`vanished_under_add`]), pausing
-/// 50 ms, 100 ms, ... up to 2 s in between. A lock older than [`STALE_INDEX_LOCK`] was
-/// left by a git that was killed (SIGKILL gives it no
-/// chance to remove it, and git never does later): it is removed, once, and the
-/// command tried again. Perpetual's own commits hold the commit lock meanwhile, so the
-/// stale lock is not theirs.
-fn retrying(mut f: impl FnMut() -> Result<Output>) -> Result<Output> {
+/// Runs a git command again while it fails on someone else's lock file
+/// ([`busy_lock`]: `index.lock`, `HEAD.lock`, a ref's lock) or on a file that vanished
+/// under `git add` ([`vanished_under_add`]), pausing 50 ms, 100 ms, ... up to 2 s in
+/// between, for up to [`LOCK_RETRY_WINDOW`]. A lock older than [`STALE_LOCK`] was left by
+/// a git that was killed (SIGKILL gives it no chance to remove it, and git never does
+/// later): it is removed, once, and the command tried again. Perpetual's own commits
+/// hold the commit lock meanwhile, so the stale lock is not theirs.
+fn retrying(f: impl FnMut() -> Result<Output>) -> Result<Output> {
+    retrying_for(LOCK_RETRY_WINDOW, f)
+}
+
+fn retrying_for(window: Duration, mut f: impl FnMut() -> Result<Output>) -> Result<Output> {
+    let started = Instant::now();
     let mut pause = Duration::from_millis(50);
-    let mut attempt = 1;
     let mut cleared = false;
     loop {
         match f() {
-            Err(e)
-                if format!("{e:#}").contains("index.lock")
-                    || vanished_under_add(&format!("{e:#}")) =>
-            {
-                if !cleared && let Some(lock) = stale_index_lock(&format!("{e:#}")) {
+            Err(e) if busy_lock(&format!("{e:#}")) || vanished_under_add(&format!("{e:#}")) => {
+                if !cleared && let Some(lock) = stale_lock(&format!("{e:#}")) {
                     tracing::warn!(
                         "removing {}: left by a git that was killed (older than {} s)",
                         lock.display(),
-                        STALE_INDEX_LOCK.as_secs()
+                        STALE_LOCK.as_secs()
                     );
                     let _ = std::fs::remove_file(&lock);
                     cleared = true;
                     continue;
                 }
-                if attempt >= INDEX_LOCK_ATTEMPTS {
+                if started.elapsed() + pause > window {
                     return Err(e);
                 }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(2));
-                attempt += 1;
             }
             other => return other,
         }
     }
+}
+
+/// Git could not take a lock file another git holds: "Unable to create
+/// '/repo/.git/index.lock': File exists." (and the same for `HEAD.lock` or
+/// `refs/heads/main.lock` under "cannot lock ref 'HEAD'"). The 2-hour soak met
+/// `HEAD.lock` held by the auto gc an earlier commit detached, expiring reflogs.
+fn busy_lock(error: &str) -> bool {
+    error.contains("index.lock") || (error.contains(".lock': File exists"))
 }
 
 /// `git add -A` met a file that vanished between its directory scan and its `stat`:
@@ -174,16 +185,19 @@ fn vanished_under_add(error: &str) -> bool {
 /// whether it is renamed away meanwhile or not.
 const UNFINISHED_DOCUMENTS: &str = ":(exclude,glob)**/.*.tmp";
 
-/// An `index.lock` older than this is taken for one a killed git left.
-const STALE_INDEX_LOCK: Duration = Duration::from_secs(30);
+/// A lock file older than this is taken for one a killed git left.
+const STALE_LOCK: Duration = Duration::from_secs(30);
 
-/// The `index.lock` git's error names, when it is older than [`STALE_INDEX_LOCK`].
-fn stale_index_lock(error: &str) -> Option<PathBuf> {
+/// The lock file git's error names, when it is older than [`STALE_LOCK`].
+fn stale_lock(error: &str) -> Option<PathBuf> {
     // "fatal: Unable to create '/repo/.git/index.lock': File exists."
     let start = error.find("Unable to create '")? + "Unable to create '".len();
     let path = PathBuf::from(&error[start..start + error[start..].find('\'')?]);
+    if path.extension().is_none_or(|e| e != "lock") {
+        return None;
+    }
     let age = path.metadata().ok()?.modified().ok()?.elapsed().ok()?;
-    (age > STALE_INDEX_LOCK).then_some(path)
+    (age > STALE_LOCK).then_some(path)
 }
 
 /// `<git dir>/perpetual-commit.lock`, held while one perpetual process commits.
@@ -309,6 +323,40 @@ mod tests {
         );
         let staged = sh(&["diff", "--cached", "--name-only"]);
         assert!(staged.stdout.is_empty());
+    }
+
+    #[test]
+    fn locks_held_by_another_git_are_busy_and_a_stale_one_is_named() {
+        // The third 2-hour soak's failed wrap commits, met while an auto gc ran.
+        let soak = "[\"commit\"] failed: fatal: cannot lock ref 'HEAD': Unable to create '/work/soakroot/.git/HEAD.lock': File exists.";
+        assert!(busy_lock(soak));
+        assert!(busy_lock(
+            "fatal: Unable to create '/r/.git/refs/heads/main.lock': File exists."
+        ));
+        assert!(!busy_lock("fatal: not a git repository"));
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("HEAD.lock");
+        std::fs::write(&lock, "").unwrap();
+        let error = format!("Unable to create '{}': File exists.", lock.display());
+        assert_eq!(stale_lock(&error), None, "a fresh lock is another git's");
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(stale_lock(&error), Some(lock.clone()));
+        // A busy lock is tried again for the whole window, then reported.
+        let started = Instant::now();
+        let mut calls = 0;
+        let out = retrying_for(Duration::from_millis(400), || {
+            calls += 1;
+            anyhow::bail!("fatal: Unable to create '/nowhere/.git/HEAD.lock': File exists.")
+        });
+        assert!(out.is_err());
+        assert!(calls >= 3, "{calls} calls");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
