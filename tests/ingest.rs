@@ -796,3 +796,40 @@ fn syncing_the_database_file_leaves_other_processes_seeing_its_connections() {
     );
     drop((held, syncing));
 }
+
+/// A database perpetual creates has 16 KiB pages (the writer's speed: BENCHMARKS.md, "End
+/// to end", sixth sitting); one created before, with SQLite's 4 KiB, keeps them and is
+/// written as before.
+#[test]
+fn a_new_database_gets_16_kib_pages_and_an_older_one_keeps_its_own() {
+    let page_size = |path: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    let fresh = Env::new();
+    fresh.write(
+        "inbox/droid/a.json",
+        r#"[{"question": "What is WAL?", "answer": "A write-ahead log."}]"#,
+    );
+    fresh.run(&["ingest"]).expect(0);
+    assert_eq!(page_size(&fresh.path("perpetual.db")), 16384);
+
+    let older = Env::new();
+    {
+        let conn = rusqlite::Connection::open(older.path("perpetual.db")).unwrap();
+        let _: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .unwrap();
+    }
+    assert_eq!(page_size(&older.path("perpetual.db")), 4096);
+    older.write(
+        "inbox/droid/a.json",
+        r#"[{"question": "What is WAL?", "answer": "A write-ahead log."}]"#,
+    );
+    older.run(&["ingest"]).expect(0);
+    assert_eq!(page_size(&older.path("perpetual.db")), 4096);
+    let stats = older.run(&["stats", "--json"]).expect(0).json();
+    assert_eq!(stats["pairs"], 1, "{stats}");
+}
