@@ -114,9 +114,9 @@ pub fn sync_database_file(conn: &Connection) -> Result<()> {
 
 /// The page size of a database perpetual creates (SQLite's default is 4 KiB). A pair
 /// is about 1.4 KB: with 4 KiB pages the writer appended one WAL frame (two `pwrite`s,
-/// a checksum, a page-cache slot) per 2.5 pairs, and 16 KiB pages cut its CPU by 8 to
-/// 20% and a fresh run's wall clock by 12 to 23% (BENCHMARKS.md, "End to end", sixth
-/// sitting). A database created before keeps its own page size: SQLite changes it only
+/// a checksum, a page-cache slot) per 2.5 pairs; with 16 KiB pages `ingest` into a
+/// fresh root took 11 to 15% less wall clock and 4 to 19% less CPU (BENCHMARKS.md,
+/// "End to end", sixth sitting). A database created before keeps its own page size: SQLite changes it only
 /// by a `VACUUM` outside WAL mode.
 pub const PAGE_SIZE: u32 = 16384;
 

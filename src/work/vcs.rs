@@ -168,7 +168,7 @@ fn retrying_for(window: Duration, mut f: impl FnMut() -> Result<Output>) -> Resu
 /// `refs/heads/main.lock` under "cannot lock ref 'HEAD'"). The 2-hour soak met
 /// `HEAD.lock` held by the auto gc an earlier commit detached, expiring reflogs.
 fn busy_lock(error: &str) -> bool {
-    error.contains("index.lock") || (error.contains(".lock': File exists"))
+    error.contains("index.lock") || error.contains(".lock': File exists")
 }
 
 /// `git add -A` met a file that vanished between its directory scan and its `stat`:
