@@ -56,6 +56,25 @@ fn add_tasks(env: &Env, agent: &str, ids: &[&str], total: u64) {
     }
 }
 
+/// A git repository in the root, with an identity for its commits.
+fn git_repo(env: &Env) {
+    git(env.root(), &["init", "-q"]);
+    git(env.root(), &["config", "user.email", "t@example.com"]);
+    git(env.root(), &["config", "user.name", "t"]);
+}
+
+/// The `commit` step among a wrap's steps (`steps` of `session wrap --json`, or a
+/// session's `wrap_steps`).
+fn commit_step(steps: &Value) -> Value {
+    steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["step"] == "commit")
+        .unwrap()
+        .clone()
+}
+
 /// Nothing staged, and no handoff or task report left untracked.
 fn assert_outputs_committed(env: &Env) {
     assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
@@ -192,9 +211,7 @@ fn concurrent_wraps_in_a_git_root_all_commit_and_leave_nothing_staged() {
         ));
     }
     let (env, _guard) = root_with(&agents);
-    git(env.root(), &["init", "-q"]);
-    git(env.root(), &["config", "user.email", "t@example.com"]);
-    git(env.root(), &["config", "user.name", "t"]);
+    git_repo(&env);
     for a in ["a1", "a2", "a3"] {
         add_tasks(&env, a, &[&format!("{a}_x"), &format!("{a}_y")], 1);
     }
@@ -202,8 +219,7 @@ fn concurrent_wraps_in_a_git_root_all_commit_and_leave_nothing_staged() {
     let s = env.sessions();
     assert_eq!(s.len(), 6);
     for x in &s {
-        let steps = x["wrap_steps"].as_array().unwrap();
-        let commit = steps.iter().find(|st| st["step"] == "commit").unwrap();
+        let commit = commit_step(&x["wrap_steps"]);
         assert_eq!(commit["status"], "done", "{}: {commit}", x["id"]);
     }
     assert_outputs_committed(&env);
@@ -1137,9 +1153,7 @@ transcript = "{{root}}/transcripts/{{session}}.jsonl"
 #[test]
 fn a_stale_index_lock_left_by_a_killed_git_does_not_block_wrap_commits() {
     let env = Env::new();
-    git(env.root(), &["init", "-q"]);
-    git(env.root(), &["config", "user.email", "t@example.com"]);
-    git(env.root(), &["config", "user.name", "t"]);
+    git_repo(&env);
     env.write(".git/index.lock", "");
     let ok = Command::new("touch")
         .args(["-d", "2 minutes ago"])
@@ -1156,13 +1170,7 @@ fn a_stale_index_lock_left_by_a_killed_git_does_not_block_wrap_commits() {
         .run(&["session", "wrap", "--progress", "1/1", "--json"])
         .expect(0)
         .json();
-    let commit = w["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "commit")
-        .unwrap()
-        .clone();
+    let commit = commit_step(&w["steps"]);
     assert_eq!(commit["status"], "done", "{w}");
     assert!(!env.path(".git/index.lock").exists());
     assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
@@ -1175,9 +1183,7 @@ fn a_stale_index_lock_left_by_a_killed_git_does_not_block_wrap_commits() {
 #[test]
 fn a_head_lock_held_by_another_git_a_moment_does_not_fail_the_wrap_commit() {
     let env = Env::new();
-    git(env.root(), &["init", "-q"]);
-    git(env.root(), &["config", "user.email", "t@example.com"]);
-    git(env.root(), &["config", "user.name", "t"]);
+    git_repo(&env);
     env.write("seed.txt", "x");
     git(env.root(), &["add", "seed.txt"]);
     git(env.root(), &["commit", "-q", "-m", "seed"]);
@@ -1196,19 +1202,10 @@ fn a_head_lock_held_by_another_git_a_moment_does_not_fail_the_wrap_commit() {
         .expect(0)
         .json();
     releaser.join().unwrap();
-    let commit = w["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "commit")
-        .unwrap()
-        .clone();
+    let commit = commit_step(&w["steps"]);
     assert_eq!(commit["status"], "done", "{w}");
-    assert!(
-        git(env.root(), &["log", "--format=%s"]).lines().count() == 2,
-        "{}",
-        git(env.root(), &["log", "--format=%s"])
-    );
+    let log = git(env.root(), &["log", "--format=%s"]);
+    assert_eq!(log.lines().count(), 2, "{log}");
     assert_eq!(git(env.root(), &["diff", "--cached", "--name-only"]), "");
 }
 
@@ -1224,9 +1221,7 @@ fn a_git_commit_under_way_in_a_sessions_own_wrap_outlives_the_sessions_sigkill()
         "[agents.claude_code]\ncommand = [\"env\", \"SLOW_GIT_SECS=6\", \"sh\", \"{}\"]\n",
         agent("slow_git_wrapper")
     ));
-    git(env.root(), &["init", "-q"]);
-    git(env.root(), &["config", "user.email", "t@example.com"]);
-    git(env.root(), &["config", "user.name", "t"]);
+    git_repo(&env);
     add_tasks(&env, "claude_code", &["job"], 2);
     let run = env.run(&["run", "--max-sessions", "1"]).expect(0);
     let s = env.sessions();
@@ -1389,9 +1384,7 @@ fn a_failed_wrap_commit_leaves_nothing_staged_and_the_next_wrap_commits_its_outp
     let (env, _guard) = root_with(&format!(
         "[agents.claude_code]\ncommand = [\"sh\", \"{well}\"]\n"
     ));
-    git(env.root(), &["init", "-q"]);
-    git(env.root(), &["config", "user.email", "t@example.com"]);
-    git(env.root(), &["config", "user.name", "t"]);
+    git_repo(&env);
     let refuse = env.path("refuse-commits");
     env.write(
         ".git/hooks/pre-commit",
@@ -1413,13 +1406,7 @@ fn a_failed_wrap_commit_leaves_nothing_staged_and_the_next_wrap_commits_its_outp
     env.run(&["run", "--max-sessions", "1"]);
     let s = env.sessions();
     assert_eq!(s.len(), 1);
-    let commit = s[0]["wrap_steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|st| st["step"] == "commit")
-        .unwrap()
-        .clone();
+    let commit = commit_step(&s[0]["wrap_steps"]);
     assert_eq!(commit["status"], "failed", "{commit}");
     assert!(
         commit["detail"].as_str().unwrap().contains("next wrap"),
@@ -1450,13 +1437,7 @@ fn a_failed_wrap_commit_leaves_nothing_staged_and_the_next_wrap_commits_its_outp
     env.run(&["run", "--max-sessions", "1"]).expect(0);
     let s = env.sessions();
     assert_eq!(s.len(), 2);
-    let commit = s[1]["wrap_steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|st| st["step"] == "commit")
-        .unwrap()
-        .clone();
+    let commit = commit_step(&s[1]["wrap_steps"]);
     assert_eq!(commit["status"], "done", "{commit}");
     assert!(
         commit["detail"]

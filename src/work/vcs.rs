@@ -141,8 +141,12 @@ fn retrying_for(window: Duration, mut f: impl FnMut() -> Result<Output>) -> Resu
     let mut cleared = false;
     loop {
         match f() {
-            Err(e) if busy_lock(&format!("{e:#}")) || vanished_under_add(&format!("{e:#}")) => {
-                if !cleared && let Some(lock) = stale_lock(&format!("{e:#}")) {
+            Err(e) => {
+                let message = format!("{e:#}");
+                if !busy_lock(&message) && !vanished_under_add(&message) {
+                    return Err(e);
+                }
+                if !cleared && let Some(lock) = stale_lock(&message) {
                     tracing::warn!(
                         "removing {}: left by a git that was killed (older than {} s)",
                         lock.display(),
@@ -158,7 +162,7 @@ fn retrying_for(window: Duration, mut f: impl FnMut() -> Result<Output>) -> Resu
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
-            other => return other,
+            ok @ Ok(_) => return ok,
         }
     }
 }
