@@ -53,6 +53,12 @@ fn fresh(dir: &Path) -> PathBuf {
 
 fn bare(db: &Path, prepared: &[Prepared]) {
     let conn = rusqlite::Connection::open(db).unwrap();
+    // The engine's page size, as the e2e bench's bare insert.
+    conn.execute_batch(&format!(
+        "PRAGMA page_size = {};",
+        perpetual::store::PAGE_SIZE
+    ))
+    .unwrap();
     let _: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .unwrap();

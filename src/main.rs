@@ -4,6 +4,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc malloc: the ingest allocates and frees a `Value` tree
+/// and row buffers for every pair on two threads; BENCHMARKS.md (seventh sitting)
+/// has the figures, and the resident-memory cost.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`perpetual files | head`) like other Unix tools.
     #[cfg(unix)]
