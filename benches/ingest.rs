@@ -65,10 +65,10 @@ fn bare_insert(conn: &rusqlite::Connection, pairs: &[Pair]) {
     )
     .unwrap();
     let file_id = conn.last_insert_rowid();
-    // The same tables the pipeline fills: the rows, and their keys appended to the tail
+    // The same tables the pipeline fills: the rows, and their keys in the tail's chunk
     // (below store::pairs::MERGE_MIN pairs no merge happens, in either).
     let mut stmt = conn.prepare(store::pairs::INSERT_PAIR).unwrap();
-    let mut key = conn.prepare(store::pairs::INSERT_TAIL_KEY).unwrap();
+    let mut tail = Vec::with_capacity(pairs.len() * store::pairs::ENTRY_BYTES);
     for p in pairs {
         stmt.execute(rusqlite::params![
             &p.key[..],
@@ -82,10 +82,15 @@ fn bare_insert(conn: &rusqlite::Connection, pairs: &[Pair]) {
             "2026-01-01T00:00:00Z",
         ])
         .unwrap();
-        key.execute(rusqlite::params![conn.last_insert_rowid(), &p.key[..]])
-            .unwrap();
+        tail.extend_from_slice(&conn.last_insert_rowid().to_le_bytes());
+        tail.extend_from_slice(&p.key);
     }
-    drop((stmt, key));
+    conn.execute(
+        store::pairs::INSERT_TAIL_CHUNK,
+        rusqlite::params![conn.last_insert_rowid(), tail],
+    )
+    .unwrap();
+    drop(stmt);
     conn.execute_batch("COMMIT").unwrap();
 }
 

@@ -7,13 +7,13 @@
 //!
 //! - `bare`: the e2e bench's bare insert: (key, question, answer), one transaction.
 //! - `schema`: `store::open` (the real schema and pragmas), the writer's two appends per
-//!   pair (`pairs`, `tail_keys`) and the key lookup, one transaction.
+//!   pair (`pairs`, the tail's chunk per commit) and the key lookup, one transaction.
 //! - `schema500`: the same, committing every 500 pairs.
 //! - `writer`: the real `ingest::Writer` (ledger, checkpoints every 500 pairs), fed the
 //!   prepared files, then `finish`.
 //! - `parts` (only when named in `--only`): `schema500` with the parts listed in `PARTS`
 //!   left out or changed, to price each: `nofk` (foreign keys off), `nolookup` (no
-//!   lookup in `pair_keys`), `notail` (no `tail_keys` append), `noindex` (no
+//!   lookup in `pair_keys`), `notail` (no tail chunks), `noindex` (no
 //!   `pairs_by_created`), `cache_kib=N` (`cache_size`), `mmap=N` (`mmap_size`),
 //!   `ckpt1000` (SQLite's default `wal_autocheckpoint`); `PARTS=none` is `schema500`.
 //!
@@ -119,11 +119,13 @@ fn schema(db: &Path, prepared: &[Prepared], every: usize) {
                 .unwrap();
                 n += 1;
                 if n % every == 0 {
+                    sink.before_commit(&conn).unwrap();
                     conn.execute_batch("COMMIT; BEGIN").unwrap();
                 }
             }
         }
     }
+    sink.before_commit(&conn).unwrap();
     conn.execute_batch("COMMIT").unwrap();
     conn.close().map_err(|(_, e)| e).unwrap();
 }
@@ -164,7 +166,16 @@ fn parts(db: &Path, prepared: &[Prepared], parts: &str) {
     {
         let mut lookup = conn.prepare(store::pairs::LOOKUP_KEY).unwrap();
         let mut insert = conn.prepare(store::pairs::INSERT_PAIR).unwrap();
-        let mut tail = conn.prepare(store::pairs::INSERT_TAIL_KEY).unwrap();
+        let mut chunk = conn.prepare(store::pairs::INSERT_TAIL_CHUNK).unwrap();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut write_chunk = |pending: &mut Vec<u8>, last: i64| {
+            if !pending.is_empty() {
+                chunk
+                    .execute(rusqlite::params![last, &pending[..]])
+                    .unwrap();
+                pending.clear();
+            }
+        };
         let mut seen = std::collections::HashSet::new();
         let mut n = 0;
         for p in prepared {
@@ -192,15 +203,17 @@ fn parts(db: &Path, prepared: &[Prepared], parts: &str) {
                     ])
                     .unwrap();
                 if !has("notail") {
-                    tail.execute(rusqlite::params![conn.last_insert_rowid(), &pair.key[..]])
-                        .unwrap();
+                    pending.extend_from_slice(&conn.last_insert_rowid().to_le_bytes());
+                    pending.extend_from_slice(&pair.key);
                 }
                 n += 1;
                 if n % 500 == 0 {
+                    write_chunk(&mut pending, conn.last_insert_rowid());
                     conn.execute_batch("COMMIT; BEGIN").unwrap();
                 }
             }
         }
+        write_chunk(&mut pending, conn.last_insert_rowid());
     }
     conn.execute_batch("COMMIT").unwrap();
     conn.close().map_err(|(_, e)| e).unwrap();

@@ -805,9 +805,7 @@ fn import_table(
                 if let Some(l) = last {
                     after = l;
                 }
-                if sink.merge_due() {
-                    sink.merge(conn)?;
-                }
+                sink.before_commit(conn)?;
                 ledger::record_source_progress(conn, file_id, after, seen, new, dup, &invalid)?;
                 if last.is_none() {
                     ledger::finish(conn, file_id, after as usize, new, dup, &now)?;

@@ -947,13 +947,10 @@ impl<'c> Writer<'c> {
     }
 
     fn commit_inner(&mut self, on_file: &mut dyn FnMut(&FileEvent), force: bool) -> Result<()> {
-        if self.in_txn && self.sink.merge_due() {
-            // In the transaction of the batch that made it due.
-            self.sink
-                .merge(self.conn)
-                .context("merging the key tail failed")?;
-        }
         if self.in_txn {
+            // The tail's chunk, and the merge in the transaction of the batch that made
+            // it due.
+            self.sink.before_commit(self.conn)?;
             self.conn.execute_batch("COMMIT").context("commit failed")?;
             self.in_txn = false;
             self.pending_pairs = 0;

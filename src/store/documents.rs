@@ -220,15 +220,10 @@ pub fn merged_pair_id(conn: &Connection, key: &[u8; 32]) -> Result<Option<i64>> 
 
 /// Every key of the unmerged tail with its pair id (at most `store::pairs::MERGE_MAX`).
 pub fn tail_key_ids(conn: &Connection) -> Result<std::collections::HashMap<[u8; 32], i64>> {
-    let mut stmt = conn.prepare("SELECT pair_id, key FROM tail_keys")?;
-    let mut rows = stmt.query([])?;
     let mut out = std::collections::HashMap::new();
-    while let Some(r) = rows.next()? {
-        let blob = r.get_ref(1)?.as_blob()?;
-        if let Ok(key) = <[u8; 32]>::try_from(blob) {
-            out.insert(key, r.get(0)?);
-        }
-    }
+    crate::store::pairs::load_tail(conn, |id, key| {
+        out.insert(key, id);
+    })?;
     Ok(out)
 }
 

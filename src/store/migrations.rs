@@ -456,6 +456,17 @@ pub const MIGRATIONS: &[&str] = &[
     -- Every round asks for the active sessions of all agents.
     CREATE INDEX sessions_by_status ON sessions(status);
     "#,
+    // The key tail as one row per commit (issue 14, store::pairs): tail_keys, a row per pair,
+    // is merged into pair_keys and dropped; the watermark row says which pairs it covered.
+    r#"
+    CREATE TABLE tail_chunks (
+        last_id INTEGER PRIMARY KEY,                 -- the largest pair id in entries; for the empty watermark row, the last merged id
+        entries BLOB NOT NULL                        -- per pair: its id (8 bytes, little-endian), then its key (32 bytes), in id order
+    );
+    INSERT INTO pair_keys (key, pair_id) SELECT key, pair_id FROM tail_keys ORDER BY key;
+    DROP TABLE tail_keys;
+    INSERT INTO tail_chunks (last_id, entries) SELECT COALESCE(MAX(id), 0), x'' FROM pairs;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -634,6 +645,53 @@ mod tests {
             [],
         );
         assert!(bad.is_err(), "a pair of a missing file is refused");
+    }
+
+    #[test]
+    fn the_key_tail_moves_into_the_index_and_leaves_its_watermark() {
+        let conn = Connection::open_in_memory().unwrap();
+        let before = MIGRATIONS.len() - 1;
+        for sql in &MIGRATIONS[..before] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {before}"))
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO files (id, agent, name, source_path, size, status, started_at)
+                 VALUES (1, 'droid', 'a.json', '/i/a.json', 10, 'integrated', 't');
+             INSERT INTO pairs (id, key, question, answer, agent, file_id, created_at) VALUES
+                 (1, zeroblob(32), 'q1', 'a', 'droid', 1, 't'),
+                 (2, randomblob(32), 'q2', 'a', 'droid', 1, 't'),
+                 (3, randomblob(32), 'q3', 'a', 'droid', 1, 't');
+             INSERT INTO pair_keys (key, pair_id) SELECT key, id FROM pairs WHERE id = 1;
+             INSERT INTO tail_keys (pair_id, key) SELECT id, key FROM pairs WHERE id > 1;",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let merged: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pair_keys JOIN pairs ON pairs.id = pair_id AND pairs.key = pair_keys.key",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(merged, 3, "every key in the index, with its pair");
+        let chunks: Vec<(i64, Vec<u8>)> = conn
+            .prepare("SELECT last_id, entries FROM tail_chunks")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(chunks, vec![(3, vec![])], "only the watermark");
+        let gone: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'tail_keys'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(gone, 0);
     }
 
     #[test]

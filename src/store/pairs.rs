@@ -7,10 +7,13 @@
 //! (measured: BENCHMARKS.md). So distinctness is kept in two parts, like a two-level
 //! log-structured merge:
 //!
-//! - **the tail**: keys of pairs stored since the last merge, appended to `tail_keys`
-//!   (in id order, so each commit writes only the pages at its end) and held in memory
-//!   by the one writer ([`PairSink`]), which reloads them from `tail_keys` when it
-//!   starts;
+//! - **the tail**: keys of pairs stored since the last merge, held in memory by the one
+//!   writer ([`PairSink`]) and written to `tail_chunks` as one row per commit (the
+//!   commit's pair ids and keys in one blob, [`ENTRY_BYTES`] per pair): one statement
+//!   per commit where a row per pair cost a tenth of the writer's time (BENCHMARKS.md,
+//!   seventh sitting). A writer that starts reloads the tail from `tail_chunks`, and
+//!   then from `pairs` itself beyond the last chunk's id (the watermark), so a key
+//!   stored without its chunk is still found; see [`load_tail`];
 //! - **the merged index** `pair_keys(key PRIMARY KEY, pair_id) WITHOUT ROWID`: every
 //!   older key. The tail is merged into it in key order, in the transaction of a batch,
 //!   once it holds a quarter of the merged keys (at least [`MERGE_MIN`], at most
@@ -19,7 +22,9 @@
 //!   the table gets.
 //!
 //! A pair is new when its key is in neither. The primary key of `pair_keys` is the
-//! database's own guard: a duplicate that slipped past would fail the merge.
+//! database's own guard: a duplicate that slipped past would fail the merge. The one
+//! rule for callers: [`PairSink::before_commit`] just before every `COMMIT` of a
+//! transaction that inserted pairs (it writes the chunk, and merges when due).
 
 use crate::pair::{Pair, PairKey};
 use anyhow::{Context, Result};
@@ -31,11 +36,15 @@ pub const INSERT_PAIR: &str = "INSERT INTO pairs
     (key, question, answer, indicator, category, agent, extra, file_id, created_at)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-/// Appends a new pair's key to the tail.
-pub const INSERT_TAIL_KEY: &str = "INSERT INTO tail_keys (pair_id, key) VALUES (?1, ?2)";
+/// Appends one commit's tail entries (or, after a merge, the empty watermark row).
+pub const INSERT_TAIL_CHUNK: &str = "INSERT INTO tail_chunks (last_id, entries) VALUES (?1, ?2)";
 
 /// Whether a key is in the merged index.
 pub const LOOKUP_KEY: &str = "SELECT 1 FROM pair_keys WHERE key = ?1";
+
+/// Bytes per tail entry in a `tail_chunks` blob: the pair id (8 bytes, little-endian),
+/// then its key (32 bytes).
+pub const ENTRY_BYTES: usize = 40;
 
 /// The smallest tail that is merged (~8 MB of keys in memory).
 pub const MERGE_MIN: usize = 200_000;
@@ -47,27 +56,71 @@ pub const MERGE_MAX: usize = 1_000_000;
 pub struct Statements<'c> {
     lookup: CachedStatement<'c>,
     insert: CachedStatement<'c>,
-    tail: CachedStatement<'c>,
 }
 
 impl<'c> Statements<'c> {
-    /// Prepares (or fetches from the cache) the lookup and the appends.
+    /// Prepares (or fetches from the cache) the lookup and the append.
     pub fn new(conn: &'c Connection) -> Result<Statements<'c>> {
         Ok(Statements {
             lookup: conn.prepare_cached(LOOKUP_KEY)?,
             insert: conn.prepare_cached(INSERT_PAIR)?,
-            tail: conn.prepare_cached(INSERT_TAIL_KEY)?,
         })
     }
 }
 
-/// The one writer's view of distinctness: the tail's keys in memory, and how many keys
-/// are merged. Valid only while it matches the database: a writer whose transaction
-/// rolled back must drop it (see `ingest::Writer::finish_keeping_sink`).
+/// The unmerged tail as stored: every entry of `tail_chunks`, then every pair beyond
+/// the watermark (the largest `last_id`) read from `pairs` itself. Those are pairs
+/// whose transaction committed without its chunk, which [`PairSink::before_commit`]
+/// rules out; reading them keeps distinctness whole even so. Calls `each(pair id, key)`
+/// once per entry; returns the largest pair id the tail covers (merged or not: the
+/// watermark when the tail is empty), and the entries that came from `pairs`.
+pub fn load_tail(conn: &Connection, mut each: impl FnMut(i64, PairKey)) -> Result<(i64, Vec<u8>)> {
+    let mut mark = 0i64;
+    let mut stmt = conn.prepare("SELECT last_id, entries FROM tail_chunks")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        mark = mark.max(r.get(0)?);
+        let blob = r.get_ref(1)?.as_blob()?;
+        anyhow::ensure!(
+            blob.len() % ENTRY_BYTES == 0,
+            "a key tail chunk is {} bytes, not a multiple of {ENTRY_BYTES}",
+            blob.len()
+        );
+        for entry in blob.chunks_exact(ENTRY_BYTES) {
+            let (id, key) = entry.split_at(8);
+            each(
+                i64::from_le_bytes(id.try_into().expect("8 bytes")),
+                key.try_into().expect("32 bytes"),
+            );
+        }
+    }
+    let mut stray = Vec::new();
+    let mut stmt = conn.prepare("SELECT id, key FROM pairs WHERE id > ?1 ORDER BY id")?;
+    let mut rows = stmt.query([mark])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let key = PairKey::try_from(r.get_ref(1)?.as_blob()?)
+            .with_context(|| format!("pair {id}: its key is not 32 bytes"))?;
+        each(id, key);
+        stray.extend_from_slice(&id.to_le_bytes());
+        stray.extend_from_slice(&key);
+        mark = id;
+    }
+    Ok((mark, stray))
+}
+
+/// The one writer's view of distinctness: the tail's keys in memory, how many keys are
+/// merged, and the entries of the open transaction not yet written to `tail_chunks`.
+/// Valid only while it matches the database: a writer whose transaction rolled back
+/// must drop it (see `ingest::Writer::finish_keeping_sink`).
 #[derive(Debug, Default)]
 pub struct PairSink {
     tail: Option<HashSet<PairKey>>,
     merged: usize,
+    /// Tail entries ([`ENTRY_BYTES`] each) stored since the last chunk was written.
+    pending: Vec<u8>,
+    /// The id of the last entry in `pending`.
+    pending_last: i64,
 }
 
 impl PairSink {
@@ -89,20 +142,24 @@ impl PairSink {
 
     fn tail(&mut self, conn: &Connection) -> Result<&mut HashSet<PairKey>> {
         if self.tail.is_none() {
-            let mut stmt = conn.prepare("SELECT key FROM tail_keys")?;
             let mut keys = HashSet::new();
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let key: Vec<u8> = r.get(0)?;
-                keys.insert(
-                    PairKey::try_from(key.as_slice()).context("a pair key is not 32 bytes")?,
+            let (last, stray) = load_tail(conn, |_, key| {
+                keys.insert(key);
+            })?;
+            if !stray.is_empty() {
+                tracing::warn!(
+                    "{} stored pairs had no entry in the key tail; taken from the pairs table",
+                    stray.len() / ENTRY_BYTES
                 );
+                // Written with the next chunk.
+                self.pending = stray;
+                self.pending_last = last;
             }
             // Ids are dense (pairs are only appended), so the largest id less the tail
             // is the number of merged keys, without counting the index.
-            let last: i64 =
+            let max: i64 =
                 conn.query_row("SELECT COALESCE(MAX(id), 0) FROM pairs", [], |r| r.get(0))?;
-            self.merged = (last as usize).saturating_sub(keys.len());
+            self.merged = (max.max(last) as usize).saturating_sub(keys.len());
             self.tail = Some(keys);
             self.size_cache(conn)?;
         }
@@ -110,7 +167,8 @@ impl PairSink {
     }
 
     /// Stores `pair` unless its key is stored; returns true when it was new. Call
-    /// inside an open transaction: one transaction per pair would be ~100x slower.
+    /// inside an open transaction (one transaction per pair would be ~100x slower), and
+    /// [`PairSink::before_commit`] before committing it.
     pub fn insert(
         &mut self,
         conn: &Connection,
@@ -139,24 +197,58 @@ impl PairSink {
             file_id,
             now,
         ])?;
-        stmts
-            .tail
-            .execute(params![conn.last_insert_rowid(), &pair.key[..]])?;
+        let id = conn.last_insert_rowid();
+        self.pending.extend_from_slice(&id.to_le_bytes());
+        self.pending.extend_from_slice(&pair.key);
+        self.pending_last = id;
         self.tail(conn)?.insert(pair.key);
         Ok(true)
     }
 
-    /// Moves the tail into `pair_keys`, in key order. Call inside an open transaction
+    /// Call inside the open transaction, just before its `COMMIT`: writes the tail
+    /// entries of the pairs it stored as one `tail_chunks` row, and merges the tail
+    /// when it is due.
+    pub fn before_commit(&mut self, conn: &Connection) -> Result<()> {
+        if self.merge_due() {
+            self.merge(conn).context("merging the key tail failed")
+        } else {
+            self.write_chunk(conn)
+        }
+    }
+
+    fn write_chunk(&mut self, conn: &Connection) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        conn.prepare_cached(INSERT_TAIL_CHUNK)?
+            .execute(params![self.pending_last, &self.pending[..]])
+            .context("writing the key tail")?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Moves the tail into `pair_keys`, in key order, and leaves the watermark (the
+    /// last merged id) as the only `tail_chunks` row. Call inside an open transaction
     /// (the writer merges in the transaction of the batch that made it due).
     pub fn merge(&mut self, conn: &Connection) -> Result<()> {
-        let n = conn
-            .prepare_cached(
-                "INSERT INTO pair_keys (key, pair_id) SELECT key, pair_id FROM tail_keys ORDER BY key",
-            )?
-            .execute([])
-            .context("merging new pair keys into the key index")?;
-        conn.prepare_cached("DELETE FROM tail_keys")?.execute([])?;
-        self.merged += n;
+        self.write_chunk(conn)?;
+        let mut entries = Vec::with_capacity(self.tail_len());
+        let (last, _) = load_tail(conn, |id, key| entries.push((key, id)))?;
+        entries.sort_unstable();
+        {
+            let mut insert =
+                conn.prepare_cached("INSERT INTO pair_keys (key, pair_id) VALUES (?1, ?2)")?;
+            for (key, id) in &entries {
+                insert
+                    .execute(params![&key[..], id])
+                    .context("merging new pair keys into the key index")?;
+            }
+        }
+        conn.prepare_cached("DELETE FROM tail_chunks")?
+            .execute([])?;
+        conn.prepare_cached(INSERT_TAIL_CHUNK)?
+            .execute(params![last, &[] as &[u8]])?;
+        self.merged += entries.len();
         if let Some(tail) = &mut self.tail {
             tail.clear();
         }
@@ -251,6 +343,15 @@ mod tests {
             .unwrap()
     }
 
+    fn watermark(conn: &Connection) -> i64 {
+        conn.query_row(
+            "SELECT last_id FROM tail_chunks WHERE length(entries) = 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn new_once_across_tail_merge_and_a_fresh_sink() {
         let conn = crate::store::open_in_memory().unwrap();
@@ -263,18 +364,55 @@ mod tests {
         };
         assert!(put(&mut sink, "q1"));
         assert!(!put(&mut sink, "q1"), "in the tail");
+        sink.before_commit(&conn).unwrap();
+        // The empty database's watermark, and the chunk of the "commit".
+        assert_eq!(count_of(&conn, "tail_chunks"), 2);
         sink.merge(&conn).unwrap();
         assert_eq!(sink.tail_len(), 0);
+        assert_eq!((count_of(&conn, "tail_chunks"), watermark(&conn)), (1, 1));
         assert!(!put(&mut sink, "q1"), "merged");
         assert!(put(&mut sink, "q2"));
-        // A new writer (after a crash, say) reloads the tail from tail_keys.
+        assert!(put(&mut sink, "q3"));
+        sink.before_commit(&conn).unwrap();
+        // A new writer (after a crash, say) reloads the tail from tail_chunks.
         let mut fresh = PairSink::new();
         assert!(!put(&mut fresh, "q2"), "reloaded tail");
-        assert_eq!((fresh.tail_len(), fresh.merged), (1, 1));
+        assert!(!put(&mut fresh, "q3"), "reloaded tail");
+        assert_eq!((fresh.tail_len(), fresh.merged), (2, 1));
+        assert!(fresh.pending.is_empty(), "nothing stray");
         fresh.merge(&conn).unwrap();
-        assert_eq!(count_of(&conn, "pair_keys"), 2);
-        assert_eq!(count_of(&conn, "tail_keys"), 0);
-        assert_eq!(count(&conn).unwrap(), 2);
+        assert_eq!(count_of(&conn, "pair_keys"), 3);
+        assert_eq!((count_of(&conn, "tail_chunks"), watermark(&conn)), (1, 3));
+        assert_eq!(count(&conn).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_pair_committed_without_its_chunk_is_still_distinct() {
+        let conn = crate::store::open_in_memory().unwrap();
+        let f = file(&conn);
+        let mut stmts = Statements::new(&conn).unwrap();
+        let mut put = |sink: &mut PairSink, q: &str| {
+            sink.insert(&conn, &mut stmts, &pair(q), "t", f, "now")
+                .unwrap()
+        };
+        let mut first = PairSink::new();
+        assert!(put(&mut first, "q1"));
+        first.before_commit(&conn).unwrap();
+        // Stored, and "committed" without before_commit: no chunk holds q2.
+        assert!(put(&mut first, "q2"));
+        let mut second = PairSink::new();
+        assert!(
+            !put(&mut second, "q2"),
+            "found in pairs beyond the watermark"
+        );
+        assert!(!put(&mut second, "q1"), "found in its chunk");
+        assert_eq!((second.tail_len(), second.merged), (2, 0));
+        // The stray entry goes into the next chunk; a third writer finds it there.
+        second.before_commit(&conn).unwrap();
+        let (last, stray) = load_tail(&conn, |_, _| {}).unwrap();
+        assert_eq!((last, stray.len()), (2, 0));
+        second.merge(&conn).unwrap();
+        assert_eq!(count_of(&conn, "pair_keys"), 2, "each key merged once");
     }
 
     #[test]
@@ -287,6 +425,7 @@ mod tests {
                         .collect(),
                 ),
                 merged,
+                ..PairSink::default()
             }
             .merge_due()
         };

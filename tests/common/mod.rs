@@ -441,6 +441,36 @@ pub fn distinct_pairs(files: &[perpetual::generate::GeneratedFile]) -> usize {
     keys.len()
 }
 
+/// After any number of runs, crashed or not: every stored pair's key is either in the
+/// merged key index or in exactly one entry of the key tail (`store::pairs`), never
+/// both, and nothing else is in either. The tail's blobs are read by SQL alone, so this
+/// does not trust the code it checks.
+pub fn assert_keys_exact(env: &Env, want: i64) {
+    const TAIL: &str = "WITH RECURSIVE e(chunk, i) AS (
+            SELECT entries, 0 FROM tail_chunks WHERE length(entries) > 0
+            UNION ALL SELECT chunk, i + 40 FROM e WHERE i + 40 < length(chunk)),
+        tail(pair_id, key) AS (SELECT i, substr(chunk, i + 9, 32) FROM e)";
+    let count = |q: &str| env.count(&format!("{TAIL} {q}"));
+    assert_eq!(
+        count("SELECT (SELECT COUNT(*) FROM pair_keys) + (SELECT COUNT(*) FROM tail)"),
+        want,
+        "as many keys in the index and the tail as pairs"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tail JOIN pair_keys USING (key)"),
+        0,
+        "no key both in the tail and merged"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM pairs WHERE key NOT IN (SELECT key FROM pair_keys)
+             AND key NOT IN (SELECT key FROM tail)"
+        ),
+        0,
+        "every stored pair's key in the index or the tail"
+    );
+}
+
 /// After a crash and a restart: every generated file has exactly one ledger row, integrated,
 /// and the ledger's per-file counts add up to `want` distinct pairs.
 pub fn assert_ledger_exact(env: &Env, files: &[perpetual::generate::GeneratedFile], want: i64) {
