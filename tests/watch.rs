@@ -348,6 +348,14 @@ fn sigterm_and_sigint_exit_0_with_the_last_drop_committed() {
             env.count("SELECT COUNT(*) FROM files WHERE status = 'partial'"),
             0
         );
+        // Every committed drop left the inbox before the exit (the watcher moves a
+        // batch's files when idle or stopping, not at the end of each batch).
+        assert_eq!(
+            env.files_in("inbox/droid/processed").len(),
+            if stored == both { 2 } else { 1 },
+            "{}",
+            w.explain()
+        );
         // Whatever was left is picked up by the next run.
         let mut again = start(&env, &[]);
         wait_finished(&env, &again, "droid", 2);

@@ -727,6 +727,43 @@ struct PendingMove {
     reason: Option<String>,
 }
 
+/// What a finished writer hands to the next ([`Writer::finish_carrying`],
+/// [`Writer::resume`]).
+#[derive(Default)]
+pub struct Carry {
+    sink: store::pairs::PairSink,
+    moves: Vec<PendingMove>,
+    claimed: HashSet<PathBuf>,
+    last_move: Option<Instant>,
+}
+
+impl Carry {
+    /// The key tail, for an import between two writers.
+    pub fn sink_mut(&mut self) -> &mut store::pairs::PairSink {
+        &mut self.sink
+    }
+
+    /// Forgets the key tail (after a failed transaction, which may have left keys in it
+    /// that were never stored); the next writer reloads it from the database.
+    pub fn drop_sink(&mut self) {
+        self.sink = store::pairs::PairSink::new();
+    }
+
+    /// Whether any of `paths` is a file committed and not moved yet.
+    pub fn moving_any<'p>(&self, mut paths: impl Iterator<Item = &'p Path>) -> bool {
+        if self.moves.is_empty() {
+            return false;
+        }
+        let moving: HashSet<&Path> = self.moves.iter().map(|m| m.from.as_path()).collect();
+        paths.any(|p| moving.contains(p))
+    }
+
+    /// Files committed and not moved yet (they wait for the WAL's sync).
+    pub fn moves_pending(&self) -> usize {
+        self.moves.len()
+    }
+}
+
 struct PendingEvent {
     event: FileEvent,
     started: Instant,
@@ -858,32 +895,28 @@ pub fn sync_wal(conn: &Connection) -> Result<()> {
 impl<'c> Writer<'c> {
     /// A writer on `conn`, which must not be inside a transaction.
     pub fn new(conn: &'c Connection, opts: WriterOptions) -> Writer<'c> {
-        Writer::with_sink(conn, opts, store::pairs::PairSink::new())
+        Writer::resume(conn, opts, Carry::default())
     }
 
-    /// A writer that continues with the key tail another writer left
-    /// ([`Writer::finish_keeping_sink`]), so it need not reload it from the database.
-    pub fn with_sink(
-        conn: &'c Connection,
-        opts: WriterOptions,
-        sink: store::pairs::PairSink,
-    ) -> Writer<'c> {
+    /// A writer that continues where another left off ([`Writer::finish_carrying`]):
+    /// its key tail, and the moves it had not made yet.
+    pub fn resume(conn: &'c Connection, opts: WriterOptions, carry: Carry) -> Writer<'c> {
         Writer {
             conn,
             opts,
             in_txn: false,
             now: String::new(),
             pending_pairs: 0,
-            moves: Vec::new(),
-            claimed: HashSet::new(),
+            moves: carry.moves,
+            claimed: carry.claimed,
             events: Vec::new(),
             report: IngestReport::default(),
             run_started: Instant::now(),
-            last_move: Instant::now(),
+            last_move: carry.last_move.unwrap_or_else(Instant::now),
             meter: None,
             stopped: false,
             interrupt: None,
-            sink,
+            sink: carry.sink,
             identity: None,
             unchecked_bytes: 0,
             checkpointer: None,
@@ -1526,16 +1559,35 @@ impl<'c> Writer<'c> {
         }
     }
 
-    /// [`Writer::finish`], handing back the key tail for the next writer. Only a writer
-    /// that finished gives it back: one that failed may hold keys its rolled-back
-    /// transaction never stored.
-    pub fn finish_keeping_sink(
+    /// Commits what is pending and returns the run's totals with what the next writer
+    /// continues from ([`Writer::resume`]): the key tail, and the moves of finished files
+    /// not made yet. Those wait, as within one run, until the WAL is synced: at most
+    /// [`MOVE_INTERVAL`] after the last moves, or now with `all_moves` (call it so when
+    /// no other writer follows soon). The watcher carries them from one batch to the
+    /// next of a burst, so a burst syncs and moves as often as one `ingest` run does,
+    /// not once per batch. Only a writer that finished gives its state back: one that
+    /// failed may hold keys its rolled-back transaction never stored.
+    pub fn finish_carrying(
         mut self,
         on_file: &mut dyn FnMut(&FileEvent),
-    ) -> Result<(IngestReport, store::pairs::PairSink)> {
-        let sink = std::mem::take(&mut self.sink);
-        let report = self.finish(on_file)?;
-        Ok((report, sink))
+        all_moves: bool,
+    ) -> Result<(IngestReport, Carry)> {
+        self.commit_inner(on_file, all_moves)
+            .with_context(|| db_context(self.conn))?;
+        let mut report = std::mem::take(&mut self.report);
+        report.seconds = self.run_started.elapsed().as_secs_f64();
+        report.pairs_per_second = if report.seconds > 0.0 {
+            report.pairs_seen as f64 / report.seconds
+        } else {
+            0.0
+        };
+        let carry = Carry {
+            sink: std::mem::take(&mut self.sink),
+            moves: std::mem::take(&mut self.moves),
+            claimed: std::mem::take(&mut self.claimed),
+            last_move: Some(self.last_move),
+        };
+        Ok((report, carry))
     }
 
     /// Starts the [`Checkpointer`] if need be (a database on disk only) and nudges it.

@@ -133,8 +133,9 @@ pub struct Watch<'c> {
     followed: HashSet<String>,
     tracker: Tracker,
     hints: Hints,
-    /// The key tail, kept from one batch's writer to the next.
-    sink: Option<crate::store::pairs::PairSink>,
+    /// The key tail and the moves not made yet, kept from one batch's writer to the
+    /// next (`ingest::Writer::finish_carrying`).
+    carry: ingest::Carry,
     rescan: bool,
     backoff: Duration,
     totals: IngestReport,
@@ -179,7 +180,7 @@ impl<'c> Watch<'c> {
             root: root.clone(),
             config: config.clone(),
             hints: Hints::load(conn)?,
-            sink: None,
+            carry: ingest::Carry::default(),
             inbox,
             tracker: Tracker::new(opts.settle),
             opts,
@@ -227,6 +228,17 @@ impl<'c> Watch<'c> {
                 self.integrate(ready, on_file);
                 continue;
             }
+            // Events that came while a batch was written make the next batch of the same
+            // burst; only when none are waiting is the watcher idle.
+            let mut queued = false;
+            while let Ok(msg) = self.rx.try_recv() {
+                self.handle(msg);
+                queued = true;
+            }
+            if queued {
+                continue;
+            }
+            self.move_finished(on_file);
             let deadline = self
                 .tracker
                 .next_deadline()
@@ -248,6 +260,7 @@ impl<'c> Watch<'c> {
             }
             self.rescan_if_due(&mut next_reconcile);
         }
+        self.move_finished(on_file);
         let t = &mut self.totals;
         t.seconds = started.elapsed().as_secs_f64();
         t.pairs_per_second = if t.seconds > 0.0 {
@@ -400,8 +413,34 @@ impl<'c> Watch<'c> {
         Ok(())
     }
 
+    /// Syncs the WAL and moves the files the last batches finished, if any: when idle,
+    /// and before stopping.
+    fn move_finished(&mut self, on_file: &mut dyn FnMut(&FileEvent)) {
+        if self.carry.moves_pending() == 0 {
+            return;
+        }
+        let carry = std::mem::take(&mut self.carry);
+        match ingest::Writer::resume(self.conn, self.opts.writer, carry)
+            .finish_carrying(on_file, true)
+        {
+            Ok((_, carry)) => self.carry = carry,
+            // The files stay in the inbox, integrated in the ledger: the next scan that
+            // finds them completes their moves.
+            Err(e) => tracing::error!("{e:#}"),
+        }
+    }
+
     /// Runs one batch of complete files through the engine.
     fn integrate(&mut self, ready: Vec<Ready>, on_file: &mut dyn FnMut(&FileEvent)) {
+        // A file whose move is still pending came up again (a late event, or another
+        // file renamed over it): its move first, as if the last batch had just ended,
+        // so that what is at the path now is looked at on its own.
+        if self
+            .carry
+            .moving_any(ready.iter().map(|r| r.path.as_path()))
+        {
+            self.move_finished(on_file);
+        }
         let quiet: HashMap<PathBuf, bool> =
             ready.iter().map(|r| (r.path.clone(), r.quiet)).collect();
         // What the entry is now (its name and place decide some skips).
@@ -418,7 +457,7 @@ impl<'c> Watch<'c> {
         let mut admit = |p: &Prepared| admit(p, quiet.get(&p.job.path) == Some(&true), settle);
         // The key tail lives across batches: reloading it for every drop would cost
         // milliseconds per drop once it is large. A failed batch drops it (see below).
-        let mut sink = self.sink.take().unwrap_or_default();
+        let mut carry = std::mem::take(&mut self.carry);
         // SQLite databases (recognised by their header) are imported row by row, with the
         // same key tail, before the batch's files.
         let (databases, jobs) = crate::engine::import_db::split_databases(jobs);
@@ -427,7 +466,7 @@ impl<'c> Watch<'c> {
                 self.conn,
                 &databases,
                 self.opts.writer.checkpoint_every,
-                &mut sink,
+                carry.sink_mut(),
                 Some(&self.stopper.flag),
             ) {
                 Ok(reports) => {
@@ -445,11 +484,13 @@ impl<'c> Watch<'c> {
                     for (path, agent) in agent_of {
                         self.tracker.hold(&path, &agent, now + self.backoff);
                     }
+                    carry.drop_sink();
+                    self.carry = carry;
                     return;
                 }
             }
         }
-        let mut writer = ingest::Writer::with_sink(self.conn, self.opts.writer, sink);
+        let mut writer = ingest::Writer::resume(self.conn, self.opts.writer, carry);
         writer.interrupt_on(self.stopper.flag.clone());
         let result = ingest::integrate(
             &mut writer,
@@ -459,11 +500,11 @@ impl<'c> Watch<'c> {
             &mut admit,
             on_file,
         )
-        .and_then(|held| Ok((held, writer.finish_keeping_sink(on_file)?)));
+        .and_then(|held| Ok((held, writer.finish_carrying(on_file, false)?)));
         let now = Instant::now();
         match result {
-            Ok((held, (report, sink))) => {
-                self.sink = Some(sink);
+            Ok((held, (report, carry))) => {
+                self.carry = carry;
                 self.backoff = Duration::ZERO;
                 add(&mut self.totals, report);
                 for p in held {
@@ -473,6 +514,9 @@ impl<'c> Watch<'c> {
             Err(e) => {
                 // A database error (disk full, a lock held too long...): the transaction
                 // rolled back and the files are still in the inbox. Try them again later.
+                // Files of earlier batches not moved yet went with the writer's state:
+                // integrated in the ledger and still in the inbox, they are moved when the
+                // reconcile scan (every reconcile_secs) finds them.
                 self.backoff =
                     (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
                 tracing::error!(

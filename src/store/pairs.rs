@@ -112,7 +112,7 @@ pub fn load_tail(conn: &Connection, mut each: impl FnMut(i64, PairKey)) -> Resul
 /// The one writer's view of distinctness: the tail's keys in memory, how many keys are
 /// merged, and the entries of the open transaction not yet written to `tail_chunks`.
 /// Valid only while it matches the database: a writer whose transaction rolled back
-/// must drop it (see `ingest::Writer::finish_keeping_sink`).
+/// must drop it (see `ingest::Writer::finish_carrying`).
 #[derive(Debug, Default)]
 pub struct PairSink {
     tail: Option<HashSet<PairKey>>,
