@@ -968,15 +968,9 @@ impl<'c> Writer<'c> {
 
     /// Commits the open transaction (a checkpoint): its pairs become queryable and its
     /// files are reported through `on_file`. Files it finished are moved once the commits
-    /// are durable, at most every [`MOVE_INTERVAL`] (see [`Writer::flush`]).
+    /// are durable, at most every [`MOVE_INTERVAL`] and at the end (see [`Writer::finish`]).
     pub fn commit(&mut self, on_file: &mut dyn FnMut(&FileEvent)) -> Result<()> {
         self.commit_inner(on_file, false)
-    }
-
-    /// Commits, makes every commit durable, and moves every finished file. Call when idle
-    /// and before exiting.
-    pub fn flush(&mut self, on_file: &mut dyn FnMut(&FileEvent)) -> Result<()> {
-        self.commit_inner(on_file, true)
     }
 
     fn commit_inner(&mut self, on_file: &mut dyn FnMut(&FileEvent), force: bool) -> Result<()> {
@@ -1609,17 +1603,10 @@ impl<'c> Writer<'c> {
         }
     }
 
-    /// Commits what is pending and returns the run's totals.
-    pub fn finish(mut self, on_file: &mut dyn FnMut(&FileEvent)) -> Result<IngestReport> {
-        self.flush(on_file).with_context(|| db_context(self.conn))?;
-        let mut report = std::mem::take(&mut self.report);
-        report.seconds = self.run_started.elapsed().as_secs_f64();
-        report.pairs_per_second = if report.seconds > 0.0 {
-            report.pairs_seen as f64 / report.seconds
-        } else {
-            0.0
-        };
-        Ok(report)
+    /// Commits what is pending, makes it durable, moves every finished file, and returns
+    /// the run's totals.
+    pub fn finish(self, on_file: &mut dyn FnMut(&FileEvent)) -> Result<IngestReport> {
+        Ok(self.finish_carrying(on_file, true)?.0)
     }
 }
 
