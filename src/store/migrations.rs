@@ -1,7 +1,15 @@
 //! The schema, as an append-only list of migrations. `PRAGMA user_version` records
-//! how many have run; opening a database runs the rest in one transaction each (a fresh
-//! database: all of them in one).
+//! how many have run; opening a database runs the rest in one transaction each.
 //! Never edit a migration that has shipped: add a new one.
+//!
+//! A fresh database does not replay the list: it takes `schema.sql`, what the whole
+//! list leaves (every table, index and trigger as SQLite stores it, and the rows the
+//! migrations insert), in one transaction. Replaying 30 migrations, with their table
+//! rebuilds and column additions that each re-read the whole schema, took 8 ms of a
+//! fresh root's first command; the script takes about 1 ms (BENCHMARKS.md, "End to
+//! end", eighth sitting). The test `the_fresh_schema_is_what_the_migrations_leave`
+//! compares the two; after adding a migration, regenerate the script with
+//! `PERPETUAL_WRITE_SCHEMA=1 cargo test --lib the_fresh_schema`.
 
 use anyhow::{Context, Result};
 use rusqlite::Connection;
@@ -469,6 +477,9 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// What [`MIGRATIONS`] leave in an empty database, as one script ([`dump`] of it).
+pub const FRESH_SCHEMA: &str = include_str!("schema.sql");
+
 /// The schema version this build writes.
 pub fn latest() -> i64 {
     MIGRATIONS.len() as i64
@@ -500,13 +511,39 @@ pub fn migrate(conn: &Connection) -> Result<()> {
 }
 
 fn run_from(conn: &Connection, current: i64) -> Result<()> {
-    // A fresh database takes the whole schema in one transaction: one commit where one
-    // per migration wrote the schema's pages to the WAL again and again (a fresh root's
-    // first command wrote 107 WAL frames, now 64: BENCHMARKS.md, "End to end", fourth
-    // sitting). An existing database takes one migration per transaction, so that each
-    // commits or fails on its own.
-    let step = if current == 0 { MIGRATIONS.len() } else { 1 };
-    let mut done = current as usize;
+    if current == 0 {
+        return create_fresh(conn);
+    }
+    replay_from(conn, current as usize, 1)
+}
+
+/// A fresh database takes [`FRESH_SCHEMA`] in one transaction, unless another process
+/// got there first.
+fn create_fresh(conn: &Connection) -> Result<()> {
+    // IMMEDIATE: two processes opening a fresh root must not both create the schema.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let again: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if again != 0 {
+        conn.execute_batch("COMMIT")?;
+        return replay_from(conn, again as usize, 1);
+    }
+    let created = conn
+        .execute_batch(FRESH_SCHEMA)
+        .context("creating the schema failed")
+        .and_then(|()| Ok(conn.execute_batch(&format!("PRAGMA user_version = {}", latest()))?));
+    match created {
+        Ok(()) => Ok(conn.execute_batch("COMMIT")?),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Runs the migrations after version `from`, `step` of them per transaction (one, so
+/// that each commits or fails on its own; the tests replay a fresh database's in one).
+fn replay_from(conn: &Connection, from: usize, step: usize) -> Result<()> {
+    let mut done = from;
     while done < MIGRATIONS.len() {
         let upto = (done + step).min(MIGRATIONS.len());
         // IMMEDIATE: two processes opening a fresh root must not both migrate.
@@ -537,6 +574,54 @@ fn run_from(conn: &Connection, current: i64) -> Result<()> {
         done = upto;
     }
     Ok(())
+}
+
+/// The schema and the rows of `conn`'s database as a script that makes them again in an
+/// empty database: every table, then every index, then every trigger and view, each
+/// with its SQL as SQLite stores it, in the order they were made; then each table's
+/// rows in storage order, each value written by SQLite's `quote()`. [`FRESH_SCHEMA`]
+/// is this of a database that ran every migration.
+pub fn dump(conn: &Connection) -> Result<String> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let mut out = format!(
+        "-- The schema of a fresh perpetual database, version {version}: what the {version} migrations in\n\
+         -- src/store/migrations.rs leave. Generated, do not edit: after adding a migration, run\n\
+         -- PERPETUAL_WRITE_SCHEMA=1 cargo test --lib the_fresh_schema\n"
+    );
+    let objects: Vec<(String, String, String)> = conn
+        .prepare(
+            "SELECT type, name, sql FROM sqlite_schema
+             WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+             ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 ELSE 2 END, rowid",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (_, _, sql) in &objects {
+        out.push_str(sql);
+        out.push_str(";\n");
+    }
+    for (kind, table, _) in &objects {
+        if kind != "table" {
+            continue;
+        }
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")?
+            .query_map([table], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let values = columns
+            .iter()
+            .map(|c| format!("quote(\"{}\")", c.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" || ',' || ");
+        let name = format!("\"{}\"", table.replace('"', "\"\""));
+        let mut rows = conn.prepare(&format!("SELECT {values} FROM {name}"))?;
+        let mut rows = rows.query([])?;
+        while let Some(row) = rows.next()? {
+            let values: String = row.get(0)?;
+            out.push_str(&format!("INSERT INTO {name} VALUES ({values});\n"));
+        }
+    }
+    Ok(out)
 }
 
 /// Fails when a row refers to a row that does not exist (what a rebuild could break).
@@ -692,6 +777,35 @@ mod tests {
             )
             .unwrap();
         assert_eq!(gone, 0);
+    }
+
+    /// A fresh database takes `schema.sql` instead of replaying the migrations: the two
+    /// must leave the same schema and the same rows.
+    #[test]
+    fn the_fresh_schema_is_what_the_migrations_leave() {
+        let replayed = Connection::open_in_memory().unwrap();
+        replay_from(&replayed, 0, MIGRATIONS.len()).unwrap();
+        let want = dump(&replayed).unwrap();
+        if std::env::var_os("PERPETUAL_WRITE_SCHEMA").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/schema.sql");
+            std::fs::write(path, &want).unwrap();
+            eprintln!("wrote {path}: rebuild to take it in");
+        }
+        assert!(
+            FRESH_SCHEMA == want,
+            "src/store/schema.sql is not what the migrations leave: run \
+             PERPETUAL_WRITE_SCHEMA=1 cargo test --lib the_fresh_schema, then rebuild"
+        );
+        let fresh = Connection::open_in_memory().unwrap();
+        migrate(&fresh).unwrap();
+        assert_eq!(dump(&fresh).unwrap(), want, "the script makes what it says");
+        // A database made from the script migrates on as a replayed one does.
+        assert_eq!(
+            fresh
+                .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            latest()
+        );
     }
 
     #[test]
