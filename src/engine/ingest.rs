@@ -2,8 +2,9 @@
 //!
 //! Opening and reading run in [`intake`] (never following a link, never blocking,
 //! never reading more than the limit); reading, hashing, decoding, parsing and keying
-//! run in parallel on rayon's pool ([`prepare`]); their results flow through a bounded
-//! channel to one [`Writer`] on the calling thread, which owns the SQLite connection.
+//! run in parallel on rayon's pool ([`prepare`]), and on the writer's thread when it
+//! would otherwise wait; their results flow through a bounded channel to one
+//! [`Writer`] on the calling thread, which owns the SQLite connection.
 //! The bound keeps memory independent of how many files there are: at most
 //! [`QUEUE_FILES`] prepared files and [`QUEUE_BYTES`] of them wait.
 //!
@@ -24,7 +25,6 @@ use crate::pair::Pair;
 use crate::root::{PROCESSED, REJECTED};
 use crate::store::{self, ledger, ledger::FileStatus, ledger::InvalidEntry};
 use anyhow::{Context, Result};
-use rayon::prelude::*;
 use rusqlite::Connection;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -1981,6 +1981,34 @@ pub fn run_metered(
     writer.finish(on_file).map(|report| (report, meter))
 }
 
+/// The files of one [`integrate`] call, handed out in the order they were listed, each
+/// once, to whichever thread asks first: the prepare threads, and the writer when it
+/// would otherwise wait.
+struct Listed {
+    jobs: Vec<std::sync::Mutex<Option<Job>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Listed {
+    fn new(jobs: Vec<Job>) -> Self {
+        Listed {
+            jobs: jobs
+                .into_iter()
+                .map(|j| std::sync::Mutex::new(Some(j)))
+                .collect(),
+            next: Default::default(),
+        }
+    }
+
+    /// The next file nobody has taken, with its place in the list.
+    fn claim(&self) -> Option<(usize, Job)> {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = self.jobs.get(seq)?;
+        let job = slot.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        Some((seq, job))
+    }
+}
+
 /// The loop `ingest`, `watch` and `backfill` share: prepares `jobs` on the prepare pool
 /// and writes them through `writer` as they come, committing whenever no prepared file
 /// is waiting (so a burst is batched and a lone small drop is queryable at once) and
@@ -2004,38 +2032,40 @@ pub fn integrate(
     let pool = prepare_pool();
     let (tx, rx) = mpsc::sync_channel::<(usize, Prepared)>(QUEUE_FILES);
     let queued = &QueueBytes::default();
+    let listed = &Listed::new(jobs);
     let mut held = Vec::new();
     std::thread::scope(|scope| {
         let abort = &abort;
         let interrupt = interrupt.as_deref();
         scope.spawn(move || {
-            pool.install(|| {
-                // par_bridge hands files out in order (oldest name, lowest session
-                // first), where splitting the list would start in its middle too.
-                jobs.into_iter()
-                    .enumerate()
-                    .par_bridge()
-                    .for_each_with(tx, |tx, (seq, job)| {
-                        if abort.load(Ordering::Relaxed)
-                            || interrupt.is_some_and(|f| f.load(Ordering::Relaxed))
-                        {
-                            return;
-                        }
-                        let prepared = prepare(job, hints, max_file_bytes);
-                        queued.acquire(prepared.size, seq);
-                        let _ = tx.send((seq, prepared));
-                    })
+            // Every prepare thread takes the next file in the list (oldest name, lowest
+            // session first) until none is left; the channel closes when all are done.
+            pool.broadcast(|_| {
+                let tx = tx.clone();
+                while !abort.load(Ordering::Relaxed)
+                    && !interrupt.is_some_and(|f| f.load(Ordering::Relaxed))
+                {
+                    let Some((seq, job)) = listed.claim() else {
+                        break;
+                    };
+                    let prepared = prepare(job, hints, max_file_bytes);
+                    queued.acquire(prepared.size, seq);
+                    if tx.send((seq, prepared)).is_err() {
+                        break;
+                    }
+                }
             });
         });
         let result = (|| {
             // Several threads prepare, so files finish out of order; the writer takes
             // them in the order they were listed, so that of two files with the same
             // pairs (or bytes) the earlier one is the original whatever the number of
-            // cores. Those that come early wait here, their bytes still counted.
-            let mut early: std::collections::BTreeMap<usize, Prepared> = Default::default();
+            // cores. Those that come early wait here, their bytes still counted (the
+            // flag says so: a file the writer prepared itself was never counted).
+            let mut early: std::collections::BTreeMap<usize, (Prepared, bool)> = Default::default();
             let mut want = 0usize;
             while !writer.interrupted() && !writer.stopped() {
-                let next = if let Some(p) = early.remove(&want) {
+                let (next, counted) = if let Some(p) = early.remove(&want) {
                     p
                 } else {
                     let (seq, p) = match rx.try_recv() {
@@ -2046,6 +2076,16 @@ pub fn integrate(
                             writer
                                 .commit(on_file)
                                 .with_context(|| db_context(writer.conn))?;
+                            // Then, rather than sleep while the file it needs is being
+                            // prepared, the writer prepares the next file nobody has
+                            // taken yet (on two cores the prepare stage is the longer
+                            // one, and the writer was idle a third of the time).
+                            if early.len() < QUEUE_FILES
+                                && let Some((seq, job)) = listed.claim()
+                            {
+                                early.insert(seq, (prepare(job, hints, max_file_bytes), false));
+                                continue;
+                            }
                             match rx.recv() {
                                 Ok(sp) => sp,
                                 Err(_) => break,
@@ -2054,13 +2094,13 @@ pub fn integrate(
                         Err(mpsc::TryRecvError::Disconnected) => break,
                     };
                     if seq != want {
-                        early.insert(seq, p);
+                        early.insert(seq, (p, true));
                         continue;
                     }
-                    p
+                    (p, true)
                 };
                 want += 1;
-                queued.release(next.size, want);
+                queued.release(if counted { next.size } else { 0 }, want);
                 if admit(&next) {
                     // A disk-full or I/O error names the database and the file.
                     let source = next.job.source();
