@@ -811,6 +811,9 @@ pub const BACKGROUND_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 struct Checkpointer {
     nudge: Option<mpsc::SyncSender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set when the writer is done: a checkpoint asked for and not started yet is
+    /// left to the close, which copies what remains at once.
+    closing: Arc<AtomicBool>,
 }
 
 impl Checkpointer {
@@ -818,10 +821,12 @@ impl Checkpointer {
         let conn = Connection::open(db).with_context(|| format!("cannot open {db}"))?;
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let (nudge, asked) = mpsc::sync_channel::<()>(1);
+        let closing = Arc::new(AtomicBool::new(false));
+        let stop = closing.clone();
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
-                while asked.recv().is_ok() {
+                while asked.recv().is_ok() && !stop.load(Ordering::Acquire) {
                     let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                         Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
                     });
@@ -853,6 +858,7 @@ impl Checkpointer {
         Ok(Checkpointer {
             nudge: Some(nudge),
             thread: Some(thread),
+            closing,
         })
     }
 
@@ -866,7 +872,11 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        // The thread finishes the checkpoint it is in, if any, and closes its connection.
+        // The thread finishes the checkpoint it is in, if any, and closes its connection;
+        // one asked for and not started yet is not started: the close copies what
+        // remains at once, where that checkpoint would have been waited for here and
+        // the close would then have synced both files again.
+        self.closing.store(true, Ordering::Release);
         drop(self.nudge.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
