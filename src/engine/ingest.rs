@@ -873,9 +873,10 @@ impl Checkpointer {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         // The thread finishes the checkpoint it is in, if any, and closes its connection;
-        // one asked for and not started yet is not started: the close copies what
-        // remains at once, where that checkpoint would have been waited for here and
-        // the close would then have synced both files again.
+        // one asked for and not started yet is not started. It is left to whoever
+        // checkpoints next: for `ingest` the close, at once, where that checkpoint would
+        // have been waited for here and the close would then have synced both files
+        // again; for the watcher, the next batch's checkpoint thread or its close.
         self.closing.store(true, Ordering::Release);
         drop(self.nudge.take());
         if let Some(t) = self.thread.take() {
@@ -1991,6 +1992,19 @@ pub fn run_metered(
     writer.finish(on_file).map(|report| (report, meter))
 }
 
+/// Stops the prepare threads of an [`integrate`] call when dropped.
+struct StopPreparing<'a> {
+    abort: &'a AtomicBool,
+    queued: &'a QueueBytes,
+}
+
+impl Drop for StopPreparing<'_> {
+    fn drop(&mut self) {
+        self.abort.store(true, Ordering::Relaxed);
+        self.queued.close();
+    }
+}
+
 /// The files of one [`integrate`] call, handed out in the order they were listed, each
 /// once, to whichever thread asks first: the prepare threads, and the writer when it
 /// would otherwise wait.
@@ -2066,6 +2080,9 @@ pub fn integrate(
                 }
             });
         });
+        // However the writer leaves (done, an error, a panic in its own preparation),
+        // the prepare threads stop taking files and none waits for room any more.
+        let stop = StopPreparing { abort, queued };
         let result = (|| {
             // Several threads prepare, so files finish out of order; the writer takes
             // them in the order they were listed, so that of two files with the same
@@ -2127,8 +2144,7 @@ pub fn integrate(
         })();
         // Done, failed, interrupted or out of budget: workers still preparing see the
         // flag or the closed channel and leave the remaining files alone.
-        abort.store(true, Ordering::Relaxed);
-        queued.close();
+        drop(stop);
         drop(rx);
         result
     })?;
