@@ -2008,28 +2008,16 @@ impl Drop for StopPreparing<'_> {
 /// The files of one [`integrate`] call, handed out in the order they were listed, each
 /// once, to whichever thread asks first: the prepare threads, and the writer when it
 /// would otherwise wait.
-struct Listed {
-    jobs: Vec<std::sync::Mutex<Option<Job>>>,
-    next: std::sync::atomic::AtomicUsize,
-}
+struct Listed(std::sync::Mutex<std::iter::Enumerate<std::vec::IntoIter<Job>>>);
 
 impl Listed {
     fn new(jobs: Vec<Job>) -> Self {
-        Listed {
-            jobs: jobs
-                .into_iter()
-                .map(|j| std::sync::Mutex::new(Some(j)))
-                .collect(),
-            next: Default::default(),
-        }
+        Listed(std::sync::Mutex::new(jobs.into_iter().enumerate()))
     }
 
     /// The next file nobody has taken, with its place in the list.
     fn claim(&self) -> Option<(usize, Job)> {
-        let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let slot = self.jobs.get(seq)?;
-        let job = slot.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-        Some((seq, job))
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).next()
     }
 }
 
@@ -2087,12 +2075,12 @@ pub fn integrate(
             // Several threads prepare, so files finish out of order; the writer takes
             // them in the order they were listed, so that of two files with the same
             // pairs (or bytes) the earlier one is the original whatever the number of
-            // cores. Those that come early wait here, their bytes still counted (the
-            // flag says so: a file the writer prepared itself was never counted).
-            let mut early: std::collections::BTreeMap<usize, (Prepared, bool)> = Default::default();
+            // cores. Those that come early wait here with the bytes they hold in the
+            // queue (none for a file the writer prepared itself: it never entered it).
+            let mut early: std::collections::BTreeMap<usize, (Prepared, u64)> = Default::default();
             let mut want = 0usize;
             while !writer.interrupted() && !writer.stopped() {
-                let (next, counted) = if let Some(p) = early.remove(&want) {
+                let (next, queued_bytes) = if let Some(p) = early.remove(&want) {
                     p
                 } else {
                     let (seq, p) = match rx.try_recv() {
@@ -2110,7 +2098,7 @@ pub fn integrate(
                             if early.len() < QUEUE_FILES
                                 && let Some((seq, job)) = listed.claim()
                             {
-                                early.insert(seq, (prepare(job, hints, max_file_bytes), false));
+                                early.insert(seq, (prepare(job, hints, max_file_bytes), 0));
                                 continue;
                             }
                             match rx.recv() {
@@ -2120,14 +2108,15 @@ pub fn integrate(
                         }
                         Err(mpsc::TryRecvError::Disconnected) => break,
                     };
+                    let size = p.size;
                     if seq != want {
-                        early.insert(seq, (p, true));
+                        early.insert(seq, (p, size));
                         continue;
                     }
-                    (p, true)
+                    (p, size)
                 };
                 want += 1;
-                queued.release(if counted { next.size } else { 0 }, want);
+                queued.release(queued_bytes, want);
                 if admit(&next) {
                     // A disk-full or I/O error names the database and the file.
                     let source = next.job.source();

@@ -4,10 +4,10 @@
 //!
 //! A fresh database does not replay the list: it takes `schema.sql`, what the whole
 //! list leaves (every table, index and trigger as SQLite stores it, and the rows the
-//! migrations insert), in one transaction. Replaying 30 migrations, with their table
-//! rebuilds and column additions that each re-read the whole schema, took 8 ms of a
-//! fresh root's first command; the script takes about 1 ms (BENCHMARKS.md, "End to
-//! end", eighth sitting). The test `the_fresh_schema_is_what_the_migrations_leave`
+//! migrations insert), in one transaction. Replaying the 14 migrations, with their
+//! table rebuilds and column additions that each re-read the whole schema, took 8 ms
+//! of a fresh root's first command; with the script, an empty `ingest` on a fresh root
+//! went from 16.0 to 9.9 ms (BENCHMARKS.md, "End to end", eighth sitting). The test `the_fresh_schema_is_what_the_migrations_leave`
 //! compares the two; after adding a migration, regenerate the script with
 //! `PERPETUAL_WRITE_SCHEMA=1 cargo test --lib the_fresh_schema`.
 
@@ -511,69 +511,63 @@ pub fn migrate(conn: &Connection) -> Result<()> {
 }
 
 fn run_from(conn: &Connection, current: i64) -> Result<()> {
-    if current == 0 {
-        return create_fresh(conn);
+    let mut done = current as usize;
+    if done == 0 {
+        // A fresh database takes [`FRESH_SCHEMA`] in one transaction.
+        done = transaction_from(conn, 0, MIGRATIONS.len(), || {
+            conn.execute_batch(FRESH_SCHEMA)
+                .context("creating the schema failed")
+        })?;
     }
-    replay_from(conn, current as usize, 1)
+    replay_from(conn, done)
 }
 
-/// A fresh database takes [`FRESH_SCHEMA`] in one transaction, unless another process
-/// got there first.
-fn create_fresh(conn: &Connection) -> Result<()> {
-    // IMMEDIATE: two processes opening a fresh root must not both create the schema.
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let again: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if again != 0 {
-        conn.execute_batch("COMMIT")?;
-        return replay_from(conn, again as usize, 1);
+/// Runs the migrations after version `from`, one transaction each, so that each
+/// commits or fails on its own.
+fn replay_from(conn: &Connection, from: usize) -> Result<()> {
+    let mut done = from;
+    while done < MIGRATIONS.len() {
+        let upto = done + 1;
+        done = transaction_from(conn, done, upto, || {
+            conn.execute_batch(MIGRATIONS[done])
+                .with_context(|| format!("migration {upto} failed"))
+                .and_then(|()| {
+                    foreign_keys_hold(conn).with_context(|| format!("migration {upto} failed"))
+                })
+        })?;
     }
-    let created = conn
-        .execute_batch(FRESH_SCHEMA)
-        .context("creating the schema failed")
-        .and_then(|()| Ok(conn.execute_batch(&format!("PRAGMA user_version = {}", latest()))?));
-    match created {
-        Ok(()) => Ok(conn.execute_batch("COMMIT")?),
+    Ok(())
+}
+
+/// Runs `apply` and sets the schema version to `upto` in one transaction, which
+/// commits only if both succeed; returns the version reached. IMMEDIATE: two processes
+/// opening a fresh root must not both migrate, so when the version read inside the
+/// transaction is no longer `from` (another process got there first), nothing is
+/// applied and that version is returned.
+fn transaction_from(
+    conn: &Connection,
+    from: usize,
+    upto: usize,
+    apply: impl FnOnce() -> Result<()>,
+) -> Result<usize> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if now as usize != from {
+        conn.execute_batch("COMMIT")?;
+        return Ok(now as usize);
+    }
+    let applied =
+        apply().and_then(|()| Ok(conn.execute_batch(&format!("PRAGMA user_version = {upto}"))?));
+    match applied {
+        Ok(()) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(upto)
+        }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
         }
     }
-}
-
-/// Runs the migrations after version `from`, `step` of them per transaction (one, so
-/// that each commits or fails on its own; the tests replay a fresh database's in one).
-fn replay_from(conn: &Connection, from: usize, step: usize) -> Result<()> {
-    let mut done = from;
-    while done < MIGRATIONS.len() {
-        let upto = (done + step).min(MIGRATIONS.len());
-        // IMMEDIATE: two processes opening a fresh root must not both migrate.
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let again: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let again = again as usize;
-        if again >= upto {
-            conn.execute_batch("COMMIT")?;
-            done = again;
-            continue;
-        }
-        let applied = (again..upto)
-            .try_for_each(|i| {
-                conn.execute_batch(MIGRATIONS[i])
-                    .with_context(|| format!("migration {} failed", i + 1))
-            })
-            .and_then(|()| {
-                foreign_keys_hold(conn).with_context(|| format!("migration {upto} failed"))
-            })
-            .and_then(|()| Ok(conn.execute_batch(&format!("PRAGMA user_version = {upto}"))?));
-        match applied {
-            Ok(()) => conn.execute_batch("COMMIT")?,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        }
-        done = upto;
-    }
-    Ok(())
 }
 
 /// The schema and the rows of `conn`'s database as a script that makes them again in an
@@ -784,7 +778,7 @@ mod tests {
     #[test]
     fn the_fresh_schema_is_what_the_migrations_leave() {
         let replayed = Connection::open_in_memory().unwrap();
-        replay_from(&replayed, 0, MIGRATIONS.len()).unwrap();
+        replay_from(&replayed, 0).unwrap();
         let want = dump(&replayed).unwrap();
         if std::env::var_os("PERPETUAL_WRITE_SCHEMA").is_some() {
             let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/schema.sql");
