@@ -162,6 +162,13 @@ fn ingest(bin: &Path, root: &Path, archive: &Path) -> Measured {
 // The child is reaped with wait4 (for its rusage), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 fn measure(bin: &Path, root: &Path, args: &[&str]) -> Measured {
+    // Each run starts with the disk quiet: the big archive's ingest leaves a gigabyte of
+    // dirty pages that the kernel wrote back during the next run, and the probe after it
+    // read 68 to 82% where the same probe on a synced copy of that root read 92%
+    // (BENCHMARKS.md, ninth sitting).
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let child = Command::new(bin)
         .arg("--root")
         .arg(root)

@@ -794,12 +794,24 @@ pub struct Writer<'c> {
     checkpointer: Option<Checkpointer>,
 }
 
+/// How many pairs ahead the writer readies the key filter's check
+/// ([`store::pairs::PairSink::prefetch`]): a pair's insert takes longer than a memory
+/// load, so a few is enough.
+const PREFETCH_AHEAD: usize = 4;
+
 /// After this many bytes of new pairs are committed, the WAL is copied into the
 /// database file on a thread of its own ([`Checkpointer`]) while the writer goes on.
 /// Without it, a run's whole WAL (up to `wal_autocheckpoint`'s 64 MiB) was copied by
 /// the writer after its last commit or by the close: a serial tail of 120 ms for 20,000
 /// pairs (BENCHMARKS.md, "End to end").
 pub const BACKGROUND_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The writer's `wal_autocheckpoint` while the [`Checkpointer`] runs, instead of
+/// `store::configure`'s 64 MiB. The merge of the key tail commits the index's pages at
+/// once (80 MiB with a million keys merged); at 64 MiB the writer then stopped to copy
+/// them itself, 100 ms, where the thread copies them beside it (BENCHMARKS.md, ninth
+/// sitting). It still bounds the WAL if the thread falls behind.
+pub const WAL_BOUND_WITH_CHECKPOINTER: i64 = 256 << 20;
 
 /// A thread with its own connection that runs `PRAGMA wal_checkpoint(PASSIVE)` when the
 /// writer asks ([`Checkpointer::nudge`]). A passive checkpoint never blocks the writer
@@ -988,8 +1000,13 @@ impl<'c> Writer<'c> {
         if self.in_txn {
             // The tail's chunk, and the merge in the transaction of the batch that made
             // it due.
-            self.sink.before_commit(self.conn)?;
+            let merged = self.sink.before_commit(self.conn)?;
             self.conn.execute_batch("COMMIT").context("commit failed")?;
+            if merged {
+                // A merge commits the index's pages (tens of MiB once millions of keys
+                // are merged): the checkpoint thread copies them now.
+                self.unchecked_bytes = self.unchecked_bytes.max(BACKGROUND_CHECKPOINT_BYTES);
+            }
             self.in_txn = false;
             self.pending_pairs = 0;
             if self.unchecked_bytes >= BACKGROUND_CHECKPOINT_BYTES {
@@ -1442,6 +1459,9 @@ impl<'c> Writer<'c> {
         let mut stmts = store::pairs::Statements::new(conn)?;
         while next < parsed.pairs.len() {
             let pair = &parsed.pairs[next];
+            if let Some(ahead) = parsed.pairs.get(next + PREFETCH_AHEAD) {
+                self.sink.prefetch(&ahead.key);
+            }
             if self
                 .sink
                 .insert(conn, &mut stmts, pair, &job.agent, id, &self.now)?
@@ -1602,7 +1622,16 @@ impl<'c> Writer<'c> {
                 return; // in memory
             };
             match Checkpointer::start(db) {
-                Ok(c) => self.checkpointer = Some(c),
+                Ok(c) => {
+                    // The thread copies the WAL from now on; the writer's own checkpoint
+                    // is only the bound for when it falls behind (restored on drop).
+                    if let Err(e) =
+                        store::set_wal_autocheckpoint(self.conn, WAL_BOUND_WITH_CHECKPOINTER)
+                    {
+                        tracing::debug!("{e:#}");
+                    }
+                    self.checkpointer = Some(c)
+                }
                 Err(e) => {
                     tracing::warn!("{e:#}: the writer checkpoints alone");
                     return;
@@ -1626,6 +1655,10 @@ impl Drop for Writer<'_> {
         if self.in_txn {
             // An error unwound past us: leave the database as of the last checkpoint.
             let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        if self.checkpointer.is_some() {
+            // The connection outlives the writer (the watcher's next batch, the CLI).
+            let _ = store::set_wal_autocheckpoint(self.conn, store::WAL_AUTOCHECKPOINT_BYTES);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Every SQL statement lives under this module: the schema and its migrations, the
-//! pragmas, the ledger, the pair writer's statements, the read-back queries, the task
+//! pragmas, the ledger, the pair writer's statements and its key filter (`store::key_filter`), the read-back queries, the task
 //! stack and its templates (`store::tasks`), sessions and checkpoints
 //! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
 //! consistent backups (`store::backup`), and the dataset workbench's own tables
@@ -21,6 +21,7 @@ pub mod dataset;
 pub mod documents;
 pub mod embeddings;
 pub mod history;
+pub mod key_filter;
 pub mod ledger;
 pub mod migrations;
 pub mod pairs;
@@ -121,7 +122,7 @@ pub fn sync_database_file(conn: &Connection) -> Result<()> {
 pub const PAGE_SIZE: u32 = 16384;
 
 /// The WAL's size at which a writer's commit copies it into the database file.
-const WAL_AUTOCHECKPOINT_BYTES: i64 = 64 << 20;
+pub const WAL_AUTOCHECKPOINT_BYTES: i64 = 64 << 20;
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -143,10 +144,12 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // Checkpoint the WAL every 64 MiB of pages instead of 1,000 pages: small
     // transactions rewrite the same index pages, and a rarer checkpoint copies each page
     // once. Measured: 2.3x the writer's speed at 500-pair transactions (BENCHMARKS.md).
+    set_wal_autocheckpoint(conn, WAL_AUTOCHECKPOINT_BYTES)
+}
+
+/// Sets `wal_autocheckpoint` to `bytes` of WAL (the pragma counts pages).
+pub fn set_wal_autocheckpoint(conn: &Connection, bytes: i64) -> rusqlite::Result<()> {
     let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    conn.execute_batch(&format!(
-        "PRAGMA wal_autocheckpoint = {};",
-        WAL_AUTOCHECKPOINT_BYTES / page
-    ))?;
+    conn.execute_batch(&format!("PRAGMA wal_autocheckpoint = {};", bytes / page))?;
     Ok(())
 }

@@ -21,15 +21,17 @@
 //!   grows with the index, each pair's share of that work stays the same however large
 //!   the table gets.
 //!
-//! A pair is new when its key is in neither. The primary key of `pair_keys` is the
+//! A pair is new when its key is in neither. The merged index is read only when its
+//! Bloom filter ([`KeyFilter`], stored by each merge) says the key may be there, which
+//! for a fresh key is almost never. The primary key of `pair_keys` is the
 //! database's own guard: a duplicate that slipped past would fail the merge. The one
 //! rule for callers: [`PairSink::before_commit`] just before every `COMMIT` of a
 //! transaction that inserted pairs (it writes the chunk, and merges when due).
 
-use crate::pair::{Pair, PairKey};
+use crate::pair::{KeySet, Pair, PairKey};
+use crate::store::key_filter::KeyFilter;
 use anyhow::{Context, Result};
 use rusqlite::{CachedStatement, Connection, params};
-use std::collections::HashSet;
 
 /// Appends one pair (no index on `key` is maintained here; see the module docs).
 pub const INSERT_PAIR: &str = "INSERT INTO pairs
@@ -45,6 +47,10 @@ pub const LOOKUP_KEY: &str = "SELECT 1 FROM pair_keys WHERE key = ?1";
 /// Bytes per tail entry in a `tail_chunks` blob: the pair id (8 bytes, little-endian),
 /// then its key (32 bytes).
 pub const ENTRY_BYTES: usize = 40;
+
+/// The tail's length from which, when it must grow, it grows at once to the length it
+/// is merged at; smaller runs keep a small set.
+const GROW_TO_MERGE_FROM: usize = 1 << 15;
 
 /// The smallest tail that is merged (~8 MB of keys in memory).
 pub const MERGE_MIN: usize = 200_000;
@@ -110,13 +116,17 @@ pub fn load_tail(conn: &Connection, mut each: impl FnMut(i64, PairKey)) -> Resul
 }
 
 /// The one writer's view of distinctness: the tail's keys in memory, how many keys are
-/// merged, and the entries of the open transaction not yet written to `tail_chunks`.
-/// Valid only while it matches the database: a writer whose transaction rolled back
-/// must drop it (see `ingest::Writer::finish_carrying`).
+/// merged and the filter over them, and the entries of the open transaction not yet
+/// written to `tail_chunks`. Valid only while it matches the database: a writer whose
+/// transaction rolled back must drop it (see `ingest::Writer::finish_carrying`).
 #[derive(Debug, Default)]
 pub struct PairSink {
-    tail: Option<HashSet<PairKey>>,
+    tail: Option<KeySet>,
     merged: usize,
+    /// Every merged key (loaded with the tail; `None` while nothing is merged).
+    filter: Option<KeyFilter>,
+    /// Lookups in the merged index the filter let through; see [`PairSink::size_cache`].
+    lookups: usize,
     /// Tail entries ([`ENTRY_BYTES`] each) stored since the last chunk was written.
     pending: Vec<u8>,
     /// The id of the last entry in `pending`.
@@ -131,18 +141,23 @@ impl PairSink {
 
     /// Keys stored and not merged yet (0 before the first use).
     pub fn tail_len(&self) -> usize {
-        self.tail.as_ref().map_or(0, HashSet::len)
+        self.tail.as_ref().map_or(0, KeySet::len)
     }
 
     /// Whether the tail is large enough to merge: a quarter of the merged keys,
     /// clamped to [`MERGE_MIN`]..=[`MERGE_MAX`].
     pub fn merge_due(&self) -> bool {
-        self.tail_len() >= (self.merged / 4).clamp(MERGE_MIN, MERGE_MAX)
+        self.tail_len() >= self.merge_at()
     }
 
-    fn tail(&mut self, conn: &Connection) -> Result<&mut HashSet<PairKey>> {
+    /// The tail's length at which it is merged.
+    fn merge_at(&self) -> usize {
+        (self.merged / 4).clamp(MERGE_MIN, MERGE_MAX)
+    }
+
+    fn tail(&mut self, conn: &Connection) -> Result<&mut KeySet> {
         if self.tail.is_none() {
-            let mut keys = HashSet::new();
+            let mut keys = KeySet::default();
             let (last, stray) = load_tail(conn, |_, key| {
                 keys.insert(key);
             })?;
@@ -162,8 +177,30 @@ impl PairSink {
             self.merged = (max.max(last) as usize).saturating_sub(keys.len());
             self.tail = Some(keys);
             self.size_cache(conn)?;
+            if self.merged > 0 {
+                self.filter = Some(match KeyFilter::load(conn, self.merged)? {
+                    Some(filter) => filter,
+                    None => {
+                        let filter = KeyFilter::rebuild(conn)?;
+                        tracing::info!(
+                            "key filter built from the {} keys of the merged index",
+                            filter.len()
+                        );
+                        filter.store(conn, self.merged)?;
+                        filter
+                    }
+                });
+            }
         }
         Ok(self.tail.as_mut().expect("just loaded"))
+    }
+
+    /// Readies the check of a key that [`PairSink::insert`] will see a few pairs later
+    /// (see [`KeyFilter::prefetch`]).
+    pub fn prefetch(&self, key: &PairKey) {
+        if let Some(filter) = &self.filter {
+            filter.prefetch(key);
+        }
     }
 
     /// Stores `pair` unless its key is stored; returns true when it was new. Call
@@ -181,10 +218,20 @@ impl PairSink {
         if self.tail(conn)?.contains(&pair.key) {
             return Ok(false);
         }
-        // Nothing merged yet: the merged index is empty, and a lookup in it (a B-tree
-        // descent and a statement step per pair) would only ever say no.
-        if self.merged > 0 && stmts.lookup.exists([&pair.key[..]])? {
-            return Ok(false);
+        // The index is read only when its filter says the key may be there: for a fresh
+        // key, almost never (and never while nothing is merged).
+        if self
+            .filter
+            .as_ref()
+            .is_some_and(|f| f.may_contain(&pair.key))
+        {
+            self.lookups += 1;
+            if self.lookups == LOOKUPS_FOR_CACHE {
+                self.size_cache(conn)?;
+            }
+            if stmts.lookup.exists([&pair.key[..]])? {
+                return Ok(false);
+            }
         }
         stmts.insert.execute(params![
             &pair.key[..],
@@ -201,18 +248,27 @@ impl PairSink {
         self.pending.extend_from_slice(&id.to_le_bytes());
         self.pending.extend_from_slice(&pair.key);
         self.pending_last = id;
-        self.tail(conn)?.insert(pair.key);
+        let merge_at = self.merge_at();
+        let tail = self.tail(conn)?;
+        if tail.len() == tail.capacity() && tail.len() >= GROW_TO_MERGE_FROM {
+            // From here on, room for the whole tail at once: each doubling moved every
+            // key again into fresh pages (1.5% of the writer's time at 250,000 keys).
+            tail.reserve(merge_at.saturating_sub(tail.len()));
+        }
+        tail.insert(pair.key);
         Ok(true)
     }
 
     /// Call inside the open transaction, just before its `COMMIT`: writes the tail
     /// entries of the pairs it stored as one `tail_chunks` row, and merges the tail
     /// when it is due.
-    pub fn before_commit(&mut self, conn: &Connection) -> Result<()> {
+    pub fn before_commit(&mut self, conn: &Connection) -> Result<bool> {
         if self.merge_due() {
-            self.merge(conn).context("merging the key tail failed")
+            self.merge(conn).context("merging the key tail failed")?;
+            Ok(true)
         } else {
-            self.write_chunk(conn)
+            self.write_chunk(conn)?;
+            Ok(false)
         }
     }
 
@@ -249,31 +305,49 @@ impl PairSink {
         conn.prepare_cached(INSERT_TAIL_CHUNK)?
             .execute(params![last, &[] as &[u8]])?;
         self.merged += entries.len();
+        let filter = match self.filter.take() {
+            Some(mut filter) if filter.len() + entries.len() <= filter.capacity() => {
+                for (key, _) in &entries {
+                    filter.insert(key);
+                }
+                filter
+            }
+            // Past its capacity (or the first merge): a larger one, from the index.
+            _ => KeyFilter::rebuild(conn)?,
+        };
+        filter.store(conn, self.merged)?;
+        self.filter = Some(filter);
         if let Some(tail) = &mut self.tail {
             tail.clear();
         }
         self.size_cache(conn)
     }
 
-    /// Sizes the connection's page cache to the merged index, the one structure the
-    /// writer reads at random (one lookup per pair): [`CACHE_BYTES_PER_KEY`] per merged
-    /// key, at least [`CACHE_MIN_KIB`] and at most [`CACHE_MAX_KIB`] (the 64 MiB that
-    /// `store::configure` gives every connection). A writer on a young database works
-    /// with the small cache, which stays in the processor's caches: a quarter less of
-    /// the writer's CPU than 64 MiB of fresh pages (BENCHMARKS.md, "The writer's side").
+    /// Sizes the connection's page cache. A writer whose keys are fresh reads the merged
+    /// index only for the filter's rare false positives, and works with
+    /// [`CACHE_MIN_KIB`], which stays in the processor's caches: a quarter less of the
+    /// writer's CPU than 64 MiB of fresh pages (BENCHMARKS.md, "The writer's side").
+    /// Once [`LOOKUPS_FOR_CACHE`] keys went to the index (pairs stored before, sent
+    /// again), the cache grows to hold it: [`CACHE_BYTES_PER_KEY`] per merged key, at
+    /// most [`CACHE_MAX_KIB`] (the 64 MiB that `store::configure` gives every connection).
     fn size_cache(&self, conn: &Connection) -> Result<()> {
-        let kib =
-            (self.merged as u64 * CACHE_BYTES_PER_KEY / 1024).clamp(CACHE_MIN_KIB, CACHE_MAX_KIB);
+        let kib = if self.lookups >= LOOKUPS_FOR_CACHE {
+            (self.merged as u64 * CACHE_BYTES_PER_KEY / 1024).clamp(CACHE_MIN_KIB, CACHE_MAX_KIB)
+        } else {
+            CACHE_MIN_KIB
+        };
         conn.execute_batch(&format!("PRAGMA cache_size = -{kib}"))?;
         Ok(())
     }
 }
 
+/// Lookups in the merged index after which the writer's page cache grows to hold it.
+pub const LOOKUPS_FOR_CACHE: usize = 1000;
 /// Page cache per key of the merged index: a `pair_keys` entry is ~40 bytes, its
 /// leaves about two-thirds full after merges, and a quarter more for the pages of the
 /// tables being appended to.
 pub const CACHE_BYTES_PER_KEY: u64 = 80;
-/// The writer's page cache while little or nothing is merged (SQLite's own default).
+/// The writer's page cache while it reads the index little (SQLite's own default).
 pub const CACHE_MIN_KIB: u64 = 2000;
 /// The writer's page cache at most, as `store::configure` sets for every connection.
 pub const CACHE_MAX_KIB: u64 = 65536;
@@ -413,6 +487,60 @@ mod tests {
         assert_eq!((last, stray.len()), (2, 0));
         second.merge(&conn).unwrap();
         assert_eq!(count_of(&conn, "pair_keys"), 2, "each key merged once");
+    }
+
+    #[test]
+    fn each_merge_stores_the_key_filter_and_a_writer_rebuilds_one_that_does_not_match() {
+        let conn = crate::store::open_in_memory().unwrap();
+        let f = file(&conn);
+        let mut stmts = Statements::new(&conn).unwrap();
+        let mut put = |sink: &mut PairSink, q: &str| {
+            sink.insert(&conn, &mut stmts, &pair(q), "t", f, "now")
+                .unwrap()
+        };
+        let stamp = |conn: &Connection| -> Option<i64> {
+            conn.query_row("SELECT keys FROM pair_key_filter", [], |r| r.get(0))
+                .ok()
+        };
+        let mut first = PairSink::new();
+        assert!(put(&mut first, "q1") && put(&mut first, "q2"));
+        assert_eq!(stamp(&conn), None, "nothing merged, no filter");
+        first.merge(&conn).unwrap();
+        assert_eq!(stamp(&conn), Some(2), "written by the merge");
+        let merged_keys = [pair("q1").key, pair("q2").key];
+        let stored = KeyFilter::load(&conn, 2).unwrap().expect("stamped 2");
+        assert!(merged_keys.iter().all(|k| stored.may_contain(k)));
+
+        // A writer that starts uses it: merged keys are duplicates, a new one is new.
+        let mut second = PairSink::new();
+        assert!(!put(&mut second, "q1"));
+        assert!(put(&mut second, "q3"));
+        assert_eq!(second.filter.as_ref().map(KeyFilter::len), Some(2));
+        second.merge(&conn).unwrap();
+        assert_eq!(stamp(&conn), Some(3));
+        assert!(
+            KeyFilter::load(&conn, 3)
+                .unwrap()
+                .expect("stamped 3")
+                .may_contain(&pair("q3").key),
+            "the merged key went into the stored filter"
+        );
+
+        // No filter (a database from before it) or a stamp that does not match: the
+        // writer rebuilds it from the index and stores it.
+        for damage in [
+            "DELETE FROM pair_key_filter",
+            "UPDATE pair_key_filter SET keys = 7, bits = zeroblob(64)",
+        ] {
+            conn.execute_batch(damage).unwrap();
+            let mut next = PairSink::new();
+            for q in ["q1", "q2", "q3"] {
+                assert!(!put(&mut next, q), "{q} after {damage}");
+            }
+            assert!(put(&mut next, &format!("new after {damage}")));
+            assert_eq!(stamp(&conn), Some(3), "rebuilt after {damage}");
+            assert_eq!(next.filter.as_ref().map(KeyFilter::len), Some(3));
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
--- The schema of a fresh perpetual database, version 14: what the 14 migrations in
+-- The schema of a fresh perpetual database, version 15: what the 15 migrations in
 -- src/store/migrations.rs leave. Generated, do not edit: after adding a migration, run
 -- PERPETUAL_WRITE_SCHEMA=1 cargo test --lib the_fresh_schema
 CREATE TABLE pairs (
@@ -263,6 +263,11 @@ CREATE TABLE loop_state (
 CREATE TABLE tail_chunks (
         last_id INTEGER PRIMARY KEY,                 -- the largest pair id in entries; for the empty watermark row, the last merged id
         entries BLOB NOT NULL                        -- per pair: its id (8 bytes, little-endian), then its key (32 bytes), in id order
+    );
+CREATE TABLE pair_key_filter (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        keys INTEGER NOT NULL,                       -- the merged keys it covers: used only while the writer counts as many
+        bits BLOB NOT NULL                           -- 512-bit blocks of 8 little-endian u64 words, a power of two of them
     );
 CREATE INDEX pairs_by_created ON pairs(created_at);
 CREATE INDEX tasks_by_queue ON tasks(agent, status, priority, position);
