@@ -31,7 +31,7 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -792,6 +792,9 @@ pub struct Writer<'c> {
     unchecked_bytes: u64,
     /// Started at the first [`BACKGROUND_CHECKPOINT_BYTES`] (a small run never starts it).
     checkpointer: Option<Checkpointer>,
+    /// Set by a merge's commit: the WAL's bound is [`MERGE_COMMIT_WAL_BOUND`] until the
+    /// checkpoint thread has copied the WAL through more times than this.
+    lifted_until: Option<u64>,
 }
 
 /// How many pairs ahead the writer readies the key filter's check
@@ -806,12 +809,11 @@ const PREFETCH_AHEAD: usize = 4;
 /// pairs (BENCHMARKS.md, "End to end").
 pub const BACKGROUND_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 
-/// The writer's `wal_autocheckpoint` while the [`Checkpointer`] runs, instead of
-/// `store::configure`'s 64 MiB. The merge of the key tail commits the index's pages at
-/// once (80 MiB with a million keys merged); at 64 MiB the writer then stopped to copy
-/// them itself, 100 ms, where the thread copies them beside it (BENCHMARKS.md, ninth
-/// sitting). It still bounds the WAL if the thread falls behind.
-pub const WAL_BOUND_WITH_CHECKPOINTER: i64 = 256 << 20;
+/// The writer's `wal_autocheckpoint` from the commit of a merge of the key tail until
+/// the [`Checkpointer`] has copied the WAL through, instead of `store::configure`'s 64
+/// MiB (see `Writer::lift_wal_bound`; BENCHMARKS.md, ninth sitting). Raising it for the
+/// whole run let the WAL grow past 64 MiB and cost the close 35 ms at 200,000 pairs.
+pub const MERGE_COMMIT_WAL_BOUND: i64 = 256 << 20;
 
 /// A thread with its own connection that runs `PRAGMA wal_checkpoint(PASSIVE)` when the
 /// writer asks ([`Checkpointer::nudge`]). A passive checkpoint never blocks the writer
@@ -826,6 +828,8 @@ struct Checkpointer {
     /// Set when the writer is done: a checkpoint asked for and not started yet is
     /// left to the close, which copies what remains at once.
     closing: Arc<AtomicBool>,
+    /// Checkpoints that copied every frame of the WAL.
+    complete: Arc<AtomicU64>,
 }
 
 impl Checkpointer {
@@ -835,6 +839,8 @@ impl Checkpointer {
         let (nudge, asked) = mpsc::sync_channel::<()>(1);
         let closing = Arc::new(AtomicBool::new(false));
         let stop = closing.clone();
+        let complete = Arc::new(AtomicU64::new(0));
+        let completed = complete.clone();
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
@@ -845,6 +851,9 @@ impl Checkpointer {
                     match done {
                         Ok((frames, copied)) => {
                             tracing::debug!(frames, copied, "background checkpoint");
+                            if frames == copied {
+                                completed.fetch_add(1, Ordering::Release);
+                            }
                             // A checkpoint that cannot copy every frame (the writer
                             // appended meanwhile) leaves the pages it copied dirty in
                             // the kernel's cache: nothing syncs the database file
@@ -871,6 +880,7 @@ impl Checkpointer {
             nudge: Some(nudge),
             thread: Some(thread),
             closing,
+            complete,
         })
     }
 
@@ -943,6 +953,7 @@ impl<'c> Writer<'c> {
             identity: None,
             unchecked_bytes: 0,
             checkpointer: None,
+            lifted_until: None,
         }
     }
 
@@ -1001,11 +1012,14 @@ impl<'c> Writer<'c> {
             // The tail's chunk, and the merge in the transaction of the batch that made
             // it due.
             let merged = self.sink.before_commit(self.conn)?;
+            if merged {
+                self.lift_wal_bound();
+            }
             self.conn.execute_batch("COMMIT").context("commit failed")?;
             if merged {
-                // A merge commits the index's pages (tens of MiB once millions of keys
-                // are merged): the checkpoint thread copies them now.
                 self.unchecked_bytes = self.unchecked_bytes.max(BACKGROUND_CHECKPOINT_BYTES);
+            } else {
+                self.restore_wal_bound_once_copied();
             }
             self.in_txn = false;
             self.pending_pairs = 0;
@@ -1615,6 +1629,39 @@ impl<'c> Writer<'c> {
         Ok((report, carry))
     }
 
+    /// A merge commits the index's pages at once (80 MiB with a million keys merged):
+    /// past the WAL's bound, the writer would stop at that commit or the next ones and
+    /// copy them itself (100 ms) where the checkpoint thread, nudged right after,
+    /// copies them beside it. So the bound is [`MERGE_COMMIT_WAL_BOUND`] from the
+    /// merge's commit until the thread has copied the WAL through once.
+    fn lift_wal_bound(&mut self) {
+        let Some(c) = &self.checkpointer else {
+            return;
+        };
+        if store::set_wal_autocheckpoint(self.conn, MERGE_COMMIT_WAL_BOUND).is_ok() {
+            self.lifted_until = Some(c.complete.load(Ordering::Acquire));
+        }
+    }
+
+    /// Puts the WAL's bound back once the thread has copied the WAL through since the
+    /// merge (see [`Writer::lift_wal_bound`]).
+    fn restore_wal_bound_once_copied(&mut self) {
+        if let (Some(at), Some(c)) = (self.lifted_until, &self.checkpointer)
+            && c.complete.load(Ordering::Acquire) > at
+        {
+            self.restore_wal_bound();
+        }
+    }
+
+    fn restore_wal_bound(&mut self) {
+        if self.lifted_until.take().is_some()
+            && let Err(e) =
+                store::set_wal_autocheckpoint(self.conn, store::WAL_AUTOCHECKPOINT_BYTES)
+        {
+            tracing::warn!("{}: {e:#}", db_context(self.conn));
+        }
+    }
+
     /// Starts the [`Checkpointer`] if need be (a database on disk only) and nudges it.
     fn checkpoint_in_background(&mut self) {
         if self.checkpointer.is_none() {
@@ -1622,16 +1669,7 @@ impl<'c> Writer<'c> {
                 return; // in memory
             };
             match Checkpointer::start(db) {
-                Ok(c) => {
-                    // The thread copies the WAL from now on; the writer's own checkpoint
-                    // is only the bound for when it falls behind (restored on drop).
-                    if let Err(e) =
-                        store::set_wal_autocheckpoint(self.conn, WAL_BOUND_WITH_CHECKPOINTER)
-                    {
-                        tracing::debug!("{e:#}");
-                    }
-                    self.checkpointer = Some(c)
-                }
+                Ok(c) => self.checkpointer = Some(c),
                 Err(e) => {
                     tracing::warn!("{e:#}: the writer checkpoints alone");
                     return;
@@ -1656,10 +1694,8 @@ impl Drop for Writer<'_> {
             // An error unwound past us: leave the database as of the last checkpoint.
             let _ = self.conn.execute_batch("ROLLBACK");
         }
-        if self.checkpointer.is_some() {
-            // The connection outlives the writer (the watcher's next batch, the CLI).
-            let _ = store::set_wal_autocheckpoint(self.conn, store::WAL_AUTOCHECKPOINT_BYTES);
-        }
+        // The connection outlives the writer (the watcher's next batch, the CLI).
+        self.restore_wal_bound();
     }
 }
 
