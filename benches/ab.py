@@ -10,7 +10,9 @@ and the minimum wall time from spawn to exit, the median of the run's own `secon
 the median CPU time of the child (user + system, 10 ms resolution) and the load
 average. `@VAR=VALUE` sets environment variables for that build only, so one binary
 can be compared with itself under a setting. CORPUS `keep:PATH` keeps each build's
-root from run to run (an existing root, e.g. for an empty inbox).
+root from run to run (an existing root, e.g. for an empty inbox). `@AB_FROM=ROOT`
+starts each of that build's runs from a copy of ROOT instead of a fresh root (e.g. a
+root holding a million pairs: the stored case of BENCHMARKS.md's ninth sitting).
 
 A corpus like the e2e bench's: perpetual generate --out c20 --files 200 --pairs 100
 --duplicates 0.2 --layouts flat,nested --answer-chars 800-2000 --seed 14
@@ -48,6 +50,8 @@ def main():
             root = os.path.abspath(f"ab-root-{name}")
             if not keep:
                 shutil.rmtree(root, ignore_errors=True)
+                if env.get("AB_FROM"):
+                    shutil.copytree(env["AB_FROM"], root)
             os.sync()
             time.sleep(pause)
             before = os.times()
