@@ -826,3 +826,85 @@ fn a_new_database_gets_16_kib_pages_and_an_older_one_keeps_its_own() {
     let stats = older.run(&["stats", "--json"]).expect(0).json();
     assert_eq!(stats["pairs"], 1, "{stats}");
 }
+
+/// Past `MERGE_MIN` (200,000) distinct pairs the key tail is merged into the index, and
+/// the merge stores the Bloom filter over it (store::key_filter). A later run, in a new
+/// process, must still find every merged pair through that filter; and a database
+/// without the filter (one from before it) gets one built from the index.
+#[test]
+fn merged_pairs_stay_distinct_through_the_key_filter_in_later_runs() {
+    let env = Env::new();
+    let mut cfg = config(vec![DropLayout::Flat], vec![], 404, 500);
+    cfg.answer_chars = Some((20, 40));
+    let files = generate::generate(&cfg);
+    let archive = env.path("archive");
+    generate::write_files(&archive, &files).unwrap();
+    let want = distinct_pairs(&files) as i64;
+    assert!(want > 200_000, "enough to merge: {want}");
+    let run = env
+        .run(&["ingest", "--json", archive.to_str().unwrap()])
+        .expect(0);
+    assert_eq!(run.json()["pairs_new"], want, "{}", run.explain());
+    let merged = env.count("SELECT COUNT(*) FROM pair_keys");
+    assert!(merged >= 200_000, "the tail was merged: {merged}");
+    assert_eq!(
+        env.count("SELECT keys FROM pair_key_filter"),
+        merged,
+        "the merge stored the filter, stamped with what it covers"
+    );
+
+    // A new drop (new bytes) holding stored pairs, merged ones among them, and a fresh one.
+    let resend = |label: &str, ids: &[i64]| -> serde_json::Value {
+        let db = env.db();
+        let mut pairs: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|id| {
+                db.query_row(
+                    "SELECT question, answer FROM pairs WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok(serde_json::json!({
+                            "question": r.get::<_, String>(0)?,
+                            "answer": r.get::<_, String>(1)?,
+                        }))
+                    },
+                )
+                .unwrap()
+            })
+            .collect();
+        pairs.push(serde_json::json!({
+            "question": format!("A question never asked before ({label})?"),
+            "answer": "An answer to go with it.",
+        }));
+        env.drop_file(
+            "droid",
+            &format!("{label}.json"),
+            serde_json::to_vec(&pairs).unwrap(),
+        );
+        env.run(&["ingest", "--json"]).expect(0).json()
+    };
+    let last = want;
+    let again = resend("again", &[1, 2, merged, last]);
+    assert_eq!(
+        (again["pairs_new"].clone(), again["pairs_duplicate"].clone()),
+        (1.into(), 4.into()),
+        "merged pairs (first and last merged) and tail pairs are duplicates: {again}"
+    );
+
+    // A database from before the filter: the next writer builds it from the index.
+    rusqlite::Connection::open(env.path("perpetual.db"))
+        .unwrap()
+        .execute_batch("DELETE FROM pair_key_filter")
+        .unwrap();
+    let rebuilt = resend("rebuilt", &[3, merged - 1]);
+    assert_eq!(
+        (
+            rebuilt["pairs_new"].clone(),
+            rebuilt["pairs_duplicate"].clone()
+        ),
+        (1.into(), 2.into()),
+        "{rebuilt}"
+    );
+    assert_eq!(env.count("SELECT keys FROM pair_key_filter"), merged);
+    assert_eq!(env.count("SELECT COUNT(*) FROM pairs"), want + 2);
+}
