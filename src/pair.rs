@@ -9,38 +9,70 @@ use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 /// blake3 digest identifying a distinct pair.
 pub type PairKey = [u8; 32];
 
-/// A set of keys hashed by their own first 8 bytes: a key is a blake3 digest, already
-/// uniform, so SipHash over it (the default) was 1.5% of the writer's time for nothing.
+/// A set of keys, hashed by a keyed mix of their first 8 bytes: a key is a blake3
+/// digest, already uniform, so SipHash over all 32 bytes (the default) was 1.5% of the
+/// writer's time for nothing. The mix's key is random per process, so that nobody who
+/// grinds out keys with chosen bits can crowd one corner of the table.
 pub type KeySet = std::collections::HashSet<PairKey, BuildKeyHasher>;
 
-/// Hashes a [`PairKey`] by its first 8 bytes (see [`KeySet`]). Only for keys: other
-/// data written to it is folded in byte by byte, correctly but without the speed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BuildKeyHasher;
+/// Builds the [`KeySet`]'s hasher: a random seed and odd multiplier, per instance.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildKeyHasher {
+    seed: u64,
+    multiplier: u64,
+}
+
+impl Default for BuildKeyHasher {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        // The standard library's own random hash keys, drawn once per process.
+        let random = std::collections::hash_map::RandomState::new();
+        BuildKeyHasher {
+            seed: random.hash_one(1u64),
+            multiplier: random.hash_one(2u64) | 1,
+        }
+    }
+}
 
 impl std::hash::BuildHasher for BuildKeyHasher {
     type Hasher = KeyHasher;
     fn build_hasher(&self) -> KeyHasher {
-        KeyHasher(0)
+        KeyHasher {
+            state: self.seed,
+            multiplier: self.multiplier,
+        }
     }
 }
 
-/// See [`BuildKeyHasher`].
+/// See [`BuildKeyHasher`]. Only for keys: other data written to it is mixed in 8 bytes
+/// at a time, correctly but without the point.
 #[derive(Debug, Clone, Copy)]
-pub struct KeyHasher(u64);
+pub struct KeyHasher {
+    state: u64,
+    multiplier: u64,
+}
+
+impl KeyHasher {
+    fn mix(&mut self, word: u64) {
+        let m = u128::from(word ^ self.state) * u128::from(self.multiplier);
+        self.state = (m as u64) ^ ((m >> 64) as u64);
+    }
+}
 
 impl std::hash::Hasher for KeyHasher {
     fn finish(&self) -> u64 {
-        self.0
+        self.state
     }
 
     fn write(&mut self, bytes: &[u8]) {
         match bytes.first_chunk::<8>() {
             // A key's 32 bytes (its length comes through `write_usize`, ignored).
-            Some(head) if bytes.len() == 32 => self.0 ^= u64::from_le_bytes(*head),
+            Some(head) if bytes.len() == 32 => self.mix(u64::from_le_bytes(*head)),
             _ => {
-                for &b in bytes {
-                    self.0 = self.0.rotate_left(8).wrapping_mul(0x100_0000_01b3) ^ u64::from(b);
+                for chunk in bytes.chunks(8) {
+                    let mut word = [0u8; 8];
+                    word[..chunk.len()].copy_from_slice(chunk);
+                    self.mix(u64::from_le_bytes(word) ^ chunk.len() as u64);
                 }
             }
         }
@@ -312,18 +344,23 @@ mod tests {
         use std::hash::BuildHasher;
         let a = pair_key("q", "a");
         let b = pair_key("q", "b");
-        assert_eq!(
-            BuildKeyHasher.hash_one(a),
-            u64::from_le_bytes(a[..8].try_into().unwrap())
-        );
-        // Two keys that share their first 8 bytes are still two keys.
+        // Two keys that share their first 8 bytes hash alike, and are still two keys.
         let mut c = b;
         c[..8].copy_from_slice(&a[..8]);
+        let hasher = BuildKeyHasher::default();
+        assert_eq!(hasher.hash_one(a), hasher.hash_one(c));
+        assert_ne!(hasher.hash_one(a), hasher.hash_one(b));
         let mut set = KeySet::default();
         assert!(set.insert(a) && set.insert(b) && set.insert(c));
         assert!(!set.insert(a));
         assert_eq!(set.len(), 3);
-        assert_ne!(BuildKeyHasher.hash_one("other data"), 0);
+        // Keyed: another hasher (another process) places the same key elsewhere.
+        assert_ne!(
+            hasher.hash_one(a),
+            BuildKeyHasher::default().hash_one(a),
+            "a 1 in 2^64 chance of failing"
+        );
+        assert_ne!(hasher.hash_one("other data"), hasher.hash_one("other date"));
     }
 
     #[test]
