@@ -166,17 +166,17 @@ impl KeyFilter {
     /// The stored filter, when it is stamped with `merged` keys (the merged keys the
     /// writer counts); `None` when there is none or it covers another number of keys.
     pub fn load(conn: &Connection, merged: usize) -> Result<Option<KeyFilter>> {
-        let row: Option<(i64, Vec<u8>)> = conn
+        // Built from the blob as SQLite holds it: no copy of a filter that is tens of MB
+        // at ten million keys.
+        let filter = conn
             .query_row(
-                "SELECT keys, bits FROM pair_key_filter WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                "SELECT bits FROM pair_key_filter WHERE id = 1 AND keys = ?1",
+                [merged as i64],
+                |r| Ok(KeyFilter::from_bytes(r.get_ref(0)?.as_blob()?, merged)),
             )
             .optional()
             .context("reading the key filter")?;
-        Ok(row
-            .filter(|(keys, _)| *keys as usize == merged)
-            .and_then(|(keys, bits)| KeyFilter::from_bytes(&bits, keys as usize)))
+        Ok(filter.flatten())
     }
 
     /// Stores the filter stamped with `merged`, the number of keys in `pair_keys` it
