@@ -163,9 +163,8 @@ fn ingest(bin: &Path, root: &Path, archive: &Path) -> Measured {
 #[allow(clippy::zombie_processes)]
 fn measure(bin: &Path, root: &Path, args: &[&str]) -> Measured {
     // Each run starts with the disk quiet: the big archive's ingest leaves a gigabyte of
-    // dirty pages that the kernel wrote back during the next run, and the probe after it
-    // read 68 to 82% where the same probe on a synced copy of that root read 92%
-    // (BENCHMARKS.md, ninth sitting).
+    // pages to write back, which the probe after it would otherwise compete with. The
+    // figures still move with what ran before the probe (BENCHMARKS.md, ninth sitting).
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
     std::thread::sleep(std::time::Duration::from_millis(300));

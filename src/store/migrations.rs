@@ -4,11 +4,12 @@
 //!
 //! A fresh database does not replay the list: it takes `schema.sql`, what the whole
 //! list leaves (every table, index and trigger as SQLite stores it, and the rows the
-//! migrations insert), in one transaction. Replaying the 14 migrations there were then, with their
-//! table rebuilds and column additions that each re-read the whole schema, took 8 ms
-//! of a fresh root's first command; with the script, an empty `ingest` on a fresh root
-//! went from 16.0 to 9.9 ms (BENCHMARKS.md, "End to end", eighth sitting). The test `the_fresh_schema_is_what_the_migrations_leave`
-//! compares the two; after adding a migration, regenerate the script with
+//! migrations insert), in one transaction. Replaying the 14 migrations there were
+//! then, with their table rebuilds and column additions that each re-read the whole
+//! schema, took 8 ms of a fresh root's first command; with the script, an empty
+//! `ingest` on a fresh root went from 16.0 to 9.9 ms (BENCHMARKS.md, "End to end",
+//! eighth sitting). The test `the_fresh_schema_is_what_the_migrations_leave` compares
+//! the two; after adding a migration, regenerate the script with
 //! `PERPETUAL_WRITE_SCHEMA=1 cargo test --lib the_fresh_schema`.
 
 use anyhow::{Context, Result};

@@ -1,8 +1,8 @@
 //! Every SQL statement lives under this module: the schema and its migrations, the
-//! pragmas, the ledger, the pair writer's statements and its key filter (`store::key_filter`), the read-back queries, the task
-//! stack and its templates (`store::tasks`), sessions and checkpoints
-//! (`store::sessions`), the loop's agents, runs and assigner log (`store::agents`), and
-//! consistent backups (`store::backup`), and the dataset workbench's own tables
+//! pragmas, the ledger, the pair writer's statements and the filter over its merged
+//! keys (`store::key_filter`), the read-back queries, the task stack and its templates
+//! (`store::tasks`), sessions and checkpoints (`store::sessions`), the loop's agents,
+//! runs and assigner log (`store::agents`), and consistent backups (`store::backup`), and the dataset workbench's own tables
 //! (`store::dataset`; pairs read as documents in `store::documents`, embeddings batches
 //! and vectors in `store::embeddings`, split assignments in `store::splits`); other
 //! SQLite databases read as sources of pairs (`store::source_db`); the tasks' history
