@@ -31,10 +31,15 @@ pub const PROBES: usize = 8;
 const WORDS: usize = 8;
 const BLOCK_BITS: usize = WORDS * 64;
 
+/// One 512-bit block, aligned to a cache line so that a key's check reads one line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(align(64))]
+struct Block([u64; WORDS]);
+
 /// The filter: blocks of 512 bits, a power of two of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyFilter {
-    blocks: Vec<[u64; WORDS]>,
+    blocks: Vec<Block>,
     /// Keys added (with repeats, if any were added twice).
     keys: usize,
 }
@@ -47,7 +52,7 @@ impl KeyFilter {
             .div_ceil(BLOCK_BITS)
             .next_power_of_two();
         KeyFilter {
-            blocks: vec![[0; WORDS]; blocks],
+            blocks: vec![Block([0; WORDS]); blocks],
             keys: 0,
         }
     }
@@ -78,7 +83,7 @@ impl KeyFilter {
     /// Adds a key.
     pub fn insert(&mut self, key: &PairKey) {
         let (block, mut probes) = self.position(key);
-        let block = &mut self.blocks[block];
+        let block = &mut self.blocks[block].0;
         for _ in 0..PROBES {
             let bit = (probes & (BLOCK_BITS as u128 - 1)) as usize;
             block[bit / 64] |= 1 << (bit % 64);
@@ -98,7 +103,7 @@ impl KeyFilter {
             let (block, _) = self.position(key);
             // SAFETY: a prefetch is only a hint: it never faults and changes no memory,
             // and SSE, which it needs, is part of every x86_64 processor.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.blocks[block].as_ptr().cast()) };
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.blocks[block].0.as_ptr().cast()) };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = key;
@@ -107,7 +112,7 @@ impl KeyFilter {
     /// False when the key was certainly never added; true when it may have been.
     pub fn may_contain(&self, key: &PairKey) -> bool {
         let (block, mut probes) = self.position(key);
-        let block = &self.blocks[block];
+        let block = &self.blocks[block].0;
         for _ in 0..PROBES {
             let bit = (probes & (BLOCK_BITS as u128 - 1)) as usize;
             if block[bit / 64] & (1 << (bit % 64)) == 0 {
@@ -120,7 +125,7 @@ impl KeyFilter {
 
     fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(self.blocks.len() * BLOCK_BITS / 8);
-        for word in self.blocks.iter().flatten() {
+        for word in self.blocks.iter().flat_map(|b| b.0) {
             bytes.extend_from_slice(&word.to_le_bytes());
         }
         bytes
@@ -139,7 +144,7 @@ impl KeyFilter {
                 for (word, b) in words.iter_mut().zip(block.chunks_exact(8)) {
                     *word = u64::from_le_bytes(b.try_into().expect("8 bytes"));
                 }
-                words
+                Block(words)
             })
             .collect();
         Some(KeyFilter { blocks, keys })
