@@ -1073,7 +1073,16 @@ fn status_shows_the_running_loop_and_each_live_session_with_its_pid() {
     add_tasks(&env, "claude_code", &["t"], 3);
     let mut run = env.spawn(&["run"]);
     run.wait_for_log("started session_");
-    let j = env.run(&["status", "--json"]).expect(0).json();
+    // The loop logs the start when the session's supervisor is on its way; the
+    // supervisor records the agent's pid once it has spawned it (CI once read the
+    // status in between).
+    let status = || env.run(&["status", "--json"]).expect(0).json();
+    wait_until(
+        "the live session's pid in status",
+        || status()["loop"]["sessions"][0]["pid"].is_i64(),
+        || format!("{}\n{}", status(), run.explain()),
+    );
+    let j = status();
     assert_eq!(j["loop"]["running"], true, "{j}");
     assert_eq!(j["loop"]["pid"], run.pid(), "{j}");
     let live = j["loop"]["sessions"].as_array().unwrap();
