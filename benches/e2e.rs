@@ -18,7 +18,12 @@
 //!    timed from spawn to exit (the pairs are durable when it exits: the WAL is synced
 //!    before it returns). Its `pairs_new` is checked against the corpus.
 //!
-//! and prints the medians and the ratio max(bare parse, bare insert) / ingest: on two
+//! Each of the three starts with the disk quiet: a `sync` and 200 ms ([`quiet_disk`]),
+//! since the corpus just written and the previous run's root, deleted, leave the kernel
+//! writing back and discarding while the next stage runs, which slowed whichever stage
+//! came next by up to half (BENCHMARKS.md, ninth sitting).
+//!
+//! It prints the medians and the ratio max(bare parse, bare insert) / ingest: on two
 //! cores parsing and inserting can overlap, so the larger of the two is the limit.
 //! Also printed: the engine's prepare stage alone on one thread (`parse_bytes` plus the
 //! blake3 of the bytes), and the time `ingest` spends outside its own `seconds`.
@@ -156,6 +161,15 @@ fn bare_parse_file(bytes: &[u8], check: &mut u8) -> usize {
         _ => {}
     }
     n
+}
+
+/// Waits for the disk to be quiet before a measured stage: everything written is on
+/// the disk (`sync`), and 200 ms more for what the kernel does after (discards of
+/// deleted files).
+fn quiet_disk() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 /// Seconds for the bare parse of every file, and the pairs it found.
@@ -370,14 +384,17 @@ fn corpus(options: &Options, base: &Path, size: usize) {
         "run", "bare parse", "bare insert", "ingest", "(its secs)", "prepare", "ratio"
     );
     for run in 1..=options.runs {
+        quiet_disk();
         let (p, found) = bare_parse(&files);
         assert_eq!(found, size, "the bare parse found every pair");
         parse_cpu.push(last_cpu(-1.0));
+        quiet_disk();
         let i = bare_insert(&db, &rows);
         insert_cpu.push(last_cpu(-1.0));
         let root = dir.join(format!("root_{run}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
+        quiet_disk();
         let r = ingest_run(&root, &[drops.to_str().unwrap()]);
         assert_eq!(r.exit, 0, "ingest exited {}", r.exit);
         assert_eq!(
