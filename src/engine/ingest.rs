@@ -1016,16 +1016,15 @@ impl<'c> Writer<'c> {
                 self.lift_wal_bound();
             }
             self.conn.execute_batch("COMMIT").context("commit failed")?;
-            if merged {
-                self.unchecked_bytes = self.unchecked_bytes.max(BACKGROUND_CHECKPOINT_BYTES);
-            } else {
-                self.restore_wal_bound_once_copied();
-            }
             self.in_txn = false;
             self.pending_pairs = 0;
-            if self.unchecked_bytes >= BACKGROUND_CHECKPOINT_BYTES {
+            // A merge's index pages are copied at once, whatever the pairs' bytes.
+            if merged || self.unchecked_bytes >= BACKGROUND_CHECKPOINT_BYTES {
                 self.unchecked_bytes = 0;
                 self.checkpoint_in_background();
+            }
+            if !merged {
+                self.restore_wal_bound_once_copied();
             }
         }
         if self.meter.is_some_and(|m| m.exhausted()) {

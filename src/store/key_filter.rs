@@ -150,11 +150,12 @@ impl KeyFilter {
         Some(KeyFilter { blocks, keys })
     }
 
-    /// The filter of every key in `pair_keys`, read from the index itself, with room to
-    /// grow to twice as many.
-    pub fn rebuild(conn: &Connection) -> Result<KeyFilter> {
-        let count: i64 = conn.query_row("SELECT COUNT(*) FROM pair_keys", [], |r| r.get(0))?;
-        let mut filter = KeyFilter::for_keys(count as usize);
+    /// The filter of every key in `pair_keys`, read from the index itself, sized for
+    /// `merged` keys (the caller's count; a wrong one costs false positives, never a
+    /// key) with room to grow to twice as many. One pass over the index: counting it
+    /// first would read every leaf twice.
+    pub fn rebuild(conn: &Connection, merged: usize) -> Result<KeyFilter> {
+        let mut filter = KeyFilter::for_keys(merged);
         let mut stmt = conn.prepare("SELECT key FROM pair_keys")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
@@ -273,7 +274,7 @@ mod tests {
             )
             .unwrap();
         }
-        let filter = KeyFilter::rebuild(&conn).unwrap();
+        let filter = KeyFilter::rebuild(&conn, 1000).unwrap();
         assert_eq!(filter.len(), 1000);
         assert!(filter.capacity() >= 2000);
         assert!((0..1000).all(|i| filter.may_contain(&key(i))));

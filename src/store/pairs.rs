@@ -181,7 +181,7 @@ impl PairSink {
                 self.filter = Some(match KeyFilter::load(conn, self.merged)? {
                     Some(filter) => filter,
                     None => {
-                        let filter = KeyFilter::rebuild(conn)?;
+                        let filter = KeyFilter::rebuild(conn, self.merged)?;
                         tracing::info!(
                             "key filter built from the {} keys of the merged index",
                             filter.len()
@@ -313,7 +313,7 @@ impl PairSink {
                 filter
             }
             // Past its capacity (or the first merge): a larger one, from the index.
-            _ => KeyFilter::rebuild(conn)?,
+            _ => KeyFilter::rebuild(conn, self.merged)?,
         };
         filter.store(conn, self.merged)?;
         self.filter = Some(filter);
@@ -402,14 +402,31 @@ mod tests {
         }
     }
 
-    fn file(conn: &Connection) -> i64 {
-        conn.execute(
-            "INSERT INTO files (agent, name, source_path, size, status, started_at)
-             VALUES ('t', 't', 't', 0, 'partial', 'now')",
-            [],
-        )
-        .unwrap();
-        conn.last_insert_rowid()
+    /// An in-memory database with one ledger row for the pairs to come from.
+    struct Db {
+        conn: Connection,
+        file: i64,
+    }
+
+    impl Db {
+        fn new() -> Db {
+            let conn = crate::store::open_in_memory().unwrap();
+            conn.execute(
+                "INSERT INTO files (agent, name, source_path, size, status, started_at)
+                 VALUES ('t', 't', 't', 0, 'partial', 'now')",
+                [],
+            )
+            .unwrap();
+            let file = conn.last_insert_rowid();
+            Db { conn, file }
+        }
+
+        /// [`PairSink::insert`] of the pair asked `q`, as the writer calls it.
+        fn put(&self, sink: &mut PairSink, q: &str) -> bool {
+            let mut stmts = Statements::new(&self.conn).unwrap();
+            sink.insert(&self.conn, &mut stmts, &pair(q), "t", self.file, "now")
+                .unwrap()
+        }
     }
 
     fn count_of(conn: &Connection, table: &str) -> i64 {
@@ -428,50 +445,42 @@ mod tests {
 
     #[test]
     fn new_once_across_tail_merge_and_a_fresh_sink() {
-        let conn = crate::store::open_in_memory().unwrap();
-        let f = file(&conn);
+        let db = Db::new();
+        let conn = &db.conn;
         let mut sink = PairSink::new();
-        let mut stmts = Statements::new(&conn).unwrap();
-        let mut put = |sink: &mut PairSink, q: &str| {
-            sink.insert(&conn, &mut stmts, &pair(q), "t", f, "now")
-                .unwrap()
-        };
+        let put = |sink: &mut PairSink, q: &str| db.put(sink, q);
         assert!(put(&mut sink, "q1"));
         assert!(!put(&mut sink, "q1"), "in the tail");
-        sink.before_commit(&conn).unwrap();
+        sink.before_commit(conn).unwrap();
         // The empty database's watermark, and the chunk of the "commit".
-        assert_eq!(count_of(&conn, "tail_chunks"), 2);
-        sink.merge(&conn).unwrap();
+        assert_eq!(count_of(conn, "tail_chunks"), 2);
+        sink.merge(conn).unwrap();
         assert_eq!(sink.tail_len(), 0);
-        assert_eq!((count_of(&conn, "tail_chunks"), watermark(&conn)), (1, 1));
+        assert_eq!((count_of(conn, "tail_chunks"), watermark(conn)), (1, 1));
         assert!(!put(&mut sink, "q1"), "merged");
         assert!(put(&mut sink, "q2"));
         assert!(put(&mut sink, "q3"));
-        sink.before_commit(&conn).unwrap();
+        sink.before_commit(conn).unwrap();
         // A new writer (after a crash, say) reloads the tail from tail_chunks.
         let mut fresh = PairSink::new();
         assert!(!put(&mut fresh, "q2"), "reloaded tail");
         assert!(!put(&mut fresh, "q3"), "reloaded tail");
         assert_eq!((fresh.tail_len(), fresh.merged), (2, 1));
         assert!(fresh.pending.is_empty(), "nothing stray");
-        fresh.merge(&conn).unwrap();
-        assert_eq!(count_of(&conn, "pair_keys"), 3);
-        assert_eq!((count_of(&conn, "tail_chunks"), watermark(&conn)), (1, 3));
-        assert_eq!(count(&conn).unwrap(), 3);
+        fresh.merge(conn).unwrap();
+        assert_eq!(count_of(conn, "pair_keys"), 3);
+        assert_eq!((count_of(conn, "tail_chunks"), watermark(conn)), (1, 3));
+        assert_eq!(count(conn).unwrap(), 3);
     }
 
     #[test]
     fn a_pair_committed_without_its_chunk_is_still_distinct() {
-        let conn = crate::store::open_in_memory().unwrap();
-        let f = file(&conn);
-        let mut stmts = Statements::new(&conn).unwrap();
-        let mut put = |sink: &mut PairSink, q: &str| {
-            sink.insert(&conn, &mut stmts, &pair(q), "t", f, "now")
-                .unwrap()
-        };
+        let db = Db::new();
+        let conn = &db.conn;
+        let put = |sink: &mut PairSink, q: &str| db.put(sink, q);
         let mut first = PairSink::new();
         assert!(put(&mut first, "q1"));
-        first.before_commit(&conn).unwrap();
+        first.before_commit(conn).unwrap();
         // Stored, and "committed" without before_commit: no chunk holds q2.
         assert!(put(&mut first, "q2"));
         let mut second = PairSink::new();
@@ -482,33 +491,29 @@ mod tests {
         assert!(!put(&mut second, "q1"), "found in its chunk");
         assert_eq!((second.tail_len(), second.merged), (2, 0));
         // The stray entry goes into the next chunk; a third writer finds it there.
-        second.before_commit(&conn).unwrap();
-        let (last, stray) = load_tail(&conn, |_, _| {}).unwrap();
+        second.before_commit(conn).unwrap();
+        let (last, stray) = load_tail(conn, |_, _| {}).unwrap();
         assert_eq!((last, stray.len()), (2, 0));
-        second.merge(&conn).unwrap();
-        assert_eq!(count_of(&conn, "pair_keys"), 2, "each key merged once");
+        second.merge(conn).unwrap();
+        assert_eq!(count_of(conn, "pair_keys"), 2, "each key merged once");
     }
 
     #[test]
     fn each_merge_stores_the_key_filter_and_a_writer_rebuilds_one_that_does_not_match() {
-        let conn = crate::store::open_in_memory().unwrap();
-        let f = file(&conn);
-        let mut stmts = Statements::new(&conn).unwrap();
-        let mut put = |sink: &mut PairSink, q: &str| {
-            sink.insert(&conn, &mut stmts, &pair(q), "t", f, "now")
-                .unwrap()
-        };
+        let db = Db::new();
+        let conn = &db.conn;
+        let put = |sink: &mut PairSink, q: &str| db.put(sink, q);
         let stamp = |conn: &Connection| -> Option<i64> {
             conn.query_row("SELECT keys FROM pair_key_filter", [], |r| r.get(0))
                 .ok()
         };
         let mut first = PairSink::new();
         assert!(put(&mut first, "q1") && put(&mut first, "q2"));
-        assert_eq!(stamp(&conn), None, "nothing merged, no filter");
-        first.merge(&conn).unwrap();
-        assert_eq!(stamp(&conn), Some(2), "written by the merge");
+        assert_eq!(stamp(conn), None, "nothing merged, no filter");
+        first.merge(conn).unwrap();
+        assert_eq!(stamp(conn), Some(2), "written by the merge");
         let merged_keys = [pair("q1").key, pair("q2").key];
-        let stored = KeyFilter::load(&conn, 2).unwrap().expect("stamped 2");
+        let stored = KeyFilter::load(conn, 2).unwrap().expect("stamped 2");
         assert!(merged_keys.iter().all(|k| stored.may_contain(k)));
 
         // A writer that starts uses it: merged keys are duplicates, a new one is new.
@@ -516,10 +521,10 @@ mod tests {
         assert!(!put(&mut second, "q1"));
         assert!(put(&mut second, "q3"));
         assert_eq!(second.filter.as_ref().map(KeyFilter::len), Some(2));
-        second.merge(&conn).unwrap();
-        assert_eq!(stamp(&conn), Some(3));
+        second.merge(conn).unwrap();
+        assert_eq!(stamp(conn), Some(3));
         assert!(
-            KeyFilter::load(&conn, 3)
+            KeyFilter::load(conn, 3)
                 .unwrap()
                 .expect("stamped 3")
                 .may_contain(&pair("q3").key),
@@ -538,7 +543,7 @@ mod tests {
                 assert!(!put(&mut next, q), "{q} after {damage}");
             }
             assert!(put(&mut next, &format!("new after {damage}")));
-            assert_eq!(stamp(&conn), Some(3), "rebuilt after {damage}");
+            assert_eq!(stamp(conn), Some(3), "rebuilt after {damage}");
             assert_eq!(next.filter.as_ref().map(KeyFilter::len), Some(3));
         }
     }
