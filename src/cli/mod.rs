@@ -335,9 +335,13 @@ pub fn run(cli: Cli) -> Result<Exit> {
 }
 
 /// Opens the root's configuration and database, creating whatever is missing.
-pub(crate) fn open(root: &Root) -> Result<(crate::config::Config, rusqlite::Connection)> {
+/// The connection leaves the WAL file for the next command when it is dropped
+/// ([`crate::store::close`]).
+pub(crate) fn open(
+    root: &Root,
+) -> Result<(crate::config::Config, crate::store::ClosingConnection)> {
     let config = root.config()?;
     root.ensure_layout(&config)?;
     let conn = crate::store::open(&root.db_path())?;
-    Ok((config, conn))
+    Ok((config, crate::store::ClosingConnection::new(conn)))
 }

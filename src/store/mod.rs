@@ -113,6 +113,123 @@ pub fn sync_database_file(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// The sizes of WAL file a closing connection leaves on disk ([`close`]): from 4 MiB,
+/// where deleting it (2 ms here) starts to cost more than the syncs of keeping it, to
+/// the `journal_size_limit` a running writer truncates it back to. Outside, it is
+/// deleted as SQLite does: a fresh root's first small run leaves 1.1 MB.
+pub const WAL_KEPT_BYTES: std::ops::RangeInclusive<u64> = (4 << 20)..=(64 << 20);
+
+/// How much of a kept WAL may still hold valid frames: above this, [`close`] first makes
+/// the WAL start over, so that whoever opens the database next reads back (and copies
+/// again) at most this much of it instead of the whole run's frames.
+pub const WAL_RECOVER_BYTES: i64 = 1 << 20;
+
+/// Closes `conn`, leaving a WAL file of [`WAL_KEPT_BYTES`] on disk for the next writer
+/// to write over, every frame of it copied into the database file.
+///
+/// SQLite's last connection to close copies the WAL into the database file, syncs it,
+/// and then deletes the WAL, which costs in proportion to its size (freeing its pages
+/// and blocks): 12 ms for the 40 MB a 20,000-pair `ingest` leaves, a tenth of the run
+/// (BENCHMARKS.md, "End to end", tenth sitting), and the next writer then allocates it
+/// again. With SQLite's persistent WAL (`SQLITE_FCNTL_PERSIST_WAL`) the close copies
+/// and syncs as before and leaves the file. The next connection reads back from it the
+/// frames its header's salt still validates, those since the WAL last started over,
+/// and copies them again. So when those exceed [`WAL_RECOVER_BYTES`] and every one is
+/// copied, one write (the schema version, rewritten as it is) makes the WAL start over
+/// first, and the next open reads one frame. The database file alone holds every
+/// committed transaction after the close, as before.
+///
+/// A connection that is not the last to close copies what it can and leaves the rest
+/// to the last (SQLite's own rule). Errors are the close's own: a failed step before it
+/// only costs the next open a longer read of the WAL.
+pub fn close(conn: Connection) -> Result<()> {
+    if let Some(db) = conn.path().filter(|p| !p.is_empty()) {
+        let wal_bytes = std::fs::metadata(format!("{db}-wal")).map_or(0, |m| m.len());
+        if WAL_KEPT_BYTES.contains(&wal_bytes)
+            && let Err(e) = keep_wal(&conn)
+        {
+            tracing::debug!("{db}: the WAL is deleted at the close instead: {e:#}");
+        }
+    }
+    conn.close()
+        .map_err(|(_, e)| anyhow::Error::new(e).context("cannot close the database"))
+}
+
+/// A connection that closes through [`close`] when it goes out of scope: the one every
+/// command of the CLI opens.
+pub struct ClosingConnection(Option<Connection>);
+
+impl ClosingConnection {
+    pub fn new(conn: Connection) -> Self {
+        ClosingConnection(Some(conn))
+    }
+}
+
+impl std::ops::Deref for ClosingConnection {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.0.as_ref().expect("open until dropped")
+    }
+}
+
+impl std::ops::DerefMut for ClosingConnection {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0.as_mut().expect("open until dropped")
+    }
+}
+
+impl Drop for ClosingConnection {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take()
+            && let Err(e) = close(conn)
+        {
+            tracing::warn!("{e:#}");
+        }
+    }
+}
+
+/// [`close`]'s preparation: persistent WAL, no truncation at the close, and the WAL
+/// started over when it holds more than [`WAL_RECOVER_BYTES`] of frames, all copied.
+fn keep_wal(conn: &Connection) -> Result<()> {
+    let mut on: std::os::raw::c_int = 1;
+    // SAFETY: a live connection used by this thread only; SQLITE_FCNTL_PERSIST_WAL
+    // reads and writes the int it is given, which outlives the call.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut on).cast(),
+        )
+    };
+    anyhow::ensure!(
+        rc == rusqlite::ffi::SQLITE_OK,
+        "cannot keep the WAL (SQLite code {rc})"
+    );
+    // A non-negative limit would have the close truncate the kept WAL to nothing.
+    conn.execute_batch("PRAGMA journal_size_limit = -1")?;
+    let (busy, frames, copied): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    if busy == 0 && frames == copied && frames * page > WAL_RECOVER_BYTES {
+        // Any write starts the WAL over once every frame is copied (unless a reader
+        // still reads an older snapshot: then it appends, and the next open reads
+        // more). IMMEDIATE, so that no other process changes the version between the
+        // read and the write.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let rewritten = conn
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .and_then(|v| conn.execute_batch(&format!("PRAGMA user_version = {v}; COMMIT")));
+        if rewritten.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        rewritten?;
+    }
+    Ok(())
+}
+
 /// The page size of a database perpetual creates (SQLite's default is 4 KiB). A pair
 /// is about 1.4 KB: with 4 KiB pages the writer appended one WAL frame (two `pwrite`s,
 /// a checksum, a page-cache slot) per 2.5 pairs; with 16 KiB pages `ingest` into a
