@@ -342,6 +342,6 @@ pub(crate) fn open(
 ) -> Result<(crate::config::Config, crate::store::ClosingConnection)> {
     let config = root.config()?;
     root.ensure_layout(&config)?;
-    let conn = crate::store::open(&root.db_path())?;
-    Ok((config, crate::store::ClosingConnection::new(conn)))
+    let conn = crate::store::open_closing(&root.db_path())?;
+    Ok((config, conn))
 }
