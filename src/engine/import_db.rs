@@ -233,8 +233,7 @@ pub struct ImportReport {
 /// [`SPLIT_IN_PARALLEL_FROM`] files the headers are read on one thread per core.
 pub fn split_databases(jobs: Vec<Job>) -> (Vec<Job>, Vec<Job>) {
     // Looked at as every drop is (engine::intake): never through a link, never blocking.
-    let is_database =
-        |j: &Job| j.skip.is_none() && crate::engine::intake::is_database(&j.path);
+    let is_database = |j: &Job| j.skip.is_none() && crate::engine::intake::is_database(&j.path);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let flags: Vec<bool> = if threads > 1 && jobs.len() >= SPLIT_IN_PARALLEL_FROM {
         let chunk = jobs.len().div_ceil(threads);
@@ -251,8 +250,7 @@ pub fn split_databases(jobs: Vec<Job>) -> (Vec<Job>, Vec<Job>) {
     } else {
         jobs.iter().map(is_database).collect()
     };
-    let (databases, files): (Vec<_>, Vec<_>) =
-        jobs.into_iter().zip(flags).partition(|(_, db)| *db);
+    let (databases, files): (Vec<_>, Vec<_>) = jobs.into_iter().zip(flags).partition(|(_, db)| *db);
     (
         databases.into_iter().map(|(j, _)| j).collect(),
         files.into_iter().map(|(j, _)| j).collect(),

@@ -914,19 +914,7 @@ impl Drop for Checkpointer {
 /// needs the WAL on disk (one fsync), which is too slow to pay at every checkpoint.
 pub const MOVE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Flushes the WAL to disk, making every committed transaction durable.
-pub fn sync_wal(conn: &Connection) -> Result<()> {
-    let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
-        return Ok(()); // in memory
-    };
-    let wal = format!("{db}-wal");
-    match std::fs::File::open(&wal) {
-        Ok(f) => f.sync_data().with_context(|| format!("cannot sync {wal}")),
-        // No WAL: everything is checkpointed into the database file already.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot open {wal}")),
-    }
-}
+pub use crate::store::sync_wal;
 
 impl<'c> Writer<'c> {
     /// A writer on `conn`, which must not be inside a transaction.

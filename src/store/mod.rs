@@ -42,10 +42,14 @@ use std::time::Duration;
 pub fn open(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
-    configure(&conn).with_context(|| format!("cannot configure database {}", path.display()))?;
-    migrations::migrate(&conn)
-        .with_context(|| format!("cannot migrate database {}", path.display()))?;
+    set_up(&conn, path)?;
     Ok(conn)
+}
+
+/// The settings and the migrations of [`open`] and [`open_closing`].
+fn set_up(conn: &Connection, path: &Path) -> Result<()> {
+    configure(conn).with_context(|| format!("cannot configure database {}", path.display()))?;
+    migrations::migrate(conn).with_context(|| format!("cannot migrate database {}", path.display()))
 }
 
 /// A read-only connection to an existing database, for readers that must never write
@@ -115,6 +119,22 @@ pub fn sync_database_file(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Flushes the WAL to disk, making every committed transaction durable. (A second
+/// descriptor of the WAL is safe to close: SQLite's locks are on the database file
+/// and the `-shm`, never on the WAL; see [`sync_database_file`] for the database file.)
+pub fn sync_wal(conn: &Connection) -> Result<()> {
+    let Some(db) = conn.path().filter(|p| !p.is_empty()) else {
+        return Ok(()); // in memory
+    };
+    let wal = format!("{db}-wal");
+    match std::fs::File::open(&wal) {
+        Ok(f) => f.sync_data().with_context(|| format!("cannot sync {wal}")),
+        // No WAL: everything is checkpointed into the database file already.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot open {wal}")),
+    }
+}
+
 /// The sizes of WAL file a closing connection leaves on disk ([`close`]): from 4 MiB,
 /// where deleting it (2 ms here) starts to cost more than the syncs of keeping it, to
 /// the `journal_size_limit` a running writer truncates it back to. Outside, it is
@@ -145,12 +165,15 @@ pub const WAL_RECOVER_BYTES: i64 = 1 << 20;
 /// (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`): the one frame a kept WAL still validates was
 /// copied by the close that kept it, and copying it again cost every reading command
 /// (`status`, an `ingest` of an empty inbox) three syncs, 4 to 6 ms. Only after a
-/// writer that did not close cleanly can that leave frames in the WAL and not yet in
-/// the database file, where the next writer copies them.
+/// writer that did not close cleanly, or one that closed while another connection
+/// still read an older snapshot, can that leave frames in the WAL and not yet in the
+/// database file: on disk (a writer's close syncs the WAL), where the next writer
+/// copies them.
 ///
 /// A connection that is not the last to close copies what it can and leaves the rest
-/// to the last (SQLite's own rule). Errors are the close's own: a failed step before it
-/// only costs the next open a longer read of the WAL.
+/// to the last (SQLite's own rule). Errors are the close's own: a step before it that
+/// fails is logged, and the close goes on as SQLite's (copying, and deleting the WAL
+/// unless it was already set to stay).
 pub fn close(conn: Connection, committed: bool) -> Result<()> {
     if let Some(db) = conn.path().filter(|p| !p.is_empty()) {
         let wal_bytes = std::fs::metadata(format!("{db}-wal")).map_or(0, |m| m.len());
@@ -166,7 +189,7 @@ pub fn close(conn: Connection, committed: bool) -> Result<()> {
                 .map_err(anyhow::Error::from)
             };
             if let Err(e) = kept {
-                tracing::debug!("{db}: the WAL is deleted at the close instead: {e:#}");
+                tracing::warn!("{db}: keeping the WAL: {e:#}");
             }
         }
     }
@@ -194,9 +217,7 @@ pub fn open_closing(path: &Path) -> Result<ClosingConnection> {
         seen.store(true, Ordering::Relaxed);
         false // let the commit go on
     }));
-    configure(&conn).with_context(|| format!("cannot configure database {}", path.display()))?;
-    migrations::migrate(&conn)
-        .with_context(|| format!("cannot migrate database {}", path.display()))?;
+    set_up(&conn, path)?;
     Ok(ClosingConnection {
         conn: Some(conn),
         committed,
@@ -227,8 +248,9 @@ impl Drop for ClosingConnection {
     }
 }
 
-/// [`close`]'s preparation: persistent WAL, no truncation at the close, and the WAL
-/// started over when it holds more than [`WAL_RECOVER_BYTES`] of frames, all copied.
+/// [`close`]'s preparation: persistent WAL, no truncation at the close, the WAL
+/// started over when it holds more than [`WAL_RECOVER_BYTES`] of frames, all copied,
+/// and synced.
 fn keep_wal(conn: &Connection) -> Result<()> {
     let mut on: std::os::raw::c_int = 1;
     // SAFETY: a live connection used by this thread only; SQLITE_FCNTL_PERSIST_WAL
@@ -266,7 +288,10 @@ fn keep_wal(conn: &Connection) -> Result<()> {
         }
         rewritten?;
     }
-    Ok(())
+    // Durable even when this is not the last connection, or a reader's snapshot kept
+    // the checkpoint from copying (and so from syncing the WAL first): the last to
+    // close may be a connection that committed nothing, which does not checkpoint.
+    sync_wal(conn)
 }
 
 /// The page size of a database perpetual creates (SQLite's default is 4 KiB). A pair
