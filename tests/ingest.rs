@@ -909,20 +909,6 @@ fn merged_pairs_stay_distinct_through_the_key_filter_in_later_runs() {
     assert_eq!(env.count("SELECT COUNT(*) FROM pairs"), want + 2);
 }
 
-/// How many frames at the start of a WAL file its header's salt validates: what the
-/// next open reads back (SQLite's WAL format: a 32-byte header, then frames of a
-/// 24-byte header and a page; a frame's salt is at bytes 8..16 of its header).
-/// A WAL shorter than its header (SQLite creates it empty at an open) has none.
-fn valid_wal_frames(wal: &[u8], page: usize) -> usize {
-    let Some(salt) = wal.get(16..24) else {
-        return 0;
-    };
-    (0..)
-        .map(|i| 32 + i * (24 + page))
-        .take_while(|&at| wal.get(at + 8..at + 16) == Some(salt))
-        .count()
-}
-
 /// `ingest` leaves the run's WAL file for the next writer instead of deleting it
 /// (deleting 40 MB took 12 ms, a tenth of a 20,000-pair run) when it is 4 to 64 MiB,
 /// with every frame copied into the database file and the WAL started over, so that the
@@ -939,8 +925,11 @@ fn a_run_leaves_the_database_file_holding_every_pair_and_little_of_its_wal_to_re
     env.run(&["ingest"]).expect(0);
     let page: usize = env.count("SELECT page_size FROM pragma_page_size") as usize;
     let wal_path = env.path("perpetual.db-wal");
-    let read_back =
-        || std::fs::read(&wal_path).map_or(0, |wal| valid_wal_frames(&wal, page) * page);
+    let read_back = || {
+        std::fs::read(&wal_path).map_or(0, |wal| {
+            perpetual::store::wal_frames_to_read_back(&wal, page) * page
+        })
+    };
     assert!(
         read_back() as i64 <= perpetual::store::WAL_RECOVER_BYTES + page as i64,
         "{} bytes of the WAL to read back\n{}",

@@ -230,26 +230,32 @@ pub struct ImportReport {
 ///
 /// Every file is opened and its first 16 bytes read before any is prepared: serially,
 /// that was 4.3 ms of a watcher's burst of 1,000 files before the batch began. From
-/// [`SPLIT_IN_PARALLEL_FROM`] files the headers are read on one thread per core.
+/// [`SPLIT_IN_PARALLEL_FROM`] files the headers are read on the prepare pool (idle
+/// before a batch) and this thread.
 pub fn split_databases(jobs: Vec<Job>) -> (Vec<Job>, Vec<Job>) {
     // Looked at as every drop is (engine::intake): never through a link, never blocking.
-    let is_database = |j: &Job| j.skip.is_none() && crate::engine::intake::is_database(&j.path);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let flags: Vec<bool> = if threads > 1 && jobs.len() >= SPLIT_IN_PARALLEL_FROM {
-        let chunk = jobs.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = jobs
-                .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(is_database).collect::<Vec<_>>()))
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|p| p.join().expect("reading file headers"))
-                .collect()
-        })
+    fn mark(jobs: &[Job], databases: &mut [bool]) {
+        for (job, db) in jobs.iter().zip(databases) {
+            *db = job.skip.is_none() && crate::engine::intake::is_database(&job.path);
+        }
+    }
+    let mut flags = vec![false; jobs.len()];
+    if jobs.len() >= SPLIT_IN_PARALLEL_FROM {
+        let pool = crate::engine::ingest::prepare_pool();
+        let chunk = jobs.len().div_ceil(pool.current_num_threads() + 1);
+        pool.in_place_scope(|scope| {
+            let mut parts = jobs.chunks(chunk).zip(flags.chunks_mut(chunk));
+            let here = parts.next();
+            for (part, out) in parts {
+                scope.spawn(move |_| mark(part, out));
+            }
+            if let Some((part, out)) = here {
+                mark(part, out);
+            }
+        });
     } else {
-        jobs.iter().map(is_database).collect()
-    };
+        mark(&jobs, &mut flags);
+    }
     let (databases, files): (Vec<_>, Vec<_>) = jobs.into_iter().zip(flags).partition(|(_, db)| *db);
     (
         databases.into_iter().map(|(j, _)| j).collect(),
@@ -258,7 +264,7 @@ pub fn split_databases(jobs: Vec<Job>) -> (Vec<Job>, Vec<Job>) {
 }
 
 /// From how many files [`split_databases`] reads their headers on several threads
-/// (below, starting the threads costs more than it saves).
+/// (below, handing them out costs more than it saves).
 pub const SPLIT_IN_PARALLEL_FROM: usize = 64;
 
 /// Imports the database at `path`, read in place (`import-db PATH`). An unreadable

@@ -135,6 +135,21 @@ pub fn sync_wal(conn: &Connection) -> Result<()> {
     }
 }
 
+/// How many frames at the start of a WAL file (its bytes) its header's salt still
+/// validates: what the next open reads back from it. SQLite's WAL format: a 32-byte
+/// header, then frames of a 24-byte header and a page, a frame's salt at bytes 8..16
+/// of its header. A WAL shorter than its header (SQLite creates it empty at an open)
+/// has none.
+pub fn wal_frames_to_read_back(wal: &[u8], page_size: usize) -> usize {
+    let Some(salt) = wal.get(16..24) else {
+        return 0;
+    };
+    (0..)
+        .map(|i| 32 + i * (24 + page_size))
+        .take_while(|&at| wal.get(at + 8..at + 16) == Some(salt))
+        .count()
+}
+
 /// The sizes of WAL file a closing connection leaves on disk ([`close`]): from 4 MiB,
 /// where deleting it (2 ms here) starts to cost more than the syncs of keeping it, to
 /// the `journal_size_limit` a running writer truncates it back to. Outside, it is
@@ -288,10 +303,13 @@ fn keep_wal(conn: &Connection) -> Result<()> {
         }
         rewritten?;
     }
-    // Durable even when this is not the last connection, or a reader's snapshot kept
-    // the checkpoint from copying (and so from syncing the WAL first): the last to
+    // A checkpoint syncs the WAL before it copies, so every frame copied is on disk.
+    // Frames a reader's snapshot kept from being copied may not be, and the last to
     // close may be a connection that committed nothing, which does not checkpoint.
-    sync_wal(conn)
+    if busy != 0 || frames != copied {
+        sync_wal(conn)?;
+    }
+    Ok(())
 }
 
 /// The page size of a database perpetual creates (SQLite's default is 4 KiB). A pair
@@ -339,18 +357,8 @@ pub fn set_wal_autocheckpoint(conn: &Connection, bytes: i64) -> rusqlite::Result
 mod tests {
     use super::*;
 
-    /// How many frames at the start of the WAL file its header's salt validates: what
-    /// the next open reads back (SQLite's WAL format: a 32-byte header, then frames of a
-    /// 24-byte header and a page; a frame's salt is at bytes 8..16 of its header).
     fn valid_frames(wal: &Path, page: usize) -> usize {
-        let bytes = std::fs::read(wal).unwrap();
-        let Some(salt) = bytes.get(16..24) else {
-            return 0; // shorter than its header: SQLite creates it empty at an open
-        };
-        (0..)
-            .map(|i| 32 + i * (24 + page))
-            .take_while(|&at| bytes.get(at + 8..at + 16) == Some(salt))
-            .count()
+        wal_frames_to_read_back(&std::fs::read(wal).unwrap(), page)
     }
 
     fn write_rows(conn: &Connection, rows: usize) {
