@@ -292,7 +292,7 @@ impl Importer {
         if let Some((id, batch)) = self.batched.get(key) {
             return Ok(Some((*id, Some(*batch))));
         }
-        if let Some(id) = documents::merged_pair_id(conn, key)? {
+        if let Some(id) = crate::store::pairs::merged_pair_id(conn, key)? {
             return Ok(Some((id, None)));
         }
         if self.tail.is_none() {

@@ -207,17 +207,6 @@ pub fn for_each_flagged(
     Ok(())
 }
 
-/// The id of the pair with this key in the merged key index (`pair_keys`); keys of
-/// pairs stored since the last merge are in [`tail_key_ids`] (`store::pairs` explains
-/// the two).
-pub fn merged_pair_id(conn: &Connection, key: &[u8; 32]) -> Result<Option<i64>> {
-    use rusqlite::OptionalExtension;
-    Ok(conn
-        .prepare_cached("SELECT pair_id FROM pair_keys WHERE key = ?1")?
-        .query_row([&key[..]], |r| r.get(0))
-        .optional()?)
-}
-
 /// Every key of the unmerged tail with its pair id (at most `store::pairs::MERGE_MAX`).
 pub fn tail_key_ids(conn: &Connection) -> Result<std::collections::HashMap<[u8; 32], i64>> {
     let mut out = std::collections::HashMap::new();

@@ -1,5 +1,6 @@
-//! A Bloom filter over the merged key index (`pair_keys`), so that the writer looks a
-//! key up in the index only when the filter says it may be there.
+//! A Bloom filter over the merged keys (the index `pair_keys` and its runs,
+//! `pair_key_runs`: `store::pairs`), so that the writer looks a key up in them only when
+//! the filter says it may be there.
 //!
 //! A fresh pair's key is in neither the tail nor the index, and without the filter
 //! proving that took a B-tree descent per pair: with a million keys merged, a quarter
@@ -9,11 +10,12 @@
 //! can make the writer slower but never wrong, as long as it holds every merged key.
 //!
 //! That is kept by one rule: only [`crate::store::pairs::PairSink::merge`] adds keys to
-//! `pair_keys`, and it writes the filter (the row of `pair_key_filter`) in the same
-//! transaction, stamped with the number of merged keys it covers. A writer that starts
-//! uses the stored filter only when the stamp equals the merged keys it counts;
-//! otherwise (a database older than the filter, or a stamp that does not match) it
-//! rebuilds the filter from `pair_keys` and stores it.
+//! `pair_keys` or `pair_key_runs`, and it writes the filter (the row of
+//! `pair_key_filter`) in the same transaction, stamped with the number of merged keys it
+//! covers (a fold of the runs into the index moves keys without changing that set).
+//! A writer that starts uses the stored filter only when the stamp equals the merged
+//! keys it counts; otherwise (a database older than the filter, or a stamp that does not
+//! match) it rebuilds the filter from the merged keys and stores it.
 //!
 //! The layout is a blocked Bloom filter: the key (a blake3 digest, so its bytes are
 //! already uniform) picks one 512-bit block, a cache line, with its first 8 bytes, and
@@ -150,7 +152,8 @@ impl KeyFilter {
         Some(KeyFilter { blocks, keys })
     }
 
-    /// The filter of every key in `pair_keys`, read from the index itself, sized for
+    /// The filter of every merged key (`pair_keys` and its runs, `pair_key_runs`), read
+    /// from the tables themselves, sized for
     /// `merged` keys (the caller's count; a wrong one costs false positives, never a
     /// key) with room to grow to twice as many. One pass over the index: counting it
     /// first would read every leaf twice.
@@ -166,6 +169,7 @@ impl KeyFilter {
                 .context("a key in pair_keys is not 32 bytes")?;
             filter.insert(&key);
         }
+        crate::store::pairs::for_each_run_entry(conn, |_, key| filter.insert(&key))?;
         Ok(filter)
     }
 
@@ -185,8 +189,8 @@ impl KeyFilter {
         Ok(filter.flatten())
     }
 
-    /// Stores the filter stamped with `merged`, the number of keys in `pair_keys` it
-    /// covers. Call in the transaction that made `pair_keys` hold them.
+    /// Stores the filter stamped with `merged`, the number of merged keys it covers.
+    /// Call in the transaction that made `pair_keys` and its runs hold them.
     pub fn store(&self, conn: &Connection, merged: usize) -> Result<()> {
         conn.prepare_cached(
             "INSERT INTO pair_key_filter (id, keys, bits) VALUES (1, ?1, ?2)
@@ -263,16 +267,26 @@ mod tests {
     }
 
     #[test]
-    fn a_rebuilt_filter_holds_every_indexed_key() {
+    fn a_rebuilt_filter_holds_every_merged_key_of_the_index_and_its_runs() {
         let conn = Connection::open_in_memory().unwrap();
         crate::store::configure(&conn).unwrap();
         crate::store::migrations::migrate(&conn).unwrap();
         for i in 0..1000 {
-            conn.execute(
-                "INSERT INTO pair_keys (key, pair_id) VALUES (?1, ?2)",
-                params![&key(i)[..], i as i64],
-            )
-            .unwrap();
+            if i % 3 == 0 {
+                conn.execute(
+                    "INSERT INTO pair_keys (key, pair_id) VALUES (?1, ?2)",
+                    params![&key(i)[..], i as i64],
+                )
+                .unwrap();
+            } else {
+                // A run's row of one entry: its pair id, then its key.
+                let entry = [&(i as i64).to_le_bytes()[..], &key(i)[..]].concat();
+                conn.execute(
+                    "INSERT INTO pair_key_runs (run, first_key, entries) VALUES (?1, ?2, ?3)",
+                    params![i % 3, &key(i)[..], entry],
+                )
+                .unwrap();
+            }
         }
         let filter = KeyFilter::rebuild(&conn, 1000).unwrap();
         assert_eq!(filter.len(), 1000);

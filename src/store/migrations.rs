@@ -485,6 +485,17 @@ pub const MIGRATIONS: &[&str] = &[
         bits BLOB NOT NULL                           -- 512-bit blocks of 8 little-endian u64 words, a power of two of them
     );
     "#,
+    // Sorted runs of merged keys (issue 14, store::pairs): a merge of the tail writes it
+    // here as one run, in chunks of entries in key order; pair_keys takes the runs all at
+    // once, only every RUNS_MAX + 1 merges, so most merges no longer rewrite its leaves.
+    r#"
+    CREATE TABLE pair_key_runs (
+        run       INTEGER NOT NULL,                  -- 1, 2, ... in the order the merges wrote them
+        first_key BLOB NOT NULL,                     -- the key of the chunk's first entry
+        entries   BLOB NOT NULL,                     -- per pair: its id (8 bytes, little-endian), then its key (32 bytes), in key order
+        PRIMARY KEY (run, first_key)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// What [`MIGRATIONS`] leave in an empty database, as one script ([`dump`] of it).

@@ -4,7 +4,7 @@
 //! at every commit (a commit every 500 pairs), touches a different index page for
 //! almost every pair: once the index outgrows 500 leaves, each commit writes ~2 MB of
 //! index pages to the WAL, ~4 KB per pair, and the rate halved by a million pairs
-//! (measured: BENCHMARKS.md). So distinctness is kept in two parts, like a two-level
+//! (measured: BENCHMARKS.md). So distinctness is kept in three parts, like a
 //! log-structured merge:
 //!
 //! - **the tail**: keys of pairs stored since the last merge, held in memory by the one
@@ -14,19 +14,32 @@
 //!   seventh sitting). A writer that starts reloads the tail from `tail_chunks`, and
 //!   then from `pairs` itself beyond the last chunk's id (the watermark), so a key
 //!   stored without its chunk is still found; see [`load_tail`];
-//! - **the merged index** `pair_keys(key PRIMARY KEY, pair_id) WITHOUT ROWID`: every
-//!   older key. The tail is merged into it in key order, in the transaction of a batch,
-//!   once it holds a quarter of the merged keys (at least [`MERGE_MIN`], at most
-//!   [`MERGE_MAX`]). A merge rewrites most of the index's leaves; because the tail
-//!   grows with the index, each pair's share of that work stays the same however large
-//!   the table gets.
+//! - **the runs** `pair_key_runs`: every older key, in at most [`LEVELS_MAX`] sorted
+//!   runs. The tail is merged, in the transaction of a batch, once it holds a quarter
+//!   of the merged keys (at least [`MERGE_MIN`], at most [`MERGE_MAX`]). A merge sorts
+//!   it and writes it as a new run: rows of [`RUN_CHUNK_ENTRIES`] entries in key order
+//!   (the tail's entry layout), each keyed by `(run, first key)` with run numbers
+//!   rising, so the rows are appended after every other and no page already written is
+//!   touched. When the runs are already [`LEVELS_MAX`], the merge folds them and the
+//!   tail into one new run instead: a merge of sorted lists in memory, written as rows,
+//!   after which the old runs are deleted. A key is found in a run by the one row whose
+//!   first key is the largest not above it, and a binary search in its entries.
 //!
-//! A pair is new when its key is in neither. The merged index is read only when its
+//!   Until the runs, the merged keys were a B-tree, `pair_keys(key PRIMARY KEY,
+//!   pair_id) WITHOUT ROWID`, and a merge inserted the tail into it key by key: a
+//!   SQLite insert per key (half a microsecond), and most of the index's leaves
+//!   rewritten at every merge (80 MB of pages to write and then to checkpoint with a
+//!   million keys). A fold writes one row per 16 keys and rewrites the merged keys once
+//!   in [`LEVELS_MAX`] merges. A database from before the runs keeps its `pair_keys`
+//!   as the oldest level until its first fold moves it into the new run and empties it.
+//!
+//! A pair is new when its key is in neither. The merged keys are read only when their
 //! Bloom filter ([`KeyFilter`], stored by each merge) says the key may be there, which
-//! for a fresh key is almost never. The primary key of `pair_keys` is the
-//! database's own guard: a duplicate that slipped past would fail the merge. The one
-//! rule for callers: [`PairSink::before_commit`] just before every `COMMIT` of a
-//! transaction that inserted pairs (it writes the chunk, and merges when due).
+//! for a fresh key is almost never; then each run (and `pair_keys` while it holds keys)
+//! costs one B-tree seek. A fold refuses a key it meets twice, which would be a
+//! duplicate slipped past: the database's own guard. The one rule for callers:
+//! [`PairSink::before_commit`] just before every `COMMIT` of a transaction that inserted
+//! pairs (it writes the chunk, and merges when due).
 
 use crate::pair::{KeySet, Pair, PairKey};
 use crate::store::key_filter::KeyFilter;
@@ -41,8 +54,24 @@ pub const INSERT_PAIR: &str = "INSERT INTO pairs
 /// Appends one commit's tail entries (or, after a merge, the empty watermark row).
 pub const INSERT_TAIL_CHUNK: &str = "INSERT INTO tail_chunks (last_id, entries) VALUES (?1, ?2)";
 
-/// Whether a key is in the merged index.
+/// Whether a key is in `pair_keys`, the merged keys of a database from before the runs
+/// (the runs are looked up by [`LOOKUP_RUN_CHUNK`]).
 pub const LOOKUP_KEY: &str = "SELECT 1 FROM pair_keys WHERE key = ?1";
+
+/// The one row of a run that may hold a key: the last whose first key is not above it.
+pub const LOOKUP_RUN_CHUNK: &str = "SELECT entries FROM pair_key_runs
+    WHERE run = ?1 AND first_key <= ?2 ORDER BY first_key DESC LIMIT 1";
+
+/// Entries per row of a run: 640 bytes, which stay in the row's B-tree page (SQLite
+/// moves a row of an index B-tree past about 1,000 bytes to overflow pages), so a
+/// lookup reads one leaf.
+pub const RUN_CHUNK_ENTRIES: usize = 16;
+
+/// Sorted runs the merged keys are kept in at most (counting a database's old
+/// `pair_keys` while it holds keys): the merge that would make one more folds them all,
+/// with the tail, into one. More would fold less often, at a seek more for each key the
+/// filter lets through (a pair sent again costs one seek per run).
+pub const LEVELS_MAX: usize = 4;
 
 /// Bytes per tail entry in a `tail_chunks` blob: the pair id (8 bytes, little-endian),
 /// then its key (32 bytes).
@@ -61,6 +90,7 @@ pub const MERGE_MAX: usize = 1_000_000;
 /// The statements [`PairSink::insert`] uses, prepared once per file.
 pub struct Statements<'c> {
     lookup: CachedStatement<'c>,
+    lookup_run: CachedStatement<'c>,
     insert: CachedStatement<'c>,
 }
 
@@ -69,9 +99,118 @@ impl<'c> Statements<'c> {
     pub fn new(conn: &'c Connection) -> Result<Statements<'c>> {
         Ok(Statements {
             lookup: conn.prepare_cached(LOOKUP_KEY)?,
+            lookup_run: conn.prepare_cached(LOOKUP_RUN_CHUNK)?,
             insert: conn.prepare_cached(INSERT_PAIR)?,
         })
     }
+}
+
+/// One entry of a tail chunk or a run's row ([`ENTRY_BYTES`] bytes): pair id and key.
+fn entry(bytes: &[u8]) -> (i64, PairKey) {
+    let (id, key) = bytes.split_at(8);
+    (
+        i64::from_le_bytes(id.try_into().expect("8 bytes")),
+        key.try_into().expect("32 bytes"),
+    )
+}
+
+/// The entries of a run's row, checked for their length.
+fn run_entries<'b>(blob: &'b [u8], run: i64) -> Result<std::slice::ChunksExact<'b, u8>> {
+    anyhow::ensure!(
+        !blob.is_empty() && blob.len().is_multiple_of(ENTRY_BYTES),
+        "a row of key run {run} is {} bytes, not a multiple of {ENTRY_BYTES}",
+        blob.len()
+    );
+    Ok(blob.chunks_exact(ENTRY_BYTES))
+}
+
+/// The pair id of `key` in run `run`, through its row [`LOOKUP_RUN_CHUNK`] (prepared as
+/// `stmt`) and a binary search in the row's entries.
+fn run_pair_id(stmt: &mut rusqlite::Statement<'_>, run: i64, key: &PairKey) -> Result<Option<i64>> {
+    let mut rows = stmt.query(params![run, &key[..]])?;
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
+    let blob = row.get_ref(0)?.as_blob()?;
+    let entries: Vec<&[u8]> = run_entries(blob, run)?.collect();
+    Ok(entries
+        .binary_search_by(|e| e[8..].cmp(&key[..]))
+        .ok()
+        .map(|i| entry(entries[i]).0))
+}
+
+/// Writes a run's rows: entries pushed in key order, [`RUN_CHUNK_ENTRIES`] to a row.
+struct RunWriter<'c> {
+    insert: CachedStatement<'c>,
+    run: i64,
+    row: Vec<u8>,
+    first: PairKey,
+    written: usize,
+}
+
+impl<'c> RunWriter<'c> {
+    fn new(conn: &'c Connection, run: i64) -> Result<RunWriter<'c>> {
+        Ok(RunWriter {
+            insert: conn.prepare_cached(
+                "INSERT INTO pair_key_runs (run, first_key, entries) VALUES (?1, ?2, ?3)",
+            )?,
+            run,
+            row: Vec::with_capacity(RUN_CHUNK_ENTRIES * ENTRY_BYTES),
+            first: [0; 32],
+            written: 0,
+        })
+    }
+
+    fn push(&mut self, key: &PairKey, id: i64) -> Result<()> {
+        if self.row.is_empty() {
+            self.first = *key;
+        }
+        self.row.extend_from_slice(&id.to_le_bytes());
+        self.row.extend_from_slice(key);
+        self.written += 1;
+        if self.row.len() == RUN_CHUNK_ENTRIES * ENTRY_BYTES {
+            self.write_row()?;
+        }
+        Ok(())
+    }
+
+    fn write_row(&mut self) -> Result<()> {
+        self.insert
+            .execute(params![self.run, &self.first[..], &self.row[..]])?;
+        self.row.clear();
+        Ok(())
+    }
+
+    /// Writes the last row; returns the number of entries written.
+    fn finish(mut self) -> Result<usize> {
+        if !self.row.is_empty() {
+            self.write_row()?;
+        }
+        Ok(self.written)
+    }
+}
+
+/// Writes `entries` (sorted by key, distinct) as run `run`.
+fn write_run(conn: &Connection, run: i64, entries: &[(PairKey, i64)]) -> Result<()> {
+    let mut writer = RunWriter::new(conn, run)?;
+    for (key, id) in entries {
+        writer.push(key, *id)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// Calls `each(pair id, key)` for every entry of the runs, run by run, each in key order.
+pub fn for_each_run_entry(conn: &Connection, mut each: impl FnMut(i64, PairKey)) -> Result<()> {
+    let mut stmt = conn.prepare("SELECT run, entries FROM pair_key_runs")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        for e in run_entries(row.get_ref(1)?.as_blob()?, row.get(0)?)? {
+            let (id, key) = entry(e);
+            each(id, key);
+        }
+    }
+    Ok(())
 }
 
 /// The unmerged tail as stored: every entry of `tail_chunks`, then every pair beyond
@@ -92,12 +231,9 @@ pub fn load_tail(conn: &Connection, mut each: impl FnMut(i64, PairKey)) -> Resul
             "a key tail chunk is {} bytes, not a multiple of {ENTRY_BYTES}",
             blob.len()
         );
-        for entry in blob.chunks_exact(ENTRY_BYTES) {
-            let (id, key) = entry.split_at(8);
-            each(
-                i64::from_le_bytes(id.try_into().expect("8 bytes")),
-                key.try_into().expect("32 bytes"),
-            );
+        for e in blob.chunks_exact(ENTRY_BYTES) {
+            let (id, key) = entry(e);
+            each(id, key);
         }
     }
     let mut stray = Vec::new();
@@ -115,14 +251,57 @@ pub fn load_tail(conn: &Connection, mut each: impl FnMut(i64, PairKey)) -> Resul
     Ok((mark, stray))
 }
 
+/// The runs in `pair_key_runs`, oldest first: merges number them upwards and a fold
+/// replaces all of them by the next number, so they are the numbers from the lowest to
+/// the highest.
+pub fn runs(conn: &Connection) -> Result<Vec<i64>> {
+    let (lo, hi): (Option<i64>, Option<i64>) = conn
+        .prepare_cached(
+            "SELECT (SELECT MIN(run) FROM pair_key_runs), (SELECT MAX(run) FROM pair_key_runs)",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(match (lo, hi) {
+        (Some(lo), Some(hi)) => (lo..=hi).collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// Whether `pair_keys` (the merged keys of a database from before the runs) holds any.
+fn index_holds_keys(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row("SELECT EXISTS (SELECT 1 FROM pair_keys)", [], |r| r.get(0))?)
+}
+
+/// The id of the pair with this key among the merged keys: in one of the runs, or in
+/// `pair_keys`. Keys of pairs stored since the last merge are in the tail
+/// ([`load_tail`]).
+pub fn merged_pair_id(conn: &Connection, key: &PairKey) -> Result<Option<i64>> {
+    use rusqlite::OptionalExtension;
+    let mut stmt = conn.prepare_cached(LOOKUP_RUN_CHUNK)?;
+    for run in runs(conn)?.into_iter().rev() {
+        if let Some(id) = run_pair_id(&mut stmt, run, key)? {
+            return Ok(Some(id));
+        }
+    }
+    Ok(conn
+        .prepare_cached("SELECT pair_id FROM pair_keys WHERE key = ?1")?
+        .query_row([&key[..]], |r| r.get(0))
+        .optional()?)
+}
+
 /// The one writer's view of distinctness: the tail's keys in memory, how many keys are
-/// merged and the filter over them, and the entries of the open transaction not yet
+/// merged and where (the runs, and `pair_keys` in a database from before them), the
+/// filter over the merged keys, and the entries of the open transaction not yet
 /// written to `tail_chunks`. Valid only while it matches the database: a writer whose
 /// transaction rolled back must drop it (see `ingest::Writer::finish_carrying`).
 #[derive(Debug, Default)]
 pub struct PairSink {
     tail: Option<KeySet>,
     merged: usize,
+    /// The runs in `pair_key_runs`, oldest first (loaded with the tail).
+    runs: Vec<i64>,
+    /// Whether `pair_keys` holds keys (a database from before the runs, until its
+    /// first fold).
+    index: bool,
     /// Every merged key (loaded with the tail; `None` while nothing is merged).
     filter: Option<KeyFilter>,
     /// Lookups in the merged index the filter let through; see [`PairSink::size_cache`].
@@ -175,6 +354,8 @@ impl PairSink {
             let max: i64 =
                 conn.query_row("SELECT COALESCE(MAX(id), 0) FROM pairs", [], |r| r.get(0))?;
             self.merged = (max.max(last) as usize).saturating_sub(keys.len());
+            self.runs = runs(conn)?;
+            self.index = index_holds_keys(conn)?;
             self.tail = Some(keys);
             self.size_cache(conn)?;
             if self.merged > 0 {
@@ -182,10 +363,7 @@ impl PairSink {
                     Some(filter) => filter,
                     None => {
                         let filter = KeyFilter::rebuild(conn, self.merged)?;
-                        tracing::info!(
-                            "key filter built from the {} keys of the merged index",
-                            filter.len()
-                        );
+                        tracing::info!("key filter built from the {} merged keys", filter.len());
                         filter.store(conn, self.merged)?;
                         filter
                     }
@@ -218,8 +396,8 @@ impl PairSink {
         if self.tail(conn)?.contains(&pair.key) {
             return Ok(false);
         }
-        // The index is read only when its filter says the key may be there: for a fresh
-        // key, almost never (and never while nothing is merged).
+        // The merged keys are read only when their filter says the key may be there: for
+        // a fresh key, almost never (and never while nothing is merged).
         if self
             .filter
             .as_ref()
@@ -229,7 +407,13 @@ impl PairSink {
             if self.lookups == LOOKUPS_FOR_CACHE {
                 self.size_cache(conn)?;
             }
-            if stmts.lookup.exists([&pair.key[..]])? {
+            // The newest run first: a pair sent again was more likely stored lately.
+            for &run in self.runs.iter().rev() {
+                if run_pair_id(&mut stmts.lookup_run, run, &pair.key)?.is_some() {
+                    return Ok(false);
+                }
+            }
+            if self.index && stmts.lookup.exists([&pair.key[..]])? {
                 return Ok(false);
             }
         }
@@ -283,22 +467,40 @@ impl PairSink {
         Ok(())
     }
 
-    /// Moves the tail into `pair_keys`, in key order, and leaves the watermark (the
-    /// last merged id) as the only `tail_chunks` row. Call inside an open transaction
-    /// (the writer merges in the transaction of the batch that made it due).
+    /// Moves the tail into a new run in key order (or, when the merged keys are in
+    /// [`LEVELS_MAX`] runs already, folds them and the tail into one new run), and
+    /// leaves the watermark (the last merged id) as the only `tail_chunks` row. Call
+    /// inside an open transaction (the writer merges in the transaction of the batch
+    /// that made it due).
     pub fn merge(&mut self, conn: &Connection) -> Result<()> {
+        let started = std::time::Instant::now();
         self.write_chunk(conn)?;
         let mut entries = Vec::with_capacity(self.tail_len());
         let (last, _) = load_tail(conn, |id, key| entries.push((key, id)))?;
+        // Loads the runs, for a sink that has not read its tail yet.
+        self.tail(conn)?;
         entries.sort_unstable();
-        {
-            let mut insert =
-                conn.prepare_cached("INSERT INTO pair_keys (key, pair_id) VALUES (?1, ?2)")?;
-            for (key, id) in &entries {
-                insert
-                    .execute(params![&key[..], id])
-                    .context("merging new pair keys into the key index")?;
-            }
+        let run = self.runs.last().map_or(1, |last| last + 1);
+        if self.runs.len() + usize::from(self.index) < LEVELS_MAX {
+            write_run(conn, run, &entries).context("writing the key tail as a run")?;
+            self.runs.push(run);
+            tracing::debug!(
+                "key tail merged: {} keys as run {run} ({:.1} ms)",
+                entries.len(),
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+        } else {
+            let keys = fold(conn, &self.runs, self.index, &entries, run)
+                .context("folding the key runs into one")?;
+            tracing::debug!(
+                "key tail merged: {} keys folded with {} runs{} into run {run}, {keys} keys ({:.1} ms)",
+                entries.len(),
+                self.runs.len(),
+                if self.index { " and the old index" } else { "" },
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            self.runs = vec![run];
+            self.index = false;
         }
         conn.prepare_cached("DELETE FROM tail_chunks")?
             .execute([])?;
@@ -312,7 +514,8 @@ impl PairSink {
                 }
                 filter
             }
-            // Past its capacity (or the first merge): a larger one, from the index.
+            // Past its capacity (or the first merge): a larger one, from the index and
+            // the runs.
             _ => KeyFilter::rebuild(conn, self.merged)?,
         };
         filter.store(conn, self.merged)?;
@@ -339,6 +542,119 @@ impl PairSink {
         conn.execute_batch(&format!("PRAGMA cache_size = -{kib}"))?;
         Ok(())
     }
+}
+
+/// Writes the entries of `runs`, of `pair_keys` when `index`, and the sorted `entries`
+/// as run `into`, in one merge in key order (each source is read in its primary key's
+/// order, so nothing is sorted again), then deletes the sources' rows. Returns the
+/// number of keys written. A key met twice is an error: it would be a duplicate.
+fn fold(
+    conn: &Connection,
+    runs: &[i64],
+    index: bool,
+    entries: &[(PairKey, i64)],
+    into: i64,
+) -> Result<usize> {
+    /// One sorted source: a run's rows of entries, or `pair_keys`' rows.
+    struct Reader<'s> {
+        rows: rusqlite::Rows<'s>,
+        /// `None` for `pair_keys`.
+        run: Option<i64>,
+        row: Vec<u8>,
+        at: usize,
+    }
+    impl Reader<'_> {
+        fn next(&mut self) -> Result<Option<(PairKey, i64)>> {
+            let Some(run) = self.run else {
+                let Some(row) = self.rows.next()? else {
+                    return Ok(None);
+                };
+                let id: i64 = row.get(1)?;
+                let key = PairKey::try_from(row.get_ref(0)?.as_blob()?)
+                    .with_context(|| format!("pair {id}: its key in pair_keys is not 32 bytes"))?;
+                return Ok(Some((key, id)));
+            };
+            if self.at == self.row.len() {
+                let Some(row) = self.rows.next()? else {
+                    return Ok(None);
+                };
+                let blob = row.get_ref(0)?.as_blob()?;
+                let _ = run_entries(blob, run)?;
+                self.row.clear();
+                self.row.extend_from_slice(blob);
+                self.at = 0;
+            }
+            let (id, key) = entry(&self.row[self.at..self.at + ENTRY_BYTES]);
+            self.at += ENTRY_BYTES;
+            Ok(Some((key, id)))
+        }
+    }
+    let mut stmts = runs
+        .iter()
+        .map(|_| "SELECT entries FROM pair_key_runs WHERE run = ?1 ORDER BY first_key")
+        .chain(index.then_some("SELECT key, pair_id FROM pair_keys ORDER BY key"))
+        .map(|sql| conn.prepare(sql))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut readers = stmts
+        .iter_mut()
+        .zip(runs.iter().map(|&run| Some(run)).chain([None]))
+        .map(|(stmt, run)| {
+            Ok(Reader {
+                rows: match run {
+                    Some(run) => stmt.query([run])?,
+                    None => stmt.query([])?,
+                },
+                run,
+                row: Vec::new(),
+                at: 0,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut heads = readers
+        .iter_mut()
+        .map(Reader::next)
+        .collect::<Result<Vec<_>>>()?;
+    let mut tail = entries.iter().peekable();
+    let mut writer = RunWriter::new(conn, into)?;
+    let mut previous: Option<(PairKey, i64)> = None;
+    loop {
+        // The smallest next key of the tail and the sources (`None`: the tail's).
+        let mut next = tail.peek().map(|&&(key, id)| (key, id, None));
+        for (source, head) in heads.iter().enumerate() {
+            if let Some((key, id)) = *head
+                && next.is_none_or(|(smallest, _, _)| key < smallest)
+            {
+                next = Some((key, id, Some(source)));
+            }
+        }
+        let Some((key, id, from)) = next else {
+            break;
+        };
+        match from {
+            None => {
+                tail.next();
+            }
+            Some(source) => heads[source] = readers[source].next()?,
+        }
+        if let Some((seen, other)) = previous
+            && seen == key
+        {
+            anyhow::bail!(
+                "the key of pair {id} is merged already, as pair {other}'s: a duplicate pair"
+            );
+        }
+        previous = Some((key, id));
+        writer.push(&key, id)?;
+    }
+    let written = writer.finish()?;
+    drop(readers);
+    drop(stmts);
+    conn.prepare_cached("DELETE FROM pair_key_runs WHERE run < ?1")?
+        .execute([into])?;
+    if index {
+        conn.prepare_cached("DELETE FROM pair_keys")?.execute([])?;
+    }
+    Ok(written)
 }
 
 /// Lookups in the merged index after which the writer's page cache grows to hold it.
@@ -434,6 +750,31 @@ mod tests {
             .unwrap()
     }
 
+    /// Merged keys: in the index and in its runs.
+    fn merged_of(conn: &Connection) -> i64 {
+        let (runs, index) = layout(conn);
+        runs.iter().map(|(_, keys)| keys).sum::<i64>() + index
+    }
+
+    /// Each run with its number of keys, and the keys in `pair_keys`.
+    fn layout(conn: &Connection) -> (Vec<(i64, i64)>, i64) {
+        let runs = runs(conn)
+            .unwrap()
+            .into_iter()
+            .map(|run| {
+                let keys = conn
+                    .query_row(
+                        "SELECT SUM(length(entries)) / 40 FROM pair_key_runs WHERE run = ?1",
+                        [run],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                (run, keys)
+            })
+            .collect();
+        (runs, count_of(conn, "pair_keys"))
+    }
+
     fn watermark(conn: &Connection) -> i64 {
         conn.query_row(
             "SELECT last_id FROM tail_chunks WHERE length(entries) = 0",
@@ -468,7 +809,7 @@ mod tests {
         assert_eq!((fresh.tail_len(), fresh.merged), (2, 1));
         assert!(fresh.pending.is_empty(), "nothing stray");
         fresh.merge(conn).unwrap();
-        assert_eq!(count_of(conn, "pair_keys"), 3);
+        assert_eq!(merged_of(conn), 3);
         assert_eq!((count_of(conn, "tail_chunks"), watermark(conn)), (1, 3));
         assert_eq!(count(conn).unwrap(), 3);
     }
@@ -495,7 +836,7 @@ mod tests {
         let (last, stray) = load_tail(conn, |_, _| {}).unwrap();
         assert_eq!((last, stray.len()), (2, 0));
         second.merge(conn).unwrap();
-        assert_eq!(count_of(conn, "pair_keys"), 2, "each key merged once");
+        assert_eq!(merged_of(conn), 2, "each key merged once");
     }
 
     #[test]
@@ -546,6 +887,165 @@ mod tests {
             assert_eq!(stamp(conn), Some(3), "rebuilt after {damage}");
             assert_eq!(next.filter.as_ref().map(KeyFilter::len), Some(3));
         }
+    }
+
+    /// Every key in `stored` (asked `q`, stored as pair `id`) is a duplicate, to `sink`
+    /// and to a new writer (which reads the runs from the database), and resolves to its
+    /// pair; a key never stored resolves to none; the filter covers them all.
+    fn assert_all_merged(db: &Db, sink: &mut PairSink, stored: &[(String, i64)], when: &str) {
+        let conn = &db.conn;
+        let mut fresh = PairSink::new();
+        for (q, id) in stored {
+            assert!(!db.put(sink, q), "{q} {when}");
+            assert!(!db.put(&mut fresh, q), "{q} to a new writer {when}");
+            assert_eq!(
+                merged_pair_id(conn, &pair(q).key).unwrap(),
+                Some(*id),
+                "{q} {when}"
+            );
+        }
+        assert_eq!(merged_pair_id(conn, &pair("never").key).unwrap(), None);
+        assert_eq!(
+            conn.query_row("SELECT keys FROM pair_key_filter", [], |r| r
+                .get::<_, i64>(0))
+                .unwrap(),
+            stored.len() as i64,
+            "the filter covers every merged key {when}"
+        );
+    }
+
+    /// The entries of run `run` as stored, in order: (key, pair id).
+    fn run_entries_of(conn: &Connection, run: i64) -> Vec<(PairKey, i64)> {
+        let mut out = Vec::new();
+        let mut stmt = conn
+            .prepare("SELECT entries FROM pair_key_runs WHERE run = ?1 ORDER BY first_key")
+            .unwrap();
+        let mut rows = stmt.query([run]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for e in run_entries(row.get_ref(0).unwrap().as_blob().unwrap(), run).unwrap() {
+                let (id, key) = entry(e);
+                out.push((key, id));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn merges_write_runs_and_the_fifth_folds_them_into_one_in_key_order() {
+        let db = Db::new();
+        let conn = &db.conn;
+        let mut sink = PairSink::new();
+        let mut stored = Vec::new();
+        // Merges of 1 to 5 keys: four runs, then the fold of all fifteen into run 5.
+        for merge in 1..=5i64 {
+            for k in 0..merge {
+                let q = format!("m{merge}k{k}");
+                assert!(db.put(&mut sink, &q));
+                stored.push((q, stored.len() as i64 + 1));
+            }
+            sink.before_commit(conn).unwrap();
+            sink.merge(conn).unwrap();
+            let want = if merge <= 4 {
+                (1..=merge).map(|run| (run, run)).collect()
+            } else {
+                vec![(5, 15)]
+            };
+            assert_eq!(layout(conn), (want, 0), "after merge {merge}");
+            assert_all_merged(&db, &mut sink, &stored, &format!("after merge {merge}"));
+        }
+        // The fold wrote one run in key order, each key with its own pair.
+        let mut want: Vec<(PairKey, i64)> =
+            stored.iter().map(|(q, id)| (pair(q).key, *id)).collect();
+        want.sort();
+        assert_eq!(run_entries_of(conn, 5), want);
+        // After the fold, the next merge writes run 6.
+        assert!(db.put(&mut sink, "after the fold"));
+        sink.merge(conn).unwrap();
+        assert_eq!(layout(conn), (vec![(5, 15), (6, 1)], 0));
+    }
+
+    #[test]
+    fn the_index_of_a_database_from_before_the_runs_counts_as_a_run_until_a_fold_empties_it() {
+        let db = Db::new();
+        let conn = &db.conn;
+        // Two pairs merged the old way: into pair_keys, the tail's watermark after them.
+        let mut stored = Vec::new();
+        let mut first = PairSink::new();
+        for q in ["old1", "old2"] {
+            assert!(db.put(&mut first, q));
+            stored.push((q.to_string(), stored.len() as i64 + 1));
+        }
+        conn.execute_batch(
+            "INSERT INTO pair_keys (key, pair_id) SELECT key, id FROM pairs;
+             DELETE FROM tail_chunks; INSERT INTO tail_chunks VALUES (2, x'');",
+        )
+        .unwrap();
+        // No filter yet: the writer builds it from pair_keys.
+        let mut sink = PairSink::new();
+        assert!(!db.put(&mut sink, "old1"), "found in pair_keys");
+        assert_eq!(layout(conn), (vec![], 2));
+        // Three runs beside it, then the fold of all four and the tail into run 4.
+        for merge in 1..=4i64 {
+            let q = format!("new{merge}");
+            assert!(db.put(&mut sink, &q));
+            stored.push((q, stored.len() as i64 + 1));
+            sink.merge(conn).unwrap();
+            let want = if merge <= 3 {
+                ((1..=merge).map(|run| (run, 1)).collect(), 2)
+            } else {
+                (vec![(4, 6)], 0)
+            };
+            assert_eq!(layout(conn), want, "after merge {merge}");
+            assert_all_merged(&db, &mut sink, &stored, &format!("after merge {merge}"));
+        }
+    }
+
+    #[test]
+    fn a_fold_refuses_a_key_met_twice() {
+        // A key that reached a run while also merged (which the writer rules out) fails
+        // the fold, whose transaction then rolls back: the runs' own guard.
+        let db = Db::new();
+        let conn = &db.conn;
+        let mut sink = PairSink::new();
+        assert!(db.put(&mut sink, "q"));
+        sink.merge(conn).unwrap();
+        let q = [(pair("q").key, 1)];
+        write_run(conn, 2, &q).unwrap();
+        write_run(conn, 3, &q).unwrap();
+        write_run(conn, 4, &q).unwrap();
+        let mut next = PairSink::new();
+        assert!(db.put(&mut next, "q2"));
+        let err = next.merge(conn).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("folding the key runs into one")
+                && format!("{err:#}").contains("merged already"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_run_finds_each_of_its_keys_in_its_rows_and_no_other() {
+        let db = Db::new();
+        let conn = &db.conn;
+        // 100 keys: rows of 16, the last of 4.
+        let mut entries: Vec<(PairKey, i64)> = (0..100)
+            .map(|i| (pair(&format!("k{i}")).key, i + 1))
+            .collect();
+        entries.sort_unstable();
+        write_run(conn, 1, &entries).unwrap();
+        assert_eq!(count_of(conn, "pair_key_runs"), 7);
+        let mut stmt = conn.prepare(LOOKUP_RUN_CHUNK).unwrap();
+        for (key, id) in &entries {
+            assert_eq!(run_pair_id(&mut stmt, 1, key).unwrap(), Some(*id));
+            assert_eq!(run_pair_id(&mut stmt, 2, key).unwrap(), None, "another run");
+        }
+        for i in 0..100 {
+            let absent = pair(&format!("absent{i}")).key;
+            assert_eq!(run_pair_id(&mut stmt, 1, &absent).unwrap(), None);
+        }
+        let mut read = Vec::new();
+        for_each_run_entry(conn, |id, key| read.push((key, id))).unwrap();
+        assert_eq!(read, entries, "read back in key order");
     }
 
     #[test]

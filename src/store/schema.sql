@@ -1,4 +1,4 @@
--- The schema of a fresh perpetual database, version 15: what the 15 migrations in
+-- The schema of a fresh perpetual database, version 16: what the 16 migrations in
 -- src/store/migrations.rs leave. Generated, do not edit: after adding a migration, run
 -- PERPETUAL_WRITE_SCHEMA=1 cargo test --lib the_fresh_schema
 CREATE TABLE pairs (
@@ -269,6 +269,12 @@ CREATE TABLE pair_key_filter (
         keys INTEGER NOT NULL,                       -- the merged keys it covers: used only while the writer counts as many
         bits BLOB NOT NULL                           -- 512-bit blocks of 8 little-endian u64 words, a power of two of them
     );
+CREATE TABLE pair_key_runs (
+        run       INTEGER NOT NULL,                  -- 1, 2, ... in the order the merges wrote them
+        first_key BLOB NOT NULL,                     -- the key of the chunk's first entry
+        entries   BLOB NOT NULL,                     -- per pair: its id (8 bytes, little-endian), then its key (32 bytes), in key order
+        PRIMARY KEY (run, first_key)
+    ) WITHOUT ROWID;
 CREATE INDEX pairs_by_created ON pairs(created_at);
 CREATE INDEX tasks_by_queue ON tasks(agent, status, priority, position);
 CREATE INDEX task_deps_by_dependency ON task_deps(depends_on);

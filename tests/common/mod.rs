@@ -441,33 +441,42 @@ pub fn distinct_pairs(files: &[perpetual::generate::GeneratedFile]) -> usize {
     keys.len()
 }
 
-/// After any number of runs, crashed or not: every stored pair's key is either in the
-/// merged key index or in exactly one entry of the key tail (`store::pairs`), never
-/// both, and nothing else is in either. The tail's blobs are read by SQL alone, so this
-/// does not trust the code it checks.
+/// After any number of runs, crashed or not: every stored pair's key is either merged
+/// (in exactly one entry of the sorted runs, or of `pair_keys`) or in exactly one entry
+/// of the key tail (`store::pairs`), never both, and nothing else is in any of them. The tail's
+/// blobs are read by SQL alone, so this does not trust the code it checks.
 pub fn assert_keys_exact(env: &Env, want: i64) {
     const TAIL: &str = "WITH RECURSIVE e(chunk, i) AS (
             SELECT entries, 0 FROM tail_chunks WHERE length(entries) > 0
             UNION ALL SELECT chunk, i + 40 FROM e WHERE i + 40 < length(chunk)),
-        tail(pair_id, key) AS (SELECT i, substr(chunk, i + 9, 32) FROM e)";
+        tail(pair_id, key) AS (SELECT i, substr(chunk, i + 9, 32) FROM e),
+        r(chunk, i) AS (
+            SELECT entries, 0 FROM pair_key_runs
+            UNION ALL SELECT chunk, i + 40 FROM r WHERE i + 40 < length(chunk)),
+        merged(key) AS (SELECT key FROM pair_keys UNION ALL SELECT substr(chunk, i + 9, 32) FROM r)";
     let count = |q: &str| env.count(&format!("{TAIL} {q}"));
     assert_eq!(
-        count("SELECT (SELECT COUNT(*) FROM pair_keys) + (SELECT COUNT(*) FROM tail)"),
+        count("SELECT (SELECT COUNT(*) FROM merged) + (SELECT COUNT(*) FROM tail)"),
         want,
-        "as many keys in the index and the tail as pairs"
+        "as many keys merged and in the tail as pairs"
     );
     assert_eq!(
-        count("SELECT COUNT(*) FROM tail JOIN pair_keys USING (key)"),
+        count("SELECT COUNT(*) FROM (SELECT key FROM merged GROUP BY key HAVING COUNT(*) > 1)"),
+        0,
+        "no key in the index and a run, or in two runs"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tail JOIN merged USING (key)"),
         0,
         "no key both in the tail and merged"
     );
     assert_eq!(
         count(
-            "SELECT COUNT(*) FROM pairs WHERE key NOT IN (SELECT key FROM pair_keys)
+            "SELECT COUNT(*) FROM pairs WHERE key NOT IN (SELECT key FROM merged)
              AND key NOT IN (SELECT key FROM tail)"
         ),
         0,
-        "every stored pair's key in the index or the tail"
+        "every stored pair's key merged or in the tail"
     );
 }
 
