@@ -14,6 +14,15 @@ root from run to run (an existing root, e.g. for an empty inbox). `@AB_FROM=ROOT
 starts each of that build's runs from a copy of ROOT instead of a fresh root (e.g. a
 root holding a million pairs: the stored case of BENCHMARKS.md's ninth sitting).
 
+CORPUS may name several folders separated by commas: each run ingests them one after
+the other into the same root (one `ingest` each) and counts the sum; the per-folder
+medians are printed too (the cycle of merges of BENCHMARKS.md's eleventh sitting).
+AB_DROP_CACHES=1 drops the kernel's page cache after the copy and the `sync` (it
+needs root: /proc/sys/vm/drop_caches) and then reads the corpus back in, so that every
+run starts from the same cache: a root copied just before a run left its pages in a
+state that made the run's writes into the page cache several times slower
+(`copy_folio_from_iter_atomic`, BENCHMARKS.md, eleventh sitting).
+
 A corpus like the e2e bench's: perpetual generate --out c20 --files 200 --pairs 100
 --duplicates 0.2 --layouts flat,nested --answer-chars 800-2000 --seed 14
 """
@@ -44,7 +53,10 @@ def main():
                 env[k] = v
         builds.append((name, rest, env))
     pause = float(os.environ.get("AB_PAUSE", "0.3"))
+    drop = os.environ.get("AB_DROP_CACHES") == "1"
+    folders = corpus.split(",")
     wall, own, cpu = ({n: [] for n, _, _ in builds} for _ in range(3))
+    each = {n: [[] for _ in folders] for n, _, _ in builds}
     for _ in range(runs):
         for name, binary, env in builds:
             root = os.path.abspath(f"ab-root-{name}")
@@ -53,20 +65,33 @@ def main():
                 if env.get("AB_FROM"):
                     shutil.copytree(env["AB_FROM"], root)
             os.sync()
+            if drop:
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3\n")
+                for folder in folders:
+                    for d, _, names in os.walk(folder):
+                        for n in names:
+                            with open(os.path.join(d, n), "rb") as f:
+                                f.read()
             time.sleep(pause)
             before = os.times()
-            start = time.perf_counter()
-            out = subprocess.run(
-                [binary, "--root", root, "ingest", corpus, "--json"],
-                capture_output=True,
-                env=env,
-            )
-            took = time.perf_counter() - start
+            took = seconds = 0.0
+            for i, folder in enumerate(folders):
+                start = time.perf_counter()
+                out = subprocess.run(
+                    [binary, "--root", root, "ingest", folder, "--json"],
+                    capture_output=True,
+                    env=env,
+                )
+                one = time.perf_counter() - start
+                if out.returncode != 0:
+                    sys.exit(f"{name}: exit {out.returncode}\n{out.stderr.decode()}")
+                took += one
+                seconds += json.loads(out.stdout)["seconds"]
+                each[name][i].append(one * 1000)
             after = os.times()
-            if out.returncode != 0:
-                sys.exit(f"{name}: exit {out.returncode}\n{out.stderr.decode()}")
             wall[name].append(took * 1000)
-            own[name].append(json.loads(out.stdout)["seconds"] * 1000)
+            own[name].append(seconds * 1000)
             cpu[name].append(
                 (after.children_user - before.children_user
                  + after.children_system - before.children_system) * 1000
@@ -78,6 +103,11 @@ def main():
             f"min {min(wall[name]):8.1f}  own {statistics.median(own[name]):8.1f}  "
             f"cpu {statistics.median(cpu[name]):7.0f}  load {load}"
         )
+        if len(folders) > 1:
+            print(
+                f"{'':12} each folder, median ms: "
+                + " ".join(f"{statistics.median(w):.0f}" for w in each[name])
+            )
 
 
 if __name__ == "__main__":

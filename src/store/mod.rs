@@ -334,7 +334,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
         "PRAGMA synchronous = NORMAL;
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;
-         -- 64 MiB of page cache: lookups in the key index (pair_keys) land on
+         -- 64 MiB of page cache: lookups of merged keys (store::pairs) land on
          -- random pages, which should stay in memory as the table grows.
          PRAGMA cache_size = -65536;
          -- The WAL is truncated back to 64 MiB after a checkpoint.

@@ -4,7 +4,7 @@
 //! at every commit (a commit every 500 pairs), touches a different index page for
 //! almost every pair: once the index outgrows 500 leaves, each commit writes ~2 MB of
 //! index pages to the WAL, ~4 KB per pair, and the rate halved by a million pairs
-//! (measured: BENCHMARKS.md). So distinctness is kept in three parts, like a
+//! (measured: BENCHMARKS.md). So distinctness is kept in two parts, like a
 //! log-structured merge:
 //!
 //! - **the tail**: keys of pairs stored since the last merge, held in memory by the one
@@ -29,9 +29,10 @@
 //!   pair_id) WITHOUT ROWID`, and a merge inserted the tail into it key by key: a
 //!   SQLite insert per key (half a microsecond), and most of the index's leaves
 //!   rewritten at every merge (80 MB of pages to write and then to checkpoint with a
-//!   million keys). A fold writes one row per 16 keys and rewrites the merged keys once
-//!   in [`LEVELS_MAX`] merges. A database from before the runs keeps its `pair_keys`
-//!   as the oldest level until its first fold moves it into the new run and empties it.
+//!   million keys). Now a merge writes one row per 16 keys, and only one merge in
+//!   [`LEVELS_MAX`] + 1, the fold, rewrites the merged keys. A database from before the
+//!   runs keeps its `pair_keys` as the oldest level until its first fold moves it into
+//!   the new run and empties it.
 //!
 //! A pair is new when its key is in neither. The merged keys are read only when their
 //! Bloom filter ([`KeyFilter`], stored by each merge) says the key may be there, which
@@ -304,7 +305,7 @@ pub struct PairSink {
     index: bool,
     /// Every merged key (loaded with the tail; `None` while nothing is merged).
     filter: Option<KeyFilter>,
-    /// Lookups in the merged index the filter let through; see [`PairSink::size_cache`].
+    /// Lookups of merged keys the filter let through; see [`PairSink::size_cache`].
     lookups: usize,
     /// Tail entries ([`ENTRY_BYTES`] each) stored since the last chunk was written.
     pending: Vec<u8>,
@@ -514,8 +515,8 @@ impl PairSink {
                 }
                 filter
             }
-            // Past its capacity (or the first merge): a larger one, from the index and
-            // the runs.
+            // Past its capacity (or the first merge): a larger one, from the merged keys
+            // as they now are.
             _ => KeyFilter::rebuild(conn, self.merged)?,
         };
         filter.store(conn, self.merged)?;
@@ -527,11 +528,11 @@ impl PairSink {
     }
 
     /// Sizes the connection's page cache. A writer whose keys are fresh reads the merged
-    /// index only for the filter's rare false positives, and works with
+    /// keys only for the filter's rare false positives, and works with
     /// [`CACHE_MIN_KIB`], which stays in the processor's caches: a quarter less of the
     /// writer's CPU than 64 MiB of fresh pages (BENCHMARKS.md, "The writer's side").
-    /// Once [`LOOKUPS_FOR_CACHE`] keys went to the index (pairs stored before, sent
-    /// again), the cache grows to hold it: [`CACHE_BYTES_PER_KEY`] per merged key, at
+    /// Once [`LOOKUPS_FOR_CACHE`] keys went to the merged keys (pairs stored before,
+    /// sent again), the cache grows to hold them: [`CACHE_BYTES_PER_KEY`] per merged key, at
     /// most [`CACHE_MAX_KIB`] (the 64 MiB that `store::configure` gives every connection).
     fn size_cache(&self, conn: &Connection) -> Result<()> {
         let kib = if self.lookups >= LOOKUPS_FOR_CACHE {
@@ -657,13 +658,13 @@ fn fold(
     Ok(written)
 }
 
-/// Lookups in the merged index after which the writer's page cache grows to hold it.
+/// Lookups of merged keys after which the writer's page cache grows to hold them.
 pub const LOOKUPS_FOR_CACHE: usize = 1000;
-/// Page cache per key of the merged index: a `pair_keys` entry is ~40 bytes, its
-/// leaves about two-thirds full after merges, and a quarter more for the pages of the
-/// tables being appended to.
+/// Page cache per merged key: an entry of a run is 40 bytes (a `pair_keys` row of a
+/// database from before the runs about as much, its leaves two-thirds full), and
+/// as much again for the pages of the tables being appended to.
 pub const CACHE_BYTES_PER_KEY: u64 = 80;
-/// The writer's page cache while it reads the index little (SQLite's own default).
+/// The writer's page cache while it reads the merged keys little (SQLite's own default).
 pub const CACHE_MIN_KIB: u64 = 2000;
 /// The writer's page cache at most, as `store::configure` sets for every connection.
 pub const CACHE_MAX_KIB: u64 = 65536;
@@ -873,7 +874,7 @@ mod tests {
         );
 
         // No filter (a database from before it) or a stamp that does not match: the
-        // writer rebuilds it from the index and stores it.
+        // writer rebuilds it from the merged keys and stores it.
         for damage in [
             "DELETE FROM pair_key_filter",
             "UPDATE pair_key_filter SET keys = 7, bits = zeroblob(64)",
