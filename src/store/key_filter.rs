@@ -271,22 +271,20 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         crate::store::configure(&conn).unwrap();
         crate::store::migrations::migrate(&conn).unwrap();
-        for i in 0..1000 {
-            if i % 3 == 0 {
-                conn.execute(
-                    "INSERT INTO pair_keys (key, pair_id) VALUES (?1, ?2)",
-                    params![&key(i)[..], i as i64],
-                )
-                .unwrap();
-            } else {
-                // A run's row of one entry: its pair id, then its key.
-                let entry = [&(i as i64).to_le_bytes()[..], &key(i)[..]].concat();
-                conn.execute(
-                    "INSERT INTO pair_key_runs (run, first_key, entries) VALUES (?1, ?2, ?3)",
-                    params![i % 3, &key(i)[..], entry],
-                )
-                .unwrap();
-            }
+        for i in (0..1000).filter(|i| i % 3 == 0) {
+            conn.execute(
+                "INSERT INTO pair_keys (key, pair_id) VALUES (?1, ?2)",
+                params![&key(i)[..], i as i64],
+            )
+            .unwrap();
+        }
+        for run in 1..=2 {
+            let mut entries: Vec<(PairKey, i64)> = (0..1000)
+                .filter(|i| i % 3 == run)
+                .map(|i| (key(i), i as i64))
+                .collect();
+            entries.sort_unstable();
+            crate::store::pairs::write_run(&conn, run as i64, &entries).unwrap();
         }
         let filter = KeyFilter::rebuild(&conn, 1000).unwrap();
         assert_eq!(filter.len(), 1000);

@@ -486,15 +486,14 @@ pub const MIGRATIONS: &[&str] = &[
     );
     "#,
     // Sorted runs of merged keys (issue 14, store::pairs): a merge of the tail writes it
-    // here as one run, in chunks of entries in key order; pair_keys takes the runs all at
-    // once, only every RUNS_MAX + 1 merges, so most merges no longer rewrite its leaves.
+    // as a run, a table of its own (pair_key_run_<run>: rows of entries in key order),
+    // listed here; pair_keys, where merges inserted the tail key by key, takes no more
+    // keys, and its keys join a run at the first fold.
     r#"
     CREATE TABLE pair_key_runs (
-        run       INTEGER NOT NULL,                  -- 1, 2, ... in the order the merges wrote them
-        first_key BLOB NOT NULL,                     -- the key of the chunk's first entry
-        entries   BLOB NOT NULL,                     -- per pair: its id (8 bytes, little-endian), then its key (32 bytes), in key order
-        PRIMARY KEY (run, first_key)
-    ) WITHOUT ROWID;
+        run  INTEGER PRIMARY KEY,                    -- its table is pair_key_run_<run>; numbered upwards as merges write them
+        keys INTEGER NOT NULL                        -- the entries in it
+    );
     "#,
 ];
 

@@ -325,6 +325,9 @@ pub const WAL_AUTOCHECKPOINT_BYTES: i64 = 64 << 20;
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
+    // The writer caches its ledger's, the tail's and each key run's statements
+    // (`store::pairs::run_lookup_sql`): more than rusqlite's 16 would evict one another.
+    conn.set_prepared_statement_cache_capacity(64);
     // Before anything creates the file's first page (journal_mode does); a no-op on an
     // existing database, which keeps the page size it was created with.
     conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE};"))?;

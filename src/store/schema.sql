@@ -270,11 +270,9 @@ CREATE TABLE pair_key_filter (
         bits BLOB NOT NULL                           -- 512-bit blocks of 8 little-endian u64 words, a power of two of them
     );
 CREATE TABLE pair_key_runs (
-        run       INTEGER NOT NULL,                  -- 1, 2, ... in the order the merges wrote them
-        first_key BLOB NOT NULL,                     -- the key of the chunk's first entry
-        entries   BLOB NOT NULL,                     -- per pair: its id (8 bytes, little-endian), then its key (32 bytes), in key order
-        PRIMARY KEY (run, first_key)
-    ) WITHOUT ROWID;
+        run  INTEGER PRIMARY KEY,                    -- its table is pair_key_run_<run>; numbered upwards as merges write them
+        keys INTEGER NOT NULL                        -- the entries in it
+    );
 CREATE INDEX pairs_by_created ON pairs(created_at);
 CREATE INDEX tasks_by_queue ON tasks(agent, status, priority, position);
 CREATE INDEX task_deps_by_dependency ON task_deps(depends_on);

@@ -446,15 +446,33 @@ pub fn distinct_pairs(files: &[perpetual::generate::GeneratedFile]) -> usize {
 /// of the key tail (`store::pairs`), never both, and nothing else is in any of them. The tail's
 /// blobs are read by SQL alone, so this does not trust the code it checks.
 pub fn assert_keys_exact(env: &Env, want: i64) {
-    const TAIL: &str = "WITH RECURSIVE e(chunk, i) AS (
+    // Each run is a table of its own, listed in pair_key_runs.
+    let runs: Vec<i64> = {
+        let db = env.db();
+        let mut stmt = db.prepare("SELECT run FROM pair_key_runs").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let rows = runs
+        .iter()
+        .map(|run| format!("SELECT entries FROM pair_key_run_{run}"))
+        .chain(["SELECT x'' WHERE 0".to_string()])
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let tail = format!(
+        "WITH RECURSIVE e(chunk, i) AS (
             SELECT entries, 0 FROM tail_chunks WHERE length(entries) > 0
             UNION ALL SELECT chunk, i + 40 FROM e WHERE i + 40 < length(chunk)),
         tail(pair_id, key) AS (SELECT i, substr(chunk, i + 9, 32) FROM e),
+        rows(entries) AS ({rows}),
         r(chunk, i) AS (
-            SELECT entries, 0 FROM pair_key_runs
+            SELECT entries, 0 FROM rows
             UNION ALL SELECT chunk, i + 40 FROM r WHERE i + 40 < length(chunk)),
-        merged(key) AS (SELECT key FROM pair_keys UNION ALL SELECT substr(chunk, i + 9, 32) FROM r)";
-    let count = |q: &str| env.count(&format!("{TAIL} {q}"));
+        merged(key) AS (SELECT key FROM pair_keys UNION ALL SELECT substr(chunk, i + 9, 32) FROM r)"
+    );
+    let count = |q: &str| env.count(&format!("{tail} {q}"));
     assert_eq!(
         count("SELECT (SELECT COUNT(*) FROM merged) + (SELECT COUNT(*) FROM tail)"),
         want,
