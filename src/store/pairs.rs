@@ -148,11 +148,12 @@ fn run_pair_id(conn: &Connection, run: i64, key: &PairKey) -> Result<Option<i64>
         return Ok(None);
     };
     let blob = row.get_ref(0)?.as_blob()?;
-    let entries: Vec<&[u8]> = run_entries(blob, run)?.collect();
+    let _ = run_entries(blob, run)?;
+    let (entries, _) = blob.as_chunks::<ENTRY_BYTES>();
     Ok(entries
         .binary_search_by(|e| e[8..].cmp(&key[..]))
         .ok()
-        .map(|i| entry(entries[i]).0))
+        .map(|i| entry(&entries[i]).0))
 }
 
 /// Writes a run: its table, then its rows, entries pushed in key order
@@ -571,8 +572,9 @@ impl PairSink {
 
 /// Writes the entries of `runs`, of `pair_keys` when `index`, and the sorted `entries`
 /// as run `into`, in one merge in key order (each source is read in its primary key's
-/// order, so nothing is sorted again), then deletes the sources' rows. Returns the
-/// number of keys written. A key met twice is an error: it would be a duplicate.
+/// order, so nothing is sorted again), then drops the runs' tables and empties
+/// `pair_keys`. Returns the number of keys written. A key met twice is an error: it
+/// would be a duplicate.
 fn fold(
     conn: &Connection,
     runs: &[i64],
@@ -614,6 +616,8 @@ fn fold(
             Ok(Some((key, id)))
         }
     }
+    // The new run's table first: no schema change while the sources are being read.
+    let mut writer = RunWriter::new(conn, into)?;
     let mut stmts = runs
         .iter()
         .map(|&run| run_scan_sql(run))
@@ -637,7 +641,6 @@ fn fold(
         .map(Reader::next)
         .collect::<Result<Vec<_>>>()?;
     let mut tail = entries.iter().peekable();
-    let mut writer = RunWriter::new(conn, into)?;
     let mut previous: Option<(PairKey, i64)> = None;
     loop {
         // The smallest next key of the tail and the sources (`None`: the tail's).
