@@ -130,13 +130,14 @@ fn entry(bytes: &[u8]) -> (i64, PairKey) {
 }
 
 /// The entries of a run's row, checked for their length.
-fn run_entries<'b>(blob: &'b [u8], run: i64) -> Result<std::slice::ChunksExact<'b, u8>> {
+fn run_entries(blob: &[u8], run: i64) -> Result<&[[u8; ENTRY_BYTES]]> {
+    let (entries, rest) = blob.as_chunks::<ENTRY_BYTES>();
     anyhow::ensure!(
-        !blob.is_empty() && blob.len().is_multiple_of(ENTRY_BYTES),
+        !entries.is_empty() && rest.is_empty(),
         "a row of key run {run} is {} bytes, not a multiple of {ENTRY_BYTES}",
         blob.len()
     );
-    Ok(blob.chunks_exact(ENTRY_BYTES))
+    Ok(entries)
 }
 
 /// The pair id of `key` in run `run`, through its one row that may hold it
@@ -147,9 +148,7 @@ fn run_pair_id(conn: &Connection, run: i64, key: &PairKey) -> Result<Option<i64>
     let Some(row) = rows.next()? else {
         return Ok(None);
     };
-    let blob = row.get_ref(0)?.as_blob()?;
-    let _ = run_entries(blob, run)?;
-    let (entries, _) = blob.as_chunks::<ENTRY_BYTES>();
+    let entries = run_entries(row.get_ref(0)?.as_blob()?, run)?;
     Ok(entries
         .binary_search_by(|e| e[8..].cmp(&key[..]))
         .ok()
@@ -233,13 +232,23 @@ pub(crate) fn write_run(conn: &Connection, run: i64, entries: &[(PairKey, i64)])
 /// Calls `each(pair id, key)` for every entry of the runs, run by run, each in key order.
 pub fn for_each_run_entry(conn: &Connection, mut each: impl FnMut(i64, PairKey)) -> Result<()> {
     for run in runs(conn)? {
-        let mut stmt = conn.prepare(&run_scan_sql(run))?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            for e in run_entries(row.get_ref(0)?.as_blob()?, run)? {
-                let (id, key) = entry(e);
-                each(id, key);
-            }
+        for_each_entry_of_run(conn, run, &mut each)?;
+    }
+    Ok(())
+}
+
+/// Calls `each(pair id, key)` for every entry of run `run`, in key order.
+fn for_each_entry_of_run(
+    conn: &Connection,
+    run: i64,
+    each: &mut impl FnMut(i64, PairKey),
+) -> Result<()> {
+    let mut stmt = conn.prepare(&run_scan_sql(run))?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        for e in run_entries(row.get_ref(0)?.as_blob()?, run)? {
+            let (id, key) = entry(e);
+            each(id, key);
         }
     }
     Ok(())
@@ -606,7 +615,7 @@ fn fold(
                     return Ok(None);
                 };
                 let blob = row.get_ref(0)?.as_blob()?;
-                let _ = run_entries(blob, run)?;
+                run_entries(blob, run)?;
                 self.row.clear();
                 self.row.extend_from_slice(blob);
                 self.at = 0;
@@ -956,14 +965,7 @@ mod tests {
     /// The entries of run `run` as stored, in order: (key, pair id).
     fn run_entries_of(conn: &Connection, run: i64) -> Vec<(PairKey, i64)> {
         let mut out = Vec::new();
-        let mut stmt = conn.prepare(&run_scan_sql(run)).unwrap();
-        let mut rows = stmt.query([]).unwrap();
-        while let Some(row) = rows.next().unwrap() {
-            for e in run_entries(row.get_ref(0).unwrap().as_blob().unwrap(), run).unwrap() {
-                let (id, key) = entry(e);
-                out.push((key, id));
-            }
-        }
+        for_each_entry_of_run(conn, run, &mut |id, key| out.push((key, id))).unwrap();
         out
     }
 
