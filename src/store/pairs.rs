@@ -509,11 +509,12 @@ impl PairSink {
     /// that made it due).
     pub fn merge(&mut self, conn: &Connection) -> Result<()> {
         let started = std::time::Instant::now();
+        // A sink that has not read its tail yet reads it (and the runs) first: pairs
+        // stored without their chunk become pending, and the chunk below writes them.
+        self.tail(conn)?;
         self.write_chunk(conn)?;
         let mut entries = Vec::with_capacity(self.tail_len());
         let (last, _) = load_tail(conn, |id, key| entries.push((key, id)))?;
-        // Loads the runs, for a sink that has not read its tail yet.
-        self.tail(conn)?;
         entries.sort_unstable();
         let run = self.runs.last().map_or(1, |last| last + 1);
         if self.runs.len() + usize::from(self.index) < LEVELS_MAX {
@@ -885,6 +886,25 @@ mod tests {
         assert_eq!((last, stray.len()), (2, 0));
         second.merge(conn).unwrap();
         assert_eq!(merged_of(conn), 2, "each key merged once");
+    }
+
+    #[test]
+    fn a_merge_by_a_new_sink_takes_the_stray_pairs_once() {
+        let db = Db::new();
+        let conn = &db.conn;
+        let mut first = PairSink::new();
+        assert!(db.put(&mut first, "q1"));
+        first.before_commit(conn).unwrap();
+        // Stored, and "committed" without its chunk.
+        assert!(db.put(&mut first, "q2"));
+        // A new sink's first act is the merge: both keys are merged, none left pending
+        // for a later chunk.
+        let mut second = PairSink::new();
+        second.merge(conn).unwrap();
+        second.before_commit(conn).unwrap();
+        assert_eq!(merged_of(conn), 2);
+        let (_, stray) = load_tail(conn, |_, _| panic!("nothing left in the tail")).unwrap();
+        assert!(stray.is_empty());
     }
 
     #[test]
