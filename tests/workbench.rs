@@ -616,6 +616,70 @@ fn a_database_dropped_in_the_inbox_is_imported_and_moved_and_a_fake_one_rejected
 }
 
 #[test]
+fn a_database_dropped_amid_a_burst_is_imported_by_the_watcher_and_every_file_counts_once() {
+    let env = Env::new();
+    let db = generated_db(
+        &env,
+        "amid.bin",
+        &[
+            "--files",
+            "2",
+            "--pairs",
+            "15",
+            "--seed",
+            "9",
+            "--first-pair-id",
+            "90000",
+        ],
+    );
+    env.run(&[
+        "generate", "--out", "burst", "--files", "120", "--pairs", "20", "--seed", "3",
+    ])
+    .expect(0);
+    let names = env.files_in("burst");
+    let bytes = |name: &str| std::fs::read(env.path("burst").join(name)).unwrap();
+    // What the same drops give a one-shot `ingest` in a root of their own.
+    let alone = Env::new();
+    for name in &names {
+        alone.drop_file("droid", name, bytes(name));
+    }
+    alone.drop_file("zai", "amid.db", std::fs::read(&db).unwrap());
+    let want = alone.run(&["ingest", "--json"]).expect(0).json();
+
+    // The watcher takes the files that arrive while a batch runs into that batch; the
+    // database among them is imported by the next batch, before its files.
+    let mut watch = env.spawn(&["watch"]);
+    watch.wait_for_log("watching");
+    for (i, name) in names.iter().enumerate() {
+        env.drop_file("droid", name, bytes(name));
+        if i == names.len() / 2 {
+            env.drop_file("zai", "amid.db", std::fs::read(&db).unwrap());
+        }
+    }
+    common::wait_until(
+        "every drop and the database to be integrated and moved",
+        || {
+            env.path("inbox/zai/processed/amid.db").exists()
+                && env.files_in("inbox/droid/processed").len() == names.len()
+        },
+        || watch.explain(),
+    );
+    watch.stop();
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM pairs"),
+        want["pairs_new"].as_i64().unwrap(),
+        "{}",
+        watch.explain()
+    );
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM files WHERE status = 'integrated'"),
+        names.len() as i64 + 1
+    );
+    assert_eq!(env.files_in("inbox/droid"), Vec::<String>::new());
+    assert_eq!(env.files_in("inbox/zai"), Vec::<String>::new());
+}
+
+#[test]
 fn coverage_reports_gaps_against_the_plan_and_a_gap_template_turns_them_into_tasks() {
     let env = Env::new();
     env.write(

@@ -760,6 +760,11 @@ impl Carry {
         paths.any(|p| moving.contains(p))
     }
 
+    /// The paths of the files committed and not moved yet.
+    pub fn moving_paths(&self) -> HashSet<PathBuf> {
+        self.moves.iter().map(|m| m.from.clone()).collect()
+    }
+
     /// Files committed and not moved yet (they wait for the WAL's sync).
     pub fn moves_pending(&self) -> usize {
         self.moves.len()
@@ -2057,30 +2062,104 @@ pub fn run_metered(
 struct StopPreparing<'a> {
     abort: &'a AtomicBool,
     queued: &'a QueueBytes,
+    listed: &'a Listed,
 }
 
 impl Drop for StopPreparing<'_> {
     fn drop(&mut self) {
         self.abort.store(true, Ordering::Relaxed);
         self.queued.close();
+        self.listed.close();
     }
 }
 
 /// The files of one [`integrate`] call, handed out in the order they were listed, each
 /// once, to whichever thread asks first: the prepare threads, and the writer when it
-/// would otherwise wait.
-struct Listed(std::sync::Mutex<std::iter::Enumerate<std::vec::IntoIter<Job>>>);
+/// would otherwise wait. A list that may still grow ([`integrate_streaming`]) is open:
+/// a prepare thread that finds it empty waits for more files or for its closing.
+struct Listed {
+    state: std::sync::Mutex<ListState>,
+    grown: std::sync::Condvar,
+}
+
+struct ListState {
+    jobs: std::collections::VecDeque<Job>,
+    /// The place in the list of `jobs`' first file.
+    next: usize,
+    closed: bool,
+}
 
 impl Listed {
-    fn new(jobs: Vec<Job>) -> Self {
-        Listed(std::sync::Mutex::new(jobs.into_iter().enumerate()))
+    fn new(jobs: Vec<Job>, open: bool) -> Self {
+        Listed {
+            state: std::sync::Mutex::new(ListState {
+                jobs: jobs.into(),
+                next: 0,
+                closed: !open,
+            }),
+            grown: std::sync::Condvar::new(),
+        }
     }
 
-    /// The next file nobody has taken, with its place in the list.
+    fn lock(&self) -> std::sync::MutexGuard<'_, ListState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next file nobody has taken, with its place in the list; while the list is
+    /// open and empty, waits for one. `None` once it is closed and empty.
     fn claim(&self) -> Option<(usize, Job)> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).next()
+        let mut s = self.lock();
+        loop {
+            if let Some(job) = s.jobs.pop_front() {
+                s.next += 1;
+                return Some((s.next - 1, job));
+            }
+            if s.closed {
+                return None;
+            }
+            s = self.grown.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The next file nobody has taken, without waiting.
+    fn try_claim(&self) -> Option<(usize, Job)> {
+        let mut s = self.lock();
+        let job = s.jobs.pop_front()?;
+        s.next += 1;
+        Some((s.next - 1, job))
+    }
+
+    /// Adds files at the end of an open list; returns how many files the list has had.
+    fn extend(&self, jobs: Vec<Job>) -> usize {
+        let mut s = self.lock();
+        debug_assert!(!s.closed, "files added to a closed list");
+        s.jobs.extend(jobs);
+        self.grown.notify_all();
+        s.next + s.jobs.len()
+    }
+
+    /// How many files the list has had, and how many of them nobody has taken yet.
+    fn counts(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.next + s.jobs.len(), s.jobs.len())
+    }
+
+    /// No more files: prepare threads waiting for one leave.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.grown.notify_all();
     }
 }
+
+/// How long one [`integrate_streaming`] call takes in files that arrive while it runs:
+/// after this its writer finishes what it has, so that the watcher's periodic work
+/// (the reconcile scan, the moves of a failed batch) still comes round under a steady
+/// stream of drops.
+pub const STREAM_FOR: Duration = Duration::from_secs(2);
+
+/// How often, at most, the writer asks an [`integrate_streaming`] call's source for
+/// more files while the prepare threads still have some.
+const ASK_EVERY: Duration = Duration::from_millis(1);
 
 /// The loop `ingest`, `watch` and `backfill` share: prepares `jobs` on the prepare pool
 /// and writes them through `writer` as they come, committing whenever no prepared file
@@ -2100,12 +2179,88 @@ pub fn integrate(
     admit: &mut dyn FnMut(&Prepared) -> bool,
     on_file: &mut dyn FnMut(&FileEvent),
 ) -> Result<Vec<Prepared>> {
+    integrate_inner(writer, jobs, None, hints, max_file_bytes, admit, on_file).map(|(held, _)| held)
+}
+
+/// [`integrate`] for files that keep arriving (the watcher's bursts): besides `jobs`,
+/// the files that `more` returns join the same run, after those listed before them,
+/// for up to [`STREAM_FOR`]. The writer asks `more` whenever it has caught up with
+/// the prepare threads and at most every millisecond while they run short; the run
+/// ends once every file listed is written and `more` has none. So a burst whose
+/// events come in over several milliseconds is one pipeline, not a batch of its first
+/// files and then a batch of the rest, each starting its threads and draining them.
+///
+/// `jobs` hold no SQLite database ([`crate::engine::import_db::split_databases`]); the
+/// files `more` adds are looked at by the prepare threads, and the databases among them
+/// are returned, unread, beside the held files, for the caller to import.
+pub fn integrate_streaming(
+    writer: &mut Writer<'_>,
+    jobs: Vec<Job>,
+    more: &mut dyn FnMut() -> Vec<Job>,
+    hints: &Hints,
+    max_file_bytes: u64,
+    admit: &mut dyn FnMut(&Prepared) -> bool,
+    on_file: &mut dyn FnMut(&FileEvent),
+) -> Result<(Vec<Prepared>, Vec<Job>)> {
+    integrate_inner(
+        writer,
+        jobs,
+        Some(more),
+        hints,
+        max_file_bytes,
+        admit,
+        on_file,
+    )
+}
+
+/// What a prepare thread hands the writer for one file of the list. Nearly every one
+/// is a prepared file, moved by value as before; a box would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+enum Taken {
+    Prepared(Prepared),
+    /// A SQLite database among the files added while the run went on.
+    Database(Job),
+}
+
+impl Taken {
+    /// The bytes it holds in the queue.
+    fn size(&self) -> u64 {
+        match self {
+            Taken::Prepared(p) => p.size,
+            Taken::Database(_) => 0,
+        }
+    }
+}
+
+/// Prepares file `seq` of the list; a file added while the run went on (from `streamed`
+/// on) is first looked at for a database header.
+fn take(seq: usize, streamed: usize, job: Job, hints: &Hints, max_file_bytes: u64) -> Taken {
+    if seq >= streamed && job.skip.is_none() && intake::is_database(&job.path) {
+        Taken::Database(job)
+    } else {
+        Taken::Prepared(prepare(job, hints, max_file_bytes))
+    }
+}
+
+fn integrate_inner(
+    writer: &mut Writer<'_>,
+    jobs: Vec<Job>,
+    mut more: Option<&mut dyn FnMut() -> Vec<Job>>,
+    hints: &Hints,
+    max_file_bytes: u64,
+    admit: &mut dyn FnMut(&Prepared) -> bool,
+    on_file: &mut dyn FnMut(&FileEvent),
+) -> Result<(Vec<Prepared>, Vec<Job>)> {
     let abort = AtomicBool::new(false);
     let interrupt = writer.interrupt.clone();
     let pool = prepare_pool();
-    let (tx, rx) = mpsc::sync_channel::<(usize, Prepared)>(QUEUE_FILES);
+    let (tx, rx) = mpsc::sync_channel::<(usize, Taken)>(QUEUE_FILES);
     let queued = &QueueBytes::default();
-    let listed = &Listed::new(jobs);
+    let streamed = jobs.len();
+    let listed = &Listed::new(jobs, more.is_some());
+    let mut databases = Vec::new();
+    let streaming_until = Instant::now() + STREAM_FOR;
+    let mut asked = Instant::now();
     let mut held = Vec::new();
     std::thread::scope(|scope| {
         let abort = &abort;
@@ -2121,9 +2276,9 @@ pub fn integrate(
                     let Some((seq, job)) = listed.claim() else {
                         break;
                     };
-                    let prepared = prepare(job, hints, max_file_bytes);
-                    queued.acquire(prepared.size, seq);
-                    if tx.send((seq, prepared)).is_err() {
+                    let taken = take(seq, streamed, job, hints, max_file_bytes);
+                    queued.acquire(taken.size(), seq);
+                    if tx.send((seq, taken)).is_err() {
                         break;
                     }
                 }
@@ -2131,16 +2286,33 @@ pub fn integrate(
         });
         // However the writer leaves (done, an error, a panic in its own preparation),
         // the prepare threads stop taking files and none waits for room any more.
-        let stop = StopPreparing { abort, queued };
+        let stop = StopPreparing {
+            abort,
+            queued,
+            listed,
+        };
         let result = (|| {
             // Several threads prepare, so files finish out of order; the writer takes
             // them in the order they were listed, so that of two files with the same
             // pairs (or bytes) the earlier one is the original whatever the number of
             // cores. Those that come early wait here with the bytes they hold in the
             // queue (none for a file the writer prepared itself: it never entered it).
-            let mut early: std::collections::BTreeMap<usize, (Prepared, u64)> = Default::default();
+            let mut early: std::collections::BTreeMap<usize, (Taken, u64)> = Default::default();
             let mut want = 0usize;
             while !writer.interrupted() && !writer.stopped() {
+                // Files that arrived meanwhile join the list before the prepare
+                // threads run out of it.
+                if let Some(more) = more.as_mut()
+                    && asked.elapsed() >= ASK_EVERY
+                    && Instant::now() < streaming_until
+                    && listed.counts().1 < pool.current_num_threads() * 2
+                {
+                    asked = Instant::now();
+                    let arrived = more();
+                    if !arrived.is_empty() {
+                        listed.extend(arrived);
+                    }
+                }
                 let (next, queued_bytes) = if let Some(p) = early.remove(&want) {
                     p
                 } else {
@@ -2157,10 +2329,30 @@ pub fn integrate(
                             // taken yet (on two cores the prepare stage is the longer
                             // one, and the writer was idle a third of the time).
                             if early.len() < QUEUE_FILES
-                                && let Some((seq, job)) = listed.claim()
+                                && let Some((seq, job)) = listed.try_claim()
                             {
-                                early.insert(seq, (prepare(job, hints, max_file_bytes), 0));
+                                let taken = take(seq, streamed, job, hints, max_file_bytes);
+                                early.insert(seq, (taken, 0));
                                 continue;
+                            }
+                            // Caught up with every file listed: whatever arrived
+                            // meanwhile joins; with none, the list closes and the run
+                            // ends once the files still being prepared are written.
+                            if let Some(ask) = more.as_mut() {
+                                let arrived = if Instant::now() < streaming_until {
+                                    asked = Instant::now();
+                                    ask()
+                                } else {
+                                    Vec::new()
+                                };
+                                if !arrived.is_empty() {
+                                    listed.extend(arrived);
+                                    continue;
+                                }
+                                if listed.counts().0 == want {
+                                    more = None;
+                                    listed.close();
+                                }
                             }
                             match rx.recv() {
                                 Ok(sp) => sp,
@@ -2169,7 +2361,7 @@ pub fn integrate(
                         }
                         Err(mpsc::TryRecvError::Disconnected) => break,
                     };
-                    let size = p.size;
+                    let size = p.size();
                     if seq != want {
                         early.insert(seq, (p, size));
                         continue;
@@ -2178,6 +2370,13 @@ pub fn integrate(
                 };
                 want += 1;
                 queued.release(queued_bytes, want);
+                let next = match next {
+                    Taken::Prepared(p) => p,
+                    Taken::Database(job) => {
+                        databases.push(job);
+                        continue;
+                    }
+                };
                 if admit(&next) {
                     // A disk-full or I/O error names the database and the file.
                     let source = next.job.source();
@@ -2198,7 +2397,7 @@ pub fn integrate(
         drop(rx);
         result
     })?;
-    Ok(held)
+    Ok((held, databases))
 }
 
 #[cfg(test)]

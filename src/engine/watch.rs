@@ -430,7 +430,8 @@ impl<'c> Watch<'c> {
         }
     }
 
-    /// Runs one batch of complete files through the engine.
+    /// Runs one batch of complete files through the engine; files that become ready
+    /// while it runs join it ([`ingest::integrate_streaming`], [`Watch::arrived`]).
     fn integrate(&mut self, ready: Vec<Ready>, on_file: &mut dyn FnMut(&FileEvent)) {
         // A file whose move is still pending came up again (a late event, or another
         // file renamed over it): its move first, as if the last batch had just ended,
@@ -441,20 +442,18 @@ impl<'c> Watch<'c> {
         {
             self.move_finished(on_file);
         }
-        let quiet: HashMap<PathBuf, bool> =
-            ready.iter().map(|r| (r.path.clone(), r.quiet)).collect();
+        let batch = std::cell::RefCell::new(Batch {
+            moving: self.carry.moving_paths(),
+            ..Batch::default()
+        });
         // What the entry is now (its name and place decide some skips).
-        let jobs: Vec<Job> = ready
-            .into_iter()
-            .filter_map(|r| ingest::inbox_entry(&self.inbox, &r.path))
-            .collect();
-        let agent_of: HashMap<PathBuf, String> = jobs
-            .iter()
-            .map(|j| (j.path.clone(), j.agent.clone()))
-            .collect();
+        let jobs = batch.borrow_mut().admit_ready(&self.inbox, ready);
         tracing::debug!(files = jobs.len(), "batch");
         let settle = self.opts.settle;
-        let mut admit = |p: &Prepared| admit(p, quiet.get(&p.job.path) == Some(&true), settle);
+        let mut admit = |p: &Prepared| {
+            let quiet = batch.borrow().quiet.get(&p.job.path) == Some(&true);
+            admit(p, quiet, settle)
+        };
         // The key tail lives across batches: reloading it for every drop would cost
         // milliseconds per drop once it is large. A failed batch drops it (see below).
         let mut carry = std::mem::take(&mut self.carry);
@@ -481,7 +480,7 @@ impl<'c> Watch<'c> {
                         (self.backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
                     tracing::error!("{e:#}; tried again in {} s", self.backoff.as_secs());
                     let now = Instant::now();
-                    for (path, agent) in agent_of {
+                    for (path, agent) in batch.into_inner().agent_of {
                         self.tracker.hold(&path, &agent, now + self.backoff);
                     }
                     carry.drop_sink();
@@ -490,25 +489,41 @@ impl<'c> Watch<'c> {
                 }
             }
         }
-        let mut writer = ingest::Writer::resume(self.conn, self.opts.writer, carry);
+        let conn = self.conn;
+        let (writer_opts, max_file_bytes) = (self.opts.writer, self.opts.max_file_bytes);
+        let mut writer = ingest::Writer::resume(conn, writer_opts, carry);
         writer.interrupt_on(self.stopper.flag.clone());
-        let result = ingest::integrate(
+        let hints = std::mem::take(&mut self.hints);
+        let result = ingest::integrate_streaming(
             &mut writer,
             jobs,
-            &self.hints,
-            self.opts.max_file_bytes,
+            &mut || self.arrived(&mut batch.borrow_mut()),
+            &hints,
+            max_file_bytes,
             &mut admit,
             on_file,
         )
         .and_then(|held| Ok((held, writer.finish_carrying(on_file, false)?)));
+        self.hints = hints;
+        let Batch {
+            quiet, agent_of, ..
+        } = batch.into_inner();
         let now = Instant::now();
         match result {
-            Ok((held, (report, carry))) => {
+            Ok(((held, databases), (report, carry))) => {
                 self.carry = carry;
                 self.backoff = Duration::ZERO;
                 add(&mut self.totals, report);
                 for p in held {
                     self.tracker.hold(&p.job.path, &p.job.agent, now + settle);
+                }
+                // Databases that joined the batch are imported by the next, first.
+                for job in databases {
+                    self.tracker.put_back(&Ready {
+                        quiet: quiet.get(&job.path) == Some(&true),
+                        path: job.path,
+                        agent: job.agent,
+                    });
                 }
             }
             Err(e) => {
@@ -529,6 +544,61 @@ impl<'c> Watch<'c> {
                 }
             }
         }
+    }
+
+    /// The files that became ready since the batch began, for the batch to take in:
+    /// the events queued meanwhile are handled, and what the tracker has ready joins,
+    /// but for what the next batch must see first: a file already in this batch or
+    /// committed and not moved yet (a late event, or another file renamed over it)
+    /// waits, ready, for the next batch. (So does a database, which a batch imports
+    /// before its files: the prepare threads find it, [`ingest::integrate_streaming`].)
+    fn arrived(&mut self, batch: &mut Batch) -> Vec<Job> {
+        while let Ok(msg) = self.rx.try_recv() {
+            self.handle(msg);
+        }
+        if self.stopping() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut ready = self.tracker.take_ready(now);
+        ready.retain(|r| {
+            let next_batch = batch.moving.contains(&r.path) || batch.agent_of.contains_key(&r.path);
+            if next_batch {
+                self.tracker.put_back(r);
+            }
+            !next_batch
+        });
+        let jobs = batch.admit_ready(&self.inbox, ready);
+        if !jobs.is_empty() {
+            tracing::debug!(files = jobs.len(), "joining the batch");
+        }
+        jobs
+    }
+}
+
+/// The files of one batch of the watcher, as they join it.
+#[derive(Default)]
+struct Batch {
+    /// Whether each was seen still for the whole settle period.
+    quiet: HashMap<PathBuf, bool>,
+    /// Whose each is: the files to look at again if the batch fails.
+    agent_of: HashMap<PathBuf, String>,
+    /// Files of earlier batches committed and not moved yet.
+    moving: HashSet<PathBuf>,
+}
+
+impl Batch {
+    /// The jobs for `ready` files, recorded as the batch's.
+    fn admit_ready(&mut self, inbox: &Path, ready: Vec<Ready>) -> Vec<Job> {
+        let mut jobs = Vec::with_capacity(ready.len());
+        for r in ready {
+            self.quiet.insert(r.path.clone(), r.quiet);
+            if let Some(job) = ingest::inbox_entry(inbox, &r.path) {
+                self.agent_of.insert(job.path.clone(), job.agent.clone());
+                jobs.push(job);
+            }
+        }
+        jobs
     }
 }
 
@@ -734,6 +804,25 @@ impl Tracker {
         );
     }
 
+    /// Tracks again a file [`Tracker::take_ready`] returned and nobody took: ready as
+    /// it was, quiet if it was.
+    pub fn put_back(&mut self, ready: &Ready) {
+        let Some(current) = stat(&ready.path) else {
+            self.candidates.remove(&ready.path);
+            return;
+        };
+        self.candidates.insert(
+            ready.path.clone(),
+            Candidate {
+                agent: ready.agent.clone(),
+                stat: current,
+                ready: true,
+                quiet: ready.quiet,
+                due: Instant::now(),
+            },
+        );
+    }
+
     /// Removes and returns the files complete at `now`, by path. A file not yet ready
     /// whose time has come is ready if it is unchanged; otherwise it waits another
     /// settle period.
@@ -914,6 +1003,58 @@ mod tests {
             due > Instant::now() + Duration::from_secs(3000),
             "next one an hour on"
         );
+    }
+
+    #[test]
+    fn files_that_become_ready_during_a_batch_join_it_and_databases_wait_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path()).unwrap();
+        let config = Config::default();
+        root.ensure_layout(&config).unwrap();
+        let conn = crate::store::open(&root.db_path()).unwrap();
+        let opts = WatchOptions::from_config(&config, false);
+        let mut w = Watch::new(&root, &config, &conn, opts).unwrap();
+        let inbox = root.inbox_of("droid");
+        let pair = |q: &str| format!(r#"[{{"question": "{q}?", "answer": "Because {q}."}}]"#);
+        let a = file(&inbox, "a.json", &pair("first"));
+        // Written beside the inbox's names, renamed in while the batch of `a` runs.
+        let staged = file(&inbox, ".b.json.tmp", &pair("second"));
+        let b = inbox.join("b.json");
+        let db = inbox.join("c.json");
+        std::fs::write(&db, b"SQLite format 3\0 and then pages").unwrap();
+        // The events the kernel would send, sent by hand when `a` is committed, so that
+        // they come in while the batch runs (the agent folder is followed, but no watch
+        // is set on it here).
+        w.followed.insert("droid".to_string());
+        let events = w.stopper();
+        let mut seen = Vec::new();
+        let mut on_file = |e: &FileEvent| {
+            seen.push(e.name.clone());
+            if e.name == "a.json" {
+                std::fs::rename(&staged, &b).unwrap();
+                for path in [&b, &db, &a] {
+                    let renamed =
+                        notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::To)))
+                            .add_path(path.clone());
+                    events.tx.send(Msg::Fs(Ok(renamed))).unwrap();
+                }
+            }
+        };
+        w.tracker
+            .arrive(&a, "droid", Arrival::Complete, Instant::now());
+        let ready = w.tracker.take_ready(Instant::now());
+        assert_eq!(names(&ready), ["a.json"]);
+        w.integrate(ready, &mut on_file);
+        assert_eq!(seen, ["a.json", "b.json"], "b joined the batch of a");
+        let stored: i64 = conn
+            .query_row("SELECT count(*) FROM pairs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 2);
+        assert_eq!(w.totals.files_integrated, 2);
+        // The database is imported before a batch's files, and a file already in the
+        // batch is looked at again after its move: both wait, ready, for the next one.
+        let next = w.tracker.take_ready(Instant::now());
+        assert_eq!(names(&next), ["a.json", "c.json"]);
     }
 
     #[test]
