@@ -2405,6 +2405,50 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
 
+    fn job(name: &str) -> Job {
+        Job::inbox("droid", PathBuf::from(name))
+    }
+
+    #[test]
+    fn an_open_list_holds_a_prepare_thread_until_it_grows_or_closes() {
+        let listed = Listed::new(vec![job("a.json")], true);
+        assert_eq!(listed.counts(), (1, 1));
+        let (seq, first) = listed.try_claim().unwrap();
+        assert_eq!((seq, first.name()), (0, "a.json".to_string()));
+        assert!(listed.try_claim().is_none(), "the writer never waits");
+        let claimed = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while let Some((seq, job)) = listed.claim() {
+                    claimed.lock().unwrap().push((seq, job.name()));
+                }
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                claimed.lock().unwrap().is_empty(),
+                "empty and open: it waits"
+            );
+            // Files added later come after those listed before, in their order.
+            assert_eq!(listed.extend(vec![job("b.json"), job("c.json")]), 3);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while claimed.lock().unwrap().len() < 2 {
+                assert!(Instant::now() < deadline, "the waiting thread took them");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(listed.counts(), (3, 0));
+            // Closed: the thread leaves.
+            listed.close();
+        });
+        assert_eq!(
+            claimed.into_inner().unwrap(),
+            [(1, "b.json".to_string()), (2, "c.json".to_string())]
+        );
+        // A list that may not grow is closed from the start: nobody waits on it.
+        let closed = Listed::new(vec![job("d.json")], false);
+        assert_eq!(closed.claim().map(|(seq, _)| seq), Some(0));
+        assert!(closed.claim().is_none());
+    }
+
     #[test]
     fn the_queue_holds_a_prepare_thread_until_the_writer_makes_room() {
         let q = QueueBytes::default();
