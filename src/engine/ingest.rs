@@ -2151,6 +2151,17 @@ impl Listed {
     }
 }
 
+/// Closes a list when dropped by a thread that panics.
+struct CloseIfPanicking<'a>(&'a Listed);
+
+impl Drop for CloseIfPanicking<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.close();
+        }
+    }
+}
+
 /// How long one [`integrate_streaming`] call takes in files that arrive while it runs:
 /// after this its writer finishes what it has, so that the watcher's periodic work
 /// (the reconcile scan, the moves of a failed batch) still comes round under a steady
@@ -2270,6 +2281,11 @@ fn integrate_inner(
             // session first) until none is left; the channel closes when all are done.
             pool.broadcast(|_| {
                 let tx = tx.clone();
+                // A prepare thread that panics closes an open list as it unwinds, so
+                // that the others leave too and the writer, waiting for the file this
+                // one held, finds the channel closed (the panic then reaches the
+                // caller, as it would with a closed list) instead of waiting for ever.
+                let _unwinding = CloseIfPanicking(listed);
                 while !abort.load(Ordering::Relaxed)
                     && !interrupt.is_some_and(|f| f.load(Ordering::Relaxed))
                 {
@@ -2443,6 +2459,17 @@ mod tests {
             claimed.into_inner().unwrap(),
             [(1, "b.json".to_string()), (2, "c.json".to_string())]
         );
+        // A prepare thread that panics closes an open list, so nobody waits on it.
+        let listed = Listed::new(Vec::new(), true);
+        let panicked = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _unwinding = CloseIfPanicking(&listed);
+                panic!("a prepare thread panics");
+            })
+            .join()
+        });
+        assert!(panicked.is_err());
+        assert!(listed.claim().is_none(), "closed: claim returns at once");
         // A list that may not grow is closed from the start: nobody waits on it.
         let closed = Listed::new(vec![job("d.json")], false);
         assert_eq!(closed.claim().map(|(seq, _)| seq), Some(0));
