@@ -1,7 +1,7 @@
 //! The live watcher (`perpetual watch`): follows `inbox/<agent>/` through filesystem
 //! events (or polling), decides when each drop is complete, and hands complete files to
 //! the ingestion engine ([`ingest::integrate_streaming`]) in batches, which the files
-//! that become complete while a batch runs join ([`Watch::arrived`]).
+//! that become complete while a batch runs join (`Watch::arrived`).
 //!
 //! When is a file complete? Renamed into place (the writers' convention) or closed after
 //! writing (Linux reports it): at once. Written in place without such an event: once its
