@@ -91,14 +91,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+fn wait_for<T>(what: &str, poll: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(v) = f() {
             return v;
         }
         assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_micros(100));
+        std::thread::sleep(poll);
     }
 }
 
@@ -127,7 +127,7 @@ fn main() {
         std::fs::write(&tmp, body).unwrap();
         let start = Instant::now();
         std::fs::rename(&tmp, inbox.join(format!("probe_{i}.json"))).unwrap();
-        wait_for("a probe pair", || {
+        wait_for("a probe pair", Duration::from_micros(100), || {
             present.exists([&key[..]]).ok().filter(|&found| found)
         });
         latencies.push(start.elapsed());
@@ -288,11 +288,7 @@ fn burst_into(
         std::fs::rename(tmp, dest).unwrap();
     }
     let renamed = start.elapsed();
-    let deadline = start + Duration::from_secs(120);
-    while !done() {
-        assert!(Instant::now() < deadline, "gave up waiting for the burst");
-        std::thread::sleep(poll);
-    }
+    wait_for("the burst", poll, || done().then_some(()));
     (renamed, start.elapsed())
 }
 

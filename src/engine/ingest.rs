@@ -751,15 +751,6 @@ impl Carry {
         self.sink = store::pairs::PairSink::new();
     }
 
-    /// Whether any of `paths` is a file committed and not moved yet.
-    pub fn moving_any<'p>(&self, mut paths: impl Iterator<Item = &'p Path>) -> bool {
-        if self.moves.is_empty() {
-            return false;
-        }
-        let moving: HashSet<&Path> = self.moves.iter().map(|m| m.from.as_path()).collect();
-        paths.any(|p| moving.contains(p))
-    }
-
     /// The paths of the files committed and not moved yet.
     pub fn moving_paths(&self) -> HashSet<PathBuf> {
         self.moves.iter().map(|m| m.from.clone()).collect()
@@ -2151,6 +2142,13 @@ impl Listed {
     }
 }
 
+/// The files `more` has for an [`integrate_streaming`] call, noting when it was asked;
+/// none once the call has streamed for [`STREAM_FOR`] (`until`).
+fn ask(more: &mut dyn FnMut() -> Vec<Job>, asked: &mut Instant, until: Instant) -> Vec<Job> {
+    *asked = Instant::now();
+    if *asked < until { more() } else { Vec::new() }
+}
+
 /// Closes a list when dropped by a thread that panics.
 struct CloseIfPanicking<'a>(&'a Listed);
 
@@ -2320,11 +2318,9 @@ fn integrate_inner(
                 // threads run out of it.
                 if let Some(more) = more.as_mut()
                     && asked.elapsed() >= ASK_EVERY
-                    && Instant::now() < streaming_until
                     && listed.counts().1 < pool.current_num_threads() * 2
                 {
-                    asked = Instant::now();
-                    let arrived = more();
+                    let arrived = ask(more, &mut asked, streaming_until);
                     if !arrived.is_empty() {
                         listed.extend(arrived);
                     }
@@ -2354,13 +2350,8 @@ fn integrate_inner(
                             // Caught up with every file listed: whatever arrived
                             // meanwhile joins; with none, the list closes and the run
                             // ends once the files still being prepared are written.
-                            if let Some(ask) = more.as_mut() {
-                                let arrived = if Instant::now() < streaming_until {
-                                    asked = Instant::now();
-                                    ask()
-                                } else {
-                                    Vec::new()
-                                };
+                            if let Some(source) = more.as_mut() {
+                                let arrived = ask(source, &mut asked, streaming_until);
                                 if !arrived.is_empty() {
                                     listed.extend(arrived);
                                     continue;

@@ -437,14 +437,13 @@ impl<'c> Watch<'c> {
         // A file whose move is still pending came up again (a late event, or another
         // file renamed over it): its move first, as if the last batch had just ended,
         // so that what is at the path now is looked at on its own.
-        if self
-            .carry
-            .moving_any(ready.iter().map(|r| r.path.as_path()))
-        {
+        let mut moving = self.carry.moving_paths();
+        if ready.iter().any(|r| moving.contains(&r.path)) {
             self.move_finished(on_file);
+            moving = self.carry.moving_paths();
         }
         let batch = std::cell::RefCell::new(Batch {
-            moving: self.carry.moving_paths(),
+            moving,
             ..Batch::default()
         });
         // What the entry is now (its name and place decide some skips).
@@ -789,6 +788,17 @@ impl Tracker {
     /// Tracks a file again, to be looked at no earlier than `due` (a file that changed
     /// while being read, or a batch that failed).
     pub fn hold(&mut self, path: &Path, agent: &str, due: Instant) {
+        self.track_as_it_is(path, agent, false, false, due);
+    }
+
+    /// Tracks again a file [`Tracker::take_ready`] returned and nobody took: ready as
+    /// it was, quiet if it was.
+    pub fn put_back(&mut self, ready: &Ready) {
+        self.track_as_it_is(&ready.path, &ready.agent, true, ready.quiet, Instant::now());
+    }
+
+    /// Tracks `path` with its size and modification time now (forgets it if it is gone).
+    fn track_as_it_is(&mut self, path: &Path, agent: &str, ready: bool, quiet: bool, due: Instant) {
         let Some(current) = stat(path) else {
             self.candidates.remove(path);
             return;
@@ -798,28 +808,9 @@ impl Tracker {
             Candidate {
                 agent: agent.to_string(),
                 stat: current,
-                ready: false,
-                quiet: false,
+                ready,
+                quiet,
                 due,
-            },
-        );
-    }
-
-    /// Tracks again a file [`Tracker::take_ready`] returned and nobody took: ready as
-    /// it was, quiet if it was.
-    pub fn put_back(&mut self, ready: &Ready) {
-        let Some(current) = stat(&ready.path) else {
-            self.candidates.remove(&ready.path);
-            return;
-        };
-        self.candidates.insert(
-            ready.path.clone(),
-            Candidate {
-                agent: ready.agent.clone(),
-                stat: current,
-                ready: true,
-                quiet: ready.quiet,
-                due: Instant::now(),
             },
         );
     }
@@ -974,13 +965,19 @@ mod tests {
         assert!(ready[0].quiet);
     }
 
-    #[test]
-    fn a_queue_overflow_rescans_and_finds_what_no_event_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path()).unwrap();
+    /// A root laid out in `dir` with its database, and the default configuration.
+    fn root_in(dir: &Path) -> (Root, Config, Connection) {
+        let root = Root::new(dir).unwrap();
         let config = Config::default();
         root.ensure_layout(&config).unwrap();
         let conn = crate::store::open(&root.db_path()).unwrap();
+        (root, config, conn)
+    }
+
+    #[test]
+    fn a_queue_overflow_rescans_and_finds_what_no_event_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, config, conn) = root_in(dir.path());
         let mut opts = WatchOptions::from_config(&config, false);
         opts.reconcile = Duration::from_secs(3600);
         let mut w = Watch::new(&root, &config, &conn, opts).unwrap();
@@ -1009,10 +1006,7 @@ mod tests {
     #[test]
     fn files_that_become_ready_during_a_batch_join_it_and_databases_wait_for_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path()).unwrap();
-        let config = Config::default();
-        root.ensure_layout(&config).unwrap();
-        let conn = crate::store::open(&root.db_path()).unwrap();
+        let (root, config, conn) = root_in(dir.path());
         let opts = WatchOptions::from_config(&config, false);
         let mut w = Watch::new(&root, &config, &conn, opts).unwrap();
         let inbox = root.inbox_of("droid");
