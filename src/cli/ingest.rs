@@ -31,7 +31,38 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         crate::root::check_agent_name(agent)?;
     }
     let _lock = root.lock_writer("ingest")?;
-    let (config, conn) = super::open(root)?;
+    let config = root.config()?;
+    root.ensure_layout(&config)?;
+    // A new database takes 5 to 10 ms to make (pragmas, then the schema), on one core
+    // while the other waits: it is made on a thread of its own while the files are
+    // listed and the first ones prepared.
+    let db = root.db_path();
+    let fresh = !db.exists();
+    let opening = std::thread::Builder::new()
+        .name("open".into())
+        .spawn(move || crate::store::open_closing(&db))?;
+    let settle = (!args.now).then(|| Duration::from_millis(config.watch.settle_ms));
+    let mut started = std::time::Instant::now();
+    let listed = (|| -> Result<_> {
+        let jobs = if args.paths.is_empty() {
+            ingest::survey_inbox(&root.inbox(), &root.agents(&config)?)?
+        } else {
+            ingest::discover_paths(&args.paths, args.agent.as_deref())?
+        };
+        started = std::time::Instant::now();
+        // SQLite databases (recognised by their header) are imported row by row.
+        let (databases, jobs) = crate::engine::import_db::split_databases(jobs);
+        let mut files = ingest::Settled::settle(jobs, settle);
+        if fresh {
+            files.prepare_ahead(config.ingest.max_file_bytes, || !opening.is_finished());
+        }
+        Ok((databases, files))
+    })();
+    let conn = match opening.join() {
+        Ok(conn) => conn?,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    let (databases, files) = listed?;
     // Inside a session (an agent integrating its own drops), the files are the session's.
     let session = std::env::var(crate::work::session::SESSION_ENV)
         .ok()
@@ -40,14 +71,6 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         .and_then(|s| crate::store::sessions::get(&conn, &s).ok().flatten())
         .filter(|s| s.is_active());
     let ledger_before = crate::store::ledger::mark(&conn)?;
-    let jobs = if args.paths.is_empty() {
-        ingest::survey_inbox(&root.inbox(), &root.agents(&config)?)?
-    } else {
-        ingest::discover_paths(&args.paths, args.agent.as_deref())?
-    };
-    let started = std::time::Instant::now();
-    // SQLite databases (recognised by their header) are imported row by row.
-    let (databases, jobs) = crate::engine::import_db::split_databases(jobs);
     let imported = crate::engine::import_db::import_jobs(
         &conn,
         &databases,
@@ -55,15 +78,13 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         &mut crate::store::pairs::PairSink::new(),
         None,
     )?;
-    let settle = (!args.now).then(|| Duration::from_millis(config.watch.settle_ms));
     let mut report = ingest::run_settled(
         &conn,
-        jobs,
+        files,
         config.ingest.max_file_bytes,
         WriterOptions {
             checkpoint_every: config.ingest.checkpoint_every,
         },
-        settle,
         &mut |_| {},
     )?;
     if let Some(s) = &session {

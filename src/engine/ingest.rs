@@ -784,6 +784,8 @@ pub struct Writer<'c> {
     stopped: bool,
     interrupt: Option<Arc<AtomicBool>>,
     sink: store::pairs::PairSink,
+    /// The sink's statements, prepared at the first pair and kept for the writer's life.
+    stmts: Option<store::pairs::Statements<'c>>,
     /// The identity of the file being written (for its move).
     identity: Option<intake::Identity>,
     /// Bytes of new pairs written since the background checkpoint was last asked for.
@@ -939,6 +941,7 @@ impl<'c> Writer<'c> {
             stopped: false,
             interrupt: None,
             sink: carry.sink,
+            stmts: None,
             identity: None,
             unchecked_bytes: 0,
             checkpointer: None,
@@ -1458,7 +1461,12 @@ impl<'c> Writer<'c> {
         let (run_new_before, run_dup_before) = (new, dup);
         let metered_before = self.meter.map_or(0, |m| m.used);
         let conn = self.conn;
-        let mut stmts = store::pairs::Statements::new(conn)?;
+        // Taken for the loop, which calls `self`'s methods; put back after it (a file
+        // that stops early leaves the next one to prepare them again).
+        let mut stmts = match self.stmts.take() {
+            Some(s) => s,
+            None => store::pairs::Statements::new(conn)?,
+        };
         while next < parsed.pairs.len() {
             let pair = &parsed.pairs[next];
             if let Some(ahead) = parsed.pairs.get(next + PREFETCH_AHEAD) {
@@ -1503,6 +1511,7 @@ impl<'c> Writer<'c> {
                 self.begin()?;
             }
         }
+        self.stmts = Some(stmts);
         ledger::finish(self.conn, id, next, new, dup, &self.now)?;
         ledger::set_seconds(self.conn, id, started.elapsed().as_secs_f64())?;
         if partial.is_some() {
@@ -1974,32 +1983,94 @@ pub fn run(
     run_metered(conn, jobs, max_file_bytes, opts, None, on_file).map(|(report, _)| report)
 }
 
-/// [`run`] for files that writers may still be at work on (what `perpetual ingest`
-/// runs over the inbox): with `settle`, a file that changed within `settle` is looked
-/// at again once it has passed and left for the next run if it moved meanwhile
-/// ([`wait_for_stillness`]), and a file that changed while it was read is not written
-/// either; both are counted in [`IngestReport::files_waiting`]. Without `settle`
-/// (`--now`), everything is read as it is.
+/// The files of a `perpetual ingest` run, settled ([`Settled::settle`]) and perhaps
+/// some of them prepared ahead ([`Settled::prepare_ahead`]); [`run_settled`] writes
+/// them.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Prepared ahead, the first files of the list, in order.
+    ahead: Vec<Prepared>,
+    /// The rest of the list.
+    jobs: Vec<Job>,
+    /// Still being written: left for the next run.
+    waiting: Vec<Job>,
+    /// Whether a file that changed while it was read is held for the next run.
+    check_unchanged: bool,
+}
+
+impl Settled {
+    /// For files that writers may still be at work on (what `perpetual ingest` runs
+    /// over the inbox): with `settle`, a file that changed within `settle` is looked at
+    /// again once it has passed and left for the next run if it moved meanwhile
+    /// ([`wait_for_stillness`]), and a file that changed while it was read is not
+    /// written either; both are counted in [`IngestReport::files_waiting`]. Without
+    /// `settle` (`--now`), everything is read as it is.
+    pub fn settle(jobs: Vec<Job>, settle: Option<Duration>) -> Settled {
+        let (jobs, waiting) = match settle {
+            Some(settle) => wait_for_stillness(jobs, settle),
+            None => (jobs, Vec::new()),
+        };
+        Settled {
+            ahead: Vec::new(),
+            jobs,
+            waiting,
+            check_unchanged: settle.is_some(),
+        }
+    }
+
+    /// Prepares the files from the front of the list, in order, while `busy()` holds
+    /// (asked before each file) and what is prepared stays within the writer's queue
+    /// ([`QUEUE_FILES`], [`QUEUE_BYTES`]): the work of a core that would otherwise
+    /// wait while a fresh root's database is made (5 to 10 ms of pragmas and schema;
+    /// BENCHMARKS.md, "End to end", thirteenth sitting). They are prepared without
+    /// [`Hints`], so call this only for a database that has no finished file yet: a
+    /// new one.
+    pub fn prepare_ahead(&mut self, max_file_bytes: u64, busy: impl Fn() -> bool) {
+        let (mut files, mut bytes) = (0, 0);
+        let hints = Hints::default();
+        let mut rest = std::mem::take(&mut self.jobs).into_iter();
+        while files < QUEUE_FILES && bytes < QUEUE_BYTES && busy() {
+            let Some(job) = rest.next() else { break };
+            let prepared = prepare(job, &hints, max_file_bytes);
+            files += 1;
+            bytes += prepared.size;
+            self.ahead.push(prepared);
+        }
+        self.jobs = rest.collect();
+    }
+
+    /// How many files were prepared ahead.
+    pub fn ahead(&self) -> usize {
+        self.ahead.len()
+    }
+}
+
+/// [`run`] for the files of a `perpetual ingest` ([`Settled`]): those prepared ahead
+/// are written first, then the rest as they are prepared; files still being written
+/// are left for the next run.
 pub fn run_settled(
     conn: &Connection,
-    jobs: Vec<Job>,
+    files: Settled,
     max_file_bytes: u64,
     opts: WriterOptions,
-    settle: Option<Duration>,
     on_file: &mut dyn FnMut(&FileEvent),
 ) -> Result<IngestReport> {
-    let (jobs, waiting) = match settle {
-        Some(settle) => wait_for_stillness(jobs, settle),
-        None => (jobs, Vec::new()),
-    };
+    let Settled {
+        ahead,
+        jobs,
+        waiting,
+        check_unchanged,
+    } = files;
     let hints = Hints::load(conn)?;
     let mut writer = Writer::new(conn, opts);
-    let held = integrate(
+    let (held, _) = integrate_inner(
         &mut writer,
+        ahead,
         jobs,
+        None,
         &hints,
         max_file_bytes,
-        &mut |p| settle.is_none() || unchanged_since_read(p),
+        &mut |p| !check_unchanged || unchanged_since_read(p),
         on_file,
     )?;
     let mut report = writer.finish(on_file)?;
@@ -2081,11 +2152,13 @@ struct ListState {
 }
 
 impl Listed {
-    fn new(jobs: Vec<Job>, open: bool) -> Self {
+    /// A list whose first job takes place `first` (the places before it are files
+    /// prepared ahead).
+    fn new(jobs: Vec<Job>, first: usize, open: bool) -> Self {
         Listed {
             state: std::sync::Mutex::new(ListState {
                 jobs: jobs.into(),
-                next: 0,
+                next: first,
                 closed: !open,
             }),
             grown: std::sync::Condvar::new(),
@@ -2188,7 +2261,17 @@ pub fn integrate(
     admit: &mut dyn FnMut(&Prepared) -> bool,
     on_file: &mut dyn FnMut(&FileEvent),
 ) -> Result<Vec<Prepared>> {
-    integrate_inner(writer, jobs, None, hints, max_file_bytes, admit, on_file).map(|(held, _)| held)
+    integrate_inner(
+        writer,
+        Vec::new(),
+        jobs,
+        None,
+        hints,
+        max_file_bytes,
+        admit,
+        on_file,
+    )
+    .map(|(held, _)| held)
 }
 
 /// [`integrate`] for files that keep arriving (the watcher's bursts): besides `jobs`,
@@ -2213,6 +2296,7 @@ pub fn integrate_streaming(
 ) -> Result<(Vec<Prepared>, Vec<Job>)> {
     integrate_inner(
         writer,
+        Vec::new(),
         jobs,
         Some(more),
         hints,
@@ -2251,8 +2335,10 @@ fn take(seq: usize, streamed: usize, job: Job, hints: &Hints, max_file_bytes: u6
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn integrate_inner(
     writer: &mut Writer<'_>,
+    ahead: Vec<Prepared>,
     jobs: Vec<Job>,
     mut more: Option<&mut dyn FnMut() -> Vec<Job>>,
     hints: &Hints,
@@ -2265,8 +2351,16 @@ fn integrate_inner(
     let pool = prepare_pool();
     let (tx, rx) = mpsc::sync_channel::<(usize, Taken)>(QUEUE_FILES);
     let queued = &QueueBytes::default();
-    let streamed = jobs.len();
-    let listed = &Listed::new(jobs, more.is_some());
+    // The files prepared ahead are the first of the list: they wait for the writer in
+    // `early`, outside the queue's bytes, and the listed files come after them.
+    let first = ahead.len();
+    let streamed = first + jobs.len();
+    let listed = &Listed::new(jobs, first, more.is_some());
+    let mut early: std::collections::BTreeMap<usize, (Taken, u64)> = ahead
+        .into_iter()
+        .map(|p| (Taken::Prepared(p), 0))
+        .enumerate()
+        .collect();
     let mut databases = Vec::new();
     let streaming_until = Instant::now() + STREAM_FOR;
     let mut asked = Instant::now();
@@ -2311,7 +2405,6 @@ fn integrate_inner(
             // pairs (or bytes) the earlier one is the original whatever the number of
             // cores. Those that come early wait here with the bytes they hold in the
             // queue (none for a file the writer prepared itself: it never entered it).
-            let mut early: std::collections::BTreeMap<usize, (Taken, u64)> = Default::default();
             let mut want = 0usize;
             while !writer.interrupted() && !writer.stopped() {
                 // Files that arrived meanwhile join the list before the prepare
@@ -2418,7 +2511,7 @@ mod tests {
 
     #[test]
     fn an_open_list_holds_a_prepare_thread_until_it_grows_or_closes() {
-        let listed = Listed::new(vec![job("a.json")], true);
+        let listed = Listed::new(vec![job("a.json")], 0, true);
         assert_eq!(listed.counts(), (1, 1));
         let (seq, first) = listed.try_claim().unwrap();
         assert_eq!((seq, first.name()), (0, "a.json".to_string()));
@@ -2451,7 +2544,7 @@ mod tests {
             [(1, "b.json".to_string()), (2, "c.json".to_string())]
         );
         // A prepare thread that panics closes an open list, so nobody waits on it.
-        let listed = Listed::new(Vec::new(), true);
+        let listed = Listed::new(Vec::new(), 0, true);
         let panicked = std::thread::scope(|s| {
             s.spawn(|| {
                 let _unwinding = CloseIfPanicking(&listed);
@@ -2462,9 +2555,61 @@ mod tests {
         assert!(panicked.is_err());
         assert!(listed.claim().is_none(), "closed: claim returns at once");
         // A list that may not grow is closed from the start: nobody waits on it.
-        let closed = Listed::new(vec![job("d.json")], false);
+        let closed = Listed::new(vec![job("d.json")], 0, false);
         assert_eq!(closed.claim().map(|(seq, _)| seq), Some(0));
         assert!(closed.claim().is_none());
+    }
+
+    #[test]
+    fn files_prepared_ahead_are_bounded_and_written_first_in_list_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // File i repeats the pair of file i - 1: whichever is written first keeps it.
+        let pair = |i: usize| format!(r#"{{"question": "Q{i}?", "answer": "A{i}."}}"#);
+        for i in 0..70 {
+            let body = match i {
+                0 => format!("[{}]", pair(0)),
+                _ => format!("[{}, {}]", pair(i - 1), pair(i)),
+            };
+            std::fs::write(dir.path().join(format!("f{i:02}.json")), body).unwrap();
+        }
+        let jobs = || discover_paths(&[dir.path().to_path_buf()], Some("droid")).unwrap();
+        // Busy for ever: the queue's bound stops it.
+        let mut all = Settled::settle(jobs(), None);
+        all.prepare_ahead(1 << 20, || true);
+        assert_eq!(
+            (all.ahead(), all.jobs.len()),
+            (QUEUE_FILES, 70 - QUEUE_FILES)
+        );
+        // Busy for two files.
+        let asked = std::cell::Cell::new(0);
+        let mut files = Settled::settle(jobs(), None);
+        files.prepare_ahead(1 << 20, || {
+            asked.set(asked.get() + 1);
+            asked.get() <= 2
+        });
+        assert_eq!((files.ahead(), files.jobs.len()), (2, 68));
+        let conn = crate::store::open(&dir.path().join("db.sqlite")).unwrap();
+        let opts = WriterOptions {
+            checkpoint_every: 500,
+        };
+        let report = run_settled(&conn, files, 1 << 20, opts, &mut |_| {}).unwrap();
+        assert_eq!((report.files_integrated, report.pairs_new), (70, 70));
+        assert_eq!(report.pairs_duplicate, 69);
+        // Each pair is stored from the first file that has it, in the list's order.
+        let stored: Vec<(String, String)> = conn
+            .prepare(
+                "SELECT p.question, f.name FROM pairs p JOIN files f ON f.id = p.file_id
+                 ORDER BY p.id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let expected: Vec<(String, String)> = (0..70)
+            .map(|i| (format!("Q{i}?"), format!("f{i:02}.json")))
+            .collect();
+        assert_eq!(stored, expected);
     }
 
     #[test]

@@ -46,7 +46,8 @@
 use crate::pair::{KeySet, Pair, PairKey};
 use crate::store::key_filter::KeyFilter;
 use anyhow::{Context, Result};
-use rusqlite::{CachedStatement, Connection, params};
+use rusqlite::{CachedStatement, Connection, ffi, params};
+use std::ffi::{c_int, c_uint};
 
 /// Appends one pair (no index on `key` is maintained here; see the module docs).
 pub const INSERT_PAIR: &str = "INSERT INTO pairs
@@ -104,20 +105,147 @@ pub const MERGE_MIN: usize = 200_000;
 /// large the table grows.
 pub const MERGE_MAX: usize = 1_000_000;
 
-/// The statements [`PairSink::insert`] uses, prepared once per file.
+/// The statements [`PairSink::insert`] uses: prepare them once for a writer (a
+/// writer keeps them for its life) or once per source.
 pub struct Statements<'c> {
     lookup: CachedStatement<'c>,
-    insert: CachedStatement<'c>,
+    insert: InsertPair<'c>,
 }
 
 impl<'c> Statements<'c> {
-    /// Prepares (or fetches from the cache) the lookup and the append.
+    /// Prepares (or fetches from the cache) the lookup, and prepares the append.
     pub fn new(conn: &'c Connection) -> Result<Statements<'c>> {
         Ok(Statements {
             lookup: conn.prepare_cached(LOOKUP_KEY)?,
-            insert: conn.prepare_cached(INSERT_PAIR)?,
+            insert: InsertPair::new(conn)?,
         })
     }
+}
+
+/// [`INSERT_PAIR`], with its texts bound in place.
+///
+/// rusqlite binds every text and blob as `SQLITE_TRANSIENT`: SQLite first copies each
+/// value into memory of its own (a `malloc`, a copy and a `free`), and then copies it
+/// again into the row it builds. A pair's question and answer are ~1.5 KB, and that
+/// first copy was 7 ms of the writer's 93 ms at 20,000 pairs. Here they are bound as
+/// `SQLITE_STATIC`, which SQLite reads where they are, during the step (BENCHMARKS.md,
+/// "End to end", thirteenth sitting).
+///
+/// The statement is SQLite's own, outside rusqlite's cache, and is finalized when this
+/// is dropped; it borrows the connection, so it cannot outlive it.
+pub struct InsertPair<'c> {
+    conn: &'c Connection,
+    stmt: std::ptr::NonNull<ffi::sqlite3_stmt>,
+}
+
+impl<'c> InsertPair<'c> {
+    /// Prepares [`INSERT_PAIR`] on `conn`.
+    pub fn new(conn: &'c Connection) -> Result<InsertPair<'c>> {
+        let mut stmt = std::ptr::null_mut();
+        // SAFETY: `conn.handle()` is the open connection, which `conn` borrows for as
+        // long as this lives; the SQL is `INSERT_PAIR.len()` bytes of UTF-8; on
+        // success `stmt` is a statement that `Drop` finalizes.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v3(
+                conn.handle(),
+                INSERT_PAIR.as_ptr().cast(),
+                INSERT_PAIR.len() as c_int,
+                ffi::SQLITE_PREPARE_PERSISTENT as c_uint,
+                &mut stmt,
+                std::ptr::null_mut(),
+            )
+        };
+        sqlite_result(conn, rc).context("cannot prepare the insert of pairs")?;
+        let stmt = std::ptr::NonNull::new(stmt).context("SQLite prepared no statement")?;
+        Ok(InsertPair { conn, stmt })
+    }
+
+    /// Appends `pair` (SQLite sets `conn.last_insert_rowid()`).
+    pub fn run(
+        &mut self,
+        pair: &Pair,
+        agent: &str,
+        file_id: i64,
+        now: &str,
+    ) -> rusqlite::Result<()> {
+        let stmt = self.stmt.as_ptr();
+        let text = |i: c_int, t: Option<&str>| match t {
+            // SAFETY: `stmt` is live (see `new`); `t` is borrowed for this whole call,
+            // and the bindings are cleared below before it returns, so SQLite never
+            // holds the pointer past the step that reads it (`SQLITE_STATIC`).
+            Some(t) => unsafe {
+                ffi::sqlite3_bind_text64(
+                    stmt,
+                    i,
+                    t.as_ptr().cast(),
+                    t.len() as u64,
+                    ffi::SQLITE_STATIC(),
+                    ffi::SQLITE_UTF8 as u8,
+                )
+            },
+            // SAFETY: as above.
+            None => unsafe { ffi::sqlite3_bind_null(stmt, i) },
+        };
+        // SAFETY: as for `text`; the key is borrowed for this call.
+        let bound = [
+            unsafe {
+                ffi::sqlite3_bind_blob64(
+                    stmt,
+                    1,
+                    pair.key.as_ptr().cast(),
+                    pair.key.len() as u64,
+                    ffi::SQLITE_STATIC(),
+                )
+            },
+            text(2, Some(&pair.question)),
+            text(3, Some(&pair.answer)),
+            text(4, pair.indicator.as_deref()),
+            text(5, pair.category.as_deref()),
+            text(6, Some(agent)),
+            text(7, pair.extra.as_deref()),
+            // SAFETY: `stmt` is live.
+            unsafe { ffi::sqlite3_bind_int64(stmt, 8, file_id) },
+            text(9, Some(now)),
+        ];
+        // SAFETY: `stmt` is live. Reset and cleared whatever the step did, so the
+        // statement holds no lock and no pointer into the pair once this returns.
+        let stepped = match bound.into_iter().find(|&rc| rc != ffi::SQLITE_OK) {
+            Some(rc) => rc,
+            None => unsafe { ffi::sqlite3_step(stmt) },
+        };
+        let result = match stepped {
+            ffi::SQLITE_DONE => Ok(()),
+            rc => sqlite_result(self.conn, rc),
+        };
+        // SAFETY: `stmt` is live.
+        unsafe {
+            ffi::sqlite3_reset(stmt);
+            ffi::sqlite3_clear_bindings(stmt);
+        }
+        result
+    }
+}
+
+impl Drop for InsertPair<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the statement was prepared in `new` and is finalized only here.
+        unsafe { ffi::sqlite3_finalize(self.stmt.as_ptr()) };
+    }
+}
+
+/// `rc` as rusqlite reports an error: the code and the connection's message.
+fn sqlite_result(conn: &Connection, rc: c_int) -> rusqlite::Result<()> {
+    if rc == ffi::SQLITE_OK {
+        return Ok(());
+    }
+    // SAFETY: the connection is open; SQLite's message is a NUL-terminated string that
+    // stays valid until the next call on the connection, and is copied at once.
+    let message = unsafe { std::ffi::CStr::from_ptr(ffi::sqlite3_errmsg(conn.handle())) };
+    // rusqlite turns on extended result codes: `rc` is the extended one.
+    Err(rusqlite::Error::SqliteFailure(
+        ffi::Error::new(rc),
+        Some(message.to_string_lossy().into_owned()),
+    ))
 }
 
 /// One entry of a tail chunk or a run's row ([`ENTRY_BYTES`] bytes): pair id and key.
@@ -452,17 +580,7 @@ impl PairSink {
                 return Ok(false);
             }
         }
-        stmts.insert.execute(params![
-            &pair.key[..],
-            pair.question,
-            pair.answer,
-            pair.indicator,
-            pair.category,
-            agent,
-            pair.extra,
-            file_id,
-            now,
-        ])?;
+        stmts.insert.run(pair, agent, file_id, now)?;
         let id = conn.last_insert_rowid();
         self.pending.extend_from_slice(&id.to_le_bytes());
         self.pending.extend_from_slice(&pair.key);
@@ -784,6 +902,83 @@ mod tests {
             sink.insert(&self.conn, &mut stmts, &pair(q), "t", self.file, "now")
                 .unwrap()
         }
+    }
+
+    #[test]
+    fn the_insert_binds_in_place_stores_every_field_and_reports_sqlites_error() {
+        let db = Db::new();
+        let mut insert = InsertPair::new(&db.conn).unwrap();
+        let full = Pair {
+            indicator: Some("RSI".into()),
+            category: Some("momentum".into()),
+            extra: Some(r#"{"level":"basic"}"#.into()),
+            answer: "é".repeat(3000),
+            ..pair("What is RSI?")
+        };
+        // Each value is dropped as soon as the call returns: the statement must not
+        // hold on to them.
+        for (p, agent, now) in [
+            (full.clone(), "droid".to_string(), "t1".to_string()),
+            (pair("Q2"), "zai".into(), "t2".into()),
+        ] {
+            insert.run(&p, &agent, db.file, &now).unwrap();
+            assert!(db.conn.last_insert_rowid() > 0);
+        }
+        type Row = (Vec<u8>, String, String, Option<String>, Option<String>);
+        type Rest = (String, Option<String>, i64, String);
+        let sql = "SELECT key, question, answer, indicator, category,
+                          agent, extra, file_id, created_at FROM pairs ORDER BY id";
+        let rows: Vec<(Row, Rest)> = db
+            .conn
+            .prepare(sql)
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+                    (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?),
+                ))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let q2 = pair("Q2");
+        let expected: [(Row, Rest); 2] = [
+            (
+                (
+                    full.key.to_vec(),
+                    full.question,
+                    full.answer,
+                    full.indicator,
+                    full.category,
+                ),
+                ("droid".into(), full.extra, db.file, "t1".into()),
+            ),
+            (
+                (q2.key.to_vec(), "Q2".into(), "a".into(), None, None),
+                ("zai".into(), None, db.file, "t2".into()),
+            ),
+        ];
+        assert_eq!(rows, expected);
+        // A ledger row that does not exist: SQLite's own error, as rusqlite reports it.
+        let err = insert
+            .run(&pair("Q3"), "droid", db.file + 99, "t3")
+            .unwrap_err();
+        assert_eq!(
+            err.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ConstraintViolation),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("FOREIGN KEY constraint failed"),
+            "{err}"
+        );
+        // The statement was reset: it inserts again.
+        insert.run(&pair("Q4"), "droid", db.file, "t4").unwrap();
+        let count: i64 = db
+            .conn
+            .query_row("SELECT COUNT(*) FROM pairs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 3);
     }
 
     fn count_of(conn: &Connection, table: &str) -> i64 {
