@@ -1955,6 +1955,12 @@ impl QueueBytes {
         s.bytes += n;
     }
 
+    /// Counts `n` bytes already held (files prepared ahead), without waiting: the
+    /// prepare threads then wait for the writer to take them.
+    fn count(&self, n: u64) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).bytes += n;
+    }
+
     /// Gives back `n` bytes: the writer took a file off the queue, and needs file `next`
     /// now.
     fn release(&self, n: u64, next: usize) {
@@ -2022,7 +2028,9 @@ impl Settled {
     /// (asked before each file) and what is prepared stays within the writer's queue
     /// ([`QUEUE_FILES`], [`QUEUE_BYTES`]): the work of a core that would otherwise
     /// wait while a fresh root's database is made (5 to 10 ms of pragmas and schema;
-    /// BENCHMARKS.md, "End to end", thirteenth sitting). They are prepared without
+    /// BENCHMARKS.md, "End to end", thirteenth sitting). Their bytes count in the
+    /// queue's once the run starts, until the writer takes them, so the prepare
+    /// threads do not add a queue's worth on top. They are prepared without
     /// [`Hints`], so call this only for a database that has no finished file yet: a
     /// new one.
     pub fn prepare_ahead(&mut self, max_file_bytes: u64, busy: impl Fn() -> bool) {
@@ -2350,16 +2358,20 @@ fn integrate_inner(
     let interrupt = writer.interrupt.clone();
     let pool = prepare_pool();
     let (tx, rx) = mpsc::sync_channel::<(usize, Taken)>(QUEUE_FILES);
-    let queued = &QueueBytes::default();
     // The files prepared ahead are the first of the list: they wait for the writer in
-    // `early`, outside the queue's bytes, and the listed files come after them.
+    // `early`, their bytes counted in the queue's, and the listed files come after them.
     let first = ahead.len();
     let streamed = first + jobs.len();
     let listed = &Listed::new(jobs, first, more.is_some());
+    let queued = &QueueBytes::default();
     let mut early: std::collections::BTreeMap<usize, (Taken, u64)> = ahead
         .into_iter()
-        .map(|p| (Taken::Prepared(p), 0))
         .enumerate()
+        .map(|(seq, p)| {
+            let size = p.size;
+            queued.count(size);
+            (seq, (Taken::Prepared(p), size))
+        })
         .collect();
     let mut databases = Vec::new();
     let streaming_until = Instant::now() + STREAM_FOR;
@@ -2580,6 +2592,12 @@ mod tests {
             (all.ahead(), all.jobs.len()),
             (QUEUE_FILES, 70 - QUEUE_FILES)
         );
+        let opts = WriterOptions {
+            checkpoint_every: 500,
+        };
+        let conn = crate::store::open(&dir.path().join("all.sqlite")).unwrap();
+        let report = run_settled(&conn, all, 1 << 20, opts, &mut |_| {}).unwrap();
+        assert_eq!((report.files_integrated, report.pairs_new), (70, 70));
         // Busy for two files.
         let asked = std::cell::Cell::new(0);
         let mut files = Settled::settle(jobs(), None);
@@ -2589,9 +2607,6 @@ mod tests {
         });
         assert_eq!((files.ahead(), files.jobs.len()), (2, 68));
         let conn = crate::store::open(&dir.path().join("db.sqlite")).unwrap();
-        let opts = WriterOptions {
-            checkpoint_every: 500,
-        };
         let report = run_settled(&conn, files, 1 << 20, opts, &mut |_| {}).unwrap();
         assert_eq!((report.files_integrated, report.pairs_new), (70, 70));
         assert_eq!(report.pairs_duplicate, 69);
