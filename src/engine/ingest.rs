@@ -2595,7 +2595,8 @@ mod tests {
         let opts = WriterOptions {
             checkpoint_every: 500,
         };
-        let conn = crate::store::open(&dir.path().join("all.sqlite")).unwrap();
+        let dbs = tempfile::tempdir().unwrap();
+        let conn = crate::store::open(&dbs.path().join("all.sqlite")).unwrap();
         let report = run_settled(&conn, all, 1 << 20, opts, &mut |_| {}).unwrap();
         assert_eq!((report.files_integrated, report.pairs_new), (70, 70));
         // Busy for two files.
@@ -2606,7 +2607,7 @@ mod tests {
             asked.get() <= 2
         });
         assert_eq!((files.ahead(), files.jobs.len()), (2, 68));
-        let conn = crate::store::open(&dir.path().join("db.sqlite")).unwrap();
+        let conn = crate::store::open(&dbs.path().join("db.sqlite")).unwrap();
         let report = run_settled(&conn, files, 1 << 20, opts, &mut |_| {}).unwrap();
         assert_eq!((report.files_integrated, report.pairs_new), (70, 70));
         assert_eq!(report.pairs_duplicate, 69);

@@ -172,12 +172,17 @@ impl<'c> InsertPair<'c> {
         let text = |i: c_int, t: Option<&str>| match t {
             // SAFETY: `stmt` is live (see `new`); `t` is borrowed for this whole call,
             // and the bindings are cleared below before it returns, so SQLite never
-            // holds the pointer past the step that reads it (`SQLITE_STATIC`).
+            // holds the pointer past the step that reads it (`SQLITE_STATIC`). An
+            // empty text points at a real (static) byte, never at a dangling one.
             Some(t) => unsafe {
                 ffi::sqlite3_bind_text64(
                     stmt,
                     i,
-                    t.as_ptr().cast(),
+                    if t.is_empty() {
+                        c"".as_ptr()
+                    } else {
+                        t.as_ptr().cast()
+                    },
                     t.len() as u64,
                     ffi::SQLITE_STATIC(),
                     ffi::SQLITE_UTF8 as u8,
@@ -910,7 +915,8 @@ mod tests {
         let mut insert = InsertPair::new(&db.conn).unwrap();
         let full = Pair {
             indicator: Some("RSI".into()),
-            category: Some("momentum".into()),
+            // An empty text is stored as one, not as NULL.
+            category: Some(String::new()),
             extra: Some(r#"{"level":"basic"}"#.into()),
             answer: "é".repeat(3000),
             ..pair("What is RSI?")
