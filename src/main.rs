@@ -17,15 +17,6 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    #[cfg(target_os = "linux")]
-    if cli.command.turns_huge_pages_off() {
-        // SAFETY: prctl with PR_SET_THP_DISABLE takes integers only; it affects the
-        // pages this process touches from now on. A kernel that refuses it (EINVAL
-        // before Linux 3.15) leaves things as they were, which is only slower.
-        unsafe {
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-        }
-    }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("perpetual={}", cli.default_log_level())));
     let writer = match cli.log_writer() {

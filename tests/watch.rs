@@ -299,26 +299,6 @@ fn agent_folders_created_or_moved_in_while_watching_are_followed() {
 fn a_second_writer_is_refused_naming_the_watcher_while_stats_and_files_work() {
     let env = Env::new();
     let mut w = start(&env, &[]);
-    // The watcher runs without transparent huge pages (`Command::turns_huge_pages_off`);
-    // the process that started it keeps them.
-    #[cfg(target_os = "linux")]
-    {
-        let thp = |pid: &str| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap()
-                .lines()
-                .find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_string()))
-        };
-        if let Some(ours) = thp("self") {
-            assert_eq!(ours, "1", "the tests run with huge pages allowed");
-            assert_eq!(
-                thp(&w.pid().to_string()).as_deref(),
-                Some("0"),
-                "{}",
-                w.explain()
-            );
-        }
-    }
     let f = &generated(6, 1, 10, 0.0)[0];
     env.drop_file("droid", &f.name, &f.bytes);
     wait_finished(&env, &w, "droid", 1);

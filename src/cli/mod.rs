@@ -260,18 +260,6 @@ impl Cli {
 }
 
 impl Command {
-    /// `ingest` and `watch`, the data path's commands, which start no other program:
-    /// `main` turns transparent huge pages off for them. mimalloc asks for huge pages
-    /// on its arenas (`madvise(MADV_HUGEPAGE)`), so the first touch of every 2 MB
-    /// zeroes all of it: a 20,000-pair `ingest` touched 52 MB instead of 23 and took
-    /// 7 to 12% longer, one small file 10% (BENCHMARKS.md, "End to end", thirteenth
-    /// sitting). The setting is inherited across `fork` and `exec`, so the commands
-    /// that start agents, hooks or git (`run`, a `backfill`'s wrap) keep the
-    /// machine's.
-    pub fn turns_huge_pages_off(&self) -> bool {
-        matches!(self, Command::Ingest(_) | Command::Watch(_))
-    }
-
     /// Commands that only read: on a missing root they fail (naming it) rather than
     /// create one where a `--root` was mistyped.
     pub fn reads_only(&self) -> bool {
