@@ -42,27 +42,26 @@ pub fn run(root: &Root, args: Args) -> Result<Exit> {
         .name("open".into())
         .spawn(move || crate::store::open_closing(&db))?;
     let settle = (!args.now).then(|| Duration::from_millis(config.watch.settle_ms));
-    let mut started = std::time::Instant::now();
     let listed = (|| -> Result<_> {
         let jobs = if args.paths.is_empty() {
             ingest::survey_inbox(&root.inbox(), &root.agents(&config)?)?
         } else {
             ingest::discover_paths(&args.paths, args.agent.as_deref())?
         };
-        started = std::time::Instant::now();
+        let started = std::time::Instant::now();
         // SQLite databases (recognised by their header) are imported row by row.
         let (databases, jobs) = crate::engine::import_db::split_databases(jobs);
         let mut files = ingest::Settled::settle(jobs, settle);
         if fresh {
             files.prepare_ahead(config.ingest.max_file_bytes, || !opening.is_finished());
         }
-        Ok((databases, files))
+        Ok((started, databases, files))
     })();
     let conn = match opening.join() {
         Ok(conn) => conn?,
         Err(panic) => std::panic::resume_unwind(panic),
     };
-    let (databases, files) = listed?;
+    let (started, databases, files) = listed?;
     // Inside a session (an agent integrating its own drops), the files are the session's.
     let session = std::env::var(crate::work::session::SESSION_ENV)
         .ok()

@@ -2034,22 +2034,16 @@ impl Settled {
     /// [`Hints`], so call this only for a database that has no finished file yet: a
     /// new one.
     pub fn prepare_ahead(&mut self, max_file_bytes: u64, busy: impl Fn() -> bool) {
-        let (mut files, mut bytes) = (0, 0);
         let hints = Hints::default();
+        let mut bytes = 0;
         let mut rest = std::mem::take(&mut self.jobs).into_iter();
-        while files < QUEUE_FILES && bytes < QUEUE_BYTES && busy() {
+        while self.ahead.len() < QUEUE_FILES && bytes < QUEUE_BYTES && busy() {
             let Some(job) = rest.next() else { break };
             let prepared = prepare(job, &hints, max_file_bytes);
-            files += 1;
             bytes += prepared.size;
             self.ahead.push(prepared);
         }
         self.jobs = rest.collect();
-    }
-
-    /// How many files were prepared ahead.
-    pub fn ahead(&self) -> usize {
-        self.ahead.len()
     }
 }
 
@@ -2415,8 +2409,9 @@ fn integrate_inner(
             // Several threads prepare, so files finish out of order; the writer takes
             // them in the order they were listed, so that of two files with the same
             // pairs (or bytes) the earlier one is the original whatever the number of
-            // cores. Those that come early wait here with the bytes they hold in the
-            // queue (none for a file the writer prepared itself: it never entered it).
+            // cores. Those that come early wait in `early` with the bytes they hold in
+            // the queue (none for a file the writer prepared itself: it never entered
+            // it), as the files prepared ahead do from the start.
             let mut want = 0usize;
             while !writer.interrupted() && !writer.stopped() {
                 // Files that arrived meanwhile join the list before the prepare
@@ -2589,7 +2584,7 @@ mod tests {
         let mut all = Settled::settle(jobs(), None);
         all.prepare_ahead(1 << 20, || true);
         assert_eq!(
-            (all.ahead(), all.jobs.len()),
+            (all.ahead.len(), all.jobs.len()),
             (QUEUE_FILES, 70 - QUEUE_FILES)
         );
         let opts = WriterOptions {
@@ -2606,7 +2601,7 @@ mod tests {
             asked.set(asked.get() + 1);
             asked.get() <= 2
         });
-        assert_eq!((files.ahead(), files.jobs.len()), (2, 68));
+        assert_eq!((files.ahead.len(), files.jobs.len()), (2, 68));
         let conn = crate::store::open(&dbs.path().join("db.sqlite")).unwrap();
         let report = run_settled(&conn, files, 1 << 20, opts, &mut |_| {}).unwrap();
         assert_eq!((report.files_integrated, report.pairs_new), (70, 70));

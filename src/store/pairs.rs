@@ -243,9 +243,17 @@ fn sqlite_result(conn: &Connection, rc: c_int) -> rusqlite::Result<()> {
     if rc == ffi::SQLITE_OK {
         return Ok(());
     }
-    // SAFETY: the connection is open; SQLite's message is a NUL-terminated string that
-    // stays valid until the next call on the connection, and is copied at once.
-    let message = unsafe { std::ffi::CStr::from_ptr(ffi::sqlite3_errmsg(conn.handle())) };
+    // SAFETY: the connection is open; SQLite's messages are NUL-terminated strings,
+    // the connection's valid until its next call, and copied at once. As rusqlite
+    // does: the connection's message if its last error is `rc`, else `rc`'s own text.
+    let message = unsafe {
+        let db = conn.handle();
+        std::ffi::CStr::from_ptr(if ffi::sqlite3_errcode(db) == rc {
+            ffi::sqlite3_errmsg(db)
+        } else {
+            ffi::sqlite3_errstr(rc)
+        })
+    };
     // rusqlite turns on extended result codes: `rc` is the extended one.
     Err(rusqlite::Error::SqliteFailure(
         ffi::Error::new(rc),
