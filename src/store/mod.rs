@@ -40,10 +40,76 @@ use std::time::Duration;
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
 pub fn open(path: &Path) -> Result<Connection> {
+    create(path)?;
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     set_up(&conn, path)?;
     Ok(conn)
+}
+
+/// Makes the database at `path` when nothing is there yet: neither the file nor a WAL
+/// or a rollback journal of it. SQLite makes a new database in WAL mode with four syncs
+/// (the switch to WAL goes through a rollback journal) and then writes the schema's
+/// pages into the WAL: 8 to 10 ms before a fresh root's first pair (BENCHMARKS.md, "End
+/// to end", fourteenth sitting). Here SQLite writes the same database, the same
+/// migrations, into a file of its own beside `path` with no journal and no syncs; the
+/// file is synced once and moved to `path` unless something got there first (another
+/// process making the same root: then this one's is dropped and `path` opened as it
+/// is), and the directory synced. A crash before the move leaves only the temporary
+/// file (`.NAME.new-XXXXXX`), never a partial database at `path`.
+fn create(path: &Path) -> Result<()> {
+    let side = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    if path.as_os_str().is_empty()
+        || path.as_os_str() == ":memory:"
+        || [path.to_owned(), side("-wal"), side("-journal")]
+            .iter()
+            .any(|p| p.symlink_metadata().is_ok())
+    {
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy());
+    let made = (|| -> Result<()> {
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}.new-"))
+            // SQLite's own mode for a new database (SQLITE_DEFAULT_FILE_PERMISSIONS),
+            // which its WAL and shared memory take from it; the umask applies.
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .tempfile_in(dir)?
+            .into_temp_path();
+        let conn = Connection::open(&temp)?;
+        conn.execute_batch(&format!(
+            "PRAGMA page_size = {PAGE_SIZE}; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+        ))?;
+        migrations::migrate(&conn)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        anyhow::ensure!(mode == "wal", "SQLite kept journal mode {mode}");
+        conn.close().map_err(|(_, e)| e)?;
+        std::fs::File::open(&temp)?.sync_all()?;
+        match temp.persist_noclobber(path) {
+            // As SQLite does after creating a file it syncs, and as it does, without
+            // failing on a file system that cannot sync a directory.
+            Ok(()) => {
+                if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+                    tracing::debug!("cannot sync {}: {e}", dir.display());
+                }
+            }
+            // Made meanwhile by another process: that one is the database.
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.error.into()),
+        }
+        Ok(())
+    })();
+    made.with_context(|| format!("cannot create database {}", path.display()))
 }
 
 /// The settings and the migrations of [`open`] and [`open_closing`].
@@ -224,6 +290,7 @@ pub struct ClosingConnection {
 /// hook, set before the migrations run, records whether the connection commits
 /// anything.
 pub fn open_closing(path: &Path) -> Result<ClosingConnection> {
+    create(path)?;
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     let committed = Arc::new(AtomicBool::new(false));
@@ -421,6 +488,134 @@ mod tests {
             .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 4000);
+    }
+
+    /// A schema object: its type, name and definition.
+    type Object = (String, String, Option<String>);
+
+    /// Each schema object, and the database's journal mode, page size and version, as
+    /// SQLite reports them.
+    fn layout(conn: &Connection) -> (Vec<Object>, String, i64, i64) {
+        let objects = conn
+            .prepare("SELECT type, name, sql FROM sqlite_schema ORDER BY type, name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let mode = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let page = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let version = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        (objects, mode, page, version)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_new_database_is_made_beside_and_moved_in_as_sqlite_would_have_made_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("perpetual.db");
+        let made = open(&db).unwrap();
+        assert_eq!(
+            names(dir.path()),
+            ["perpetual.db", "perpetual.db-shm", "perpetual.db-wal"],
+            "no temporary file left"
+        );
+        // The schema is in the database file itself, not in the WAL as SQLite's own
+        // making leaves it (below).
+        let page = PAGE_SIZE as usize;
+        let wal = dir.path().join("perpetual.db-wal");
+        assert_eq!(valid_frames(&wal, page), 0);
+        assert!(std::fs::metadata(&db).unwrap().len() > 50 * page as u64);
+        // SQLite's own way: a database file that exists, empty, is made by the pragmas
+        // and the migrations on the connection itself.
+        let own = dir.path().join("own.db");
+        std::fs::File::create(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let theirs = open(&own).unwrap();
+        assert!(valid_frames(&dir.path().join("own.db-wal"), page) > 50);
+        let (objects, mode, page, version) = layout(&made);
+        assert!(objects.len() > 50, "{objects:?}");
+        assert_eq!(
+            (mode.as_str(), page, version),
+            ("wal", i64::from(PAGE_SIZE), migrations::latest())
+        );
+        assert_eq!((objects, mode, page, version), layout(&theirs));
+        let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode_of(&db), mode_of(&own));
+        // It takes writes, and they are in the file after the close.
+        made.execute_batch("INSERT INTO dataset_settings (name, value) VALUES ('probe', 'x')")
+            .unwrap();
+        drop(made);
+        let again = open(&db).unwrap();
+        let value: String = again
+            .query_row(
+                "SELECT value FROM dataset_settings WHERE name = 'probe'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(value, "x");
+    }
+
+    #[test]
+    fn a_wal_or_journal_without_its_database_leaves_the_making_to_sqlite() {
+        for side in ["-wal", "-journal"] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = dir.path().join("perpetual.db");
+            let stale = dir.path().join(format!("perpetual.db{side}"));
+            std::fs::write(&stale, b"left by someone").unwrap();
+            create(&db).unwrap();
+            assert!(!db.exists(), "{side}: nothing made beside it");
+            assert_eq!(names(dir.path()), [format!("perpetual.db{side}")]);
+        }
+    }
+
+    #[test]
+    fn processes_making_one_new_database_at_once_all_open_the_same_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("perpetual.db");
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let (db, start) = (&db, &start);
+                s.spawn(move || {
+                    start.wait();
+                    let conn = open(db).unwrap();
+                    conn.execute(
+                        "INSERT INTO dataset_settings (name, value) VALUES (?1, 'x')",
+                        [format!("opener {i}")],
+                    )
+                    .unwrap();
+                });
+            }
+        });
+        let conn = open(&db).unwrap();
+        let rows: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM dataset_settings WHERE name LIKE 'opener %'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 8, "every opener wrote into the one database");
+        drop(conn);
+        // The last close deletes the WAL; the temporary files that lost are gone.
+        assert_eq!(names(dir.path()), ["perpetual.db"]);
     }
 
     #[test]
