@@ -49,14 +49,16 @@ pub fn open(path: &Path) -> Result<Connection> {
 
 /// Makes the database at `path` when nothing is there yet: neither the file nor a WAL
 /// or a rollback journal of it. SQLite makes a new database in WAL mode with four syncs
-/// (the switch to WAL goes through a rollback journal) and then writes the schema's
-/// pages into the WAL: 8 to 10 ms before a fresh root's first pair (BENCHMARKS.md, "End
-/// to end", fourteenth sitting). Here SQLite writes the same database, the same
-/// migrations, into a file of its own beside `path` with no journal and no syncs; the
-/// file is synced once and moved to `path` unless something got there first (another
-/// process making the same root: then this one's is dropped and `path` opened as it
-/// is), and the directory synced. A crash before the move leaves only the temporary
-/// file (`.NAME.new-XXXXXX`), never a partial database at `path`.
+/// (the switch to WAL goes through a rollback journal) and then commits the schema's
+/// pages into the WAL, which the first writer's close copies again: 6 to 10 ms before a
+/// fresh root's first pair. Here SQLite writes the same database (the page size, the
+/// migrations, WAL mode) into a file of its own beside `path` with no journal and no
+/// syncs; the file is synced once, so that it is on disk before any WAL frame refers to
+/// it, and moved to `path` unless something got there first (another process making the
+/// same root: then this one's is dropped and `path` opened as it is), and the directory
+/// synced. 4 to 8 ms, the sync 0.6 to 4 of them (BENCHMARKS.md, "End to end",
+/// fourteenth sitting). A crash before the move leaves only the temporary file
+/// (`.NAME.new-XXXXXX`), never a partial database at `path`.
 fn create(path: &Path) -> Result<()> {
     let side = |suffix: &str| {
         let mut name = path.as_os_str().to_owned();
