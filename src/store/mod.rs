@@ -588,7 +588,8 @@ mod tests {
     }
 
     #[test]
-    fn processes_making_one_new_database_at_once_all_open_the_same_one() {
+    fn openers_making_one_new_database_at_once_all_open_the_same_one() {
+        // Threads here; the move that never replaces is the same between processes.
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("perpetual.db");
         let start = std::sync::Barrier::new(8);
