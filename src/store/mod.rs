@@ -40,7 +40,7 @@ use std::time::Duration;
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
 pub fn open(path: &Path) -> Result<Connection> {
-    create(path)?;
+    create(path);
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     set_up(&conn, path)?;
@@ -58,8 +58,10 @@ pub fn open(path: &Path) -> Result<Connection> {
 /// same root: then this one's is dropped and `path` opened as it is), and the directory
 /// synced. 4 to 8 ms, the sync 0.6 to 4 of them (BENCHMARKS.md, "End to end",
 /// fourteenth sitting). A crash before the move leaves only the temporary file
-/// (`.NAME.new-XXXXXX`), never a partial database at `path`.
-fn create(path: &Path) -> Result<()> {
+/// (`.NAME.new-XXXXXX`), never a partial database at `path`. Where any of it fails (a
+/// file system that can neither rename without replacing nor link, say), SQLite makes
+/// the database at `path` as it always did: this only makes it sooner.
+fn create(path: &Path) {
     let side = |suffix: &str| {
         let mut name = path.as_os_str().to_owned();
         name.push(suffix);
@@ -71,7 +73,7 @@ fn create(path: &Path) -> Result<()> {
             .iter()
             .any(|p| p.symlink_metadata().is_ok())
     {
-        return Ok(());
+        return;
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -111,7 +113,9 @@ fn create(path: &Path) -> Result<()> {
         }
         Ok(())
     })();
-    made.with_context(|| format!("cannot create database {}", path.display()))
+    if let Err(e) = made {
+        tracing::debug!("{}: left to SQLite to make: {e:#}", path.display());
+    }
 }
 
 /// The settings and the migrations of [`open`] and [`open_closing`].
@@ -292,7 +296,7 @@ pub struct ClosingConnection {
 /// hook, set before the migrations run, records whether the connection commits
 /// anything.
 pub fn open_closing(path: &Path) -> Result<ClosingConnection> {
-    create(path)?;
+    create(path);
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     let committed = Arc::new(AtomicBool::new(false));
@@ -581,10 +585,22 @@ mod tests {
             let db = dir.path().join("perpetual.db");
             let stale = dir.path().join(format!("perpetual.db{side}"));
             std::fs::write(&stale, b"left by someone").unwrap();
-            create(&db).unwrap();
+            create(&db);
             assert!(!db.exists(), "{side}: nothing made beside it");
             assert_eq!(names(dir.path()), [format!("perpetual.db{side}")]);
         }
+    }
+
+    #[test]
+    fn a_database_that_cannot_be_made_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("missing").join("perpetual.db");
+        let e = open(&db).expect_err("no folder to make it in");
+        assert_eq!(
+            format!("{e}"),
+            format!("cannot open database {}", db.display())
+        );
+        assert!(names(dir.path()).is_empty(), "nothing left behind");
     }
 
     #[test]
