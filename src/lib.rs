@@ -22,6 +22,7 @@ pub mod config;
 pub mod dataset;
 pub mod engine;
 pub mod generate;
+pub mod huge_pages;
 pub mod human;
 pub mod pair;
 pub mod root;

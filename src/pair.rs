@@ -12,8 +12,9 @@ pub type PairKey = [u8; 32];
 /// A set of keys, hashed by a keyed mix of their first 8 bytes: a key is a blake3
 /// digest, already uniform, so SipHash over all 32 bytes (the default) was 1.5% of the
 /// writer's time for nothing. The mix's key is random per process, so that nobody who
-/// grinds out keys with chosen bits can crowd one corner of the table.
-pub type KeySet = std::collections::HashSet<PairKey, BuildKeyHasher>;
+/// grinds out keys with chosen bits can crowd one corner of the table. A large set
+/// lives on huge pages ([`crate::huge_pages`]): its lookups land anywhere in it.
+pub type KeySet = hashbrown::HashSet<PairKey, BuildKeyHasher, crate::huge_pages::HugePages>;
 
 /// Builds the [`KeySet`]'s hasher: a random seed and odd multiplier, per instance.
 #[derive(Debug, Clone, Copy)]

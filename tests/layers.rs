@@ -8,7 +8,7 @@ use std::path::Path;
 /// Layer of each top-level module: a module may import its own layer and those below.
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
-        "clock" | "config" | "root" | "budget" | "pair" | "human" => 0,
+        "clock" | "config" | "root" | "budget" | "pair" | "huge_pages" | "human" => 0,
         "store" => 1,
         "engine" | "dataset" | "generate" => 2,
         "work" => 3,

@@ -21,7 +21,9 @@
 //! already uniform) picks one 512-bit block, a cache line, with its first 8 bytes, and
 //! [`PROBES`] bits inside the block with the next 9 bytes. A lookup is one cache miss.
 
+use crate::huge_pages::HugePages;
 use crate::pair::PairKey;
+use allocator_api2::vec::Vec as TableVec;
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -38,10 +40,11 @@ const BLOCK_BITS: usize = WORDS * 64;
 #[repr(align(64))]
 struct Block([u64; WORDS]);
 
-/// The filter: blocks of 512 bits, a power of two of them.
+/// The filter: blocks of 512 bits, a power of two of them, on huge pages when large
+/// ([`crate::huge_pages`]: each lookup lands in any block).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyFilter {
-    blocks: Vec<Block>,
+    blocks: TableVec<Block, HugePages>,
     /// Keys added (with repeats, if any were added twice).
     keys: usize,
 }
@@ -53,8 +56,10 @@ impl KeyFilter {
         let blocks = (2 * keys.max(1) * BITS_PER_KEY)
             .div_ceil(BLOCK_BITS)
             .next_power_of_two();
+        let mut zeroed = TableVec::with_capacity_in(blocks, HugePages);
+        zeroed.resize(blocks, Block([0; WORDS]));
         KeyFilter {
-            blocks: vec![Block([0; WORDS]); blocks],
+            blocks: zeroed,
             keys: 0,
         }
     }
@@ -139,17 +144,18 @@ impl KeyFilter {
         if !bytes.len().is_multiple_of(block_bytes) || !blocks.is_power_of_two() {
             return None;
         }
-        let blocks = bytes
-            .chunks_exact(block_bytes)
-            .map(|block| {
-                let mut words = [0u64; WORDS];
-                for (word, b) in words.iter_mut().zip(block.chunks_exact(8)) {
-                    *word = u64::from_le_bytes(b.try_into().expect("8 bytes"));
-                }
-                Block(words)
-            })
-            .collect();
-        Some(KeyFilter { blocks, keys })
+        let mut filter = TableVec::with_capacity_in(blocks, HugePages);
+        filter.extend(bytes.chunks_exact(block_bytes).map(|block| {
+            let mut words = [0u64; WORDS];
+            for (word, b) in words.iter_mut().zip(block.chunks_exact(8)) {
+                *word = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+            }
+            Block(words)
+        }));
+        Some(KeyFilter {
+            blocks: filter,
+            keys,
+        })
     }
 
     /// The filter of every merged key (`pair_keys` and its runs, `pair_key_runs`), read
