@@ -20,6 +20,15 @@ pub fn now() -> DateTime<Utc> {
     }
 }
 
+/// Now to the nanosecond (`PERPETUAL_NOW` when set): for a deadline that is stored to
+/// the second and must not come early, which rounding [`now`] up cannot tell.
+pub fn now_exact() -> DateTime<Utc> {
+    match override_now() {
+        Ok(Some(t)) => t,
+        _ => Utc::now(),
+    }
+}
+
 /// Now, e.g. `2025-11-06T00:13:55Z`.
 pub fn now_rfc3339() -> String {
     format(now())

@@ -1176,7 +1176,9 @@ impl<'c> Loop<'c> {
             .saturating_mul(1u64 << (failures - 1).min(32))
             .min(self.config.run.backoff_max_secs.max(base));
         // Stored to the second: rounded up, so the wait is never shorter than said.
-        let end = clock::now() + chrono::Duration::seconds(wait as i64);
+        // (`clock::now` is already whole, and rounding it up would change nothing: a
+        // session that ended at .99 of a second was given a wait a second short.)
+        let end = clock::now_exact() + chrono::Duration::seconds(wait as i64);
         let end = match chrono::Timelike::with_nanosecond(&end, 0) {
             Some(whole) if whole < end => whole + chrono::Duration::seconds(1),
             _ => end,
