@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo build --release
 //! cargo run --release --example scale -- 1000000      # pairs in the big archive (default 1,000,000)
+//! cargo run --release --example scale -- 1000000 --probes 5   # probes of each kind (default 3)
 //! ```
 //! Set SCALE_DIR to keep the generated archives and databases (default: a temporary
 //! folder, removed at the end). Figures and method: BENCHMARKS.md.
@@ -20,10 +21,21 @@ const PROBE_PAIRS: usize = 300_000;
 const CHUNK_FILES: usize = 100;
 
 fn main() {
-    let pairs: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.replace('_', "").parse().expect("PAIRS must be a number"))
-        .unwrap_or(1_000_000);
+    let mut args = std::env::args().skip(1);
+    let mut pairs = 1_000_000;
+    let mut probes = 3;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--probes" => {
+                probes = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .expect("--probes takes a number of probes (1 or more)")
+            }
+            n => pairs = n.replace('_', "").parse().expect("PAIRS must be a number"),
+        }
+    }
     let tmp = tempfile::tempdir().unwrap();
     let base = std::env::var_os("SCALE_DIR")
         .map(PathBuf::from)
@@ -33,21 +45,42 @@ fn main() {
 
     let big = base.join("archive_big");
     let probe_empty = base.join("probe_empty");
-    let probe_full = base.join("probe_full");
+    // One archive of fresh pairs per probe into the big root: each must be new there.
+    let probes_full: Vec<PathBuf> = (0..probes)
+        .map(|i| match i {
+            0 => base.join("probe_full"),
+            i => base.join(format!("probe_full_{i}")),
+        })
+        .collect();
     let t = Instant::now();
     write_archive(&big, pairs, 0, true);
     write_archive(&probe_empty, PROBE_PAIRS, 10_000_000_000, false);
-    write_archive(&probe_full, PROBE_PAIRS, 20_000_000_000, false);
+    for (i, dir) in probes_full.iter().enumerate() {
+        write_archive(
+            dir,
+            PROBE_PAIRS,
+            20_000_000_000 + i as u64 * 1_000_000_000,
+            false,
+        );
+    }
     println!(
-        "generated {pairs} + 2 x {PROBE_PAIRS} pairs in {:.1} s",
+        "generated {pairs} + {} x {PROBE_PAIRS} pairs in {:.1} s",
+        probes + 1,
         t.elapsed().as_secs_f64()
     );
 
-    let empty_root = base.join("root_empty");
     let full_root = base.join("root_full");
-    let r_empty = ingest(&bin, &empty_root, &probe_empty);
     let r_big = ingest(&bin, &full_root, &big);
-    let r_full = ingest(&bin, &full_root, &probe_full);
+    // The probes alternate, one into a fresh root, one into the big root (a million
+    // stored, then 300,000 more after each probe), so that the machine's drift from
+    // one minute to the next falls on both sides; the ratio is of their medians.
+    let (mut r_empty, mut r_full) = (Vec::new(), Vec::new());
+    for (i, probe) in probes_full.iter().enumerate() {
+        let empty_root = base.join(format!("root_empty_{i}"));
+        r_empty.push(ingest(&bin, &empty_root, &probe_empty));
+        let _ = std::fs::remove_dir_all(&empty_root);
+        r_full.push(ingest(&bin, &full_root, probe));
+    }
     let r_rerun = ingest(&bin, &full_root, &big);
     let backfill_args = [
         "backfill",
@@ -62,18 +95,36 @@ fn main() {
     println!();
     println!("| run | pairs stored before | pairs new | seconds | pairs/s | peak RSS |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (name, before, r) in [
-        ("300k fresh pairs, empty database", 0, &r_empty),
-        ("big archive, empty database", 0, &r_big),
-        ("300k fresh pairs, big archive stored", pairs, &r_full),
-        ("big archive again (re-run)", pairs + PROBE_PAIRS, &r_rerun),
-        (
-            "big archive as `backfill` (sessions, budget, wrap)",
+    let mut rows: Vec<(String, usize, &Measured)> =
+        vec![("big archive, empty database".into(), 0, &r_big)];
+    for (i, (e, f)) in r_empty.iter().zip(&r_full).enumerate() {
+        rows.push((
+            format!("300k fresh pairs, empty database ({})", i + 1),
             0,
-            &r_backfill,
-        ),
-        ("`backfill` again (finished task)", pairs, &r_backfill_again),
-    ] {
+            e,
+        ));
+        rows.push((
+            format!("300k fresh pairs, big archive stored ({})", i + 1),
+            pairs + i * PROBE_PAIRS,
+            f,
+        ));
+    }
+    rows.push((
+        "big archive again (re-run)".into(),
+        pairs + probes * PROBE_PAIRS,
+        &r_rerun,
+    ));
+    rows.push((
+        "big archive as `backfill` (sessions, budget, wrap)".into(),
+        0,
+        &r_backfill,
+    ));
+    rows.push((
+        "`backfill` again (finished task)".into(),
+        pairs,
+        &r_backfill_again,
+    ));
+    for (name, before, r) in rows {
         println!(
             "| {name} | {before} | {} | {:.2} | {:.0} | {:.0} MB |",
             r.pairs_new,
@@ -82,18 +133,33 @@ fn main() {
             r.max_rss_kb as f64 / 1024.0
         );
     }
-    let ratio =
-        (r_full.pairs_new as f64 / r_full.seconds) / (r_empty.pairs_new as f64 / r_empty.seconds);
+    let rate = |r: &Measured| r.pairs_new as f64 / r.seconds;
+    let (empty, full) = (
+        median(r_empty.iter().map(rate).collect()),
+        median(r_full.iter().map(rate).collect()),
+    );
     println!();
     println!(
-        "rate with {pairs} stored / rate on empty database: {:.0}%",
-        ratio * 100.0
+        "rate with {pairs} or more stored / rate on empty database, medians of {probes} probes each: {:.0} / {:.0} pairs/s = {:.0}%",
+        full,
+        empty,
+        full / empty * 100.0
     );
     println!(
         "peak RSS: {:.0} MB for {PROBE_PAIRS} pairs, {:.0} MB for {pairs} pairs",
-        r_empty.max_rss_kb as f64 / 1024.0,
+        r_empty[0].max_rss_kb as f64 / 1024.0,
         r_big.max_rss_kb as f64 / 1024.0
     );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// The release binary next to this example.
