@@ -741,7 +741,7 @@ fn backups_rotate_keeping_the_last_k() {
 #[test]
 fn the_backup_opens_cleanly_while_an_ingest_writes() {
     let env = Env::new();
-    // Enough drops that the ingest runs for a while; small checkpoints so it commits often.
+    // Small checkpoints so the writer commits often.
     env.write(
         "perpetual.toml",
         "[ingest]\ncheckpoint_every = 50\n[wrap]\nbackup_min_interval_secs = 0\n",
@@ -749,41 +749,42 @@ fn the_backup_opens_cleanly_while_an_ingest_writes() {
     use perpetual::generate::{DropLayout, GenConfig, generate};
     let files = generate(&GenConfig {
         seed: 11,
-        files: 80,
+        files: 120,
         pairs_per_file: 400,
         layouts: vec![DropLayout::Nested, DropLayout::Flat],
         ..GenConfig::default()
     });
-    for f in &files {
-        env.drop_file("droid", &f.name, &f.bytes);
-    }
     for i in 0..50 {
         env.run(&["task", "add", &format!("t{i}"), "--agent", "claude_code"])
             .expect(0);
     }
-    let mut ingest = env
-        .command(&["ingest"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // The watcher writes while drops keep coming, so the writer is at work during the
+    // wraps however fast the build is (a one-shot `ingest` of a fixed set of drops
+    // finished before the first wrap in a release build).
+    let mut watch = env.spawn(&["watch"]);
+    watch.wait_for_log("watching");
+    let mut waiting = files.iter();
     let mut during = 0;
     let mut wraps = 0;
-    while wraps < 50 {
-        let running = ingest.try_wait().unwrap().is_none();
-        let pairs_before = if running {
-            env.count("SELECT COUNT(*) FROM pairs")
-        } else {
-            0
-        };
+    while during < 3 {
+        assert!(
+            wraps < 50,
+            "no wrap in {wraps} while the watcher wrote; {during} so far"
+        );
+        for f in waiting.by_ref().take(4) {
+            env.drop_file("droid", &f.name, &f.bytes);
+        }
+        let pairs_before = env.count("SELECT COUNT(*) FROM pairs");
         env.run(&["session", "start", "--agent", "claude_code"])
             .expect(0);
         let w = env.run(&["session", "wrap", "--json"]).expect(0).json();
         wraps += 1;
         let backup = env.path(w["backup"].as_str().expect("a backup"));
         assert_eq!(integrity(&backup), "ok", "backup {wraps}");
-        let still_running = ingest.try_wait().unwrap().is_none();
-        if running && still_running && pairs_before > 0 {
+        let pairs_after = env.count("SELECT COUNT(*) FROM pairs");
+        // Pairs were committed both before and after this wrap began: it ran while the
+        // watcher was writing.
+        if pairs_before > 0 && pairs_after > pairs_before {
             during += 1;
             let db = rusqlite::Connection::open_with_flags(
                 &backup,
@@ -798,23 +799,28 @@ fn the_backup_opens_cleanly_while_an_ingest_writes() {
                 )
                 .unwrap();
             assert!(pairs >= pairs_before, "the backup is a recent snapshot");
+            assert!(
+                pairs <= pairs_after,
+                "the backup holds only committed pairs"
+            );
             assert_eq!(sessions as usize, wraps, "it holds the wrapped session");
         }
-        if !still_running && during >= 3 {
-            break;
-        }
     }
-    let status = ingest.wait().unwrap();
-    assert!(status.success(), "ingest: {status:?}");
-    eprintln!("{wraps} wraps, {during} of them while the ingest was writing");
+    for f in waiting {
+        env.drop_file("droid", &f.name, &f.bytes);
+    }
+    let want = common::distinct_pairs(&files);
+    common::wait_until(
+        "every drop to be integrated",
+        || env.count("SELECT COUNT(*) FROM pairs") as usize == want,
+        || watch.explain(),
+    );
+    watch.stop();
+    eprintln!("{wraps} wraps, {during} of them while the watcher was writing");
     assert_eq!(
         env.count("SELECT COUNT(*) FROM pairs") as usize,
-        common::distinct_pairs(&files),
+        want,
         "the ingest lost nothing to the backups"
-    );
-    assert!(
-        during >= 1,
-        "no backup was taken while the ingest was writing; make the drops bigger"
     );
 }
 
