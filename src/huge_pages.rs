@@ -3,7 +3,7 @@
 //!
 //! The binary's allocator asks for no transparent huge pages (mimalloc's `no_thp`,
 //! Cargo.toml): on this kind of machine the kernel zeroes all 2 MiB at the first touch
-//! of a huge page, and a 20,000-pair run paid for 52 MB where it used 23. But a key tail
+//! of a huge page, and a 20,000-pair run touched 54 MB where 29 would do. But a key tail
 //! of a few hundred thousand keys is tens of MB read at random, one key per pair, and on
 //! 4 KiB pages nearly every lookup misses the TLB: 300,000 fresh pairs took 6% longer
 //! without huge pages (BENCHMARKS.md, fifteenth sitting). So these tables alone are
