@@ -8,19 +8,17 @@
 //! 4 KiB pages nearly every lookup misses the TLB: 300,000 fresh pairs took 6% longer
 //! without huge pages (BENCHMARKS.md, fifteenth sitting). So these tables alone are
 //! mapped on their own and advised for huge pages (`madvise(MADV_HUGEPAGE)`, which the
-//! kernel honours in its default `madvise` mode), from [`HUGE_FROM`] up; smaller ones,
+//! kernel honours in its default `madvise` mode), from one huge page (2 MiB) up; smaller ones,
 //! as in a short run, come from the global allocator as before.
 
 use allocator_api2::alloc::{AllocError, Allocator, Global, Layout};
 use std::ptr::NonNull;
 
-/// A huge page on x86_64 and aarch64 (with 4 KiB base pages).
+/// A huge page on x86_64 and aarch64 (with 4 KiB base pages), and the size from which
+/// an allocation gets a mapping of its own.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// Allocations of at least this many bytes get a mapping of their own, on huge pages.
-pub const HUGE_FROM: usize = HUGE_PAGE;
-
-/// An allocator for large tables read at random: from [`HUGE_FROM`] up, a private
+/// An allocator for large tables read at random: from one huge page up, a private
 /// anonymous mapping aligned to a huge page and advised for huge pages; below it, the
 /// global allocator. Where the kernel has no transparent huge pages, the mapping is
 /// still correct memory, on base pages.
@@ -28,8 +26,12 @@ pub const HUGE_FROM: usize = HUGE_PAGE;
 pub struct HugePages;
 
 impl HugePages {
-    fn mapped(layout: Layout) -> bool {
-        layout.size() >= HUGE_FROM && layout.align() <= HUGE_PAGE
+    /// The length of the mapping an allocation of `layout` gets (whole huge pages), or
+    /// `None` when it comes from the global allocator: the one test that both
+    /// `allocate` and `deallocate` apply.
+    fn mapping(layout: Layout) -> Option<usize> {
+        (layout.size() >= HUGE_PAGE && layout.align() <= HUGE_PAGE)
+            .then(|| layout.size().next_multiple_of(HUGE_PAGE))
     }
 
     /// `len` bytes (a multiple of the huge page) at an address aligned to a huge page.
@@ -75,19 +77,18 @@ impl HugePages {
 }
 
 // SAFETY: memory from `allocate` stays valid until `deallocate` with the same layout,
-// which routes it back by the same test of the layout (`mapped`): a mapping is unmapped
+// which routes it back by the same test of the layout (`mapping`): a mapping is unmapped
 // whole, anything else goes back to the global allocator that made it.
 unsafe impl Allocator for HugePages {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if !Self::mapped(layout) {
+        let Some(len) = Self::mapping(layout) else {
             return Global.allocate(layout);
-        }
-        let len = layout.size().next_multiple_of(HUGE_PAGE);
+        };
         Ok(NonNull::slice_from_raw_parts(Self::map(len)?, len))
     }
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if !Self::mapped(layout) {
+        if Self::mapping(layout).is_none() {
             return Global.allocate_zeroed(layout);
         }
         // A fresh anonymous mapping reads as zeroes.
@@ -95,13 +96,12 @@ unsafe impl Allocator for HugePages {
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        if !Self::mapped(layout) {
+        let Some(len) = Self::mapping(layout) else {
             // SAFETY: the caller's promise: `ptr` came from `allocate(layout)`, which
             // took it from `Global` for such a layout.
             unsafe { Global.deallocate(ptr, layout) };
             return;
-        }
-        let len = layout.size().next_multiple_of(HUGE_PAGE);
+        };
         // SAFETY: `ptr` and `len` are the mapping `allocate` made for this layout.
         unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
     }
