@@ -325,6 +325,112 @@ pub fn pair_key_with(question: &str, answer: &str, scratch: &mut String) -> Pair
     *hasher.finalize().as_bytes()
 }
 
+/// BLAKE3's initialisation vector (the spec's, the first words of SHA-256's), which
+/// [`pair_keys`] hands to the chunk hashing it calls directly. The tests check every
+/// key it makes against [`pair_key`].
+const BLAKE3_IV: [u32; 8] = [
+    0x6A09_E667,
+    0xBB67_AE85,
+    0x3C6E_F372,
+    0xA54F_F53A,
+    0x510E_527F,
+    0x9B05_688C,
+    0x1F83_D9AB,
+    0x5BE0_CD19,
+];
+/// BLAKE3's flags for a chunk's first and last block.
+const CHUNK_START: u8 = 1;
+const CHUNK_END: u8 = 2;
+
+/// The keys of many pairs, each equal to [`pair_key`] of its question and answer, in
+/// order.
+///
+/// BLAKE3 hashes a message in chunks of 1 KiB, each block of a chunk after the one
+/// before, so one pair's key is a serial chain of about 22 compressions and SIMD has
+/// nothing to work on side by side: it was a third of the prepare stage. The first
+/// chunks of several messages, though, can be hashed side by side, one per SIMD lane
+/// (16 with AVX-512), by the routine BLAKE3 itself uses for the chunks of one long
+/// input. A message of 1 to 2 KiB (most pairs: answers of 800 to 2,000 characters) is
+/// two chunks: its first is hashed with up to 15 others, its second alone, and the two
+/// chaining values are joined as the root of BLAKE3's tree ([`blake3::hazmat`]).
+/// Shorter and longer messages are hashed one by one as before. 20,000 pairs of
+/// `perpetual generate`: 27 ms of hashing become 18 (BENCHMARKS.md, sixteenth sitting).
+///
+/// The side-by-side routine is `blake3::platform::Platform::hash_many`, which the crate
+/// exports for its benchmarks and marks unstable: a release that changes it fails to
+/// build here, and `keys_hashed_side_by_side_are_the_keys_of_the_definition` checks
+/// the result against the crate's public hash on every length around the chunk edges.
+pub fn pair_keys<'t>(pairs: impl IntoIterator<Item = (&'t str, &'t str)>) -> Vec<PairKey> {
+    use blake3::platform::{MAX_SIMD_DEGREE, Platform};
+    const CHUNK: usize = blake3::CHUNK_LEN;
+    let platform = Platform::detect();
+    let mut keys = Vec::new();
+    let mut scratch = String::new();
+    // Messages of two chunks, waiting to fill the lanes: (place in `keys`, message).
+    let mut waiting: Vec<(usize, Vec<u8>)> = Vec::with_capacity(MAX_SIMD_DEGREE);
+    let mut spare: Vec<Vec<u8>> = Vec::with_capacity(MAX_SIMD_DEGREE);
+    let hash_waiting =
+        |waiting: &mut Vec<(usize, Vec<u8>)>, spare: &mut Vec<Vec<u8>>, keys: &mut Vec<PairKey>| {
+            let firsts: Vec<&[u8; CHUNK]> = waiting
+                .iter()
+                .map(|(_, m)| m.first_chunk::<CHUNK>().expect("a message of two chunks"))
+                .collect();
+            let mut cvs = [0u8; blake3::OUT_LEN * MAX_SIMD_DEGREE];
+            platform.hash_many(
+                &firsts,
+                &BLAKE3_IV,
+                0,
+                blake3::IncrementCounter::No,
+                0,
+                CHUNK_START,
+                CHUNK_END,
+                &mut cvs[..blake3::OUT_LEN * firsts.len()],
+            );
+            for ((at, message), left) in waiting.drain(..).zip(cvs.chunks_exact(blake3::OUT_LEN)) {
+                use blake3::hazmat::HasherExt;
+                let right = blake3::Hasher::new()
+                    .set_input_offset(CHUNK as u64)
+                    .update(&message[CHUNK..])
+                    .finalize_non_root();
+                let left: &blake3::hazmat::ChainingValue = left.try_into().expect("32 bytes");
+                keys[at] =
+                    *blake3::hazmat::merge_subtrees_root(left, &right, blake3::hazmat::Mode::Hash)
+                        .as_bytes();
+                spare.push(message);
+            }
+        };
+    for (question, answer) in pairs {
+        let mut message = spare.pop().unwrap_or_default();
+        message.clear();
+        for (i, text) in [question, answer].into_iter().enumerate() {
+            if i > 0 {
+                message.push(b'\n');
+            }
+            if is_normal(text) {
+                message.extend_from_slice(text.as_bytes());
+            } else {
+                scratch.clear();
+                normalise_into(text, &mut scratch);
+                message.extend_from_slice(scratch.as_bytes());
+            }
+        }
+        if (CHUNK + 1..=2 * CHUNK).contains(&message.len()) {
+            keys.push(PairKey::default());
+            waiting.push((keys.len() - 1, message));
+            if waiting.len() == MAX_SIMD_DEGREE {
+                hash_waiting(&mut waiting, &mut spare, &mut keys);
+            }
+        } else {
+            keys.push(*blake3::hash(&message).as_bytes());
+            spare.push(message);
+        }
+    }
+    if !waiting.is_empty() {
+        hash_waiting(&mut waiting, &mut spare, &mut keys);
+    }
+    keys
+}
+
 /// Lower-case hex of a digest, for people and the ledger's text views.
 pub fn hex(digest: &[u8]) -> String {
     use std::fmt::Write;
@@ -527,6 +633,41 @@ mod tests {
             hasher.update(b"\n");
             hasher.update(reference(&answer).as_bytes());
             proptest::prop_assert_eq!(pair_key(&text, &answer), *hasher.finalize().as_bytes());
+            // And side by side, in a batch long enough to take the SIMD path.
+            let long = text.repeat(1 + 1100 / (text.len() + 1));
+            let batch = [(text.as_str(), answer.as_str()), (long.as_str(), answer.as_str()), (answer.as_str(), long.as_str())];
+            let keys = pair_keys(batch);
+            proptest::prop_assert_eq!(keys, batch.map(|(q, a)| pair_key(q, a)).to_vec());
+        }
+    }
+
+    #[test]
+    fn keys_hashed_side_by_side_are_the_keys_of_the_definition() {
+        // Messages of every length around the chunk edges (1 KiB and 2 KiB, the
+        // separator included), in batches that fill the lanes, stop one short and
+        // spill one over, with text that needs normalising among them.
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for total in (0..80)
+            .chain(990..1070)
+            .chain(2000..2080)
+            .chain([3000, 5000])
+        {
+            let question = "q".repeat(total.min(17));
+            let rest = total.saturating_sub(question.len() + 1);
+            let answer: String = (0..rest)
+                .map(|i| if i % 9 == 8 { ' ' } else { 'a' })
+                .collect();
+            pairs.push((question, answer));
+        }
+        pairs.push((
+            "  spaced\tout  ".into(),
+            format!("e\u{301}{}", "x ".repeat(600)),
+        ));
+        for batch in [0, 1, 15, 16, 17, 33, pairs.len()] {
+            let these = &pairs[..batch];
+            let keys = pair_keys(these.iter().map(|(q, a)| (q.as_str(), a.as_str())));
+            let want: Vec<PairKey> = these.iter().map(|(q, a)| pair_key(q, a)).collect();
+            assert_eq!(keys, want, "batch of {batch}");
         }
     }
 

@@ -585,11 +585,17 @@ pub fn parse_bytes(bytes: &[u8]) -> Outcome {
             };
         }
     };
-    let mut scratch = String::new();
+    let keys = crate::pair::pair_keys(
+        parsed
+            .pairs
+            .iter()
+            .map(|raw| (raw.question.as_str(), raw.answer.as_str())),
+    );
     let pairs = parsed
         .pairs
         .into_iter()
-        .map(|raw| raw.into_pair(&mut scratch))
+        .zip(keys)
+        .map(|(raw, key)| raw.with_key(key))
         .collect();
     Outcome::Parsed(ParsedFile {
         encoding,

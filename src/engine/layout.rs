@@ -87,6 +87,12 @@ impl RawPair {
     /// fields. `scratch` is reused between calls to avoid an allocation per pair.
     pub fn into_pair(self, scratch: &mut String) -> Pair {
         let key = pair_key_with(&self.question, &self.answer, scratch);
+        self.with_key(key)
+    }
+
+    /// The stored form of a raw pair whose key is already computed (many at once:
+    /// [`crate::pair::pair_keys`]).
+    pub fn with_key(self, key: crate::pair::PairKey) -> Pair {
         let extra = if self.extra.is_empty() {
             None
         } else {
