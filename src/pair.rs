@@ -325,8 +325,8 @@ pub fn pair_key_with(question: &str, answer: &str, scratch: &mut String) -> Pair
     *hasher.finalize().as_bytes()
 }
 
-/// BLAKE3's initialisation vector (the spec's, the first words of SHA-256's), which
-/// [`pair_keys`] hands to the chunk hashing it calls directly. The tests check every
+/// BLAKE3's initialisation vector (the spec's: the first words of SHA-256's), which
+/// [`pair_keys`] hands to the block routines it calls directly. The tests check every
 /// key it makes against [`pair_key`].
 const BLAKE3_IV: [u32; 8] = [
     0x6A09_E667,
@@ -338,97 +338,185 @@ const BLAKE3_IV: [u32; 8] = [
     0x1F83_D9AB,
     0x5BE0_CD19,
 ];
-/// BLAKE3's flags for a chunk's first and last block.
+/// BLAKE3's flags: a chunk's first block, its last, and the root's last.
 const CHUNK_START: u8 = 1;
 const CHUNK_END: u8 = 2;
+const ROOT: u8 = 8;
+const CHUNK: usize = blake3::CHUNK_LEN;
+const BLOCK: usize = blake3::BLOCK_LEN;
+const LANES: usize = blake3::platform::MAX_SIMD_DEGREE;
 
 /// The keys of many pairs, each equal to [`pair_key`] of its question and answer, in
 /// order.
 ///
-/// BLAKE3 hashes a message in chunks of 1 KiB, each block of a chunk after the one
-/// before, so one pair's key is a serial chain of about 22 compressions and SIMD has
-/// nothing to work on side by side: it was a third of the prepare stage. The first
-/// chunks of several messages, though, can be hashed side by side, one per SIMD lane
-/// (16 with AVX-512), by the routine BLAKE3 itself uses for the chunks of one long
-/// input. A message of 1 to 2 KiB (most pairs: answers of 800 to 2,000 characters) is
-/// two chunks: its first is hashed with up to 15 others, its second alone, and the two
-/// chaining values are joined as the root of BLAKE3's tree ([`blake3::hazmat`]).
-/// Shorter and longer messages are hashed one by one as before. 20,000 pairs of
-/// `perpetual generate`: 27 ms of hashing become 18 (BENCHMARKS.md, sixteenth sitting).
+/// BLAKE3 hashes a message in chunks of 1 KiB, each block of 64 bytes after the one
+/// before, so one pair's key is a serial chain of about 25 compressions and SIMD had
+/// nothing to do side by side: the keys were a third of the prepare stage. Blocks of
+/// *different* messages, though, can be compressed side by side, one message per SIMD
+/// lane (16 with AVX-512), by the routine BLAKE3 uses for the chunks of one long input.
+/// So the messages of up to 2 KiB (one or two chunks: most pairs, with answers of 800
+/// to 2,000 characters) are sorted by length and taken 16 at a time:
+/// - a first chunk of two is a whole chunk: the 16 are compressed side by side;
+/// - a last chunk (the second of two, or the only one) has the blocks of the shortest
+///   of the 16 but its last compressed side by side, and the rest lane by lane;
+/// - two chunks' chaining values are joined as the root of BLAKE3's tree
+///   ([`blake3::hazmat::merge_subtrees_root`]).
 ///
-/// The side-by-side routine is `blake3::platform::Platform::hash_many`, which the crate
-/// exports for its benchmarks and marks unstable: a release that changes it fails to
-/// build here, and `keys_hashed_side_by_side_are_the_keys_of_the_definition` checks
-/// the result against the crate's public hash on every length around the chunk edges.
-pub fn pair_keys<'t>(pairs: impl IntoIterator<Item = (&'t str, &'t str)>) -> Vec<PairKey> {
-    use blake3::platform::{MAX_SIMD_DEGREE, Platform};
-    const CHUNK: usize = blake3::CHUNK_LEN;
-    let platform = Platform::detect();
-    let mut keys = Vec::new();
+/// Longer messages are hashed one by one. 20,000 pairs of `perpetual generate`: 26 ms
+/// of hashing become 12 (BENCHMARKS.md, sixteenth sitting).
+///
+/// The block routines are `blake3::platform::Platform`'s `hash_many` and
+/// `compress_in_place`, which the crate exports for its benchmarks and marks unstable:
+/// a release that changes them fails to build here, and
+/// `keys_hashed_side_by_side_are_the_keys_of_the_definition` and the property
+/// `the_fast_key_is_the_key_of_the_definition` check the keys against the crate's
+/// public hash at every length around the block and chunk edges.
+pub fn pair_keys<'t, I>(pairs: I) -> Vec<PairKey>
+where
+    I: IntoIterator<Item = (&'t str, &'t str)>,
+    I::IntoIter: Clone,
+{
+    let platform = blake3::platform::Platform::detect();
+    let pairs = pairs.into_iter();
+    // Every message, one after the other in one buffer (normalising seldom changes a
+    // text's length: room for the texts as given is room enough, nearly always).
+    let room = pairs.clone().map(|(q, a)| q.len() + 1 + a.len()).sum();
+    let mut bytes: Vec<u8> = Vec::with_capacity(room);
+    let mut spans: Vec<std::ops::Range<usize>> = Vec::with_capacity(pairs.size_hint().0);
     let mut scratch = String::new();
-    // Messages of two chunks, waiting to fill the lanes: (place in `keys`, message).
-    let mut waiting: Vec<(usize, Vec<u8>)> = Vec::with_capacity(MAX_SIMD_DEGREE);
-    let mut spare: Vec<Vec<u8>> = Vec::with_capacity(MAX_SIMD_DEGREE);
-    let hash_waiting =
-        |waiting: &mut Vec<(usize, Vec<u8>)>, spare: &mut Vec<Vec<u8>>, keys: &mut Vec<PairKey>| {
-            let firsts: Vec<&[u8; CHUNK]> = waiting
-                .iter()
-                .map(|(_, m)| m.first_chunk::<CHUNK>().expect("a message of two chunks"))
-                .collect();
-            let mut cvs = [0u8; blake3::OUT_LEN * MAX_SIMD_DEGREE];
-            platform.hash_many(
-                &firsts,
-                &BLAKE3_IV,
-                0,
-                blake3::IncrementCounter::No,
-                0,
-                CHUNK_START,
-                CHUNK_END,
-                &mut cvs[..blake3::OUT_LEN * firsts.len()],
-            );
-            for ((at, message), left) in waiting.drain(..).zip(cvs.chunks_exact(blake3::OUT_LEN)) {
-                use blake3::hazmat::HasherExt;
-                let right = blake3::Hasher::new()
-                    .set_input_offset(CHUNK as u64)
-                    .update(&message[CHUNK..])
-                    .finalize_non_root();
-                let left: &blake3::hazmat::ChainingValue = left.try_into().expect("32 bytes");
-                keys[at] =
-                    *blake3::hazmat::merge_subtrees_root(left, &right, blake3::hazmat::Mode::Hash)
-                        .as_bytes();
-                spare.push(message);
-            }
-        };
     for (question, answer) in pairs {
-        let mut message = spare.pop().unwrap_or_default();
-        message.clear();
+        let start = bytes.len();
         for (i, text) in [question, answer].into_iter().enumerate() {
             if i > 0 {
-                message.push(b'\n');
+                bytes.push(b'\n');
             }
             if is_normal(text) {
-                message.extend_from_slice(text.as_bytes());
+                bytes.extend_from_slice(text.as_bytes());
             } else {
                 scratch.clear();
                 normalise_into(text, &mut scratch);
-                message.extend_from_slice(scratch.as_bytes());
+                bytes.extend_from_slice(scratch.as_bytes());
             }
         }
-        if (CHUNK + 1..=2 * CHUNK).contains(&message.len()) {
-            keys.push(PairKey::default());
-            waiting.push((keys.len() - 1, message));
-            if waiting.len() == MAX_SIMD_DEGREE {
-                hash_waiting(&mut waiting, &mut spare, &mut keys);
-            }
-        } else {
-            keys.push(*blake3::hash(&message).as_bytes());
-            spare.push(message);
+        spans.push(start..bytes.len());
+    }
+    let message = |i: usize| &bytes[spans[i].clone()];
+    let mut keys = vec![PairKey::default(); spans.len()];
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for (i, span) in spans.iter().enumerate() {
+        match span.len() {
+            n if n > BLOCK && n <= CHUNK => one.push(i),
+            n if n > CHUNK && n <= 2 * CHUNK => two.push(i),
+            _ => keys[i] = *blake3::hash(message(i)).as_bytes(),
         }
     }
-    if !waiting.is_empty() {
-        hash_waiting(&mut waiting, &mut spare, &mut keys);
+    // Of similar lengths side by side, the lanes share the most blocks.
+    one.sort_unstable_by_key(|&i| spans[i].len());
+    two.sort_unstable_by_key(|&i| spans[i].len());
+    let mut out = [PairKey::default(); LANES];
+    for group in one.chunks(LANES) {
+        let chunks: Vec<&[u8]> = group.iter().map(|&i| message(i)).collect();
+        last_chunks(&platform, &chunks, 0, ROOT, &mut out);
+        for (&i, key) in group.iter().zip(&out) {
+            keys[i] = *key;
+        }
+    }
+    for group in two.chunks(LANES) {
+        let firsts: Vec<&[u8; CHUNK]> = group
+            .iter()
+            .map(|&i| message(i).first_chunk::<CHUNK>().expect("two chunks"))
+            .collect();
+        let mut lefts = [0u8; blake3::OUT_LEN * LANES];
+        platform.hash_many(
+            &firsts,
+            &BLAKE3_IV,
+            0,
+            blake3::IncrementCounter::No,
+            0,
+            CHUNK_START,
+            CHUNK_END,
+            &mut lefts[..blake3::OUT_LEN * group.len()],
+        );
+        let seconds: Vec<&[u8]> = group.iter().map(|&i| &message(i)[CHUNK..]).collect();
+        last_chunks(&platform, &seconds, 1, 0, &mut out);
+        for ((&i, left), right) in group
+            .iter()
+            .zip(lefts.chunks_exact(blake3::OUT_LEN))
+            .zip(&out)
+        {
+            let left = left.try_into().expect("32 bytes");
+            keys[i] = *blake3::hazmat::merge_subtrees_root(left, right, blake3::hazmat::Mode::Hash)
+                .as_bytes();
+        }
     }
     keys
+}
+
+/// The chaining values (with `root`: the hashes) of up to [`LANES`] chunks, each the
+/// last of its message (so it may be short; every one longer than a block), all at
+/// place `counter` in their messages: their blocks but the last, as far as every chunk
+/// has them, side by side; the rest chunk by chunk.
+fn last_chunks(
+    platform: &blake3::platform::Platform,
+    chunks: &[&[u8]],
+    counter: u64,
+    root: u8,
+    out: &mut [PairKey; LANES],
+) {
+    let blocks = |c: &[u8]| c.len().div_ceil(BLOCK);
+    let shared = chunks.iter().map(|c| blocks(c) - 1).min().unwrap_or(0);
+    let mut states = [0u8; blake3::OUT_LEN * LANES];
+    // `hash_many` takes blocks of one length known when compiling.
+    macro_rules! side_by_side {
+        ($($n:literal)*) => {
+            match shared {
+                0 => {}
+                $($n => {
+                    let inputs: Vec<&[u8; $n * BLOCK]> = chunks
+                        .iter()
+                        .map(|c| c.first_chunk::<{ $n * BLOCK }>().expect("checked above"))
+                        .collect();
+                    platform.hash_many(
+                        &inputs,
+                        &BLAKE3_IV,
+                        counter,
+                        blake3::IncrementCounter::No,
+                        0,
+                        CHUNK_START,
+                        0,
+                        &mut states[..blake3::OUT_LEN * chunks.len()],
+                    );
+                })*
+                _ => unreachable!("a chunk has at most {} blocks", CHUNK / BLOCK),
+            }
+        };
+    }
+    side_by_side!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    for ((chunk, state), out) in chunks
+        .iter()
+        .zip(states.chunks_exact(blake3::OUT_LEN))
+        .zip(out.iter_mut())
+    {
+        let mut cv: [u32; 8] = if shared == 0 {
+            BLAKE3_IV
+        } else {
+            std::array::from_fn(|w| {
+                u32::from_le_bytes(state[4 * w..4 * w + 4].try_into().expect("4"))
+            })
+        };
+        let last = blocks(chunk) - 1;
+        for b in shared..=last {
+            let part = &chunk[b * BLOCK..chunk.len().min((b + 1) * BLOCK)];
+            let mut block = [0u8; BLOCK];
+            block[..part.len()].copy_from_slice(part);
+            let flags =
+                if b == 0 { CHUNK_START } else { 0 } | if b == last { CHUNK_END | root } else { 0 };
+            platform.compress_in_place(&mut cv, &block, part.len() as u8, counter, flags);
+        }
+        for (w, word) in cv.iter().enumerate() {
+            out[4 * w..4 * w + 4].copy_from_slice(&word.to_le_bytes());
+        }
+    }
 }
 
 /// Lower-case hex of a digest, for people and the ledger's text views.
