@@ -17,9 +17,11 @@ root holding a million pairs: the stored case of BENCHMARKS.md's ninth sitting).
 CORPUS may name several folders separated by commas: each run ingests them one after
 the other into the same root (one `ingest` each) and counts the sum; the per-folder
 medians are printed too (the cycle of merges of BENCHMARKS.md's eleventh sitting).
-AB_DROP_CACHES=1 drops the kernel's page cache after the copy and the `sync` (it
-needs root: /proc/sys/vm/drop_caches) and then reads the corpus back in, so that every
-run starts from the same cache: a root copied just before a run left its pages in a
+Before every run the corpus is read once, so that it is in the page cache (a kernel
+that reclaims idle page cache, as DAMON's pageout did here, left the first runs of a
+series reading the disk: BENCHMARKS.md, sixteenth sitting). AB_DROP_CACHES=1 drops
+the kernel's page cache after the copy and the `sync` (it needs root:
+/proc/sys/vm/drop_caches) before that read, so that every run starts from the same cache: a root copied just before a run left its pages in a
 state that made the run's writes into the page cache several times slower
 (`copy_folio_from_iter_atomic`, BENCHMARKS.md, eleventh sitting).
 
@@ -33,6 +35,14 @@ import statistics
 import subprocess
 import sys
 import time
+
+
+def read_corpus(folders):
+    for folder in folders:
+        for d, _, names in os.walk(folder):
+            for n in names:
+                with open(os.path.join(d, n), "rb") as f:
+                    f.read()
 
 
 def main():
@@ -68,11 +78,10 @@ def main():
             if drop:
                 with open("/proc/sys/vm/drop_caches", "w") as f:
                     f.write("3\n")
-                for folder in folders:
-                    for d, _, names in os.walk(folder):
-                        for n in names:
-                            with open(os.path.join(d, n), "rb") as f:
-                                f.read()
+            # Every run reads a corpus in the cache: a kernel that reclaims idle page
+            # cache (DAMON's pageout on the machine of BENCHMARKS.md, sixteenth
+            # sitting) would otherwise have the first runs of a series read the disk.
+            read_corpus(folders)
             time.sleep(pause)
             before = os.times()
             took = seconds = 0.0
