@@ -362,15 +362,16 @@ const LANES: usize = blake3::platform::MAX_SIMD_DEGREE;
 /// - two chunks' chaining values are joined as the root of BLAKE3's tree
 ///   ([`blake3::hazmat::merge_subtrees_root`]).
 ///
-/// Longer messages are hashed one by one. 20,000 pairs of `perpetual generate`: 26 ms
-/// of hashing become 12 (BENCHMARKS.md, sixteenth sitting).
+/// Shorter and longer messages are hashed one by one. 20,000 messages of 850 to 2,150
+/// bytes: 26 ms of hashing become 12, and the prepare stage of 20,000 generated pairs
+/// takes 64 ms instead of 84 (BENCHMARKS.md, sixteenth sitting).
 ///
 /// The block routines are `blake3::platform::Platform`'s `hash_many` and
 /// `compress_in_place`, which the crate exports for its benchmarks and marks unstable:
 /// a release that changes them fails to build here, and
 /// `keys_hashed_side_by_side_are_the_keys_of_the_definition` and the property
 /// `the_fast_key_is_the_key_of_the_definition` check the keys against the crate's
-/// public hash at every length around the block and chunk edges.
+/// public hash at every message length up to past two chunks, and on random text.
 pub fn pair_keys<'t, I>(pairs: I) -> Vec<PairKey>
 where
     I: IntoIterator<Item = (&'t str, &'t str)>,
@@ -453,9 +454,9 @@ where
 }
 
 /// The chaining values (with `root`: the hashes) of up to [`LANES`] chunks, each the
-/// last of its message (so it may be short; every one longer than a block), all at
-/// place `counter` in their messages: their blocks but the last, as far as every chunk
-/// has them, side by side; the rest chunk by chunk.
+/// last of its message (so it may be short, never empty), all at place `counter` in
+/// their messages: their blocks but the last, as far as every chunk has them, side by
+/// side; the rest chunk by chunk.
 fn last_chunks(
     platform: &blake3::platform::Platform,
     chunks: &[&[u8]],
