@@ -484,6 +484,96 @@ fn import_db_detects_the_columns_dedups_and_a_second_import_adds_nothing() {
     assert!(bad.stderr().contains("junk.db"), "{}", bad.explain());
 }
 
+/// The keys of a dropped file are hashed many at once, side by side
+/// (`pair::pair_keys`); those of an imported database one by one. The same pairs
+/// through both are one pair each: whichever comes second adds nothing, at every
+/// length from one chunk of BLAKE3 to more than two.
+#[test]
+fn pairs_imported_from_a_database_and_dropped_as_a_file_are_stored_once() {
+    let env = Env::new();
+    let db = generated_db(
+        &env,
+        "archive.db",
+        &[
+            "--files",
+            "4",
+            "--pairs",
+            "50",
+            "--answer-chars",
+            "40-2600",
+            "--seed",
+            "16",
+        ],
+    );
+    let (rows, distinct, invalid) = expected(&db);
+    assert_eq!(invalid, 0);
+    let imported = env
+        .run(&[
+            "import-db",
+            db.to_str().unwrap(),
+            "--agent",
+            "zai",
+            "--json",
+        ])
+        .expect(0);
+    assert_eq!(
+        imported.json()["pairs_new"],
+        distinct,
+        "{}",
+        imported.explain()
+    );
+
+    // The same pairs as a drop, with the whitespace changed where normalising undoes it.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT question, answer FROM qa_pairs ORDER BY id")
+        .unwrap();
+    let pairs: Vec<serde_json::Value> = stmt
+        .query_map([], |r| {
+            let (q, a): (String, String) = (r.get(0)?, r.get(1)?);
+            Ok(json!({"question": format!("  {q}"), "answer": a.replacen(' ', "\n ", 3)}))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let lengths: Vec<usize> = pairs
+        .iter()
+        .map(|p| p["question"].as_str().unwrap().len() + p["answer"].as_str().unwrap().len())
+        .collect();
+    assert!(
+        lengths.iter().any(|&n| n < 1024)
+            && lengths.iter().any(|&n| (1100..2000).contains(&n))
+            && lengths.iter().any(|&n| n > 2100),
+        "one chunk, two and more: {lengths:?}"
+    );
+    env.drop_file("droid", "again.json", serde_json::to_vec(&pairs).unwrap());
+    let dropped = env.run(&["ingest", "--json"]).expect(0);
+    let r = dropped.json();
+    assert_eq!(r["pairs_seen"], rows, "{}", dropped.explain());
+    assert_eq!(r["pairs_new"], 0, "{}", dropped.explain());
+    assert_eq!(r["pairs_duplicate"], rows);
+    assert_eq!(env.count("SELECT COUNT(*) FROM pairs"), distinct);
+
+    // And every stored key is the key of its pair's text.
+    let stored = env.db();
+    let mut stmt = stored
+        .prepare("SELECT key, question, answer FROM pairs")
+        .unwrap();
+    for row in stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .unwrap()
+    {
+        let (key, q, a) = row.unwrap();
+        assert_eq!(key, perpetual::pair::pair_key(&q, &a).to_vec(), "{q:?}");
+    }
+}
+
 #[test]
 fn kill_9_during_import_db_then_rerun_ends_with_exact_counts() {
     let env = Env::new();
