@@ -21,9 +21,10 @@ Before every run the corpus is read once, so that it is in the page cache (a ker
 that reclaims idle page cache, as DAMON's pageout did here, left the first runs of a
 series reading the disk: BENCHMARKS.md, sixteenth sitting). AB_DROP_CACHES=1 drops
 the kernel's page cache after the copy and the `sync` (it needs root:
-/proc/sys/vm/drop_caches) before that read, so that every run starts from the same cache: a root copied just before a run left its pages in a
-state that made the run's writes into the page cache several times slower
-(`copy_folio_from_iter_atomic`, BENCHMARKS.md, eleventh sitting).
+/proc/sys/vm/drop_caches), before that read, so that every run starts from the same
+cache: a root copied just before a run left its pages in a state that made the run's
+writes into the page cache several times slower (`copy_folio_from_iter_atomic`,
+BENCHMARKS.md, eleventh sitting).
 
 A corpus like the e2e bench's: perpetual generate --out c20 --files 200 --pairs 100
 --duplicates 0.2 --layouts flat,nested --answer-chars 800-2000 --seed 14

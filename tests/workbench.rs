@@ -486,8 +486,8 @@ fn import_db_detects_the_columns_dedups_and_a_second_import_adds_nothing() {
 
 /// The keys of a dropped file are hashed many at once, side by side
 /// (`pair::pair_keys`); those of an imported database one by one. The same pairs
-/// through both are one pair each: whichever comes second adds nothing, at every
-/// length from one chunk of BLAKE3 to more than two.
+/// through both are one pair each: the second adds nothing, at lengths of one chunk
+/// of BLAKE3, two and more.
 #[test]
 fn pairs_imported_from_a_database_and_dropped_as_a_file_are_stored_once() {
     let env = Env::new();
