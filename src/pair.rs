@@ -309,20 +309,28 @@ pub fn pair_key(question: &str, answer: &str) -> PairKey {
 /// once it has grown).
 pub fn pair_key_with(question: &str, answer: &str, scratch: &mut String) -> PairKey {
     let mut hasher = blake3::Hasher::new();
+    key_message(question, answer, scratch, |piece| {
+        hasher.update(piece);
+    });
+    *hasher.finalize().as_bytes()
+}
+
+/// The message a pair's key hashes, piece by piece, to `piece`: the normalised
+/// question, `\n`, the normalised answer. Text already in normal form is passed as it
+/// is, never copied; other text is normalised into `scratch` first.
+fn key_message(question: &str, answer: &str, scratch: &mut String, mut piece: impl FnMut(&[u8])) {
     for (i, text) in [question, answer].into_iter().enumerate() {
         if i > 0 {
-            hasher.update(b"\n");
+            piece(b"\n");
         }
         if is_normal(text) {
-            // Already normal: hash in place, no copy.
-            hasher.update(text.as_bytes());
+            piece(text.as_bytes());
         } else {
             scratch.clear();
             normalise_into(text, scratch);
-            hasher.update(scratch.as_bytes());
+            piece(scratch.as_bytes());
         }
     }
-    *hasher.finalize().as_bytes()
 }
 
 /// BLAKE3's initialisation vector (the spec's: the first words of SHA-256's), which
@@ -387,18 +395,9 @@ where
     let mut scratch = String::new();
     for (question, answer) in pairs {
         let start = bytes.len();
-        for (i, text) in [question, answer].into_iter().enumerate() {
-            if i > 0 {
-                bytes.push(b'\n');
-            }
-            if is_normal(text) {
-                bytes.extend_from_slice(text.as_bytes());
-            } else {
-                scratch.clear();
-                normalise_into(text, &mut scratch);
-                bytes.extend_from_slice(scratch.as_bytes());
-            }
-        }
+        key_message(question, answer, &mut scratch, |piece| {
+            bytes.extend_from_slice(piece)
+        });
         spans.push(start..bytes.len());
     }
     let message = |i: usize| &bytes[spans[i].clone()];
