@@ -919,6 +919,77 @@ fn merged_pairs_stay_distinct_through_the_key_filter_in_later_runs() {
     assert_eq!(env.count("SELECT COUNT(*) FROM pairs"), want + 2);
 }
 
+/// A kept WAL whose pages the kernel dropped from its cache (this VM's DAMON evicts page
+/// cache idle for a minute) is not read back from the disk page by page when the next
+/// run writes its frames over it: the part no frame can be read from is zeroed first
+/// where it is not cached (`store::wal::zero_evicted_tail`), and every pair of both
+/// runs is there. (How much faster: `benches/kept_wal.py`, BENCHMARKS.md.)
+#[test]
+fn a_kept_wal_evicted_from_the_page_cache_is_written_over_without_reading_it_back() {
+    use std::os::fd::AsRawFd;
+    let env = Env::new();
+    let mut cfg = config(vec![DropLayout::Nested], vec![], 4, 100);
+    cfg.answer_chars = Some((800, 2000));
+    let files = generate::generate(&cfg);
+    drop_all(&env, "droid", &files);
+    env.run(&["ingest"]).expect(0);
+    // Whether a run's own WAL reaches the 4 MiB a close keeps depends on how far the
+    // checkpoint thread keeps up with the writer (see the test below); 8 MB in one
+    // transaction, closed as every command of the CLI closes, leave one for certain.
+    {
+        let conn = perpetual::store::open_closing(&env.path("perpetual.db")).unwrap();
+        conn.execute_batch(
+            "BEGIN; CREATE TABLE scratch (b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO scratch SELECT randomblob(4000) FROM n;
+             DROP TABLE scratch; COMMIT;",
+        )
+        .unwrap();
+    }
+    let wal_path = env.path("perpetual.db-wal");
+    let before = std::fs::read(&wal_path).unwrap_or_default();
+    assert!(
+        perpetual::store::WAL_KEPT_BYTES.contains(&(before.len() as u64)),
+        "a WAL of {} bytes is not kept\n{}",
+        before.len(),
+        env.listing()
+    );
+    let tail = before.len() - (1 << 20);
+    assert!(
+        before[tail..].iter().any(|b| *b != 0),
+        "old frames at the end"
+    );
+    let page = env.count("SELECT page_size FROM pragma_page_size") as usize;
+    assert!(perpetual::store::wal_frames_to_read_back(&before, page) <= 2);
+    // Evicted, as the kernel does with idle page cache (clean pages: synced first).
+    let wal = std::fs::File::open(&wal_path).unwrap();
+    wal.sync_all().unwrap();
+    // SAFETY: a valid descriptor.
+    let rc = unsafe { libc::posix_fadvise(wal.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+    cfg.seed = 8;
+    cfg.files = 2;
+    let more = generate::generate(&cfg);
+    drop_all(&env, "zai", &more);
+    env.run(&["ingest"]).expect(0);
+    let all: Vec<_> = files.iter().chain(&more).cloned().collect();
+    assert_eq!(
+        env.count("SELECT COUNT(*) FROM pairs"),
+        distinct_pairs(&all) as i64
+    );
+    let after = std::fs::read(&wal_path).unwrap();
+    assert_eq!(after.len(), before.len(), "the WAL is still kept");
+    assert!(
+        after[tail..].iter().all(|b| *b == 0),
+        "the old frames past the second run's were zeroed, not left to be read back"
+    );
+    let check: String = env
+        .db()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
 /// `ingest` leaves the run's WAL file for the next writer instead of deleting it
 /// (deleting 40 MB took 12 ms, a tenth of a 20,000-pair run) when it is 4 to 64 MiB,
 /// with every frame copied into the database file and the WAL started over, so that the

@@ -801,6 +801,9 @@ pub struct Writer<'c> {
     /// Set by a merge's commit: the WAL's bound is [`MERGE_COMMIT_WAL_BOUND`] until the
     /// checkpoint thread has copied the WAL through more times than this.
     lifted_until: Option<u64>,
+    /// Whether the first transaction has looked for a kept WAL's evicted pages
+    /// ([`store::wal::zero_evicted_tail`]).
+    wal_looked_at: bool,
 }
 
 /// How many pairs ahead the writer readies the key filter's check
@@ -952,6 +955,7 @@ impl<'c> Writer<'c> {
             unchecked_bytes: 0,
             checkpointer: None,
             lifted_until: None,
+            wal_looked_at: false,
         }
     }
 
@@ -994,6 +998,15 @@ impl<'c> Writer<'c> {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.in_txn = true;
             self.now = crate::clock::now_rfc3339();
+            if !self.wal_looked_at {
+                // With the write lock held: no frame is appended meanwhile.
+                self.wal_looked_at = true;
+                match store::wal::zero_evicted_tail(self.conn) {
+                    Ok(0) => {}
+                    Ok(bytes) => tracing::debug!(bytes, "kept WAL: evicted pages zeroed"),
+                    Err(e) => tracing::debug!("kept WAL: {e:#}"),
+                }
+            }
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ pub mod source_db;
 pub mod splits;
 pub mod stats;
 pub mod tasks;
+pub mod wal;
 
 use anyhow::{Context, Result};
 use rusqlite::Connection;
