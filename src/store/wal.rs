@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use rusqlite::Connection;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
 /// The WAL header's magic numbers (little- and big-endian checksums).
 const MAGIC: [u32; 2] = [0x377f_0682, 0x377f_0683];
@@ -55,6 +55,7 @@ pub fn zero_evicted_tail(conn: &Connection) -> Result<u64> {
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW) // as SQLite opens it
         .open(&path)
     {
         Ok(f) => f,
