@@ -29,8 +29,6 @@ const MAGIC: [u32; 2] = [0x377f_0682, 0x377f_0683];
 const HEADER: u64 = 32;
 /// A frame's header, before its page.
 const FRAME_HEADER: u64 = 24;
-/// The kernel's page, the unit of the page cache and of `mincore`.
-const OS_PAGE: u64 = 4096;
 /// How many frames the header's salt may validate before [`zero_evicted_tail`] gives
 /// up: each frame read can be a disk read. The close starts the WAL over, so a kept WAL
 /// has one or two.
@@ -70,7 +68,7 @@ pub fn zero_evicted_tail(conn: &Connection) -> Result<u64> {
         .with_context(|| format!("cannot see which pages of {path} are cached"))?;
     let mut zeroed = 0;
     for (first, pages) in runs_of_evicted(&resident) {
-        let (at, bytes) = (start + first * OS_PAGE, pages * OS_PAGE);
+        let (at, bytes) = (start + first * os_page(), pages * os_page());
         let bytes = bytes.min(len - at);
         // SAFETY: a valid descriptor; the range lies within the file.
         let rc = unsafe {
@@ -124,14 +122,24 @@ fn dead_from(file: &File, len: u64) -> std::io::Result<Option<u64>> {
         }
         valid += 1;
     }
-    let start = (HEADER + valid * frame).div_ceil(OS_PAGE) * OS_PAGE;
+    let start = (HEADER + valid * frame).div_ceil(os_page()) * os_page();
     Ok((start < len).then_some(start))
 }
 
-/// Which kernel pages of `file` from `start` (a multiple of [`OS_PAGE`]) for `len` bytes
+/// The kernel's page (4 KiB on x86-64): the unit of the page cache, of `mincore` and of a
+/// mapping's offset.
+fn os_page() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    }
+}
+
+/// Which kernel pages of `file` from `start` (a multiple of [`os_page`]) for `len` bytes
 /// are in the page cache (`mincore` of a mapping that is never touched).
 fn resident_pages(file: &File, start: u64, len: u64) -> std::io::Result<Vec<bool>> {
-    let pages = len.div_ceil(OS_PAGE) as usize;
+    let pages = len.div_ceil(os_page()) as usize;
     // SAFETY: a shared read-only mapping of a range of an open file; it is only passed to
     // mincore, never read, and unmapped before returning.
     let map = unsafe {
@@ -259,7 +267,8 @@ mod tests {
         let page = u32::from_be_bytes(before[8..12].try_into().unwrap()) as usize;
         let live = crate::store::wal_frames_to_read_back(&before, page);
         assert!(live >= 3, "{live} live frames");
-        let kept = (32 + live * (24 + page)).div_ceil(4096) * 4096;
+        let os = os_page() as usize;
+        let kept = (32 + live * (24 + page)).div_ceil(os) * os;
         assert!(
             before.len() > kept + 100 * page,
             "stale frames after the live ones"
@@ -286,7 +295,7 @@ mod tests {
         let dead = (before.len() - kept) as u64;
         assert!(zeroed >= dead / 2 && zeroed <= dead, "{zeroed} of {dead}");
         let mut forgotten = 0;
-        for (a, b) in after[kept..].chunks(4096).zip(before[kept..].chunks(4096)) {
+        for (a, b) in after[kept..].chunks(os).zip(before[kept..].chunks(os)) {
             if a != b {
                 assert!(a.iter().all(|x| *x == 0), "a page is zeroed whole or kept");
                 forgotten += a.len() as u64;
@@ -312,7 +321,8 @@ mod tests {
         let db = wal_with(dir.path(), 200, 1);
         let wal = dir.path().join("w.db-wal");
         let before = std::fs::read(&wal).unwrap(); // and in the cache now
-        assert!(resident(&wal) * 4096 >= before.len() - 4096);
+        let os = os_page() as usize;
+        assert!(resident(&wal) * os >= before.len() - os);
         let conn = Connection::open(&db).unwrap();
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         assert_eq!(zero_evicted_tail(&conn).unwrap(), 0);
