@@ -8,8 +8,8 @@
 //! writer waits for it. A kept WAL stays in the cache while it is used, but a kernel may
 //! reclaim idle page cache (this VM's DAMON evicts unmapped pages idle for about a
 //! minute): the next `ingest` into a root whose WAL was evicted then waited for one
-//! disk read per frame, 2.2 times as long as with the WAL cached (BENCHMARKS.md, "End to
-//! end", seventeenth sitting).
+//! disk read per frame, 2.2 to 2.5 times as long as with the WAL cached
+//! (BENCHMARKS.md, "End to end", seventeenth sitting).
 //!
 //! [`zero_evicted_tail`] turns the part of the file that holds no frame SQLite can read
 //! into unwritten extents where its pages are not in the cache (`FALLOC_FL_ZERO_RANGE`:
