@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`perpetual ingest` into a root whose kept WAL is in the page cache, and evicted from it.
 
-    python3 benches/kept_wal.py FIRST SECOND RUNS NAME=BINARY ...
+    python3 benches/kept_wal.py [--watch] FIRST SECOND RUNS NAME=BINARY ...
 
 For RUNS rounds, for each build in turn and each case: a fresh root (kept-wal-root
 beside this working directory) ingests the folder FIRST, which leaves a WAL of 4 to 64
@@ -9,15 +9,21 @@ MiB kept on disk (`store::close`); the WAL and the database are synced; in the c
 `evicted`, the WAL's pages are dropped from the page cache (POSIX_FADV_DONTNEED, what a
 kernel reclaiming idle page cache does: this VM's DAMON evicts unmapped pages idle for
 about a minute); SECOND is read once so that it is in the cache; then the ingest of
-SECOND is timed from spawn to exit. Prints per build and case the median and the
-minimum, and the load average (BENCHMARKS.md, "End to end", seventeenth sitting).
+SECOND is timed from spawn to exit. With --watch, a watcher runs on the root instead
+(started before the eviction), SECOND's files are copied into inbox/droid under
+temporary names and renamed into place at once, and the time is from the first rename
+until every new pair of SECOND is queryable (SECOND must share no pair with FIRST).
+Prints per build and case the median and the minimum, and the load average
+(BENCHMARKS.md, "End to end", seventeenth sitting).
 
 Corpora like the e2e bench's:
 perpetual generate --out c20 --files 200 --pairs 100 --duplicates 0.2 --layouts flat,nested --answer-chars 800-2000 --seed 14
 and the same with --out c20b --seed 15.
 """
+import json
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -42,11 +48,54 @@ def drop_from_cache(path):
         os.close(fd)
 
 
+def pairs(db):
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def watch_burst(binary, root, second, evict):
+    """Times a burst of SECOND's files renamed into a running watcher's inbox."""
+    db = os.path.join(root, "perpetual.db")
+    before = pairs(db)
+    new = subprocess.run([binary, "--root", "kept-wal-count", "ingest", second, "--json"],
+                         check=True, capture_output=True)
+    shutil.rmtree("kept-wal-count", ignore_errors=True)
+    want = before + json.loads(new.stdout)["pairs_new"]
+    watcher = subprocess.Popen([binary, "--root", root, "watch"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        if evict:
+            drop_from_cache(db + "-wal")
+        inbox = os.path.join(root, "inbox", "droid")
+        names = sorted(os.listdir(second))
+        for n in names:
+            shutil.copyfile(os.path.join(second, n), os.path.join(inbox, f".{n}.tmp"))
+        os.sync()
+        time.sleep(0.5)
+        start = time.perf_counter()
+        for n in names:
+            os.rename(os.path.join(inbox, f".{n}.tmp"), os.path.join(inbox, n))
+        while pairs(db) < want:
+            if time.perf_counter() - start > 60:
+                sys.exit(f"the watcher did not store {want} pairs within 60 s")
+            time.sleep(0.002)
+        return (time.perf_counter() - start) * 1000
+    finally:
+        watcher.terminate()
+        watcher.wait()
+
+
 def main():
-    if len(sys.argv) < 5:
+    watch = "--watch" in sys.argv[1:]
+    args = [a for a in sys.argv[1:] if a != "--watch"]
+    if len(args) < 4:
         sys.exit(__doc__)
-    first, second, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    builds = [arg.split("=", 1) for arg in sys.argv[4:]]
+    first, second, runs = args[0], args[1], int(args[2])
+    builds = [arg.split("=", 1) for arg in args[3:]]
     root = "kept-wal-root"
     times = {(name, case): [] for name, _ in builds for case in CASES}
     wal_sizes = []
@@ -59,6 +108,10 @@ def main():
                 wal = os.path.join(root, "perpetual.db-wal")
                 wal_sizes.append(os.path.getsize(wal))
                 os.sync()
+                if watch:
+                    times[(name, case)].append(
+                        watch_burst(binary, root, second, case == "evicted"))
+                    continue
                 if case == "evicted":
                     drop_from_cache(wal)
                 read_corpus(second)
