@@ -226,9 +226,10 @@ mod tests {
             .unwrap()
     }
 
-    /// A database whose WAL holds `stale` frames from before a restart, then `live`
-    /// frames SQLite has not copied into the database file (its close does not
-    /// checkpoint), each of one row of a 4,000-byte blob.
+    /// A database whose WAL holds the frames of `live` rows that SQLite has not copied
+    /// into the database file (its close does not checkpoint), written over the first
+    /// frames of `stale` rows from before a restart (the rest of those stay in the file
+    /// under the old salt). A row is a 4,000-byte blob, a transaction of its own.
     fn wal_with(dir: &Path, stale: usize, live: usize) -> std::path::PathBuf {
         let db = dir.join("w.db");
         let conn = super::super::open(&db).unwrap();
