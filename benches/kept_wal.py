@@ -29,14 +29,9 @@ import subprocess
 import sys
 import time
 
+from ab import read_corpus  # benches/ab.py, beside this file
+
 CASES = ("cached", "evicted")
-
-
-def read_corpus(folder):
-    for d, _, names in os.walk(folder):
-        for n in names:
-            with open(os.path.join(d, n), "rb") as f:
-                f.read()
 
 
 def drop_from_cache(path):
@@ -56,14 +51,21 @@ def pairs(db):
         conn.close()
 
 
-def watch_burst(binary, root, second, evict):
-    """Times a burst of SECOND's files renamed into a running watcher's inbox."""
-    db = os.path.join(root, "perpetual.db")
-    before = pairs(db)
-    new = subprocess.run([binary, "--root", "kept-wal-count", "ingest", second, "--json"],
+def distinct_pairs(binary, folder):
+    """How many pairs FOLDER stores into a fresh root."""
+    root = "kept-wal-count"
+    shutil.rmtree(root, ignore_errors=True)
+    run = subprocess.run([binary, "--root", root, "ingest", folder, "--json"],
                          check=True, capture_output=True)
-    shutil.rmtree("kept-wal-count", ignore_errors=True)
-    want = before + json.loads(new.stdout)["pairs_new"]
+    shutil.rmtree(root, ignore_errors=True)
+    return json.loads(run.stdout)["pairs_new"]
+
+
+def watch_burst(binary, root, second, new_pairs, evict):
+    """Times a burst of SECOND's files renamed into a running watcher's inbox, until
+    its NEW_PAIRS are queryable."""
+    db = os.path.join(root, "perpetual.db")
+    want = pairs(db) + new_pairs
     watcher = subprocess.Popen([binary, "--root", root, "watch"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -98,6 +100,7 @@ def main():
     builds = [arg.split("=", 1) for arg in args[3:]]
     root = "kept-wal-root"
     times = {(name, case): [] for name, _ in builds for case in CASES}
+    new_pairs = distinct_pairs(builds[0][1], second) if watch else 0
     wal_sizes = []
     for _ in range(runs):
         for name, binary in builds:
@@ -110,11 +113,11 @@ def main():
                 os.sync()
                 if watch:
                     times[(name, case)].append(
-                        watch_burst(binary, root, second, case == "evicted"))
+                        watch_burst(binary, root, second, new_pairs, case == "evicted"))
                     continue
                 if case == "evicted":
                     drop_from_cache(wal)
-                read_corpus(second)
+                read_corpus([second])
                 time.sleep(0.3)
                 start = time.perf_counter()
                 subprocess.run([binary, "--root", root, "ingest", second, "--json"],
