@@ -30,6 +30,7 @@ pub mod source_db;
 pub mod splits;
 pub mod stats;
 pub mod tasks;
+pub mod vfs;
 pub mod wal;
 
 use anyhow::{Context, Result};
@@ -42,8 +43,8 @@ use std::time::Duration;
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
 pub fn open(path: &Path) -> Result<Connection> {
     create(path);
-    let conn = Connection::open(path)
-        .with_context(|| format!("cannot open database {}", path.display()))?;
+    let conn =
+        vfs::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
     set_up(&conn, path)?;
     Ok(conn)
 }
@@ -298,8 +299,8 @@ pub struct ClosingConnection {
 /// anything.
 pub fn open_closing(path: &Path) -> Result<ClosingConnection> {
     create(path);
-    let conn = Connection::open(path)
-        .with_context(|| format!("cannot open database {}", path.display()))?;
+    let conn =
+        vfs::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
     let committed = Arc::new(AtomicBool::new(false));
     let seen = committed.clone();
     conn.commit_hook(Some(move || {
