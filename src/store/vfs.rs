@@ -23,10 +23,18 @@
 //!   SQLite's writes: the commit writes the index header in two copies with a memory
 //!   barrier between them (`xShmBarrier`), a reader uses the header only when the two
 //!   agree, and the barrier writes out what the connection's WAL gathered.
+//! - **The transaction's writes over its own frames go to the file at once.** A page
+//!   spilled from the page cache and changed since is written again in place, and at
+//!   the commit, after the commit frame, SQLite rewrites the headers of the frames
+//!   from there on with new checksums; after the last of them comes only the barrier.
+//!   So a write below the end of what the open transaction has written (reset when
+//!   it takes the WAL index's write lock) is not gathered, and its error is its own.
 //! - **A file reads as it would without this layer.** Gathered bytes are written out
 //!   before any other call on the WAL: a read, its size, a truncation, a sync, a file
 //!   control, a close. Writes that do not continue the gathered bytes write them out
-//!   first, so the file sees SQLite's writes in their order.
+//!   first, so the file sees SQLite's writes in their order. Bytes still gathered when
+//!   the write lock is released are frames of a transaction rolled back: written out,
+//!   their error ignored.
 //! - **A killed process loses nothing it would not have lost.** What a `kill -9` finds
 //!   gathered belongs to a transaction that has not committed; the recovery of the WAL
 //!   drops such frames in any case.
@@ -92,6 +100,12 @@ struct File {
     start: i64,
     /// The last frame header written was a commit frame's: its page ends the commit.
     commit_page_next: bool,
+    /// The end of what the open write transaction has written into the WAL (gathered
+    /// or not): a write below it rewrites one of the transaction's own frames.
+    transaction_end: i64,
+    /// Write-outs that only the barrier made (none while SQLite writes as it does):
+    /// their errors could not be returned by the call that made them.
+    barrier_write_outs: u64,
     /// The error of a write-out no call could return yet (`SQLITE_OK` if none).
     failed: c_int,
 }
@@ -309,6 +323,8 @@ unsafe extern "C" fn x_open(
             gathered: Vec::new(),
             start: 0,
             commit_page_next: false,
+            transaction_end: 0,
+            barrier_write_outs: 0,
             failed: ffi::SQLITE_OK,
         });
         let rc = match real_vfs.as_ref().and_then(|v| v.xOpen) {
@@ -378,7 +394,15 @@ unsafe extern "C" fn x_write(
     // SAFETY: SQLite calls the methods of files this VFS opened.
     let f = unsafe { file(handle) };
     let size = usize::try_from(amount).unwrap_or(0);
-    if f.kind != Kind::Wal || size >= GATHER_BYTES {
+    let rewrite = f.kind == Kind::Wal && offset < f.transaction_end;
+    if f.kind == Kind::Wal {
+        f.transaction_end = f.transaction_end.max(offset + i64::from(amount));
+    }
+    // A rewrite of one of the transaction's own frames (a page it wrote before, spilled
+    // from the page cache, or the frame headers whose checksums SQLite recomputes at
+    // the commit, after the commit frame) goes to the file at once, so that its error
+    // is returned by this call: after the last of them comes only the barrier.
+    if f.kind != Kind::Wal || rewrite || size >= GATHER_BYTES {
         return match f.settle() {
             ffi::SQLITE_OK => forward!(f, xWrite, ffi::SQLITE_IOERR_WRITE, buf, amount, offset),
             rc => rc,
@@ -493,22 +517,52 @@ unsafe extern "C" fn x_shm_lock(
 ) -> c_int {
     // SAFETY: SQLite calls the methods of files this VFS opened.
     let f = unsafe { file(handle) };
-    forward!(f, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags)
+    // The WAL index's lock 0 is the write lock (SQLite's WAL format). Released, the
+    // write transaction has ended: a commit wrote out its frames, so what is still
+    // gathered are frames of a transaction rolled back, which nothing reads. They go
+    // to the file all the same (SQLite wrote them), and their error matters to no one.
+    if offset == 0
+        && flags == ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE
+        && let Some(wal) = wal_of(f)
+        && wal.write_out() != ffi::SQLITE_OK
+    {
+        tracing::debug!("writing out the frames of a transaction rolled back failed");
+    }
+    let rc = forward!(f, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags);
+    // Taken, a write transaction begins, and has written nothing yet.
+    if rc == ffi::SQLITE_OK
+        && offset == 0
+        && flags == ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE
+        && let Some(wal) = wal_of(f)
+    {
+        wal.transaction_end = 0;
+    }
+    rc
+}
+
+/// The WAL of `f`'s connection, `f` being its database file: for use within the call
+/// SQLite made on `f` (the connection's thread), not beyond it.
+fn wal_of<'a>(f: &File) -> Option<&'a mut File> {
+    if f.kind != Kind::Main || f.db_name == 0 {
+        return None;
+    }
+    let wal = wals()
+        .iter()
+        .find(|&&(db, _)| db == f.db_name)
+        .map(|&(_, w)| w as *mut ffi::sqlite3_file)?;
+    // SAFETY: a WAL this VFS opened and has not closed (x_close takes it out of the
+    // list), of the same connection as `f`, which this thread is using now.
+    Some(unsafe { file(wal) })
 }
 
 unsafe extern "C" fn x_shm_barrier(handle: *mut ffi::sqlite3_file) {
     // SAFETY: SQLite calls the methods of files this VFS opened.
     let f = unsafe { file(handle) };
-    if f.kind == Kind::Main && f.db_name != 0 {
-        let wal = wals()
-            .iter()
-            .find(|&&(db, _)| db == f.db_name)
-            .map(|&(_, w)| w as *mut ffi::sqlite3_file);
-        if let Some(wal) = wal {
-            // SAFETY: a WAL this VFS opened and has not closed (x_close takes it out of
-            // the list), of the same connection, which this thread is using now.
-            unsafe { file(wal) }.write_out_keeping();
-        }
+    if let Some(wal) = wal_of(f)
+        && !wal.gathered.is_empty()
+    {
+        wal.barrier_write_outs += 1;
+        wal.write_out_keeping();
     }
     forward!(f, xShmBarrier, ());
 }
@@ -693,7 +747,14 @@ mod tests {
     /// The write system calls one transaction of 2.4 MB makes, and the WAL frames it
     /// appends.
     fn writes_of_a_transaction(conn: &Connection, db: &Path) -> (u64, u64) {
-        let frames = || (std::fs::metadata(wal_of(db)).unwrap().len() - 32) / (24 + 16384);
+        let frames = || {
+            // A WAL truncated by a checkpoint has not even its header.
+            std::fs::metadata(wal_of(db))
+                .unwrap()
+                .len()
+                .saturating_sub(32)
+                / (24 + 16384)
+        };
         let (before, frames_before) = (writes_so_far(), frames());
         conn.execute_batch("BEGIN").unwrap();
         for i in 0..800u64 {
@@ -708,7 +769,13 @@ mod tests {
     fn a_transaction_s_frames_reach_the_kernel_in_large_writes() {
         let dir = tempfile::tempdir().unwrap();
         let (ours, theirs) = (dir.path().join("g.db"), dir.path().join("u.db"));
-        let (gathered, frames) = writes_of_a_transaction(&writer(&ours), &ours);
+        let conn = writer(&ours);
+        let (gathered, frames) = writes_of_a_transaction(&conn, &ours);
+        // Again once the WAL starts over, below where the first transaction wrote.
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let (again, frames_again) = writes_of_a_transaction(&conn, &ours);
+        assert_eq!((again, frames_again), (gathered, frames));
         let unix = plain(&theirs);
         unix.execute_batch(
             "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
@@ -785,6 +852,7 @@ mod tests {
         // SAFETY: the database file SQLite holds open for `conn`, and its own method.
         unsafe { (*(*main).pMethods).xShmBarrier.unwrap()(main) };
         assert_eq!(size(), end as u64 + 24 + 16384, "the barrier wrote it out");
+        assert_eq!(wal_file(&conn).barrier_write_outs, 1);
         // The connection goes on writing over it.
         conn.execute("INSERT INTO blobs (b) VALUES (x'01')", [])
             .unwrap();
@@ -792,6 +860,55 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(check, "ok");
+    }
+
+    /// The WAL `conn` holds open, as this VFS's file.
+    fn wal_file(conn: &Connection) -> &File {
+        let mut wal: *mut ffi::sqlite3_file = std::ptr::null_mut();
+        // SAFETY: a live connection of this thread; the op writes a file pointer.
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                conn.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+                (&raw mut wal).cast(),
+            )
+        };
+        assert_eq!(rc, ffi::SQLITE_OK);
+        // SAFETY: the WAL of a connection opened through this VFS is one of its files,
+        // open as long as the connection is.
+        unsafe { &*wal.cast::<File>() }
+    }
+
+    #[test]
+    fn frames_a_transaction_writes_again_go_to_the_file_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let conn = writer(&db);
+        // A page cache of 8 pages: the transaction writes frames before its commit, and
+        // its updates write some of them again, in place.
+        conn.execute_batch("PRAGMA cache_size = 8").unwrap();
+        let reader = plain(&db);
+        for round in 0..3u64 {
+            conn.execute_batch("BEGIN").unwrap();
+            for i in 0..300 {
+                conn.execute(
+                    "INSERT INTO blobs (b) VALUES (?1)",
+                    [blob(round * 1000 + i, 3000)],
+                )
+                .unwrap();
+            }
+            conn.execute(
+                "UPDATE blobs SET b = ?1 WHERE id % 15 = ?2",
+                params![blob(round, 2500), round as i64],
+            )
+            .unwrap();
+            conn.execute_batch("COMMIT").unwrap();
+            assert_eq!(digest(&reader), digest(&conn), "after round {round}");
+        }
+        // Every byte went to the file where its error could be returned: none was left
+        // for the barrier.
+        assert_eq!(wal_file(&conn).barrier_write_outs, 0);
     }
 
     const CHILD_DIR: &str = "PERPETUAL_VFS_TEST_DIR";
@@ -960,6 +1077,7 @@ mod tests {
                 apply(&unix, t);
                 proptest::prop_assert_eq!(digest(&gathering), digest(&unix));
                 proptest::prop_assert_eq!(digest(&reader), digest(&unix));
+                proptest::prop_assert_eq!(wal_file(&gathering).barrier_write_outs, 0);
                 match t.after {
                     1 => { gathering.execute_batch("PRAGMA wal_checkpoint(PASSIVE)").unwrap(); }
                     2 => { gathering.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap(); }
