@@ -12,7 +12,9 @@
 //! One place owns the connection settings so that tests (in memory) and the binary
 //! run the same code path: WAL so readers never block the writer, `synchronous =
 //! NORMAL` (durable at each checkpoint of the WAL, safe against corruption), foreign
-//! keys on, and a busy timeout so a reader and the writer wait instead of failing.
+//! keys on, and a busy timeout so a reader and the writer wait instead of failing. The
+//! connections `open` and `open_closing` make write their WAL through `store::vfs`,
+//! which hands a transaction's frames to the kernel in 64 KiB pieces.
 
 pub mod agents;
 pub mod backup;
@@ -41,6 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+/// The connection writes its WAL through [`vfs`], in large writes.
 pub fn open(path: &Path) -> Result<Connection> {
     create(path);
     let conn =

@@ -8,7 +8,7 @@
 //! file the kernel then allocates the page cache one small folio at a time; written in
 //! pieces of 64 KiB that start and end on multiples of 64 KiB, it allocates folios of
 //! that size. On this machine (Linux 6.18, ext4) the 39 MB of frames of a 20,000-pair
-//! `ingest` took 24 to 33 ms of CPU written as SQLite writes them, and 11 to 13 ms in
+//! `ingest` took 24 to 33 ms of CPU written as SQLite writes them, and 10 to 13 ms in
 //! such pieces, and the `fsync` after them took less too (BENCHMARKS.md, "End to end",
 //! eighteenth sitting). The writer thread writes the frames, and it is the run's
 //! critical path.
