@@ -581,8 +581,14 @@ unsafe extern "C" fn x_fetch(
 ) -> c_int {
     // SAFETY: SQLite calls the methods of files this VFS opened.
     let f = unsafe { file(handle) };
+    // No mapping (SQLite then reads): what SQLite expects of a VFS that has none.
+    let none = || {
+        // SAFETY: SQLite passes a pointer to fill.
+        unsafe { *out = std::ptr::null_mut() };
+        ffi::SQLITE_OK
+    };
     match f.settle() {
-        ffi::SQLITE_OK => forward!(f, xFetch, ffi::SQLITE_OK, offset, amount, out),
+        ffi::SQLITE_OK => forward!(f, xFetch, none(), offset, amount, out),
         rc => rc,
     }
 }
