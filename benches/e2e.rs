@@ -202,13 +202,7 @@ fn bare_parse(files: &[PathBuf]) -> (f64, usize) {
 /// CPU time of this thread (user and system), in seconds: what a stage costs whatever
 /// the other processes take of the cores.
 fn cpu_seconds() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    perpetual::clock::thread_cpu().as_secs_f64()
 }
 
 /// CPU time (user and system) of the children that have exited, in seconds.

@@ -17,13 +17,7 @@ const FRAMES: usize = 2371;
 const FRAME: usize = 24 + 16384;
 
 fn cpu_ms() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+    perpetual::clock::thread_cpu().as_secs_f64() * 1e3
 }
 
 /// Writes `bytes` into a new file at `path` in the given shape; (CPU ms of the writes,

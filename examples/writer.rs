@@ -26,13 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 fn cpu_ms() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+    perpetual::clock::thread_cpu().as_secs_f64() * 1e3
 }
 
 fn prepare_all(corpus: &Path) -> Vec<Prepared> {

@@ -388,7 +388,7 @@ impl<'c> Loop<'c> {
     /// One round; true when it started or ran something. Its cost follows the open
     /// tasks and the agents, not the history.
     fn round(&mut self) -> Result<bool> {
-        let cpu = thread_cpu_us();
+        let cpu = clock::thread_cpu();
         crate::run::report::on_round(self.conn, &self.root, &self.config);
         self.housekeeping()?;
         for e in assign::assign(self.conn, &self.root, &self.config)? {
@@ -415,7 +415,7 @@ impl<'c> Loop<'c> {
             }
             acted |= self.serve(&agent)?;
         }
-        let idle_cpu = (!acted).then(|| thread_cpu_us().saturating_sub(cpu));
+        let idle_cpu = (!acted).then(|| clock::thread_cpu().saturating_sub(cpu).as_micros() as u64);
         store_agents::count_round(self.conn, &clock::now_rfc3339(), idle_cpu)?;
         Ok(acted)
     }
@@ -1356,18 +1356,6 @@ fn resume_after(conn: &Connection, agent: &str, floor: i64) -> Result<()> {
         store_tasks::clear_review(conn, t)?;
     }
     store_agents::clear_pause(conn, agent, floor)
-}
-
-/// CPU time this thread has used, in microseconds (what an idle round costs).
-fn thread_cpu_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Free space available to this user on the filesystem holding `dir`, in MiB.

@@ -165,22 +165,7 @@ pub fn open_in_memory() -> Result<Connection> {
 /// connections' included ("How To Corrupt An SQLite Database File", 2.2).
 pub fn sync_database_file(conn: &Connection) -> Result<()> {
     use rusqlite::ffi;
-    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: `conn.handle()` is a live connection used by this thread only;
-    // SQLITE_FCNTL_FILE_POINTER writes the `sqlite3_file` of "main" into `file`, which
-    // lives as long as the connection keeps the database open, that is past this call.
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_FILE_POINTER,
-            (&raw mut file).cast(),
-        )
-    };
-    anyhow::ensure!(
-        rc == ffi::SQLITE_OK,
-        "cannot reach the database file (SQLite code {rc})"
-    );
+    let file = sqlite_file(conn, ffi::SQLITE_FCNTL_FILE_POINTER)?;
     // SAFETY: a non-null `sqlite3_file` from SQLite, whose `pMethods` is null for a file
     // that is not open and otherwise points to its VFS's method table.
     let sync = unsafe { file.as_ref() }
@@ -194,6 +179,28 @@ pub fn sync_database_file(conn: &Connection) -> Result<()> {
         "cannot sync the database file (SQLite code {rc})"
     );
     Ok(())
+}
+
+/// The `sqlite3_file` SQLite holds for `conn`'s main database: the database file
+/// itself (`SQLITE_FCNTL_FILE_POINTER`) or its journal or WAL
+/// (`SQLITE_FCNTL_JOURNAL_POINTER`). It lives as long as the connection keeps that file
+/// open; it may be null, or a file that is not open (null `pMethods`).
+pub(crate) fn sqlite_file(
+    conn: &Connection,
+    op: std::os::raw::c_int,
+) -> Result<*mut rusqlite::ffi::sqlite3_file> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `conn.handle()` is a live connection used by this thread only; both ops
+    // write one `sqlite3_file` pointer into `file`.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(conn.handle(), c"main".as_ptr(), op, (&raw mut file).cast())
+    };
+    anyhow::ensure!(
+        rc == ffi::SQLITE_OK,
+        "cannot reach the database's file (SQLite code {rc})"
+    );
+    Ok(file)
 }
 
 /// Flushes the WAL to disk, making every committed transaction durable. (A second

@@ -53,6 +53,7 @@
 //! [`open`] opens a connection through the VFS (the writer's, `store::open`); it is
 //! registered once per process, not as SQLite's default.
 
+use super::wal::FRAME_HEADER;
 use rusqlite::{Connection, OpenFlags, ffi};
 use std::os::raw::{c_char, c_int, c_void};
 use std::path::Path;
@@ -177,7 +178,7 @@ impl File {
             self.start = offset;
         }
         self.gathered.extend_from_slice(bytes);
-        if bytes.len() == FRAME_HEADER_BYTES {
+        if bytes.len() as u64 == FRAME_HEADER {
             // A frame header: bytes 4..8 hold the database's size in pages after the
             // commit in a commit's last frame, and 0 in every other frame.
             self.commit_page_next = bytes[4..8] != [0; 4];
@@ -189,9 +190,6 @@ impl File {
         }
     }
 }
-
-/// The size of a WAL frame's header (SQLite's file format).
-const FRAME_HEADER_BYTES: usize = 24;
 
 struct Registered {
     vfs: ffi::sqlite3_vfs,
@@ -220,7 +218,7 @@ fn wals() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
 
 /// Registers the VFS (not as SQLite's default), once per process. Returns whether it is
 /// registered: it is not when SQLite has no `unix` VFS to build on.
-pub fn install() -> bool {
+fn install() -> bool {
     REGISTERED
         .get_or_init(|| {
             // SAFETY: callable at any time; it initialises SQLite if needed.
@@ -281,6 +279,17 @@ macro_rules! forward {
             // SAFETY: the unix VFS's method on its own open file, with SQLite's arguments.
             Some(method) => unsafe { method($f.real $(, $arg)*) },
             None => $none,
+        }
+    };
+}
+
+/// [`forward!`] once what `$f` gathered is written out; the error of that write-out
+/// (or of an earlier one no call could return) instead if there is one.
+macro_rules! forward_written {
+    ($f:expr, $m:ident, $none:expr $(, $arg:expr)*) => {
+        match $f.settle() {
+            ffi::SQLITE_OK => forward!($f, $m, $none $(, $arg)*),
+            rc => rc,
         }
     };
 }
@@ -379,10 +388,7 @@ unsafe extern "C" fn x_read(
 ) -> c_int {
     // SAFETY: SQLite calls the methods of files this VFS opened.
     let f = unsafe { file(handle) };
-    match f.settle() {
-        ffi::SQLITE_OK => forward!(f, xRead, ffi::SQLITE_IOERR_READ, buf, amount, offset),
-        rc => rc,
-    }
+    forward_written!(f, xRead, ffi::SQLITE_IOERR_READ, buf, amount, offset)
 }
 
 unsafe extern "C" fn x_write(
@@ -403,10 +409,7 @@ unsafe extern "C" fn x_write(
     // the commit, after the commit frame) goes to the file at once, so that its error
     // is returned by this call: after the last of them comes only the barrier.
     if f.kind != Kind::Wal || rewrite || size >= GATHER_BYTES {
-        return match f.settle() {
-            ffi::SQLITE_OK => forward!(f, xWrite, ffi::SQLITE_IOERR_WRITE, buf, amount, offset),
-            rc => rc,
-        };
+        return forward_written!(f, xWrite, ffi::SQLITE_IOERR_WRITE, buf, amount, offset);
     }
     // SAFETY: SQLite passes `amount` readable bytes at `buf`.
     let bytes = unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), size) };
@@ -416,28 +419,19 @@ unsafe extern "C" fn x_write(
 unsafe extern "C" fn x_truncate(handle: *mut ffi::sqlite3_file, size: i64) -> c_int {
     // SAFETY: SQLite calls the methods of files this VFS opened.
     let f = unsafe { file(handle) };
-    match f.settle() {
-        ffi::SQLITE_OK => forward!(f, xTruncate, ffi::SQLITE_IOERR_TRUNCATE, size),
-        rc => rc,
-    }
+    forward_written!(f, xTruncate, ffi::SQLITE_IOERR_TRUNCATE, size)
 }
 
 unsafe extern "C" fn x_sync(handle: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     // SAFETY: SQLite calls the methods of files this VFS opened.
     let f = unsafe { file(handle) };
-    match f.settle() {
-        ffi::SQLITE_OK => forward!(f, xSync, ffi::SQLITE_IOERR_FSYNC, flags),
-        rc => rc,
-    }
+    forward_written!(f, xSync, ffi::SQLITE_IOERR_FSYNC, flags)
 }
 
 unsafe extern "C" fn x_file_size(handle: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
     // SAFETY: SQLite calls the methods of files this VFS opened.
     let f = unsafe { file(handle) };
-    match f.settle() {
-        ffi::SQLITE_OK => forward!(f, xFileSize, ffi::SQLITE_IOERR_FSTAT, size),
-        rc => rc,
-    }
+    forward_written!(f, xFileSize, ffi::SQLITE_IOERR_FSTAT, size)
 }
 
 unsafe extern "C" fn x_lock(handle: *mut ffi::sqlite3_file, level: c_int) -> c_int {
@@ -587,10 +581,7 @@ unsafe extern "C" fn x_fetch(
         unsafe { *out = std::ptr::null_mut() };
         ffi::SQLITE_OK
     };
-    match f.settle() {
-        ffi::SQLITE_OK => forward!(f, xFetch, none(), offset, amount, out),
-        rc => rc,
-    }
+    forward_written!(f, xFetch, none(), offset, amount, out)
 }
 
 unsafe extern "C" fn x_unfetch(
@@ -815,17 +806,7 @@ mod tests {
         conn.execute("INSERT INTO blobs (b) VALUES (x'00')", [])
             .unwrap();
         let pointer = |op: c_int| {
-            let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-            // SAFETY: a live connection of this thread; the op writes a file pointer.
-            let rc = unsafe {
-                ffi::sqlite3_file_control(
-                    conn.handle(),
-                    c"main".as_ptr(),
-                    op,
-                    (&raw mut file).cast(),
-                )
-            };
-            assert_eq!(rc, ffi::SQLITE_OK);
+            let file = crate::store::sqlite_file(&conn, op).unwrap();
             assert!(!file.is_null());
             file
         };
@@ -870,17 +851,7 @@ mod tests {
 
     /// The WAL `conn` holds open, as this VFS's file.
     fn wal_file(conn: &Connection) -> &File {
-        let mut wal: *mut ffi::sqlite3_file = std::ptr::null_mut();
-        // SAFETY: a live connection of this thread; the op writes a file pointer.
-        let rc = unsafe {
-            ffi::sqlite3_file_control(
-                conn.handle(),
-                c"main".as_ptr(),
-                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
-                (&raw mut wal).cast(),
-            )
-        };
-        assert_eq!(rc, ffi::SQLITE_OK);
+        let wal = crate::store::sqlite_file(conn, ffi::SQLITE_FCNTL_JOURNAL_POINTER).unwrap();
         // SAFETY: the WAL of a connection opened through this VFS is one of its files,
         // open as long as the connection is.
         unsafe { &*wal.cast::<File>() }

@@ -27,8 +27,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 const MAGIC: [u32; 2] = [0x377f_0682, 0x377f_0683];
 /// The WAL header's length; frames follow it.
 const HEADER: u64 = 32;
-/// A frame's header, before its page.
-const FRAME_HEADER: u64 = 24;
+/// A frame's header, before its page (`store::vfs` reads the commit's size in it).
+pub(crate) const FRAME_HEADER: u64 = 24;
 /// How many frames the header's salt may validate before [`zero_evicted_tail`] gives
 /// up: each frame read can be a disk read. The close starts the WAL over, so a kept WAL
 /// has one or two.
